@@ -1,0 +1,62 @@
+"""Flask application factory: loads everything a worker needs once, then serves requests.
+
+Start-up refuses to run with a broken policy file, broken code tables or an unsafe trust setting,
+so a misconfiguration is a failed deploy rather than wrong answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask
+
+from fhir_mappings.codes import CodeTables, load_code_tables
+
+from .api import bp, register_error_handlers
+from .auth import JwtVerifier
+from .config import Config
+from .logs import configure_logging, log_event
+from .policy.engine import Policy, load_policy
+from .service import HookHandler
+from .store import Store
+
+log = logging.getLogger("priorauth_cds.app")
+
+
+@dataclass
+class Services:
+    """What the blueprint reads from ``app.extensions["priorauth_cds"]``."""
+
+    config: Config
+    store: Store
+    handler: HookHandler
+    verifier: JwtVerifier | None
+    tables: CodeTables
+    policy: Policy
+
+
+def load_policy_for(tables: CodeTables) -> Policy:
+    """The packaged CP.PHAR.63 policy, checked against the code tables' tag vocabularies."""
+    return load_policy(vocabulary=tables)
+
+
+def create_app(config: Config | None = None, *, store: Store | None = None, **handler_options: Any) -> Flask:
+    """Build the app; ``config`` defaults to the environment (``Config.from_env()``)."""
+    config = config or Config.from_env()
+    configure_logging(config.log_level)
+    tables = load_code_tables()
+    policy = load_policy_for(tables)
+    store = store or Store(config.database_url)
+    verifier = JwtVerifier(config, replay_guard=store) if config.auth_enabled else None
+    handler = HookHandler(config, tables, policy, store=store, **handler_options)
+
+    app = Flask("priorauth_cds")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["priorauth_cds"] = Services(config, store, handler, verifier, tables, policy)
+    app.register_blueprint(bp)
+    register_error_handlers(app)
+    log_event(log, "app.ready", auth="jwt" if verifier else "none", issuers=len(config.trusted_issuers))
+    return app

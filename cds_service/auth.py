@@ -1,0 +1,510 @@
+"""CDS Hooks 2.0 client authentication: verify the caller's bearer JWT against trusted issuers' keys.
+
+The CDS client signs a short-lived JWT with an asymmetric key whose public half its issuer publishes as a
+JWKS. We accept only issuers from ``Config.trusted_issuers``, fetch keys only from their configured JWKS URL
+(never from a URL the token names), accept only asymmetric algorithms whose key type and curve match the key,
+and remember every ``jti`` until the token expires so a captured token cannot be replayed — across worker
+processes, via the injected ``ReplayGuard``.
+
+Every rejection raises ``AuthError`` (the client learns nothing more) and is logged at WARNING with a reason
+code such as ``jwt.expired``; logs carry the claimed issuer and key id, never the token or other claim values.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import jwt
+import requests
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from cds_service.config import Config, ConfigError
+from cds_service.errors import AuthError
+
+log = logging.getLogger(__name__)
+
+#: Asymmetric signature algorithms CDS Hooks clients may use; ``none`` and every HMAC are absent on purpose.
+ALLOWED_ALGORITHMS: frozenset[str] = frozenset(
+    {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+)
+_EC_CURVE_FOR_ALG: dict[str, str] = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
+_JWK_CURVE_NAMES: dict[str, str] = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+_MIN_RSA_BITS = 2048
+#: Longest Authorization header we parse; real CDS Hooks JWTs are well under 2 KB.
+MAX_TOKEN_CHARS = 8192
+#: Longest JWKS body we read, so a hostile or broken JWKS endpoint cannot exhaust memory.
+MAX_JWKS_BYTES = 512 * 1024
+_MAX_JTI_CHARS = 256
+_COMPACT_JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
+# A JWS instance that cannot even construct the algorithms we refuse (defence in depth behind the alg check).
+_JWS = jwt.PyJWS(algorithms=sorted(ALLOWED_ALGORITHMS))
+
+
+class ReplayGuard(Protocol):
+    """Remembers (issuer, jti) pairs until they expire; shared by all workers in production."""
+
+    def claim(self, issuer: str, jti: str, expires_at: datetime) -> bool:
+        """True if this is the first use of ``jti`` from ``issuer``; False if it was seen and has not expired."""
+        ...
+
+
+class InMemoryReplayGuard:
+    """Single-process replay guard (tests, one worker). Thread-safe; forgets entries once they expire."""
+
+    def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
+        self._clock = clock or (lambda: datetime.now(timezone.utc))
+        self._lock = threading.Lock()
+        self._expiry: dict[tuple[str, str], datetime] = {}
+        self._heap: list[tuple[datetime, tuple[str, str]]] = []
+
+    def claim(self, issuer: str, jti: str, expires_at: datetime) -> bool:
+        """Record the pair; False if it is already recorded and still live."""
+        key = (issuer, jti)
+        if expires_at.tzinfo is None:  # naive datetimes are taken as UTC rather than failing to compare
+            expires_at = expires_at.replace(tzinfo=timezone.utc)
+        with self._lock:
+            now = self._clock()
+            self._purge(now)
+            if key in self._expiry:
+                return False
+            self._expiry[key] = expires_at
+            heapq.heappush(self._heap, (expires_at, key))
+            return True
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._expiry)
+
+    def _purge(self, now: datetime) -> None:
+        """Drop expired pairs, oldest first, so memory stays bounded by the tokens still alive."""
+        while self._heap and self._heap[0][0] <= now:
+            expires_at, key = heapq.heappop(self._heap)
+            if self._expiry.get(key) == expires_at:
+                del self._expiry[key]
+
+
+class _Rejected(Exception):
+    """Internal: carries the reason code of a rejection to the single place that logs it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _LogContext:
+    """What we may log about a rejected token: the claimed issuer and key id, nothing else."""
+
+    iss: str | None = None
+    kid: str | None = None
+
+
+@dataclass(frozen=True)
+class _Key:
+    """One usable public verification key from a JWKS."""
+
+    kid: str
+    kty: str
+    crv: str | None
+    alg: str | None
+    public_key: Any
+
+    def fits(self, alg: str) -> bool:
+        """Whether this key may verify a signature made with ``alg`` (key type, curve and declared alg agree)."""
+        if self.alg is not None and self.alg != alg:
+            return False
+        if alg.startswith("ES"):
+            return self.kty == "EC" and self.crv == _EC_CURVE_FOR_ALG.get(alg)
+        return self.kty == "RSA" and alg[:2] in ("RS", "PS")
+
+
+@dataclass
+class _IssuerKeys:
+    """The cached key set of one issuer and the bookkeeping that rate-limits refetching it."""
+
+    jwks_url: str | None
+    keys: dict[str, list[_Key]] = field(default_factory=dict)
+    fetched_at: float | None = None
+    attempted_at: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _parse_jwk(jwk: Any) -> _Key | None:
+    """A verification key from one JWK, or None when it is unusable for us (wrong use, type, size or alg)."""
+    if not isinstance(jwk, dict) or not isinstance(jwk.get("kid"), str) or not jwk["kid"]:
+        return None
+    kty, alg = jwk.get("kty"), jwk.get("alg")
+    if jwk.get("use", "sig") != "sig":
+        return None
+    key_ops = jwk.get("key_ops")
+    if key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops):
+        return None
+    if alg is not None and alg not in ALLOWED_ALGORITHMS:
+        return None
+    try:
+        if kty == "EC":
+            loaded = ECAlgorithm.from_jwk(jwk)
+        elif kty == "RSA":
+            loaded = RSAAlgorithm.from_jwk(jwk)
+        else:
+            return None
+    except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+        return None
+    # A JWKS that (wrongly) publishes private material still only ever yields a public key here.
+    public = loaded.public_key() if isinstance(loaded, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)) else loaded
+    if isinstance(public, rsa.RSAPublicKey):
+        if public.key_size < _MIN_RSA_BITS:
+            return None
+        return _Key(kid=jwk["kid"], kty="RSA", crv=None, alg=alg, public_key=public)
+    crv = _JWK_CURVE_NAMES.get(public.curve.name)
+    if crv is None:
+        return None
+    return _Key(kid=jwk["kid"], kty="EC", crv=crv, alg=alg, public_key=public)
+
+
+def parse_jwks(document: Any) -> dict[str, list[_Key]]:
+    """Usable keys of a JWKS document by kid (a kid may name several keys, e.g. one EC and one RSA)."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError("not a JWKS document")
+    keys: dict[str, list[_Key]] = {}
+    for jwk in document["keys"]:
+        parsed = _parse_jwk(jwk)
+        if parsed is not None:
+            keys.setdefault(parsed.kid, []).append(parsed)
+    return keys
+
+
+def _number(claims: Mapping[str, Any], name: str, *, required: bool) -> float | None:
+    """A NumericDate claim, rejecting booleans, strings and non-finite values."""
+    if name not in claims:
+        if required:
+            raise _Rejected(f"jwt.missing_{name}")
+        return None
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Rejected(f"jwt.invalid_{name}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _Rejected(f"jwt.invalid_{name}") from None
+    if not math.isfinite(number):
+        raise _Rejected(f"jwt.invalid_{name}")
+    return number
+
+
+def check_claims(
+    claims: Mapping[str, Any], *, audience: str, now: float, leeway: float, max_lifetime: float
+) -> None:
+    """Validate aud, exp, iat, nbf, lifetime and jti presence (signature and iss are checked before this)."""
+    exp = _number(claims, "exp", required=True)
+    iat = _number(claims, "iat", required=True)
+    nbf = _number(claims, "nbf", required=False)
+    assert exp is not None and iat is not None
+    jti = claims.get("jti")
+    if jti is None:
+        raise _Rejected("jwt.missing_jti")
+    if not isinstance(jti, str) or not jti or len(jti) > _MAX_JTI_CHARS:
+        raise _Rejected("jwt.invalid_jti")
+    _check_audience(claims.get("aud"), audience)
+    if now > exp + leeway:
+        raise _Rejected("jwt.expired")
+    if iat > now + leeway:
+        raise _Rejected("jwt.iat_in_future")
+    if nbf is not None and nbf > now + leeway:
+        raise _Rejected("jwt.not_yet_valid")
+    if exp <= iat:
+        raise _Rejected("jwt.invalid_lifetime")
+    if exp - iat > max_lifetime:
+        raise _Rejected("jwt.lifetime_too_long")
+
+
+def _check_audience(aud: Any, audience: str) -> None:
+    """``aud`` must be the URL called: the string itself, or a list of strings containing it."""
+    if aud is None:
+        raise _Rejected("jwt.missing_aud")
+    if isinstance(aud, str):
+        if aud != audience:
+            raise _Rejected("jwt.wrong_audience")
+        return
+    if isinstance(aud, list) and all(isinstance(a, str) for a in aud):
+        if audience not in aud:
+            raise _Rejected("jwt.wrong_audience")
+        return
+    raise _Rejected("jwt.invalid_aud")
+
+
+def _bearer_token(authorization_header: str | None) -> str:
+    """The token of an ``Authorization: Bearer <jwt>`` header (scheme case-insensitive, RFC 7235)."""
+    if authorization_header is None or not authorization_header.strip():
+        raise _Rejected("auth.missing")
+    if len(authorization_header) > MAX_TOKEN_CHARS:
+        raise _Rejected("jwt.too_large")
+    parts = authorization_header.split()
+    if len(parts) != 2 or parts[0].lower() != "bearer":
+        raise _Rejected("auth.not_bearer")
+    if not _COMPACT_JWS.match(parts[1]):
+        raise _Rejected("jwt.malformed")
+    return parts[1]
+
+
+def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and payload before verification: only used to choose the key, never trusted."""
+    try:
+        decoded = _JWS.decode_complete(token, options={"verify_signature": False})
+        payload = json.loads(decoded["payload"])
+    except (jwt.PyJWTError, ValueError, RecursionError, UnicodeDecodeError):
+        raise _Rejected("jwt.malformed") from None
+    if not isinstance(payload, dict):
+        raise _Rejected("jwt.malformed")
+    return decoded["header"], payload
+
+
+def _check_header(header: Mapping[str, Any]) -> tuple[str, str]:
+    """The (alg, kid) of an acceptable header; refuses none/HMAC/unknown algs and critical extensions."""
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
+        raise _Rejected("jwt.alg_not_allowed")
+    if "crit" in header or "b64" in header:  # PyJWT already refuses most; we support no extension at all
+        raise _Rejected("jwt.unsupported_header")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise _Rejected("jwt.missing_kid")
+    return alg, kid
+
+
+def _safe(value: str | None) -> str:
+    """A caller-supplied string made safe for one log line (quoted, no newlines, bounded)."""
+    return "-" if value is None else repr(value[:120])
+
+
+class JwtVerifier:
+    """Verifies CDS Hooks bearer JWTs; one instance per process, safe to share between threads."""
+
+    def __init__(
+        self,
+        config: Config,
+        replay_guard: ReplayGuard,
+        session: requests.Session | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        jwks_min_refresh_seconds: float = 30.0,
+        jwks_cache_seconds: float = 3600.0,
+    ) -> None:
+        self._config = config
+        self._guard = replay_guard
+        self._session = session or requests.Session()
+        self._clock = clock
+        self._min_refresh = jwks_min_refresh_seconds
+        self._cache_seconds = jwks_cache_seconds
+        self._issuers = {issuer: self._issuer_keys(issuer, value) for issuer, value in config.trusted_issuers.items()}
+
+    @staticmethod
+    def _issuer_keys(issuer: str, value: Any) -> _IssuerKeys:
+        """Cache entry for one configured issuer; inline JWKS are parsed once, here (bad ones stop start-up)."""
+        if isinstance(value, str) and value:
+            return _IssuerKeys(jwks_url=value)
+        try:
+            keys = parse_jwks(value)
+        except ValueError:
+            raise ConfigError(f"issuer {issuer!r}: value must be a JWKS URL or an inline JWKS object") from None
+        if not keys:
+            raise ConfigError(f"issuer {issuer!r}: inline JWKS has no usable signature key with a kid")
+        return _IssuerKeys(jwks_url=None, keys=keys, fetched_at=math.inf)
+
+    def verify(self, authorization_header: str | None, audience: str) -> dict[str, Any]:
+        """The verified claims of the request's bearer JWT; raises ``AuthError`` for any problem."""
+        context = _LogContext()
+        try:
+            claims = self._verify(authorization_header, audience, context)
+        except _Rejected as rejected:
+            log.warning(
+                "JWT rejected: %s (iss=%s kid=%s)",
+                rejected.reason,
+                _safe(context.iss),
+                _safe(context.kid),
+                extra={"auth_reason": rejected.reason},
+            )
+            raise AuthError() from None
+        log.debug("JWT accepted (iss=%s kid=%s)", _safe(context.iss), _safe(context.kid))
+        return claims
+
+    def _verify(self, authorization_header: str | None, audience: str, context: _LogContext) -> dict[str, Any]:
+        token = _bearer_token(authorization_header)
+        header, unverified = _unverified(token)
+        if isinstance(header.get("kid"), str):
+            context.kid = header["kid"]
+        if isinstance(unverified.get("iss"), str):
+            context.iss = unverified["iss"]
+        alg, kid = _check_header(header)
+        issuer = unverified.get("iss")
+        if not isinstance(issuer, str) or not issuer:
+            raise _Rejected("jwt.missing_iss")
+        entry = self._issuers.get(issuer)
+        if entry is None:
+            raise _Rejected("jwt.unknown_issuer")
+        if "jku" in header and (entry.jwks_url is None or header["jku"] != entry.jwks_url):
+            raise _Rejected("jwt.jku_not_allowed")
+        key = self._key_for(entry, kid, alg)
+        claims = self._verified_payload(token, key, alg)
+        now = self._clock()
+        leeway = self._config.jwt_leeway_seconds
+        check_claims(
+            claims, audience=audience, now=now, leeway=leeway, max_lifetime=self._config.jwt_max_lifetime_seconds
+        )
+        expires_at = datetime.fromtimestamp(float(claims["exp"]) + leeway, tz=timezone.utc)
+        if not self._guard.claim(issuer, claims["jti"], expires_at):
+            raise _Rejected("jwt.replayed")
+        return claims
+
+    @staticmethod
+    def _verified_payload(token: str, key: _Key, alg: str) -> dict[str, Any]:
+        """The payload once the signature checks out with ``key`` under exactly ``alg``."""
+        try:
+            decoded = _JWS.decode_complete(token, key=key.public_key, algorithms=[alg])
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise _Rejected("jwt.bad_signature") from None
+        claims = json.loads(decoded["payload"])
+        if not isinstance(claims, dict):
+            raise _Rejected("jwt.malformed")
+        return claims
+
+    def _key_for(self, entry: _IssuerKeys, kid: str, alg: str) -> _Key:
+        """The issuer's key named ``kid`` that fits ``alg``, refetching the JWKS (rate-limited) when unknown."""
+        with entry.lock:
+            if entry.jwks_url is not None and self._is_stale(entry):
+                self._refresh(entry)
+            if kid not in entry.keys and entry.jwks_url is not None and self._may_fetch(entry):
+                self._refresh(entry)
+            candidates = entry.keys.get(kid)
+            if not candidates:
+                raise _Rejected("jwt.jwks_unavailable" if entry.fetched_at is None else "jwt.unknown_kid")
+        for key in candidates:
+            if key.fits(alg):
+                return key
+        raise _Rejected("jwt.key_mismatch")
+
+    def _is_stale(self, entry: _IssuerKeys) -> bool:
+        """No keys yet, or older than the cache lifetime — and a fetch is allowed now."""
+        if entry.fetched_at is not None and self._clock() - entry.fetched_at < self._cache_seconds:
+            return False
+        return self._may_fetch(entry)
+
+    def _may_fetch(self, entry: _IssuerKeys) -> bool:
+        """At most one JWKS request per issuer per ``jwks_min_refresh_seconds``, whatever callers send us."""
+        if entry.attempted_at is None:
+            return True
+        elapsed = self._clock() - entry.attempted_at
+        return elapsed < 0 or elapsed >= self._min_refresh
+
+    def _refresh(self, entry: _IssuerKeys) -> None:
+        """Refetch the JWKS; on failure keep the keys we had (if any) so a JWKS outage does not lock callers out.
+
+        The trade-off: a key removed from the JWKS stays usable until the JWKS URL answers again.
+        """
+        assert entry.jwks_url is not None
+        entry.attempted_at = self._clock()
+        try:
+            keys = self._fetch_jwks(entry.jwks_url)
+        except _Rejected as failure:
+            log.warning("JWKS fetch failed: %s (url=%s)", failure.reason, _safe(entry.jwks_url))
+            return
+        entry.keys = keys
+        entry.fetched_at = self._clock()
+
+    def _fetch_jwks(self, url: str) -> dict[str, list[_Key]]:
+        """GET the issuer's JWKS: 200, JSON, bounded size, no redirects (keys come only from the listed URL)."""
+        try:
+            with self._session.get(
+                url,
+                timeout=self._config.jwks_timeout_seconds,
+                headers={"Accept": "application/json"},
+                allow_redirects=False,
+                stream=True,
+            ) as response:
+                if response.status_code != 200:
+                    raise _Rejected(f"jwks.http_{response.status_code}")
+                body = _read_bounded(response, MAX_JWKS_BYTES)
+        except requests.Timeout:
+            raise _Rejected("jwks.timeout") from None
+        except requests.RequestException as exc:
+            raise _Rejected(f"jwks.unreachable.{type(exc).__name__}") from None
+        try:
+            keys = parse_jwks(json.loads(body))
+        except (ValueError, RecursionError, UnicodeDecodeError):
+            raise _Rejected("jwks.not_jwks") from None
+        if not keys:
+            raise _Rejected("jwks.no_usable_keys")
+        return keys
+
+
+def _read_bounded(response: requests.Response, limit: int) -> bytes:
+    """The response body, refusing more than ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(chunk_size=65536):
+        size += len(chunk)
+        if size > limit:
+            raise _Rejected("jwks.too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def audience_for(request_url_without_query: str, path: str, public_base_url: str | None) -> str:
+    """The ``aud`` a caller must use: behind a proxy the public URL differs from what the app sees.
+
+    ``path`` is the route inside the app (Flask's ``request.path``); ``public_base_url`` already includes
+    any prefix the proxy strips.
+    """
+    if not public_base_url:
+        return request_url_without_query
+    return public_base_url.rstrip("/") + "/" + path.lstrip("/")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a bind address only accepts connections from this machine (127.0.0.0/8, ::1, localhost)."""
+    candidate = host.strip().strip("[]").rstrip(".").lower()
+    if candidate == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(candidate.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def check_bind_security(config: Config) -> str | None:
+    """Secure default: without trusted issuers, serve unauthenticated only on loopback unless explicitly allowed.
+
+    Returns a warning to log at start-up (None when JWT checks are on); raises ``ConfigError`` when the
+    service would accept unauthenticated calls from the network without ``allow_unauthenticated``.
+    """
+    if config.auth_enabled:
+        return None
+    if is_loopback_host(config.host):
+        return (
+            f"JWT authentication is OFF (no trusted issuers): accepting unauthenticated calls on loopback "
+            f"{config.host} only"
+        )
+    if config.allow_unauthenticated:
+        return (
+            f"SECURITY WARNING: JWT authentication is OFF and the service listens on {config.host}: ANY network "
+            f"client can call it (allow_unauthenticated is set). Configure trusted issuers before production use."
+        )
+    raise ConfigError(
+        f"refusing to listen on non-loopback address {config.host!r} without trusted JWT issuers; configure "
+        f"CDS_TRUSTED_ISSUERS, bind to 127.0.0.1, or set CDS_ALLOW_UNAUTHENTICATED=true"
+    )

@@ -1,0 +1,141 @@
+"""Service configuration: one frozen object, read from environment variables with embedded defaults.
+
+Every setting is listed in the README's configuration table; ``Config.from_env()`` is the only place
+that reads the environment, so tests build ``Config(...)`` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+DEFAULT_PLAN_PREFIXES: dict[str, str] = {"MCD-": "medicaid", "HIM-": "him", "COM-": "commercial"}
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot run with; raised at start-up, never per request."""
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None or value.strip() == "":
+        return default
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"not a boolean: {value!r}")
+
+
+def _float(name: str, value: str | None, default: float) -> float:
+    if value is None or value.strip() == "":
+        return default
+    try:
+        parsed = float(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name} is not a number: {value!r}") from exc
+    if parsed <= 0:
+        raise ConfigError(f"{name} must be positive")
+    return parsed
+
+
+def _int(name: str, value: str | None, default: int) -> int:
+    return int(_float(name, value, float(default)))
+
+
+def _json_object(name: str, value: str | None, default: dict[str, Any]) -> dict[str, Any]:
+    if value is None or value.strip() == "":
+        return dict(default)
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name} is not JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{name} must be a JSON object")
+    return parsed
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the app needs; defaults are safe for a developer machine on loopback."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 2
+    #: issuer -> JWKS URL (str) or inline JWKS (dict with "keys").
+    trusted_issuers: Mapping[str, Any] = field(default_factory=dict)
+    #: Run without JWT checks on a non-loopback bind (off: refuse to start).
+    allow_unauthenticated: bool = False
+    #: Public base URL (scheme://host[:port][/prefix]) used for the JWT ``aud`` behind a proxy.
+    public_base_url: str | None = None
+    jwt_leeway_seconds: int = 30
+    #: Longest JWT lifetime accepted (exp - iat), which also bounds the replay window.
+    jwt_max_lifetime_seconds: int = 3600
+    jwks_timeout_seconds: float = 2.0
+    max_body_bytes: int = 5 * 1024 * 1024
+    fhir_budget_seconds: float = 3.0
+    fhir_connect_timeout_seconds: float = 1.0
+    fhir_max_pages: int = 10
+    fhir_max_response_bytes: int = 20 * 1024 * 1024
+    database_url: str = "sqlite:///priorauth-cds.sqlite3"
+    cors_origins: tuple[str, ...] = ("*",)
+    insurer_name: str = "Centene Health Plan"
+    plan_prefixes: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PLAN_PREFIXES))
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
+        """Read ``CDS_*`` and ``DATABASE_URL``; keyword overrides win (used by the CLI flags)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {
+            "host": env.get("CDS_HOST") or cls.host,
+            "port": _int("CDS_PORT", env.get("CDS_PORT"), cls.port),
+            "workers": _int("CDS_WORKERS", env.get("CDS_WORKERS"), cls.workers),
+            "trusted_issuers": _json_object("CDS_TRUSTED_ISSUERS", env.get("CDS_TRUSTED_ISSUERS"), {}),
+            "allow_unauthenticated": _bool(env.get("CDS_ALLOW_UNAUTHENTICATED"), False),
+            "public_base_url": (env.get("CDS_PUBLIC_BASE_URL") or "").rstrip("/") or None,
+            "jwt_leeway_seconds": _int("CDS_JWT_LEEWAY_SECONDS", env.get("CDS_JWT_LEEWAY_SECONDS"), 30),
+            "jwt_max_lifetime_seconds": _int(
+                "CDS_JWT_MAX_LIFETIME_SECONDS", env.get("CDS_JWT_MAX_LIFETIME_SECONDS"), 3600
+            ),
+            "max_body_bytes": _int("CDS_MAX_BODY_BYTES", env.get("CDS_MAX_BODY_BYTES"), cls.max_body_bytes),
+            "fhir_budget_seconds": _float("CDS_FHIR_BUDGET_SECONDS", env.get("CDS_FHIR_BUDGET_SECONDS"), 3.0),
+            "fhir_connect_timeout_seconds": _float(
+                "CDS_FHIR_CONNECT_TIMEOUT_SECONDS", env.get("CDS_FHIR_CONNECT_TIMEOUT_SECONDS"), 1.0
+            ),
+            "fhir_max_pages": _int("CDS_FHIR_MAX_PAGES", env.get("CDS_FHIR_MAX_PAGES"), 10),
+            "fhir_max_response_bytes": _int(
+                "CDS_FHIR_MAX_RESPONSE_BYTES", env.get("CDS_FHIR_MAX_RESPONSE_BYTES"), cls.fhir_max_response_bytes
+            ),
+            "database_url": env.get("DATABASE_URL") or cls.database_url,
+            "cors_origins": tuple(
+                o.strip() for o in (env.get("CDS_CORS_ORIGINS") or "*").split(",") if o.strip()
+            ),
+            "insurer_name": env.get("CDS_INSURER_NAME") or cls.insurer_name,
+            "plan_prefixes": _json_object("CDS_PLAN_PREFIXES", env.get("CDS_PLAN_PREFIXES"), DEFAULT_PLAN_PREFIXES),
+            "log_level": (env.get("CDS_LOG_LEVEL") or "INFO").upper(),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work (checked once at start-up)."""
+        for issuer, keys in self.trusted_issuers.items():
+            if not isinstance(issuer, str) or not issuer:
+                raise ConfigError("CDS_TRUSTED_ISSUERS keys must be issuer strings")
+            if not (isinstance(keys, str) or (isinstance(keys, dict) and isinstance(keys.get("keys"), list))):
+                raise ConfigError(f"issuer {issuer!r}: value must be a JWKS URL or an inline JWKS object")
+        for prefix, lob in self.plan_prefixes.items():
+            if lob not in ("medicaid", "him", "commercial"):
+                raise ConfigError(f"CDS_PLAN_PREFIXES: {prefix!r} maps to unknown line of business {lob!r}")
+        if not 1 <= self.port <= 65535:
+            raise ConfigError("CDS_PORT out of range")
+
+    @property
+    def auth_enabled(self) -> bool:
+        """JWT checks run whenever at least one issuer is trusted."""
+        return bool(self.trusted_issuers)

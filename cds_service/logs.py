@@ -1,0 +1,52 @@
+"""Structured JSON logs: one object per line with hookInstance, service, decision and timings.
+
+Nothing that could carry PHI or credentials is ever passed to the logger (no bodies, no tokens,
+no JWTs, no patient ids); ``JsonFormatter`` only serialises the explicit ``fields`` extra.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"ts", "level", "logger", "event", ...fields}`` per record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info and record.exc_info[0] is not None:
+            # The type and where it was raised; never the message, which may quote request data.
+            entry["error_type"] = record.exc_info[0].__name__
+            frames = traceback.extract_tb(record.exc_info[2]) if record.exc_info[2] else []
+            entry["error_at"] = [f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}:{f.name}" for f in frames[-5:]]
+        return orjson.dumps(entry, default=str).decode()
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Route the service's loggers to stderr as JSON lines (idempotent)."""
+    root = logging.getLogger("priorauth_cds")
+    root.setLevel(level)
+    if not any(getattr(h, "_priorauth", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        handler._priorauth = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+        root.propagate = False
+
+
+def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
+    logger.log(level, event, extra={"fields": fields})

@@ -1,0 +1,1 @@
+"""Declarative drug policies and the three-valued engine that evaluates them over ``Facts``."""

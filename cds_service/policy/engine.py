@@ -1,0 +1,208 @@
+"""Evaluate a compiled drug policy over one order's ``Facts``: pick the pathway, decide, size the approval.
+
+Pure and fast: no I/O, no shared state; the policy is compiled once by ``load_policy`` and every
+request calls ``evaluate(policy, facts)``. Selection rules (documented in docs/policy-format.md):
+
+* continued therapy (II.A) when everolimus has been received for at least its ``therapy_days_at_least``
+  and the member has or may have a diagnosis of an indication pathway; without one, II.B (refer);
+* otherwise every indication pathway (I.A ... I.H) the member has or may have a diagnosis for is
+  evaluated and the best decision wins (met > incomplete > not-met), ties going to the firmer diagnosis
+  link (has > may have), then to policy order; no such pathway -> I.I (refer);
+* a non-formulary rule (HIM and brand Afinitor Disperz) refers whatever the pathway, and a pathway
+  whose approval table refers for the member's line of business (I.F for HIM) refers too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from fhir_mappings.model import Facts, LineOfBusiness
+
+from .loader import (
+    CONTINUED,
+    CONTINUED_OTHER,
+    INDICATION,
+    INITIAL_OTHER,
+    REFERRAL_KINDS,
+    Criterion,
+    NonFormularyRule,
+    Pathway,
+    Policy,
+    PolicyError,
+    PolicyVocabulary,
+    ReferTo,
+    UpTo,
+    load_policy,
+)
+from .predicates import Outcome, all_of_status, diagnosis_link
+from .results import CriterionResult, Decision, OrderEvaluation, Status
+
+__all__ = [
+    "PathwayResult",
+    "Policy",
+    "PolicyError",
+    "PolicyVocabulary",
+    "approval_months",
+    "evaluate",
+    "evaluate_pathway",
+    "load_policy",
+    "notes_for",
+    "select",
+]
+
+_RANK = {Decision.MET: 0, Decision.INCOMPLETE: 1, Decision.NOT_MET: 2, Decision.REFER: 3}
+_LINK_RANK = {Status.MET: 0, Status.UNKNOWN: 1, Status.NOT_MET: 2}
+
+
+@dataclass(frozen=True)
+class PathwayResult:
+    """One pathway evaluated on its own criteria, before line-of-business referrals."""
+
+    pathway: Pathway
+    decision: Decision
+    criteria: tuple[CriterionResult, ...]
+
+
+#: A criterion's outcome with its sub-items' nodes, before it is turned into a ``CriterionResult``.
+_Node = tuple[Outcome, tuple["_Node", ...]]
+
+
+def _outcomes(criterion: Criterion, facts: Facts) -> _Node:
+    """Sub-items first (policy order), then the criterion's own predicate over their outcomes."""
+    if not criterion.children:
+        return criterion.predicate(facts, ()), ()
+    children = tuple([_outcomes(child, facts) for child in criterion.children])
+    return criterion.predicate(facts, tuple([node[0] for node in children])), children
+
+
+def _result(criterion: Criterion, node: _Node) -> CriterionResult:
+    outcome, children = node
+    return CriterionResult(
+        id=criterion.id,
+        text=criterion.text,
+        status=outcome.status,
+        evidence=outcome.evidence,
+        remedy=criterion.remedy,
+        fixes=outcome.fixes,
+        children=tuple(_result(c, n) for c, n in zip(criterion.children, children)),
+    )
+
+
+def _decision(pathway: Pathway, statuses: Iterable[Status]) -> Decision:
+    """Referral sections refer; otherwise met when every top-level criterion is met, not-met when any is not."""
+    if pathway.kind in REFERRAL_KINDS:
+        return Decision.REFER
+    status = all_of_status(statuses)
+    return {Status.MET: Decision.MET, Status.NOT_MET: Decision.NOT_MET, Status.UNKNOWN: Decision.INCOMPLETE}[status]
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """A pathway's outcomes, cheap to compute for every candidate; only the winner becomes results."""
+
+    pathway: Pathway
+    decision: Decision
+    nodes: tuple[_Node, ...]
+
+    def result(self) -> PathwayResult:
+        criteria = tuple(_result(c, n) for c, n in zip(self.pathway.criteria, self.nodes))
+        return PathwayResult(self.pathway, self.decision, criteria)
+
+
+def _score(pathway: Pathway, facts: Facts) -> _Scored:
+    nodes = tuple([_outcomes(c, facts) for c in pathway.criteria])
+    return _Scored(pathway, _decision(pathway, [node[0].status for node in nodes]), nodes)
+
+
+def run_pathway(pathway: Pathway, facts: Facts) -> PathwayResult:
+    """A pathway's criteria over the facts; referral sections always decide ``refer``."""
+    return _score(pathway, facts).result()
+
+
+def evaluate_pathway(policy: Policy, pathway_id: str, facts: Facts) -> PathwayResult:
+    """One named pathway, whatever selection would pick (for tests, audits and "what if" views)."""
+    return run_pathway(policy.pathway(pathway_id), facts)
+
+
+def _link(pathway: Pathway, facts: Facts) -> Status:
+    return diagnosis_link(facts, pathway.diagnoses, pathway.suggested_by).status
+
+
+def select(policy: Policy, facts: Facts) -> PathwayResult:
+    """The pathway this order is judged under (see the module docstring for the rules)."""
+    indications = policy.of_kind(INDICATION)
+    linked = [
+        (index, p, link) for index, p in enumerate(indications) if (link := _link(p, facts)) is not Status.NOT_MET
+    ]
+    for continued in policy.of_kind(CONTINUED):
+        if continued.therapy_days is not None and facts.everolimus_days >= continued.therapy_days:
+            if linked:
+                return run_pathway(continued, facts)
+            return run_pathway(policy.of_kind(CONTINUED_OTHER)[0], facts)
+    if not linked:
+        return run_pathway(policy.of_kind(INITIAL_OTHER)[0], facts)
+    scored = [(_score(p, facts), link, index) for index, p, link in linked]
+    best = min(scored, key=lambda s: (_RANK[s[0].decision], _LINK_RANK[s[1]], s[2]))
+    return best[0].result()
+
+
+def _non_formulary(policy: Policy, facts: Facts) -> NonFormularyRule | None:
+    for rule in policy.non_formulary:
+        if facts.line_of_business == rule.line_of_business and facts.product.family == rule.family:
+            return rule
+    return None
+
+
+def notes_for(policy: Policy, facts: Facts) -> tuple[str, ...]:
+    """Notes for the reader that change no status: a generic of a product non-formulary for this plan."""
+    rule = _non_formulary(policy, facts)
+    if rule is not None and facts.product.is_brand is False:
+        return (rule.generic_note,)
+    return ()
+
+
+def approval_months(pathway: Pathway, line: LineOfBusiness | None, requested_months: int | None) -> int | None:
+    """Months from the pathway's table; ``up_to`` means that many or the request's duration, whichever is less."""
+    rule = pathway.approval.get(line) if line is not None else None
+    if rule is None or isinstance(rule, ReferTo):
+        return None
+    if isinstance(rule, UpTo):
+        return min(rule.months, requested_months or rule.months)
+    return rule
+
+
+def _referral(policy: Policy, result: PathwayResult, facts: Facts) -> tuple[bool, str | None]:
+    """Whether the order is referred, and where (None when the line of business is unknown)."""
+    line = facts.line_of_business
+    rule = _non_formulary(policy, facts)
+    if rule is not None and facts.product.is_brand is True:
+        return True, rule.refer_to
+    approval = result.pathway.approval.get(line) if line is not None else None
+    if isinstance(approval, ReferTo):
+        return True, approval.policy
+    if result.decision is Decision.REFER:
+        referral = result.pathway.referral
+        return True, referral.by_line.get(line) if referral is not None and line is not None else None
+    return False, None
+
+
+def evaluate(policy: Policy, facts: Facts) -> OrderEvaluation:
+    """The policy's answer for one everolimus order."""
+    result = select(policy, facts)
+    referred, refer_to = _referral(policy, result, facts)
+    line = facts.line_of_business
+    return OrderEvaluation(
+        order_ref=facts.order_ref,
+        policy=policy.id,
+        policy_version=policy.version,
+        pathway=result.pathway.id,
+        pathway_title=result.pathway.title,
+        decision=Decision.REFER if referred else result.decision,
+        refer_to=refer_to,
+        line_of_business=LineOfBusiness(line).value if line is not None else None,
+        approval_months=None if referred else approval_months(result.pathway, line, facts.requested_months),
+        criteria=result.criteria,
+        evaluation_date=facts.evaluation_date.isoformat(),
+        notes=notes_for(policy, facts),
+    )

@@ -1,0 +1,526 @@
+"""Load a declarative drug policy (YAML), check it completely, and compile it once into callables.
+
+Start-up is the only time a policy file is read: any mistake (bad YAML, a duplicated key, an unknown
+predicate or tag, a criterion id that is malformed, duplicated, out of sequence or does not fit its
+parent, missing wording) raises ``PolicyError`` so the service refuses to start rather than answer
+wrongly. The file format is described in docs/policy-format.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fhir_mappings.model import LineOfBusiness, ProductFamily
+
+from .predicates import CompileEnv, PolicyError, Predicate, Vocabulary, check_tags, compile_predicate
+
+__all__ = [
+    "Approval",
+    "Criterion",
+    "NonFormularyRule",
+    "Pathway",
+    "Policy",
+    "PolicyError",
+    "PolicyVocabulary",
+    "ReferTo",
+    "Referral",
+    "UpTo",
+    "load_policy",
+    "parse_policy",
+]
+
+DEFAULT_POLICY = "cp-phar-63.yaml"
+
+#: Pathway kinds: how the engine selects a pathway and what its decision can be.
+INDICATION = "indication"  # I.A ... I.H: applies when the member has or may have a diagnosis it names
+INITIAL_OTHER = "initial-other"  # I.I: no indication pathway applies -> refer
+CONTINUED = "continued"  # II.A: everolimus for long enough and an indication pathway's diagnosis
+CONTINUED_OTHER = "continued-other"  # II.B: everolimus for long enough, no such diagnosis -> refer
+NOT_AUTHORIZED = "not-authorized"  # III: listed for the reader; never selected
+KINDS = (INDICATION, INITIAL_OTHER, CONTINUED, CONTINUED_OTHER, NOT_AUTHORIZED)
+REFERRAL_KINDS = (INITIAL_OTHER, CONTINUED_OTHER, NOT_AUTHORIZED)
+
+PATHWAY_ID = re.compile(r"[IVX]+\.[A-Z]")
+SECTION_ID = re.compile(r"[IVX]+")
+#: Numbering below a pathway (I.A -> 9 -> a -> i) and below a bare section (III -> A -> 1 -> a -> i).
+PATHWAY_LEVELS = ("number", "letter", "roman")
+SECTION_LEVELS = ("capital", "number", "letter", "roman")
+_ROMAN = ("i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x", "xi", "xii")
+
+
+@dataclass(frozen=True)
+class PolicyVocabulary:
+    """Tag vocabularies as plain sets, for callers (and tests) without the code tables."""
+
+    diagnosis_tags: frozenset[str] = frozenset()
+    ingredient_tags: frozenset[str] = frozenset()
+    specialty_tags: frozenset[str] = frozenset()
+    receptor_tags: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One numbered criterion, compiled: its wording, remedy, test and sub-items in policy order."""
+
+    id: str
+    text: str
+    remedy: str
+    predicate: Predicate = field(repr=False, compare=False)
+    children: tuple[Criterion, ...] = ()
+
+    def walk(self) -> Iterator[Criterion]:
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+
+@dataclass(frozen=True)
+class UpTo:
+    """``months`` or the duration of the request, whichever is less."""
+
+    months: int
+
+
+@dataclass(frozen=True)
+class ReferTo:
+    """This line of business is not approved here: the request goes to another policy."""
+
+    policy: str
+
+
+Approval = int | UpTo | ReferTo
+
+
+@dataclass(frozen=True)
+class Referral:
+    """A named referral table: the policy to refer to for each line of business."""
+
+    key: str
+    text: str
+    by_line: Mapping[LineOfBusiness, str]
+
+
+@dataclass(frozen=True)
+class NonFormularyRule:
+    """A product not on one line of business's formulary: brand requests are referred, generics noted."""
+
+    line_of_business: LineOfBusiness
+    family: ProductFamily
+    refer_to: str
+    text: str
+    generic_note: str
+
+
+@dataclass(frozen=True)
+class Pathway:
+    """One approval pathway (or referral section) of the policy."""
+
+    id: str
+    title: str
+    kind: str
+    criteria: tuple[Criterion, ...]
+    #: Diagnosis tags that make an indication pathway apply (has -> confirmed link, may have -> possible).
+    diagnoses: tuple[str, ...] = ()
+    #: Diagnosis tags that only suggest the pathway (a parent code such as TSC): a possible link.
+    suggested_by: tuple[str, ...] = ()
+    #: Continued-therapy pathways: days of everolimus on record that make them apply.
+    therapy_days: int | None = None
+    approval: Mapping[LineOfBusiness, Approval] = field(default_factory=dict)
+    referral: Referral | None = None
+
+    def all_criteria(self) -> Iterator[Criterion]:
+        for criterion in self.criteria:
+            yield from criterion.walk()
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A loaded, checked and compiled policy; immutable and shared by every request."""
+
+    id: str
+    version: str
+    title: str
+    lines_of_business: tuple[LineOfBusiness, ...]
+    pathways: tuple[Pathway, ...]
+    referrals: Mapping[str, Referral]
+    non_formulary: tuple[NonFormularyRule, ...] = ()
+    source: str = ""
+
+    def pathway(self, pathway_id: str) -> Pathway:
+        for pathway in self.pathways:
+            if pathway.id == pathway_id:
+                return pathway
+        raise KeyError(pathway_id)
+
+    @cached_property
+    def _by_kind(self) -> Mapping[str, tuple[Pathway, ...]]:
+        return {kind: tuple(p for p in self.pathways if p.kind == kind) for kind in KINDS}
+
+    def of_kind(self, kind: str) -> tuple[Pathway, ...]:
+        """Pathways of one kind in policy order (computed once: selection asks on every request)."""
+        return self._by_kind.get(kind, ())
+
+    def criterion_ids(self) -> tuple[str, ...]:
+        """Every criterion id in file order (pathways, then their sub-items depth first)."""
+        return tuple(c.id for p in self.pathways for c in p.all_criteria())
+
+
+# ----------------------------------------------------------------------------- YAML without silent surprises
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicated mapping keys (YAML would silently keep the last one)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise PolicyError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{source}: not valid YAML: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------- small checks
+
+
+def _mapping(raw: Any, where: str, allowed: Collection[str], required: Collection[str] = ()) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise PolicyError(f"{where}: expected a mapping")
+    unknown = sorted(str(k) for k in raw if k not in allowed)
+    if unknown:
+        raise PolicyError(f"{where}: unknown key(s) {unknown}")
+    missing = [k for k in required if k not in raw]
+    if missing:
+        raise PolicyError(f"{where}: missing {missing}")
+    return raw
+
+
+def _text(raw: Any, where: str, key: str) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise PolicyError(f"{where}: {key} must be non-empty text")
+    return " ".join(raw.split())
+
+
+def _tags(raw: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(t, str) and t for t in raw):
+        raise PolicyError(f"{where}: expected a list of tags")
+    return tuple(raw)
+
+
+def _line(raw: Any, where: str) -> LineOfBusiness:
+    try:
+        return LineOfBusiness(raw)
+    except ValueError as exc:
+        raise PolicyError(f"{where}: unknown line of business {raw!r}") from exc
+
+
+def _segment_ok(segment: str, level: str) -> bool:
+    patterns = {"number": r"[1-9][0-9]*", "letter": r"[a-z]", "roman": r"[ivx]+", "capital": r"[A-Z]"}
+    return re.fullmatch(patterns[level], segment) is not None and (level != "roman" or segment in _ROMAN)
+
+
+def _expected_segment(level: str, index: int) -> str:
+    if level == "number":
+        return str(index + 1)
+    if level == "roman":
+        return _ROMAN[index] if index < len(_ROMAN) else "?"
+    base = "a" if level == "letter" else "A"
+    return chr(ord(base) + index) if index < 26 else "?"
+
+
+# ----------------------------------------------------------------------------- criteria
+
+
+@dataclass
+class _Builder:
+    env: CompileEnv
+    seen_ids: set[str] = field(default_factory=set)
+
+    def criteria(self, raw: Any, parent: str, levels: Sequence[str]) -> tuple[Criterion, ...]:
+        if not isinstance(raw, list) or not raw:
+            raise PolicyError(f"{parent}: criteria must be a non-empty list")
+        if not levels:
+            raise PolicyError(f"{parent}: criteria nest deeper than the policy's numbering allows")
+        built = []
+        for index, item in enumerate(raw):
+            criterion = self.criterion(item, parent, levels)
+            expected = f"{parent}.{_expected_segment(levels[0], index)}"
+            if criterion.id != expected:
+                raise PolicyError(f"{criterion.id}: out of sequence under {parent} (expected {expected})")
+            built.append(criterion)
+        return tuple(built)
+
+    def criterion(self, raw: Any, parent: str, levels: Sequence[str]) -> Criterion:
+        where = f"{parent} (a criterion)"
+        item = _mapping(raw, where, ("id", "text", "remedy", "predicate", "criteria"), ("id",))
+        cid = item["id"]
+        if not isinstance(cid, str):
+            raise PolicyError(f"{where}: id must be text, got {cid!r}")
+        if not cid.startswith(parent + ".") or not _segment_ok(cid[len(parent) + 1 :], levels[0]):
+            raise PolicyError(
+                f"{cid}: malformed id, or it does not fit its parent {parent} (expected {parent}.<{levels[0]}>)"
+            )
+        if cid in self.seen_ids:
+            raise PolicyError(f"{cid}: duplicate criterion id")
+        self.seen_ids.add(cid)
+        text = _text(item.get("text"), cid, "text")
+        remedy = _text(item.get("remedy"), cid, "remedy")
+        children = self.criteria(item["criteria"], cid, levels[1:]) if "criteria" in item else ()
+        if "predicate" not in item:
+            raise PolicyError(f"{cid}: missing predicate")
+        compiled = compile_predicate(item["predicate"], cid, self.env)
+        if compiled.uses_sub_items and not children:
+            raise PolicyError(f"{cid}: predicate reads sub_items but the criterion has none")
+        if children and not compiled.uses_sub_items:
+            raise PolicyError(f"{cid}: has sub-items but its predicate never reads them (use sub_items)")
+        return Criterion(cid, text, remedy, compiled.fn, children)
+
+
+# ----------------------------------------------------------------------------- pathways
+
+
+def _approval(raw: Any, where: str, lines: Sequence[LineOfBusiness]) -> Mapping[LineOfBusiness, Approval]:
+    table = _mapping(raw, where, [line.value for line in lines], [line.value for line in lines])
+    out: dict[LineOfBusiness, Approval] = {}
+    for key, value in table.items():
+        line = _line(key, where)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            out[line] = value
+        elif (
+            isinstance(value, Mapping)
+            and set(value) == {"up_to"}
+            and isinstance(value["up_to"], int)
+            and value["up_to"] > 0
+        ):
+            out[line] = UpTo(value["up_to"])
+        elif isinstance(value, Mapping) and set(value) == {"refer_to"} and isinstance(value["refer_to"], str):
+            out[line] = ReferTo(value["refer_to"])
+        else:
+            raise PolicyError(
+                f"{where}.{key}: expected months, {{up_to: months}} or {{refer_to: policy}}, got {value!r}"
+            )
+    return out
+
+
+def _anchors(raw: Mapping[str, Any]) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Diagnosis tags of every indication pathway, read before any predicate is compiled (``indication_of``).
+
+    Only well-formed entries are collected here; ``_pathway`` checks every entry fully afterwards.
+    """
+    anchors: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+    for item in raw.get("pathways") or []:
+        if not (isinstance(item, Mapping) and item.get("kind") == INDICATION and isinstance(item.get("id"), str)):
+            continue
+        when = item.get("applies_when")
+        if isinstance(when, Mapping):
+            diagnoses, suggested = when.get("diagnoses") or [], when.get("suggested_by") or []
+            if isinstance(diagnoses, list) and isinstance(suggested, list):
+                anchors[item["id"]] = (
+                    tuple(t for t in diagnoses if isinstance(t, str)),
+                    tuple(t for t in suggested if isinstance(t, str)),
+                )
+    return anchors
+
+
+def _pathway(
+    raw: Any, builder: _Builder, lines: Sequence[LineOfBusiness], referrals: Mapping[str, Referral]
+) -> Pathway:
+    where = "pathway"
+    item = _mapping(
+        raw, where, ("id", "title", "kind", "applies_when", "approval_months", "refer_to", "criteria"), ("id", "kind")
+    )
+    pid = item["id"]
+    if not isinstance(pid, str) or not (PATHWAY_ID.fullmatch(pid) or SECTION_ID.fullmatch(pid)):
+        raise PolicyError(f"{where}: malformed pathway id {pid!r} (expected I.A, II.B or a section like III)")
+    if pid in builder.seen_ids:
+        raise PolicyError(f"{pid}: duplicate pathway id")
+    builder.seen_ids.add(pid)
+    kind = item["kind"]
+    if kind not in KINDS:
+        raise PolicyError(f"{pid}: unknown kind {kind!r} (known: {', '.join(KINDS)})")
+    title = _text(item.get("title"), pid, "title")
+    levels = PATHWAY_LEVELS if PATHWAY_ID.fullmatch(pid) else SECTION_LEVELS
+    criteria = builder.criteria(item.get("criteria"), pid, levels)
+
+    diagnoses: tuple[str, ...] = ()
+    suggested: tuple[str, ...] = ()
+    days: int | None = None
+    when = item.get("applies_when")
+    if kind == INDICATION:
+        when = _mapping(when, f"{pid}.applies_when", ("diagnoses", "suggested_by"), ("diagnoses",))
+        diagnoses = _tags(when["diagnoses"], f"{pid}.applies_when.diagnoses")
+        suggested = _tags(when.get("suggested_by", []), f"{pid}.applies_when.suggested_by")
+        if not diagnoses:
+            raise PolicyError(f"{pid}: an indication pathway needs at least one diagnosis tag")
+        check_tags((*diagnoses, *suggested), "diagnosis", builder.env, f"{pid}.applies_when")
+    elif kind in (CONTINUED, CONTINUED_OTHER):
+        when = _mapping(when, f"{pid}.applies_when", ("therapy_days_at_least",), ("therapy_days_at_least",))
+        days = when["therapy_days_at_least"]
+        if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+            raise PolicyError(f"{pid}.applies_when.therapy_days_at_least must be a whole number of days >= 1")
+    elif when is not None:
+        raise PolicyError(f"{pid}: a {kind} section has no applies_when")
+
+    approval: Mapping[LineOfBusiness, Approval] = {}
+    referral: Referral | None = None
+    if kind in (INDICATION, CONTINUED):
+        approval = _approval(item.get("approval_months"), f"{pid}.approval_months", lines)
+        if "refer_to" in item:
+            raise PolicyError(f"{pid}: an approval pathway refers per line of business in approval_months")
+    else:
+        if "approval_months" in item:
+            raise PolicyError(f"{pid}: a {kind} section approves nothing (no approval_months)")
+        key = item.get("refer_to")
+        if not isinstance(key, str) or key not in referrals:
+            raise PolicyError(f"{pid}: refer_to must name a referral table ({', '.join(referrals)}), got {key!r}")
+        referral = referrals[key]
+    return Pathway(pid, title, kind, criteria, diagnoses, suggested, days, approval, referral)
+
+
+def _check_kinds(pathways: Sequence[Pathway]) -> None:
+    count = {kind: sum(p.kind == kind for p in pathways) for kind in KINDS}
+    if count[INDICATION] < 1:
+        raise PolicyError("the policy needs at least one indication pathway")
+    if count[INITIAL_OTHER] != 1:
+        raise PolicyError("the policy needs exactly one initial-other pathway (where unmatched requests are referred)")
+    if count[CONTINUED] > 1 or count[CONTINUED_OTHER] != count[CONTINUED]:
+        raise PolicyError("continued therapy needs exactly one continued and one continued-other pathway, or neither")
+
+
+# ----------------------------------------------------------------------------- top level
+
+
+def _referrals(raw: Any, lines: Sequence[LineOfBusiness]) -> dict[str, Referral]:
+    if not isinstance(raw, Mapping) or not raw:
+        raise PolicyError("referrals: expected a mapping of referral tables")
+    out = {}
+    for key, table in raw.items():
+        where = f"referrals.{key}"
+        names = [line.value for line in lines]
+        entry = _mapping(table, where, ["text", *names], ["text", *names])
+        by_line = {_line(name, where): _text(entry[name], where, name) for name in names}
+        out[str(key)] = Referral(str(key), _text(entry["text"], where, "text"), by_line)
+    return out
+
+
+def _non_formulary(raw: Any) -> tuple[NonFormularyRule, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise PolicyError("non_formulary: expected a list")
+    rules = []
+    for index, item in enumerate(raw):
+        where = f"non_formulary[{index}]"
+        entry = _mapping(
+            item,
+            where,
+            ("line_of_business", "family", "refer_to", "text", "generic_note"),
+            ("line_of_business", "family", "refer_to", "text", "generic_note"),
+        )
+        try:
+            family = ProductFamily(entry["family"])
+        except ValueError as exc:
+            raise PolicyError(f"{where}: unknown product family {entry['family']!r}") from exc
+        rules.append(
+            NonFormularyRule(
+                _line(entry["line_of_business"], where),
+                family,
+                _text(entry["refer_to"], where, "refer_to"),
+                _text(entry["text"], where, "text"),
+                _text(entry["generic_note"], where, "generic_note"),
+            )
+        )
+    return tuple(rules)
+
+
+def _provisional(raw: Any) -> dict[str, frozenset[str]]:
+    if raw is None:
+        return {}
+    kinds = {"diagnoses": "diagnosis", "ingredients": "ingredient", "specialties": "specialty", "receptors": "receptor"}
+    entry = _mapping(raw, "provisional_tags", kinds)
+    return {kinds[key]: frozenset(_tags(value, f"provisional_tags.{key}")) for key, value in entry.items()}
+
+
+def parse_policy(text: str, vocabulary: Vocabulary, source: str = "<policy>") -> Policy:
+    """Check and compile policy text against the tag vocabularies; PolicyError on any mistake."""
+    raw = _mapping(
+        _read_yaml(text, source),
+        source,
+        ("policy", "provisional_tags", "referrals", "non_formulary", "pathways"),
+        ("policy", "referrals", "pathways"),
+    )
+    header = _mapping(
+        raw["policy"],
+        "policy",
+        ("id", "version", "title", "lines_of_business"),
+        ("id", "version", "title", "lines_of_business"),
+    )
+    if not isinstance(header["version"], str):
+        raise PolicyError('policy.version must be quoted text such as "02.25" (YAML reads 02.25 as a number)')
+    lines_raw = header["lines_of_business"]
+    if not isinstance(lines_raw, list) or not lines_raw:
+        raise PolicyError("policy.lines_of_business: expected a non-empty list")
+    lines = tuple(_line(v, "policy.lines_of_business") for v in lines_raw)
+    if len(set(lines)) != len(lines):
+        raise PolicyError("policy.lines_of_business: listed twice")
+
+    env = CompileEnv(vocabulary, _provisional(raw.get("provisional_tags")), _anchors(raw))
+    referrals = _referrals(raw["referrals"], lines)
+    if not isinstance(raw["pathways"], list) or not raw["pathways"]:
+        raise PolicyError("pathways: expected a non-empty list")
+    builder = _Builder(env)
+    pathways = tuple(_pathway(item, builder, lines, referrals) for item in raw["pathways"])
+    _check_kinds(pathways)
+    return Policy(
+        id=_text(header["id"], "policy", "id"),
+        version=header["version"],
+        title=_text(header["title"], "policy", "title"),
+        lines_of_business=lines,
+        pathways=pathways,
+        referrals=referrals,
+        non_formulary=_non_formulary(raw.get("non_formulary")),
+        source=source,
+    )
+
+
+def _default_vocabulary() -> Vocabulary:
+    """The code tables' vocabularies (imported lazily: the engine does not otherwise depend on them)."""
+    try:
+        from fhir_mappings.codes import load_code_tables  # type: ignore[attr-defined,unused-ignore]
+    except ImportError as exc:
+        raise PolicyError("no tag vocabulary given and fhir_mappings.codes cannot be imported") from exc
+    tables: Vocabulary = load_code_tables()
+    return tables
+
+
+def load_policy(path: Path | str | None = None, vocabulary: Vocabulary | None = None) -> Policy:
+    """Read, check and compile a policy file (default: the packaged CP.PHAR.63) against the tag vocabularies."""
+    if path is None:
+        resource = resources.files("cds_service").joinpath("policies", DEFAULT_POLICY)
+        text, source = resource.read_text(encoding="utf-8"), f"cds_service/policies/{DEFAULT_POLICY}"
+    else:
+        try:
+            text, source = Path(path).read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PolicyError(f"{path}: cannot read policy file: {exc}") from exc
+    return parse_policy(text, vocabulary if vocabulary is not None else _default_vocabulary(), source)

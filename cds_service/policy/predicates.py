@@ -1,0 +1,706 @@
+"""The predicate vocabulary of declarative drug policies: three-valued tests over ``Facts``.
+
+A policy file names each criterion's test as ``{predicate_name: {parameter: value}}``. This module turns
+one such spec into a plain callable once, at start-up (``compile_predicate``), checking every parameter
+and every tag against the code tables' vocabularies; evaluation is then a pure function of the facts.
+
+Three values, never guesses: a fact the record does not show is ``unknown``; only facts the request
+itself fixes (product, dose, companion orders, age) or that the record states are decided. Combinators
+follow Kleene logic. docs/policy-format.md is the reader's guide to every name here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+from fhir_mappings.model import Facts, Finding, ProductFamily
+
+from .results import Fix, Status
+
+MET, NOT_MET, UNKNOWN = Status.MET, Status.NOT_MET, Status.UNKNOWN
+
+
+class PolicyError(Exception):
+    """The policy file cannot be used (bad YAML, unknown predicate or tag, malformed ids): refuse to start."""
+
+
+class Outcome(NamedTuple):
+    """A predicate's answer: its status, the resources that decided it, and remedies the card can apply.
+
+    A named tuple rather than a dataclass: one is built per predicate per pathway, so construction cost counts.
+    """
+
+    status: Status
+    evidence: tuple[str, ...] = ()
+    fixes: tuple[Fix, ...] = ()
+
+
+#: A compiled predicate: the facts and the outcomes of the criterion's own sub-items (policy order).
+Predicate = Callable[[Facts, tuple[Outcome, ...]], Outcome]
+
+
+class Vocabulary(Protocol):
+    """The tag vocabularies of the code tables (``fhir_mappings.codes.CodeTables`` satisfies this)."""
+
+    @property
+    def diagnosis_tags(self) -> Collection[str]: ...
+
+    @property
+    def ingredient_tags(self) -> Collection[str]: ...
+
+    @property
+    def specialty_tags(self) -> Collection[str]: ...
+
+    @property
+    def receptor_tags(self) -> Collection[str]: ...
+
+
+@dataclass(frozen=True)
+class CompileEnv:
+    """What compiling a predicate may consult: tag vocabularies and the pathways' diagnosis anchors."""
+
+    vocabulary: Vocabulary
+    #: Tags the policy may name although the code tables do not emit them yet (always absent until they do).
+    provisional: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    #: Pathway id -> (diagnosis tags that make it apply, tags that only suggest it), for ``indication_of``.
+    anchors: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A compiled predicate and whether it reads the criterion's sub-items."""
+
+    fn: Predicate
+    uses_sub_items: bool = False
+
+
+# ----------------------------------------------------------------------------- Kleene combination
+
+
+def _merge(groups: Iterable[Iterable[Any]]) -> tuple[Any, ...]:
+    """Concatenate in order, dropping repeats (evidence and fixes keep policy order)."""
+    seen: dict[Any, None] = {}
+    for group in groups:
+        if group:
+            seen.update(dict.fromkeys(group))
+    return tuple(seen)
+
+
+def all_of_status(statuses: Iterable[Status]) -> Status:
+    """Kleene AND: not-met if any is not-met, else unknown if any is unknown, else met (met when empty)."""
+    result = MET
+    for status in statuses:
+        if status is NOT_MET:
+            return NOT_MET
+        if status is UNKNOWN:
+            result = UNKNOWN
+    return result
+
+
+def any_of_status(statuses: Iterable[Status]) -> Status:
+    """Kleene OR: met if any is met, else unknown if any is unknown, else not-met (not-met when empty)."""
+    result = NOT_MET
+    for status in statuses:
+        if status is MET:
+            return MET
+        if status is UNKNOWN:
+            result = UNKNOWN
+    return result
+
+
+def not_status(status: Status) -> Status:
+    """Kleene NOT: unknown stays unknown."""
+    return {MET: NOT_MET, NOT_MET: MET, UNKNOWN: UNKNOWN}[status]
+
+
+def _deciding(outcomes: Sequence[Outcome], all_: bool) -> tuple[Status, list[Outcome]]:
+    """The Kleene result and the children whose status equals it, in one pass."""
+    met: list[Outcome] = []
+    not_met: list[Outcome] = []
+    unknown: list[Outcome] = []
+    for o in outcomes:
+        (met if o.status is MET else not_met if o.status is NOT_MET else unknown).append(o)
+    if all_:
+        if not_met:
+            return NOT_MET, not_met
+        return (UNKNOWN, unknown) if unknown else (MET, met)
+    if met:
+        return MET, met
+    return (UNKNOWN, unknown) if unknown else (NOT_MET, not_met)
+
+
+def combine_all(outcomes: Sequence[Outcome]) -> Outcome:
+    """AND of outcomes; evidence from the children that decided it.
+
+    Fixes travel up only when applying them could satisfy the whole: a not-met child without a fix
+    (say, an absent diagnosis) means no one-click remedy exists for the combination.
+    """
+    status, deciding = _deciding(outcomes, True)
+    evidence = _merge([o.evidence for o in deciding])
+    if status is MET or (status is NOT_MET and any(not o.fixes for o in deciding)):
+        return Outcome(status, evidence)
+    return Outcome(status, evidence, _merge([o.fixes for o in deciding]))
+
+
+def combine_any(outcomes: Sequence[Outcome]) -> Outcome:
+    """OR of outcomes; evidence from the children that decided it, fixes from each way still open."""
+    status, deciding = _deciding(outcomes, False)
+    evidence = _merge([o.evidence for o in deciding])
+    if status is MET:
+        return Outcome(status, evidence)
+    return Outcome(status, evidence, _merge([o.fixes for o in deciding]))
+
+
+def negate(outcome: Outcome) -> Outcome:
+    """NOT; a remedy for the inner test is no remedy for its negation."""
+    return Outcome(not_status(outcome.status), outcome.evidence)
+
+
+def implies(condition: Outcome, then: Outcome) -> Outcome:
+    """``if condition then then``: Kleene implication, i.e. ``any_of(not condition, then)``."""
+    return combine_any((negate(condition), then))
+
+
+# ----------------------------------------------------------------------------- parameter checking
+
+
+class Params:
+    """Typed access to one predicate's parameters; anything left unread is an error (catches typos)."""
+
+    def __init__(self, raw: Any, where: str, name: str) -> None:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise PolicyError(f"{where}: parameters of {name!r} must be a mapping, got {type(raw).__name__}")
+        self.raw = dict(raw)
+        self.where = f"{where}: {name}"
+        self.read: set[str] = set()
+
+    def _get(self, key: str, required: bool) -> Any:
+        self.read.add(key)
+        if key not in self.raw:
+            if required:
+                raise PolicyError(f"{self.where}: missing parameter {key!r}")
+            return None
+        return self.raw[key]
+
+    def strings(self, key: str, required: bool = True) -> tuple[str, ...] | None:
+        value = self._get(key, required)
+        if value is None and not required:
+            return None
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise PolicyError(f"{self.where}: {key!r} must be a non-empty list of strings")
+        return tuple(value)
+
+    def string(self, key: str, required: bool = True, choices: Collection[str] | None = None) -> str | None:
+        value = self._get(key, required)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise PolicyError(f"{self.where}: {key!r} must be a non-empty string")
+        if choices is not None and value not in choices:
+            raise PolicyError(f"{self.where}: {key!r} must be one of {sorted(choices)}, got {value!r}")
+        return value
+
+    def number(self, key: str, required: bool = True) -> float | None:
+        value = self._get(key, required)
+        if value is None and not required:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise PolicyError(f"{self.where}: {key!r} must be a non-negative number")
+        return float(value)
+
+    def mapping(self, key: str) -> Mapping[str, Any] | None:
+        value = self._get(key, False)
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise PolicyError(f"{self.where}: {key!r} must be a mapping")
+        return value
+
+    def done(self) -> None:
+        extra = sorted(set(self.raw) - self.read)
+        if extra:
+            raise PolicyError(f"{self.where}: unknown parameter(s) {extra}")
+
+
+def _known_tags(vocabulary: Vocabulary, kind: str) -> frozenset[str]:
+    """One vocabulary; medication group tags count as ingredient tags wherever the tables keep them apart."""
+    if kind == "ingredient":
+        groups: Collection[str] = getattr(vocabulary, "medication_group_tags", ())
+        return frozenset(vocabulary.ingredient_tags) | frozenset(groups)
+    return frozenset(getattr(vocabulary, f"{kind}_tags"))
+
+
+def check_tags(tags: Iterable[str], kind: str, env: CompileEnv, where: str) -> None:
+    """Refuse a tag the code tables do not define (unless the policy declared it provisional)."""
+    known = _known_tags(env.vocabulary, kind)
+    allowed = env.provisional.get(kind, frozenset())
+    unknown = [t for t in tags if t not in known and t not in allowed]
+    if unknown:
+        raise PolicyError(f"{where}: unknown {kind} tag(s) {unknown}")
+
+
+# ----------------------------------------------------------------------------- leaf predicates
+
+
+def _findings(found: Mapping[str, Finding], tags: Iterable[str]) -> list[Finding]:
+    return [found[t] for t in tags if t in found]
+
+
+def _evidence(findings: Iterable[Finding]) -> tuple[str, ...]:
+    return _merge(f.evidence for f in findings)
+
+
+def _product_in(p: Params, env: CompileEnv) -> Predicate:
+    """Met when the ordered product's family is listed; unknown when the family cannot be told."""
+    names = p.strings("families")
+    assert names is not None
+    try:
+        families = frozenset(ProductFamily(n) for n in names)
+    except ValueError as exc:
+        raise PolicyError(f"{p.where}: {exc}") from exc
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        family = facts.product.family
+        if family is None:
+            return Outcome(UNKNOWN, (facts.order_ref,))
+        return Outcome(MET if family in families else NOT_MET, (facts.order_ref,))
+
+    return fn
+
+
+def _diagnosis_in(p: Params, env: CompileEnv) -> Predicate:
+    """Met when a tag is a diagnosis; unknown when only possible; ``absent`` says what absence means."""
+    tags = p.strings("tags")
+    ruled_out_by = p.strings("ruled_out_by", required=False) or ()
+    absent = Status(p.string("absent", required=False, choices=("unknown", "not-met")) or "unknown")
+    assert tags is not None
+    check_tags((*tags, *ruled_out_by), "diagnosis", env, p.where)
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        confirmed = _findings(facts.diagnoses, tags)
+        if confirmed:
+            return Outcome(MET, _evidence(confirmed))
+        ruling_out = _findings(facts.diagnoses, ruled_out_by)
+        if ruling_out:
+            return Outcome(NOT_MET, _evidence(ruling_out))
+        possible = _findings(facts.possible_diagnoses, tags)
+        if possible:
+            return Outcome(UNKNOWN, _evidence(possible))
+        return Outcome(absent)
+
+    return fn
+
+
+def diagnosis_link(facts: Facts, diagnoses: Sequence[str], suggested_by: Sequence[str] = ()) -> Outcome:
+    """How firmly the record ties the member to a pathway: met (has a diagnosis), unknown (may have), not-met.
+
+    "May have" is a possible diagnosis, or a tag that only suggests one (TSC suggests its manifestations).
+    The engine selects pathways with this; ``indication_of`` reports it as a criterion.
+    """
+    confirmed = _findings(facts.diagnoses, diagnoses)
+    if confirmed:
+        return Outcome(MET, _evidence(confirmed))
+    possible = _findings(facts.possible_diagnoses, diagnoses)
+    possible += _findings(facts.diagnoses, suggested_by) + _findings(facts.possible_diagnoses, suggested_by)
+    if possible:
+        return Outcome(UNKNOWN, _evidence(possible))
+    return Outcome(NOT_MET)
+
+
+def _indication_of(p: Params, env: CompileEnv) -> Predicate:
+    """The member's link to any of these pathways (see ``diagnosis_link``).
+
+    Absence is not-met, unlike ``diagnosis_in``: it is the selection rule itself (no such diagnosis ->
+    the referral pathway), not a gap in the record of a diagnosis the pathway was chosen for.
+    """
+    pathways = p.strings("pathways")
+    assert pathways is not None
+    missing = [pid for pid in pathways if pid not in env.anchors]
+    if missing:
+        raise PolicyError(f"{p.where}: unknown or diagnosis-less pathway(s) {missing}")
+    diagnoses = tuple(dict.fromkeys(t for pid in pathways for t in env.anchors[pid][0]))
+    suggested = tuple(dict.fromkeys(t for pid in pathways for t in env.anchors[pid][1]))
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        return diagnosis_link(facts, diagnoses, suggested)
+
+    return fn
+
+
+DEFAULT_EXTENT_TAGS = ("secondary-malignancy", "metastatic-stage")
+
+
+def _disease_extent(p: Params, env: CompileEnv) -> Predicate:
+    """Met when metastatic / advanced disease is coded; otherwise unknown (extent is often only in notes)."""
+    tags = p.strings("tags", required=False) or DEFAULT_EXTENT_TAGS
+    check_tags(tags, "diagnosis", env, p.where)
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        found = _findings(facts.diagnoses, tags)
+        if found:
+            return Outcome(MET, _evidence(found))
+        return Outcome(UNKNOWN, _evidence(_findings(facts.possible_diagnoses, tags)))
+
+    return fn
+
+
+HR_POSITIVE = ("er-positive", "pr-positive", "hr-positive")
+HR_NEGATIVE = ("er-negative", "pr-negative")
+#: A combined "hormone receptor negative" result: read when present, not required of the code tables.
+HR_NEGATIVE_COMBINED = "hr-negative"
+
+
+def _hormone_receptor(receptors: Mapping[str, Finding]) -> tuple[Status, tuple[str, ...]]:
+    """HR status as "is positive": positive on any ER/PR/HR positive; negative only when ER and PR are both negative.
+
+    One negative receptor is not enough: HR-positive means ER- or PR-positive.
+    """
+    positive = _findings(receptors, HR_POSITIVE)
+    if positive:
+        return MET, _evidence(positive)
+    if HR_NEGATIVE_COMBINED in receptors:
+        return NOT_MET, receptors[HR_NEGATIVE_COMBINED].evidence
+    if all(t in receptors for t in HR_NEGATIVE):
+        return NOT_MET, _evidence(_findings(receptors, HR_NEGATIVE))
+    return UNKNOWN, ()
+
+
+def _her2(receptors: Mapping[str, Finding]) -> tuple[Status, tuple[str, ...]]:
+    """HER2 status as "is positive": a positive result wins over a negative one (a re-test finds HER2, not loses it)."""
+    if "her2-positive" in receptors:
+        return MET, receptors["her2-positive"].evidence
+    if "her2-negative" in receptors:
+        return NOT_MET, receptors["her2-negative"].evidence
+    return UNKNOWN, ()
+
+
+def _receptor_status(p: Params, env: CompileEnv) -> Predicate:
+    """Met when each named receptor has the required result; not-met on a contrary result; else unknown."""
+    hormone = p.string("hormone_receptor", required=False, choices=("positive", "negative"))
+    her2 = p.string("her2", required=False, choices=("positive", "negative"))
+    if hormone is None and her2 is None:
+        raise PolicyError(f"{p.where}: name hormone_receptor and/or her2")
+    check_tags((*HR_POSITIVE, *HR_NEGATIVE, "her2-positive", "her2-negative"), "receptor", env, p.where)
+    wanted: list[tuple[Callable[[Mapping[str, Finding]], tuple[Status, tuple[str, ...]]], bool]] = []
+    if hormone:
+        wanted.append((_hormone_receptor, hormone == "positive"))
+    if her2:
+        wanted.append((_her2, her2 == "positive"))
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        parts = []
+        for read, positive in wanted:
+            status, evidence = read(facts.receptors)
+            parts.append(Outcome(status if positive else not_status(status), evidence))
+        return combine_all(parts)
+
+    return fn
+
+
+def _prescriber_specialty_in(p: Params, env: CompileEnv) -> Predicate:
+    """Met when the requester has a listed specialty; otherwise unknown ("or in consultation with" may apply)."""
+    tags = p.strings("specialties")
+    assert tags is not None
+    check_tags(tags, "specialty", env, p.where)
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        found = _findings(facts.specialties, tags)
+        return Outcome(MET, _evidence(found)) if found else Outcome(UNKNOWN)
+
+    return fn
+
+
+def _age_at_least(p: Params, env: CompileEnv) -> Predicate:
+    """Decided whenever the age is known."""
+    years = p.number("years")
+    assert years is not None
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        if facts.age_years is None:
+            return Outcome(UNKNOWN)
+        return Outcome(MET if facts.age_years >= years else NOT_MET, facts.age_evidence)
+
+    return fn
+
+
+def _generic_if_available(p: Params, env: CompileEnv) -> Predicate:
+    """Generic or brand-only: met. Brand with a generic: not-met with a switch (unknown given a documented reason)."""
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        product = facts.product
+        order = (facts.order_ref,)
+        if product.family is None or product.is_brand is None:
+            return Outcome(UNKNOWN, order)
+        if not product.is_brand or not product.generic_available:
+            return Outcome(MET, order)
+        switch = Fix(kind="switch-to-generic", rxcui=product.generic_rxcui, display=product.generic_display)
+        if facts.generic_exception is not None:
+            return Outcome(UNKNOWN, _merge((order, facts.generic_exception.evidence)), (switch,))
+        return Outcome(NOT_MET, order, (switch,))
+
+    return fn
+
+
+def _companion_fix(raw: Mapping[str, Any] | None, where: str) -> tuple[Fix, ...]:
+    if raw is None:
+        return ()
+    p = Params(raw, where, "companion")
+    display = p.string("display")
+    rxcui = p.string("rxcui")
+    sig = p.string("sig")
+    dose = p.number("dose_mg")
+    per_day = p.number("frequency_per_day")
+    p.done()
+    assert per_day is not None
+    if per_day != int(per_day) or per_day < 1:
+        raise PolicyError(f"{where}: companion frequency_per_day must be a whole number >= 1")
+    return (
+        Fix(kind="add-companion", rxcui=rxcui, display=display, sig=sig, dose_mg=dose, frequency_per_day=int(per_day)),
+    )
+
+
+def _combined_with_any(p: Params, env: CompileEnv) -> Predicate:
+    """Met when a listed drug is co-ordered or active; otherwise not-met (the order set decides), with the companion."""
+    tags = p.strings("tags")
+    assert tags is not None
+    check_tags(tags, "ingredient", env, p.where)
+    fixes = _companion_fix(p.mapping("companion"), p.where)
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        found = _findings(facts.co_medications, tags)
+        return Outcome(MET, _evidence(found)) if found else Outcome(NOT_MET, (), fixes)
+
+    return fn
+
+
+def _combined_with_all(p: Params, env: CompileEnv) -> Predicate:
+    """Met when every group (a tag, or a list of interchangeable tags) is co-ordered or active; else not-met."""
+    p.read.add("groups")
+    raw = p.raw.get("groups")
+    if not isinstance(raw, list) or not raw:
+        raise PolicyError(f"{p.where}: 'groups' must be a non-empty list")
+    groups: list[tuple[str, ...]] = []
+    for item in raw:
+        group = (item,) if isinstance(item, str) else item
+        if not isinstance(group, list | tuple) or not group or not all(isinstance(t, str) and t for t in group):
+            raise PolicyError(f"{p.where}: each group must be a tag or a non-empty list of tags")
+        check_tags(group, "ingredient", env, p.where)
+        groups.append(tuple(group))
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        per_group = [_findings(facts.co_medications, g) for g in groups]
+        if all(per_group):
+            return Outcome(MET, _evidence(f for found in per_group for f in found))
+        return Outcome(NOT_MET)
+
+    return fn
+
+
+def _combined_with_none(p: Params, env: CompileEnv) -> Predicate:
+    """Single-agent therapy: not-met when a listed drug is co-ordered or active, met otherwise."""
+    tags = p.strings("tags")
+    assert tags is not None
+    check_tags(tags, "ingredient", env, p.where)
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        found = _findings(facts.co_medications, tags)
+        return Outcome(NOT_MET, _evidence(found)) if found else Outcome(MET)
+
+    return fn
+
+
+def _history(facts: Facts, tag: str) -> Finding | None:
+    finding = facts.medication_history.get(tag)
+    if finding is None or (finding.start is not None and finding.start >= facts.evaluation_date):
+        return None
+    return finding
+
+
+def _history_of_any(p: Params, env: CompileEnv) -> Predicate:
+    """Met on any listed prior therapy before the evaluation date; otherwise unknown (history is often incomplete)."""
+    tags = p.strings("tags")
+    assert tags is not None
+    check_tags(tags, "ingredient", env, p.where)
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        found = [f for f in (_history(facts, t) for t in tags) if f is not None]
+        return Outcome(MET, _evidence(found)) if found else Outcome(UNKNOWN)
+
+    return fn
+
+
+def _history_of_all(p: Params, env: CompileEnv) -> Predicate:
+    """Met when every listed prior therapy is on record before the evaluation date; otherwise unknown."""
+    tags = p.strings("tags")
+    assert tags is not None
+    check_tags(tags, "ingredient", env, p.where)
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        found = [_history(facts, t) for t in tags]
+        if all(f is not None for f in found):
+            return Outcome(MET, _evidence(f for f in found if f is not None))
+        return Outcome(UNKNOWN, _evidence(f for f in found if f is not None))
+
+    return fn
+
+
+def _continued_therapy_days(p: Params, env: CompileEnv) -> Predicate:
+    """Met with at least ``days`` of everolimus on record; fewer is unknown (the benefit's claims may show more)."""
+    days = p.number("days")
+    assert days is not None
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        if facts.everolimus_days >= days:
+            return Outcome(MET, facts.everolimus_evidence)
+        return Outcome(UNKNOWN, facts.everolimus_evidence)
+
+    return fn
+
+
+def _dose_within(p: Params, env: CompileEnv) -> Predicate:
+    """One limit: mg per day, or tablets per day for one product family (met for other families)."""
+    max_mg = p.number("max_mg_per_day", required=False)
+    max_tablets = p.number("max_tablets_per_day", required=False)
+    family_name = p.string("family", required=False, choices=[f.value for f in ProductFamily])
+    if (max_mg is None) == (max_tablets is None):
+        raise PolicyError(f"{p.where}: give exactly one of max_mg_per_day, max_tablets_per_day")
+    if (max_tablets is None) != (family_name is None):
+        raise PolicyError(f"{p.where}: max_tablets_per_day needs a family (and only it)")
+    family = ProductFamily(family_name) if family_name else None
+    limit = max_mg if max_mg is not None else max_tablets
+    assert limit is not None
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        order = (facts.order_ref,)
+        if family is None:
+            amount = facts.dose.mg_per_day
+        elif facts.product.family is None:
+            return Outcome(UNKNOWN, order)
+        elif facts.product.family != family:
+            return Outcome(MET, order)
+        else:
+            amount = facts.dose.tablets_per_day
+        if amount is None:
+            return Outcome(UNKNOWN, order)
+        return Outcome(MET if amount <= limit else NOT_MET, order)
+
+    return fn
+
+
+def _dose_compare(increase: bool) -> Callable[[Params, CompileEnv], Predicate]:
+    def build(p: Params, env: CompileEnv) -> Predicate:
+        def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+            new, old = facts.dose.mg_per_day, facts.previous_mg_per_day
+            evidence = _merge(((facts.order_ref,), facts.everolimus_evidence))
+            if new is None or old is None:
+                return Outcome(UNKNOWN, evidence)
+            return Outcome(MET if (new > old) == increase else NOT_MET, evidence)
+
+        return fn
+
+    build.__doc__ = (
+        "Met when the new daily dose exceeds the previous one; unknown when either is unknown."
+        if increase
+        else "Met when the new daily dose is at most the previous one; unknown when either is unknown."
+    )
+    return build
+
+
+def _documented(p: Params, env: CompileEnv) -> Predicate:
+    """Something only chart notes can show: always unknown, for the pharmacist to read."""
+    p.string("what")
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        return Outcome(UNKNOWN)
+
+    return fn
+
+
+LEAVES: dict[str, Callable[[Params, CompileEnv], Predicate]] = {
+    "product_in": _product_in,
+    "diagnosis_in": _diagnosis_in,
+    "indication_of": _indication_of,
+    "disease_extent": _disease_extent,
+    "receptor_status": _receptor_status,
+    "prescriber_specialty_in": _prescriber_specialty_in,
+    "age_at_least": _age_at_least,
+    "generic_if_available": _generic_if_available,
+    "combined_with_any": _combined_with_any,
+    "combined_with_all": _combined_with_all,
+    "combined_with_none": _combined_with_none,
+    "history_of_any": _history_of_any,
+    "history_of_all": _history_of_all,
+    "continued_therapy_days": _continued_therapy_days,
+    "dose_within": _dose_within,
+    "dose_increase": _dose_compare(increase=True),
+    "not_dose_increase": _dose_compare(increase=False),
+    "documented": _documented,
+}
+COMBINATORS = ("all_of", "any_of", "not", "conditional", "sub_items")
+PREDICATE_NAMES = frozenset(LEAVES) | frozenset(COMBINATORS)
+
+
+# ----------------------------------------------------------------------------- compilation
+
+
+def _split(spec: Any, where: str) -> tuple[str, Any]:
+    """``name`` or ``{name: params}`` -> (name, params)."""
+    if isinstance(spec, str):
+        return spec, None
+    if isinstance(spec, Mapping) and len(spec) == 1:
+        ((name, params),) = spec.items()
+        if isinstance(name, str):
+            return name, params
+    raise PolicyError(f"{where}: a predicate is a name or a mapping with exactly one predicate name, got {spec!r}")
+
+
+def _compile_list(params: Any, where: str, name: str, env: CompileEnv) -> list[Compiled]:
+    if not isinstance(params, list) or not params:
+        raise PolicyError(f"{where}: {name} needs a non-empty list of predicates")
+    return [compile_predicate(item, f"{where}.{name}[{i}]", env) for i, item in enumerate(params)]
+
+
+def _sub_items(params: Any, where: str) -> Compiled:
+    if params not in ("any", "all"):
+        raise PolicyError(f"{where}: sub_items must be 'any' (a or b) or 'all' (i, ii, and iii), got {params!r}")
+    combine = combine_any if params == "any" else combine_all
+    return Compiled(lambda facts, subs: combine(subs), uses_sub_items=True)
+
+
+def compile_predicate(spec: Any, where: str, env: CompileEnv) -> Compiled:
+    """Check one predicate spec (recursively) and return its callable; raise PolicyError on any mistake."""
+    name, params = _split(spec, where)
+    if name == "sub_items":
+        return _sub_items(params, where)
+    if name in ("all_of", "any_of"):
+        parts = _compile_list(params, where, name, env)
+        fns = tuple(c.fn for c in parts)
+        combine = combine_all if name == "all_of" else combine_any
+        return Compiled(
+            lambda facts, subs: combine([f(facts, subs) for f in fns]), any(c.uses_sub_items for c in parts)
+        )
+    if name == "not":
+        inner = compile_predicate(params, f"{where}.not", env)
+        return Compiled(lambda facts, subs: negate(inner.fn(facts, subs)), inner.uses_sub_items)
+    if name == "conditional":
+        if not isinstance(params, Mapping) or set(params) != {"if", "then"}:
+            raise PolicyError(f"{where}: conditional needs exactly 'if' and 'then'")
+        cond = compile_predicate(params["if"], f"{where}.if", env)
+        then = compile_predicate(params["then"], f"{where}.then", env)
+        return Compiled(
+            lambda facts, subs: implies(cond.fn(facts, subs), then.fn(facts, subs)),
+            cond.uses_sub_items or then.uses_sub_items,
+        )
+    builder = LEAVES.get(name)
+    if builder is None:
+        raise PolicyError(f"{where}: unknown predicate {name!r} (known: {', '.join(sorted(PREDICATE_NAMES))})")
+    p = Params(params, where, name)
+    fn = builder(p, env)
+    p.done()
+    return Compiled(fn)

@@ -1,0 +1,95 @@
+"""What the policy engine returns: an evaluation tree per order, consumed by the card builder.
+
+This module is the contract between ``cds_service.policy.engine`` and ``cds_service.cards``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Iterator
+
+
+class Status(str, Enum):
+    """Kleene three-valued truth of a criterion."""
+
+    MET = "met"
+    NOT_MET = "not-met"
+    UNKNOWN = "unknown"
+
+
+class Decision(str, Enum):
+    MET = "met"  # every criterion met
+    NOT_MET = "not-met"  # some criterion not met
+    INCOMPLETE = "incomplete"  # none not met, some undocumented
+    REFER = "refer"  # the policy sends the request to another policy (referTo)
+
+
+@dataclass(frozen=True)
+class Fix:
+    """A one-click remedy the card builder turns into a suggestion.
+
+    kind "switch-to-generic": replace the draft with ``rxcui`` (the generic of the same strength and form).
+    kind "add-companion": create a companion MedicationRequest for ``rxcui`` / ``display`` with ``sig``.
+    """
+
+    kind: str
+    rxcui: str | None = None
+    display: str | None = None
+    sig: str | None = None  # e.g. "25 mg by mouth once daily"
+    dose_mg: float | None = None
+    frequency_per_day: int | None = None
+
+
+@dataclass(frozen=True)
+class CriterionResult:
+    """One numbered criterion (id as in the policy text, e.g. "I.A.9.a.i") and how it evaluated."""
+
+    id: str
+    text: str
+    status: Status
+    evidence: tuple[str, ...] = ()
+    #: What would satisfy it, in words a prescriber can act on (from the policy file).
+    remedy: str | None = None
+    fixes: tuple[Fix, ...] = ()
+    children: tuple["CriterionResult", ...] = ()
+
+    def walk(self) -> Iterator["CriterionResult"]:
+        """This criterion then its sub-items, depth first, in policy order."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+
+@dataclass(frozen=True)
+class OrderEvaluation:
+    """The policy's answer for one draft order."""
+
+    order_ref: str
+    policy: str  # "CP.PHAR.63"
+    policy_version: str  # e.g. "02.25" (last review date of the text it encodes)
+    pathway: str  # "I.A" ... "I.I", "II.A"
+    pathway_title: str
+    decision: Decision
+    refer_to: str | None = None
+    line_of_business: str | None = None
+    approval_months: int | None = None
+    criteria: tuple[CriterionResult, ...] = ()
+    #: Evaluation date used (ISO), for the audit and the coverage-information date.
+    evaluation_date: str | None = None
+    #: Notes for the reader that change no status (e.g. a generic of a product non-formulary for the plan).
+    notes: tuple[str, ...] = ()
+
+    def all_criteria(self) -> Iterator[CriterionResult]:
+        for criterion in self.criteria:
+            yield from criterion.walk()
+
+    def fixes(self) -> tuple[Fix, ...]:
+        """Distinct fixes of not-met criteria, in policy order (an unknown criterion may have an exception)."""
+        seen: list[Fix] = []
+        for criterion in self.all_criteria():
+            if criterion.status is Status.NOT_MET:
+                for fix in criterion.fixes:
+                    if fix not in seen:
+                        seen.append(fix)
+        return tuple(seen)

@@ -1,0 +1,501 @@
+"""Prefetch: use what the CDS client sent and fetch only what is missing from its FHIR server.
+
+CDS Hooks 2.0 (https://cds-hooks.hl7.org/2.0/#prefetch-template) lets a client send each prefetch key
+with data, send ``null`` (queried, nothing found), send an OperationOutcome (could not query), or leave
+the key out. Keys that are missing, or that came back as an OperationOutcome or a value of the wrong
+shape, are fetched from ``fhirServer`` with the client's bearer token: in parallel, inside one time
+budget, with a byte cap, following same-origin ``next`` links only. Nothing here raises for bad data or
+a bad server: every key ends with an origin and, when it failed, a short reason code (no token, no
+PHI) that is safe to log. Whether a failure means 412 or a degraded answer is the caller's decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, TypeGuard
+from urllib.parse import quote, urljoin, urlsplit
+
+import orjson
+import requests
+import urllib3.exceptions
+
+from cds_service.config import Config
+
+log = logging.getLogger(__name__)
+
+ORIGIN_PREFETCH = "prefetch"
+ORIGIN_FETCHED = "fetched"
+ORIGIN_NOT_APPLICABLE = "not-applicable"
+ORIGIN_FAILED = "failed"
+
+#: ``{{ token }}`` in a template; the inner text is matched against the tokens CDS Hooks 2.0 defines.
+_TOKEN = re.compile(r"\{\{(.*?)\}\}")
+_CONTEXT_TOKEN = re.compile(r"context\.([A-Za-z][A-Za-z0-9_]*)")
+#: resource type of ``context.userId`` -> the prefetch token it fills.
+_USER_TOKENS: dict[str, str] = {
+    "Practitioner": "userPractitionerId",
+    "PractitionerRole": "userPractitionerRoleId",
+    "Patient": "userPatientId",
+    "RelatedPerson": "userRelatedPersonId",
+}
+#: Characters that would end a path segment or a query value, start a new parameter, OR two values
+#: (FHIR's comma), escape, or smuggle a header: a value holding any of them is never substituted.
+_UNSAFE_VALUE = re.compile(r"[&/?#,;=%\\\s\x00-\x1f\x7f]")
+_MAX_VALUE_LENGTH = 256
+_READ_QUERY = re.compile(r"([A-Z][A-Za-z]{1,63})/([^/?#]+)")
+_REFERENCE = re.compile(r"([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})")
+
+_READ_CHUNK = 64 * 1024
+_MAX_WORKERS = 16
+#: Extra wait past the budget for a worker that is handing back a finished result.
+_GRACE_SECONDS = 0.1
+_FHIR_JSON = "application/fhir+json"
+
+
+@dataclass(frozen=True)
+class PrefetchOutcome:
+    """Per prefetch key: the resources obtained, where they came from, and why a key failed."""
+
+    resources: dict[str, list[dict[str, Any]]]
+    origin: dict[str, str]
+    failed: dict[str, str]
+    fetch_seconds: float
+    #: key -> why the client's prefetch value was not used (e.g. "prefetch-wrong-type"); informational.
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def missing_required(self, required: frozenset[str]) -> list[str]:
+        """Required keys that ended with no data at all, whatever the reason: the caller's 412 test."""
+        return sorted(key for key in required if not self.resources.get(key))
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """One fetch: the resources read (flattened) or the reason code it failed with."""
+
+    resources: list[dict[str, Any]]
+    failure: str | None = None
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A filled query and what a good answer to it looks like."""
+
+    url: str
+    expected_type: str
+    is_read: bool
+
+
+class _FetchFailure(Exception):
+    """Ends one key's fetch; ``reason`` is a short code that never holds a token or PHI."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# ---------------------------------------------------------------- templates
+
+
+def fill_template(template: str, context: Mapping[str, Any]) -> str | None:
+    """The query with every token filled and URL-encoded, or None when the request cannot fill it.
+
+    None ("not applicable") covers unknown tokens, absent or non-string context fields, and values
+    that could change the query's shape (``&``, ``/``, ``?``, ``#``, ``,``, whitespace, ``..``).
+    """
+    user_ids = _user_ids(context.get("userId"))
+    unfilled = False
+
+    def substitute(match: re.Match[str]) -> str:
+        nonlocal unfilled
+        value = _token_value(match.group(1).strip(), context, user_ids)
+        if value is None:
+            unfilled = True
+            return ""
+        return quote(value, safe="")
+
+    filled = _TOKEN.sub(substitute, template)
+    if unfilled or "{{" in filled or "}}" in filled:
+        return None
+    return filled
+
+
+def _user_ids(user_id: Any) -> dict[str, str]:
+    """The ``user*Id`` tokens ``context.userId`` fills ("PractitionerRole/abc" -> userPractitionerRoleId)."""
+    if not isinstance(user_id, str):
+        return {}
+    parts = user_id.split("/")
+    if len(parts) < 2 or (len(parts) > 2 and not user_id.startswith(("http://", "https://"))):
+        return {}
+    token = _USER_TOKENS.get(parts[-2])
+    return {token: parts[-1]} if token and parts[-1] else {}
+
+
+def _token_value(token: str, context: Mapping[str, Any], user_ids: Mapping[str, str]) -> str | None:
+    if token in _USER_TOKENS.values():
+        value: Any = user_ids.get(token)
+    else:
+        match = _CONTEXT_TOKEN.fullmatch(token)
+        value = context.get(match.group(1)) if match else None
+    return value if _safe_value(value) else None
+
+
+def _safe_value(value: Any) -> TypeGuard[str]:
+    """Only plain strings that stay one path segment / one query value once substituted."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= _MAX_VALUE_LENGTH
+        and value not in (".", "..")
+        and not _UNSAFE_VALUE.search(value)
+    )
+
+
+def _target_for(query: str) -> _Target:
+    """What the query asks for: ``Type/id`` is a read of one Type, anything else a search returning a Bundle."""
+    read = _READ_QUERY.fullmatch(query)
+    if read:
+        return _Target(url=query, expected_type=read.group(1), is_read=True)
+    return _Target(url=query, expected_type=re.split(r"[/?]", query, maxsplit=1)[0], is_read=False)
+
+
+# ---------------------------------------------------------------- prefetched values
+
+
+def _classify_prefetch(value: Any, expected_type: str) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """(resources, note): resources None means "treat the key as missing"; note says why."""
+    if value is None:
+        return [], None
+    if not isinstance(value, dict):
+        return None, "prefetch-wrong-type"
+    resource_type = value.get("resourceType")
+    if not isinstance(resource_type, str):
+        return None, "prefetch-not-a-resource"
+    if resource_type == "OperationOutcome":
+        return None, "prefetch-operation-outcome"
+    if resource_type == "Bundle":
+        try:
+            return _flatten(value), None
+        except _FetchFailure as failure:
+            return None, f"prefetch-{failure.reason}"
+    if resource_type != expected_type:
+        return None, "prefetch-wrong-resource-type"
+    return [value], None
+
+
+def _flatten(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The entry resources of a Bundle, skipping entries without one.
+
+    An OperationOutcome entry with an error (or no issues) means the query failed; one that only
+    carries warnings (a server's ``search.mode = outcome`` note, e.g. "parameter ignored") is dropped.
+    """
+    entries = bundle.get("entry", [])
+    if not isinstance(entries, list):
+        raise _FetchFailure("bad-bundle")
+    resources: list[dict[str, Any]] = []
+    for entry in entries:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            continue
+        if resource["resourceType"] == "OperationOutcome":
+            if _is_error_outcome(resource):
+                raise _FetchFailure("operation-outcome")
+            continue
+        resources.append(resource)
+    return resources
+
+
+def _is_error_outcome(outcome: Mapping[str, Any]) -> bool:
+    issues = outcome.get("issue")
+    if not isinstance(issues, list) or not issues:
+        return True
+    return any(not isinstance(i, dict) or i.get("severity") not in ("warning", "information") for i in issues)
+
+
+# ---------------------------------------------------------------- gather
+
+
+def gather(
+    *,
+    templates: Mapping[str, str],
+    context: Mapping[str, Any],
+    prefetch: Mapping[str, Any] | None,
+    fhir_server: str | None,
+    access_token: str | None,
+    config: Config,
+    session: requests.Session | None = None,
+    keys: Iterable[str] | None = None,
+) -> PrefetchOutcome:
+    """Resources for each template key (all, or ``keys``): prefetched when usable, else fetched."""
+    wanted = list(templates) if keys is None else list(keys)
+    unknown = [key for key in wanted if key not in templates]
+    if unknown:
+        raise ValueError(f"no prefetch template for keys {unknown}")
+    sent: Mapping[str, Any] = prefetch if isinstance(prefetch, Mapping) else {}
+    resources, origin, notes, to_fetch = _plan(wanted, templates, context, sent)
+    failed: dict[str, str] = {}
+
+    started = time.monotonic()
+    results = _fetch_keys(to_fetch, fhir_server, access_token, config, session) if to_fetch else {}
+    fetch_seconds = time.monotonic() - started if to_fetch else 0.0
+    for key, result in results.items():
+        resources[key] = result.resources
+        origin[key] = ORIGIN_FAILED if result.failure else ORIGIN_FETCHED
+        if result.failure:
+            failed[key] = result.failure
+
+    outcome = PrefetchOutcome(resources=resources, origin=origin, failed=failed, fetch_seconds=fetch_seconds,
+                              notes=notes)
+    _log_outcome(outcome)
+    return outcome
+
+
+def _plan(
+    wanted: list[str], templates: Mapping[str, str], context: Mapping[str, Any], sent: Mapping[str, Any]
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str], dict[str, str], dict[str, _Target]]:
+    """Settle each key from the prefetch or as not applicable; what remains is to be fetched."""
+    resources: dict[str, list[dict[str, Any]]] = {}
+    origin: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    to_fetch: dict[str, _Target] = {}
+    for key in wanted:
+        if key in sent:
+            usable, note = _classify_prefetch(sent[key], _target_for(templates[key]).expected_type)
+            if note:
+                notes[key] = note
+            if usable is not None:
+                resources[key], origin[key] = usable, ORIGIN_PREFETCH
+                continue
+        query = fill_template(templates[key], context)
+        if query is None:
+            resources[key], origin[key] = [], ORIGIN_NOT_APPLICABLE
+        else:
+            to_fetch[key] = _target_for(query)
+    return resources, origin, notes, to_fetch
+
+
+def _log_outcome(outcome: PrefetchOutcome) -> None:
+    """Keys, origins and reason codes only: no URLs (they hold patient ids), no tokens."""
+    log.info(
+        "prefetch gathered: %s; failed: %s; notes: %s; fetch %.3fs",
+        ", ".join(f"{k}={v}" for k, v in sorted(outcome.origin.items())),
+        ", ".join(f"{k}={v}" for k, v in sorted(outcome.failed.items())) or "none",
+        ", ".join(f"{k}={v}" for k, v in sorted(outcome.notes.items())) or "none",
+        outcome.fetch_seconds,
+    )
+
+
+def _fetch_keys(
+    targets: Mapping[str, _Target],
+    fhir_server: str | None,
+    access_token: str | None,
+    config: Config,
+    session: requests.Session | None,
+) -> dict[str, FetchResult]:
+    """Fetch every target in parallel; whatever is unfinished when the budget ends is a timeout."""
+    if not fhir_server:
+        return {key: FetchResult([], "no-fhir-server") for key in targets}
+    base = _base_url(fhir_server)
+    if base is None:
+        return {key: FetchResult([], "bad-fhir-server") for key in targets}
+    deadline = time.monotonic() + config.fhir_budget_seconds
+    headers = _headers(access_token)
+    http = session if session is not None else requests.Session()
+    pool = ThreadPoolExecutor(max_workers=min(len(targets), _MAX_WORKERS), thread_name_prefix="fhir-prefetch")
+    try:
+        futures: dict[Future[FetchResult], str] = {
+            pool.submit(_fetch_target, f"{base}/{target.url}", target, http, headers, config, deadline): key
+            for key, target in targets.items()
+        }
+        done, _ = wait(futures, timeout=max(0.0, deadline - time.monotonic()) + _GRACE_SECONDS)
+    finally:
+        # Never join: a worker stuck in a slow read stops by itself at the deadline.
+        pool.shutdown(wait=False, cancel_futures=True)
+        if session is None:
+            http.close()
+    return {key: future.result() if future in done else FetchResult([], "timeout") for future, key in futures.items()}
+
+
+def fetch_reference(
+    reference: str,
+    *,
+    fhir_server: str | None,
+    access_token: str | None,
+    config: Config,
+    session: requests.Session | None = None,
+) -> FetchResult:
+    """Read one ``Type/id`` (e.g. an order's requester who is not the user) within the FHIR budget."""
+    match = _REFERENCE.fullmatch(reference)
+    if not match:
+        return FetchResult([], "bad-reference")
+    results = _fetch_keys({"reference": _target_for(reference)}, fhir_server, access_token, config, session)
+    return results["reference"]
+
+
+def _base_url(fhir_server: str) -> str | None:
+    """``fhirServer`` without a trailing slash, or None when it is not an absolute http(s) base URL."""
+    parts = urlsplit(fhir_server.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        return None
+    if parts.username or parts.password:
+        return None
+    return fhir_server.strip().rstrip("/")
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        return None
+    return scheme, parts.hostname.lower(), port
+
+
+def _headers(access_token: str | None) -> dict[str, str]:
+    headers = {"Accept": _FHIR_JSON}
+    if access_token:
+        headers["Authorization"] = f"Bearer {access_token}"
+    return headers
+
+
+def _fetch_target(
+    url: str,
+    target: _Target,
+    session: requests.Session,
+    headers: Mapping[str, str],
+    config: Config,
+    deadline: float,
+) -> FetchResult:
+    """One key's fetch, all pages; every failure becomes a reason code (this runs in a worker thread)."""
+    try:
+        return FetchResult(_fetch_pages(url, target, session, headers, config, deadline))
+    except _FetchFailure as failure:
+        return FetchResult([], failure.reason)
+    except Exception as exc:  # noqa: BLE001 - a worker must hand back a result; the type is logged, not the URL
+        log.warning("prefetch fetch failed unexpectedly: %s", type(exc).__name__)
+        return FetchResult([], "fetch-error")
+
+
+def _fetch_pages(
+    url: str,
+    target: _Target,
+    session: requests.Session,
+    headers: Mapping[str, str],
+    config: Config,
+    deadline: float,
+) -> list[dict[str, Any]]:
+    """A read's resource, or a search's entries across ``next`` pages (same origin, no loops, capped)."""
+    home = _origin(url)
+    seen: set[str] = set()
+    resources: list[dict[str, Any]] = []
+    for _ in range(max(1, config.fhir_max_pages)):
+        if url in seen:
+            raise _FetchFailure("page-loop")
+        seen.add(url)
+        status, body = _get(url, session, headers, config, deadline, absent_ok=target.is_read)
+        if status in (404, 410):
+            return []
+        resource = _parse(body)
+        if target.is_read:
+            if resource["resourceType"] != target.expected_type:
+                raise _FetchFailure("wrong-resource-type")
+            return [resource]
+        if resource["resourceType"] != "Bundle":
+            raise _FetchFailure("wrong-resource-type")
+        resources.extend(_flatten(resource))
+        next_link = _next_link(resource)
+        if next_link is None:
+            return resources
+        url = urljoin(url, next_link)
+        if _origin(url) != home:
+            raise _FetchFailure("cross-origin-next")
+    raise _FetchFailure("page-limit")
+
+
+def _next_link(bundle: Mapping[str, Any]) -> str | None:
+    links = bundle.get("link")
+    if not isinstance(links, list):
+        return None
+    for link in links:
+        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            return str(link["url"]) or None
+    return None
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    """A FHIR resource from a JSON body; an OperationOutcome in a 2xx answer is still a failure."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _FetchFailure("not-json") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
+        raise _FetchFailure("not-fhir")
+    if document["resourceType"] == "OperationOutcome":
+        raise _FetchFailure("operation-outcome")
+    return document
+
+
+def _get(
+    url: str,
+    session: requests.Session,
+    headers: Mapping[str, str],
+    config: Config,
+    deadline: float,
+    *,
+    absent_ok: bool,
+) -> tuple[int, bytes]:
+    """(status, body) of a GET that cannot outlive the deadline; 404/410 pass when ``absent_ok``."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _FetchFailure("timeout")
+    timeout = (min(config.fhir_connect_timeout_seconds, remaining), remaining)
+    try:
+        response = session.get(url, headers=dict(headers), timeout=timeout, stream=True, allow_redirects=False)
+    except requests.exceptions.Timeout as exc:
+        raise _FetchFailure("timeout") from exc
+    except requests.exceptions.SSLError as exc:
+        raise _FetchFailure("tls-error") from exc
+    except requests.exceptions.ConnectionError as exc:
+        raise _FetchFailure("connection-error") from exc
+    except requests.exceptions.RequestException as exc:
+        raise _FetchFailure("request-error") from exc
+    with response:
+        status = response.status_code
+        if absent_ok and status in (404, 410):
+            return status, b""
+        if 300 <= status < 400:
+            raise _FetchFailure("redirect")
+        if not 200 <= status < 300:
+            raise _FetchFailure(f"http-{status}")
+        return status, _read_body(response, config.fhir_max_response_bytes, deadline)
+
+
+def _read_body(response: requests.Response, max_bytes: int, deadline: float) -> bytes:
+    """The body, read as it arrives so a server trickling bytes or sending too many is cut off."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _FetchFailure("too-large")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise _FetchFailure("timeout")
+            chunk = response.raw.read1(_READ_CHUNK, decode_content=True)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > max_bytes:
+                raise _FetchFailure("too-large")
+            chunks.append(chunk)
+    except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
+        raise _FetchFailure("timeout") from exc
+    except urllib3.exceptions.DecodeError as exc:
+        raise _FetchFailure("bad-encoding") from exc
+    except (urllib3.exceptions.ProtocolError, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise _FetchFailure("incomplete-body") from exc

@@ -1,0 +1,225 @@
+"""CDS Hooks 2.0 request and response models (pydantic), with a tolerant reader and a strict writer.
+
+Reader: unknown members and ``extension`` content are ignored, a draftOrders Bundle without ``type``
+and sandbox requests without ``fhirAuthorization`` are accepted; structure the service cannot use
+is a ``ProtocolError`` naming the offending member. Writer: ``to_json`` never emits null or empty
+members (the CDS Hooks JSON rule), except the top-level ``"cards": []``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import MalformedBody, ProtocolError
+
+ORDER_HOOKS = ("order-sign", "order-select")
+MAX_SUMMARY_CHARS = 139  # "SHALL be less than 140 characters"
+
+
+# ----------------------------------------------------------------------------- request
+
+
+class _Tolerant(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class FhirAuthorization(_Tolerant):
+    """OAuth 2.0 access the CDS client grants for FHIR calls; only the token is used, never logged."""
+
+    access_token: str = Field(min_length=1, max_length=16384)
+    token_type: str | None = None
+    expires_in: int | float | None = None
+    scope: str | None = None
+    subject: str | None = None
+    patient: str | None = None
+
+
+class DraftOrdersBundle(_Tolerant):
+    """The draftOrders Bundle; entries are kept as raw dicts so echoed orders stay byte-for-byte faithful."""
+
+    resourceType: Literal["Bundle"]
+    type: str | None = None
+    entry: list[dict[str, Any]] = Field(default_factory=list, max_length=500)
+
+    @field_validator("entry", mode="before")
+    @classmethod
+    def _entries_are_objects(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ValueError("entry must be an array")
+        for item in value:
+            if not isinstance(item, dict):
+                raise ValueError("each entry must be an object")
+            resource = item.get("resource")
+            if resource is not None and not (isinstance(resource, dict) and isinstance(resource.get("resourceType"), str)):
+                raise ValueError("entry.resource must be a FHIR resource")
+        return value
+
+    def resources(self) -> list[dict[str, Any]]:
+        """The entry resources, skipping entries without one."""
+        return [e["resource"] for e in self.entry if isinstance(e.get("resource"), dict)]
+
+
+class OrderContext(_Tolerant):
+    """Context shared by order-sign and order-select (CDS Hooks library, R4)."""
+
+    userId: str = Field(min_length=1, max_length=256)
+    patientId: str = Field(min_length=1, max_length=256)
+    encounterId: str | None = Field(default=None, max_length=256)
+    draftOrders: DraftOrdersBundle
+    selections: list[str] | None = Field(default=None, max_length=500)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Root-level context fields usable as prefetch tokens."""
+        out: dict[str, Any] = {"userId": self.userId, "patientId": self.patientId}
+        if self.encounterId:
+            out["encounterId"] = self.encounterId
+        return out
+
+
+class HookRequest(_Tolerant):
+    """A CDS Hooks 2.0 service request for an order hook."""
+
+    hook: str = Field(min_length=1, max_length=128)
+    hookInstance: str = Field(min_length=1, max_length=256)
+    fhirServer: str | None = Field(default=None, max_length=2048)
+    fhirAuthorization: FhirAuthorization | None = None
+    context: OrderContext
+    prefetch: dict[str, Any] | None = None
+    extension: dict[str, Any] | None = None
+
+    @property
+    def access_token(self) -> str | None:
+        return self.fhirAuthorization.access_token if self.fhirAuthorization else None
+
+    def crd_configuration(self) -> dict[str, Any]:
+        """The ``davinci-crd.configuration`` request extension, or {} when absent or malformed."""
+        config = (self.extension or {}).get("davinci-crd.configuration")
+        return config if isinstance(config, dict) else {}
+
+
+def parse_json(body: bytes) -> Any:
+    """Bytes -> JSON value; invalid UTF-8, bad syntax or excessive nesting is a 400, never a crash."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedBody(f"request body is not valid JSON: {str(exc).splitlines()[0][:200]}") from None
+    except RecursionError:  # pragma: no cover - orjson caps depth itself
+        raise MalformedBody("request body nests too deeply") from None
+
+
+def _describe(error: ValidationError) -> tuple[str, list[str]]:
+    first = error.errors()[0]
+    path = ".".join(str(p) for p in first.get("loc", ()))
+    message = first.get("msg", "invalid value")
+    if first.get("type") == "missing":
+        return f"missing required member '{path}'", [path]
+    return f"invalid '{path}': {message}"[:300], [path] if path else []
+
+
+def parse_hook_request(payload: Any, expected_hook: str) -> HookRequest:
+    """Validate a decoded body as a request for ``expected_hook``; ProtocolError otherwise."""
+    if not isinstance(payload, dict):
+        raise ProtocolError("request body must be a JSON object")
+    hook = payload.get("hook")
+    if isinstance(hook, str) and hook and hook != expected_hook:
+        raise ProtocolError(f"this service answers '{expected_hook}', not '{hook[:64]}'", expression=["hook"])
+    context = payload.get("context")
+    if isinstance(context, dict) and "draftOrders" in context:
+        drafts = context.get("draftOrders")
+        if not isinstance(drafts, dict) or drafts.get("resourceType") != "Bundle":
+            raise ProtocolError("context.draftOrders must be a FHIR Bundle", expression=["context.draftOrders"])
+    try:
+        request = HookRequest.model_validate(payload)
+    except ValidationError as exc:
+        message, expression = _describe(exc)
+        raise ProtocolError(message, expression=expression) from None
+    if expected_hook == "order-select" and request.context.selections is None:
+        raise ProtocolError("order-select requires context.selections", expression=["context.selections"])
+    return request
+
+
+# ----------------------------------------------------------------------------- response
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+class Coding(_Strict):
+    code: str
+    system: str | None = None
+    display: str | None = None
+
+
+class Source(_Strict):
+    label: str
+    url: str | None = None
+    icon: str | None = None
+    topic: Coding | None = None
+
+
+class Link(_Strict):
+    label: str
+    url: str
+    type: Literal["absolute", "smart"] = "absolute"
+    appContext: str | None = None
+
+
+class Action(_Strict):
+    type: Literal["create", "update", "delete"]
+    description: str
+    resource: dict[str, Any] | None = None
+    resourceId: list[str] | None = None
+
+
+class Suggestion(_Strict):
+    label: str
+    uuid: str = Field(default_factory=new_uuid)
+    isRecommended: bool | None = None
+    actions: list[Action] = Field(default_factory=list)
+
+
+class Card(_Strict):
+    summary: str = Field(min_length=1, max_length=MAX_SUMMARY_CHARS)
+    indicator: Literal["info", "warning", "critical"]
+    source: Source
+    uuid: str = Field(default_factory=new_uuid)
+    detail: str | None = None
+    suggestions: list[Suggestion] = Field(default_factory=list)
+    selectionBehavior: Literal["at-most-one", "any"] | None = None
+    overrideReasons: list[Coding] = Field(default_factory=list)
+    links: list[Link] = Field(default_factory=list)
+    extension: dict[str, Any] | None = None
+
+
+class HookResponse(_Strict):
+    cards: list[Card] = Field(default_factory=list)
+    systemActions: list[Action] = Field(default_factory=list)
+
+
+def _prune(value: Any) -> Any:
+    """Drop None and empty members recursively (CDS Hooks: no null or empty JSON elements)."""
+    if isinstance(value, dict):
+        pruned = {k: _prune(v) for k, v in value.items() if v is not None}
+        return {k: v for k, v in pruned.items() if v not in ("", [], {})}
+    if isinstance(value, list):
+        items = [_prune(v) for v in value if v is not None]
+        return [v for v in items if v not in ("", [], {})]
+    return value
+
+
+def to_json(response: HookResponse) -> dict[str, Any]:
+    """The response body: pruned of null/empty members, keeping ``"cards": []``."""
+    body = _prune(response.model_dump(mode="json", exclude_none=True))
+    body["cards"] = body.get("cards", [])
+    return body

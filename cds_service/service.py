@@ -1,0 +1,199 @@
+"""One hook call from decoded request to response body: pure orchestration, no Flask.
+
+``HookHandler.handle`` is what the HTTP route, the CLI (``priorauth-cds evaluate FILE``) and the tests
+call. It finds the everolimus orders in scope (nothing else is fetched when there is none), gathers
+prefetch with FHIR fallback, builds the typed record and the facts, evaluates the policy, renders
+cards and records each coverage assertion.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Any, Callable, Protocol
+
+import requests
+
+from fhir_mappings.codes import CodeTables
+from fhir_mappings.facts import build_facts, find_everolimus_orders
+from fhir_mappings.record import build_record
+
+from . import cards as card_builder
+from .config import Config
+from .discovery import PREFETCH_TEMPLATES, REQUIRED_PREFETCH_KEYS, hook_of
+from .errors import PrefetchUnavailable, UnknownService
+from .policy.engine import Policy, evaluate
+from .prefetch import gather
+from .protocol import HookRequest, HookResponse, parse_hook_request, to_json
+
+log = logging.getLogger("priorauth_cds.service")
+
+
+class AssertionSink(Protocol):
+    """Where coverage assertions go (the audit store); tests may pass a list-backed fake."""
+
+    def record_assertions(self, assertions: list[Any]) -> None: ...
+
+
+@dataclass
+class Timings:
+    """Milliseconds per stage, logged with the hookInstance (never PHI)."""
+
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, name: str, started: float) -> float:
+        now = time.perf_counter()
+        self.stages[name] = round((now - started) * 1000, 2)
+        return now
+
+
+@dataclass
+class HookOutcome:
+    body: dict[str, Any]
+    hook_instance: str
+    evaluated: int
+    decisions: list[str]
+    timings: Timings
+
+
+def _in_scope(request: HookRequest, everolimus_ids: list[str]) -> list[str]:
+    """order-sign: every everolimus draft; order-select: only the selected ones."""
+    if request.hook != "order-select":
+        return everolimus_ids
+    selected = {s.split("/")[-1] for s in request.context.selections or [] if isinstance(s, str)}
+    return [order_id for order_id in everolimus_ids if order_id in selected]
+
+
+class HookHandler:
+    """Holds what is loaded once per worker (config, code tables, compiled policy, store, HTTP session)."""
+
+    def __init__(
+        self,
+        config: Config,
+        tables: CodeTables,
+        policy: Policy,
+        store: AssertionSink | None = None,
+        session_factory: Callable[[], requests.Session] = requests.Session,
+        today: Callable[[], date] | None = None,
+    ) -> None:
+        self.config = config
+        self.tables = tables
+        self.policy = policy
+        self.store = store
+        self.session_factory = session_factory
+        self.today = today or (lambda: datetime.now(timezone.utc).date())
+
+    def handle(self, service_id: str, payload: Any) -> HookOutcome:
+        """Answer one hook call; raises ServiceError subclasses for the web layer to map."""
+        expected = hook_of(service_id)
+        if expected is None:
+            raise UnknownService(f"no CDS service '{service_id[:64]}'")
+        timings = Timings()
+        started = time.perf_counter()
+        request = parse_hook_request(payload, expected)
+        drafts = request.context.draftOrders.resources()
+        in_scope = _in_scope(request, find_everolimus_orders(drafts, self.tables))
+        started = timings.mark("parse", started)
+        if not in_scope:
+            return HookOutcome(to_json(HookResponse()), request.hookInstance, 0, [], timings)
+
+        context = request.context.as_dict()
+        session = self.session_factory()
+        try:
+            outcome = gather(
+                templates=PREFETCH_TEMPLATES,
+                context=context,
+                prefetch=request.prefetch,
+                fhir_server=request.fhirServer,
+                access_token=request.access_token,
+                config=self.config,
+                session=session,
+            )
+        finally:
+            session.close()
+        started = timings.mark("prefetch", started)
+        missing = outcome.missing_required(REQUIRED_PREFETCH_KEYS)
+        obtained = [k for k, origin in outcome.origin.items() if origin in ("prefetch", "fetched")]
+        if missing or not obtained:
+            reasons = ", ".join(f"{k}: {outcome.failed.get(k, 'unavailable')}" for k in (missing or sorted(outcome.failed)))
+            raise PrefetchUnavailable(f"required data could not be obtained from prefetch or fhirServer ({reasons})")
+
+        record = build_record(outcome.resources, drafts, self.tables, patient_id=request.context.patientId)
+        started = timings.mark("record", started)
+        today = self.today()
+        items = []
+        for order_id in in_scope:
+            facts = build_facts(
+                record,
+                order_id,
+                self.tables,
+                plan_prefixes=self.config.plan_prefixes,
+                user_ref=request.context.userId,
+                today=today,
+            )
+            evaluation = evaluate(self.policy, facts)
+            draft = next(d for d in drafts if d.get("resourceType") == "MedicationRequest" and d.get("id") == order_id)
+            items.append(
+                card_builder.EvaluatedOrder(
+                    evaluation=evaluation,
+                    draft=draft,
+                    coverage_ref=facts.coverage_ref,
+                    patient_ref=f"Patient/{request.context.patientId}",
+                    unavailable=dict(outcome.failed),
+                )
+            )
+        started = timings.mark("evaluate", started)
+        rendered = card_builder.render(
+            items,
+            hook=request.hook,
+            insurer=self.config.insurer_name,
+            crd_configuration=request.crd_configuration(),
+            today=today,
+        )
+        if self.store is not None and rendered.assertions:
+            self.store.record_assertions(self._audit_rows(request, service_id, items, rendered))
+        timings.mark("render", started)
+        response = HookResponse(cards=rendered.cards, systemActions=rendered.system_actions)
+        return HookOutcome(
+            to_json(response),
+            request.hookInstance,
+            len(items),
+            [i.evaluation.decision.value for i in items],
+            timings,
+        )
+
+    def _audit_rows(
+        self,
+        request: HookRequest,
+        service_id: str,
+        items: list[card_builder.EvaluatedOrder],
+        rendered: card_builder.Rendered,
+    ) -> list[Any]:
+        from .store import CoverageAssertion
+
+        rows = []
+        now = datetime.now(timezone.utc)
+        for item, decision in zip(items, rendered.assertions):
+            ev = item.evaluation
+            rows.append(
+                CoverageAssertion(
+                    assertion_id=decision.assertion_id,
+                    created_at=now,
+                    hook_instance=request.hookInstance,
+                    service_id=service_id,
+                    order_ref=ev.order_ref,
+                    patient_ref=item.patient_ref,
+                    coverage_ref=item.coverage_ref,
+                    policy=ev.policy,
+                    policy_version=ev.policy_version,
+                    pathway=ev.pathway,
+                    decision=ev.decision.value,
+                    criteria=[{"id": c.id, "status": c.status.value} for c in ev.all_criteria()],
+                    covered=decision.covered,
+                    pa_needed=decision.pa_needed,
+                    doc_needed=decision.doc_needed,
+                )
+            )
+        return rows

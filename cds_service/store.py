@@ -1,0 +1,439 @@
+"""Durable storage for card feedback, the coverage-assertion audit and the JWT replay guard.
+
+SQLAlchemy 2 Core on SQLite (default, one file shared by all gunicorn workers) or PostgreSQL (psycopg 3).
+Every write commits before its method returns, so whatever a client was told is stored survives a
+``kill -9``: SQLite runs in WAL mode with ``synchronous=FULL`` and takes its write lock at ``BEGIN``
+(``BEGIN IMMEDIATE``) so that concurrent workers queue on ``busy_timeout`` instead of failing.
+Duplicates are ignored with ``INSERT ... ON CONFLICT DO NOTHING``, which both dialects implement.
+Database failures surface as ``StorageError`` with a generic message: SQL, parameters (which may hold
+PHI) and URLs (which may hold passwords) never reach a client or a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.dml import Insert
+from sqlalchemy.types import TypeDecorator
+
+from cds_service.config import ConfigError
+from cds_service.errors import StorageError
+from cds_service.feedback import FeedbackItem
+from cds_service.policy.results import OrderEvaluation
+
+logger = logging.getLogger(__name__)
+
+#: How long a SQLite connection waits for another worker's write lock before giving up.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Arbitrary constant naming the PostgreSQL advisory lock that serialises schema creation.
+SCHEMA_LOCK_KEY = 0x5052_4941_4355_5448  # "PRIAUTH"-ish, fits in a signed 64-bit int
+SCHEMA_CREATE_ATTEMPTS = 5
+#: The client-visible message of every storage failure.
+GENERIC_FAILURE = "the feedback and audit store is temporarily unavailable; retry later"
+
+_READONLY_OPTION = "priorauth_readonly"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on both dialects (SQLite stores naive UTC text, PostgreSQL timestamptz)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        utc = value.astimezone(UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+feedback_table = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service_id", Text, nullable=False),
+    Column("card", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("accepted_suggestions", JSON, nullable=False),
+    Column("override_code", Text),
+    Column("override_system", Text),
+    Column("override_display", Text),
+    Column("user_comment", Text),
+    Column("outcome_timestamp", UTCDateTime, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("hook_instance", Text),
+    UniqueConstraint("service_id", "card", "outcome", "outcome_timestamp", name="uq_feedback_item"),
+)
+
+assertions_table = Table(
+    "coverage_assertions",
+    metadata,
+    Column("assertion_id", Text, primary_key=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("hook_instance", Text),
+    Column("service_id", Text, nullable=False),
+    Column("order_ref", Text, nullable=False),
+    Column("patient_ref", Text),
+    Column("coverage_ref", Text),
+    Column("policy", Text, nullable=False),
+    Column("policy_version", Text, nullable=False),
+    Column("pathway", Text),
+    Column("decision", Text, nullable=False),
+    Column("criteria", JSON, nullable=False),
+    Column("covered", Text),
+    Column("pa_needed", Text),
+    Column("doc_needed", Text),
+    Index("ix_coverage_assertions_hook_instance", "hook_instance"),
+)
+
+replay_table = Table(
+    "jwt_replay",
+    metadata,
+    Column("issuer", Text, nullable=False),
+    Column("jti", Text, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("issuer", "jti", name="pk_jwt_replay"),
+    Index("ix_jwt_replay_expires_at", "expires_at"),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoverageAssertion:
+    """One audited coverage decision: what the service asserted about one order, and on which criteria.
+
+    ``criteria`` is a sequence of ``{"id": criterion id, "status": met|not-met|unknown}`` in policy order
+    (stored as that JSON list); ``covered``, ``pa_needed`` and ``doc_needed`` carry the CRD
+    coverage-information codes the card sent (e.g. "conditional", "auth-needed", "clinical").
+    """
+
+    assertion_id: str
+    created_at: datetime
+    hook_instance: str | None
+    service_id: str
+    order_ref: str
+    patient_ref: str | None
+    coverage_ref: str | None
+    policy: str
+    policy_version: str
+    pathway: str | None
+    decision: str
+    criteria: Sequence[Mapping[str, str]] = ()
+    covered: str | None = None
+    pa_needed: str | None = None
+    doc_needed: str | None = None
+
+    def __post_init__(self) -> None:
+        _require_aware("created_at", self.created_at)
+        # Copy into an immutable, JSON-ready shape; a malformed entry is a programming error, caught here.
+        object.__setattr__(self, "criteria", tuple(_criterion(entry) for entry in self.criteria))
+
+
+def _criterion(entry: Mapping[str, str]) -> dict[str, str]:
+    if (
+        not isinstance(entry, Mapping)
+        or not isinstance(entry.get("id"), str)
+        or not isinstance(entry.get("status"), str)
+    ):
+        raise TypeError("each criterion must be a mapping with string 'id' and 'status'")
+    return {"id": entry["id"], "status": entry["status"]}
+
+
+def criteria_statuses(evaluation: OrderEvaluation) -> tuple[dict[str, str], ...]:
+    """``{"id", "status"}`` of every criterion of an evaluation, depth first, for ``CoverageAssertion``."""
+    return tuple({"id": criterion.id, "status": criterion.status.value} for criterion in evaluation.all_criteria())
+
+
+def normalize_database_url(database_url: str) -> URL:
+    """Parse the URL and pick the driver: bare ``postgres://``/``postgresql://`` mean psycopg 3.
+
+    Raises ``ConfigError`` (never echoing the URL, which may hold a password) for anything else.
+    """
+    try:
+        url = make_url(database_url)
+    except (ArgumentError, ValueError):
+        raise ConfigError("DATABASE_URL is not a valid database URL") from None
+    if url.drivername in ("postgres", "postgresql"):
+        return url.set(drivername="postgresql+psycopg")
+    if url.drivername in ("postgresql+psycopg", "sqlite", "sqlite+pysqlite"):
+        return url
+    raise ConfigError("DATABASE_URL must be sqlite:///PATH or postgresql://... (psycopg 3 driver)")
+
+
+def _require_aware(name: str, value: datetime) -> None:
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _is_memory_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Own transaction control (pysqlite's implicit BEGIN defers the lock) and make commits crash-safe."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(connection: Connection) -> None:
+    """Writers lock at BEGIN, so two workers never both read then fail to upgrade; readers don't lock."""
+    readonly = connection.get_execution_options().get(_READONLY_OPTION, False)
+    connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def _make_engine(url: URL) -> Engine:
+    """An engine per dialect: SQLite with the pragmas above, PostgreSQL with liveness checks."""
+    if url.get_backend_name() == "postgresql":
+        return create_engine(url, hide_parameters=True, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    if _is_memory_sqlite(url):
+        engine = create_engine(
+            url, hide_parameters=True, poolclass=StaticPool, connect_args={"check_same_thread": False}
+        )
+    else:
+        engine = create_engine(url, hide_parameters=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _feedback_row(
+    service_id: str, item: FeedbackItem, hook_instance: str | None, received_at: datetime
+) -> dict[str, Any]:
+    reason = item.override_reason.reason if item.override_reason else None
+    return {
+        "service_id": service_id,
+        "card": item.card,
+        "outcome": item.outcome,
+        "accepted_suggestions": list(item.suggestion_ids),
+        "override_code": reason.code if reason else None,
+        "override_system": reason.system if reason else None,
+        "override_display": reason.display if reason else None,
+        "user_comment": item.override_reason.user_comment if item.override_reason else None,
+        "outcome_timestamp": item.outcome_timestamp,
+        "received_at": received_at,
+        "hook_instance": hook_instance,
+    }
+
+
+def _feedback_key(row: Mapping[str, Any]) -> tuple[str, str, str, datetime]:
+    return (row["service_id"], row["card"], row["outcome"], row["outcome_timestamp"])
+
+
+def _unique_sorted(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """First of each key, in key order: a stable lock order keeps concurrent PostgreSQL inserts deadlock-free."""
+    unique: dict[tuple[str, str, str, datetime], dict[str, Any]] = {}
+    for row in rows:
+        unique.setdefault(_feedback_key(row), row)
+    return [unique[key] for key in sorted(unique)]
+
+
+def _assertion_row(assertion: CoverageAssertion) -> dict[str, Any]:
+    return {
+        "assertion_id": assertion.assertion_id,
+        "created_at": assertion.created_at,
+        "hook_instance": assertion.hook_instance,
+        "service_id": assertion.service_id,
+        "order_ref": assertion.order_ref,
+        "patient_ref": assertion.patient_ref,
+        "coverage_ref": assertion.coverage_ref,
+        "policy": assertion.policy,
+        "policy_version": assertion.policy_version,
+        "pathway": assertion.pathway,
+        "decision": assertion.decision,
+        "criteria": [dict(criterion) for criterion in assertion.criteria],
+        "covered": assertion.covered,
+        "pa_needed": assertion.pa_needed,
+        "doc_needed": assertion.doc_needed,
+    }
+
+
+def _log_failure(operation: str, exc: BaseException) -> None:
+    """Name the failure without its text: SQLAlchemy messages embed SQL, and driver messages may echo data."""
+    original = getattr(exc, "orig", None)
+    sqlstate = getattr(original, "sqlstate", None) or getattr(original, "sqlite_errorname", None)
+    logger.warning(
+        "storage %s failed: %s%s%s",
+        operation,
+        type(exc).__name__,
+        f" / {type(original).__name__}" if original is not None else "",
+        f" ({sqlstate})" if sqlstate else "",
+    )
+
+
+class Store:
+    """The service's only database access; safe to share between threads, one instance per worker process."""
+
+    #: Seconds between purges of expired replay-guard rows (per process; a purge is one indexed DELETE).
+    replay_purge_interval: float = 300.0
+
+    def __init__(self, database_url: str) -> None:
+        self._url = normalize_database_url(database_url)
+        self._dialect = self._url.get_backend_name()
+        self._engine = _make_engine(self._url)
+        # One shared in-memory connection must not interleave two threads' transactions.
+        self._lock: AbstractContextManager[Any] = threading.Lock() if _is_memory_sqlite(self._url) else nullcontext()
+        self._last_purge = float("-inf")
+        self._create_schema()
+        if not _is_memory_sqlite(self._url):
+            # Hold no connection: an app built before gunicorn forks must not hand one socket to every worker.
+            self._engine.dispose()
+
+    @property
+    def dialect(self) -> str:
+        """'sqlite' or 'postgresql'."""
+        return self._dialect
+
+    @contextmanager
+    def _transaction(self, operation: str, *, readonly: bool = False) -> Iterator[Connection]:
+        """One committed transaction; any database failure becomes a generic ``StorageError``."""
+        try:
+            with self._lock, self._engine.connect() as connection:
+                if readonly:
+                    connection.execution_options(**{_READONLY_OPTION: True})
+                with connection.begin():
+                    yield connection
+        except SQLAlchemyError as exc:
+            _log_failure(operation, exc)
+            raise StorageError(GENERIC_FAILURE) from None
+
+    def _insert_ignoring_duplicates(self, table: Table) -> Insert:
+        """``INSERT ... ON CONFLICT DO NOTHING`` in the current dialect; its rowcount is the rows inserted."""
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        # SQLAlchemy keeps an INSERT's rowcount only when asked (psycopg reports it, the result drops it).
+        return dialect_insert(table).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
+
+    def _create_schema(self) -> None:
+        """Create missing tables; workers starting together are serialised (advisory lock / BEGIN IMMEDIATE)."""
+        for attempt in range(1, SCHEMA_CREATE_ATTEMPTS + 1):
+            try:
+                with self._transaction("schema creation") as connection:
+                    if self._dialect == "postgresql":
+                        connection.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
+                    metadata.create_all(connection)
+                return
+            except StorageError:
+                if attempt == SCHEMA_CREATE_ATTEMPTS:
+                    raise
+                time.sleep(0.1 * 2**attempt)
+
+    def record_feedback(self, service_id: str, items: list[FeedbackItem], hook_instance: str | None = None) -> int:
+        """Store feedback once per (service, card, outcome, instant); returns how many rows are new."""
+        if not items:
+            return 0
+        received_at = _utcnow()
+        rows = _unique_sorted([_feedback_row(service_id, item, hook_instance, received_at) for item in items])
+        with self._transaction("feedback write") as connection:
+            result = connection.execute(self._insert_ignoring_duplicates(feedback_table).values(rows))
+            return int(result.rowcount)
+
+    def list_feedback(self, service_id: str | None = None) -> list[dict[str, Any]]:
+        """Stored feedback in arrival order, optionally for one service."""
+        query = select(feedback_table).order_by(feedback_table.c.id)
+        if service_id is not None:
+            query = query.where(feedback_table.c.service_id == service_id)
+        with self._transaction("feedback read", readonly=True) as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    def record_assertions(self, assertions: Sequence[CoverageAssertion]) -> None:
+        """Store a response's assertions in one transaction; re-recording an id is a no-op (retry-safe)."""
+        if not assertions:
+            return
+        rows = [_assertion_row(assertion) for assertion in assertions]
+        with self._transaction("assertion write") as connection:
+            connection.execute(self._insert_ignoring_duplicates(assertions_table).values(rows))
+
+    def get_assertion(self, assertion_id: str) -> dict[str, Any] | None:
+        """One audited assertion by id (criteria as a list of {id, status}), or None."""
+        query = select(assertions_table).where(assertions_table.c.assertion_id == assertion_id)
+        with self._transaction("assertion read", readonly=True) as connection:
+            row = connection.execute(query).first()
+        return dict(row._mapping) if row is not None else None
+
+    def claim(self, issuer: str, jti: str, expires_at: datetime) -> bool:
+        """True the first time (issuer, jti) is seen before ``expires_at``; False for a replay.
+
+        Pass the token's ``exp`` plus the clock leeway: after ``expires_at`` the pair may be claimed again
+        (the JWT layer rejects the expired token itself).
+        """
+        _require_aware("expires_at", expires_at)
+        now = _utcnow()
+        self._purge_expired_claims(now)
+        key = (replay_table.c.issuer == issuer) & (replay_table.c.jti == jti)
+        with self._transaction("replay claim") as connection:
+            row = {"issuer": issuer, "jti": jti, "expires_at": expires_at}
+            if connection.execute(self._insert_ignoring_duplicates(replay_table).values(row)).rowcount == 1:
+                return True
+            # The pair is known; only a stale (expired, not yet purged) row may be taken over.
+            stale = update(replay_table).where(key & (replay_table.c.expires_at < now)).values(expires_at=expires_at)
+            return bool(connection.execute(stale).rowcount == 1)
+
+    def _purge_expired_claims(self, now: datetime) -> None:
+        """Delete expired replay rows at most once per interval, so the table stays as small as the window."""
+        clock = time.monotonic()
+        if clock - self._last_purge < self.replay_purge_interval:
+            return
+        self._last_purge = clock
+        with self._transaction("replay purge") as connection:
+            connection.execute(delete(replay_table).where(replay_table.c.expires_at < now))
+
+    def ping(self) -> bool:
+        """Whether the database answers a trivial query (for /healthz); never raises."""
+        try:
+            with self._transaction("ping", readonly=True) as connection:
+                return bool(connection.execute(select(1)).scalar_one() == 1)
+        except StorageError:
+            return False
+
+    def dispose(self, *, close: bool = True) -> None:
+        """Drop pooled connections: at shutdown, or with ``close=False`` in a forked child.
+
+        ``close=False`` forgets the parent's connections without closing them, which would end the
+        parent's PostgreSQL sessions (SQLAlchemy's documented recipe for ``os.fork``).
+        """
+        self._engine.dispose(close=close)

@@ -1,0 +1,1 @@
+"""FHIR R4 resources -> typed policy facts, through code tables kept as data files with their sources."""

@@ -1,0 +1,551 @@
+"""Code tables loaded once from ``fhir_mappings/tables/*.csv`` into fast lookups.
+
+The tables are the only place where a code means something to the policy: Python here knows how to
+read and match them, not what any code stands for. Every row names its public source; a row with an
+undeclared tag, an unknown system, a bad family or no source stops the service at start-up
+(``CodeTableError``) rather than mis-deciding a request later.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .model import LineOfBusiness, ProductFamily
+
+TABLES_DIR = Path(__file__).with_name("tables")
+
+DOSE_FORMS = frozenset({"tablet", "tablet-for-suspension"})
+RESULTS = frozenset({"positive", "negative", "equivocal"})
+RECEPTORS = frozenset({"er", "pr", "her2"})
+TEST_KINDS = frozenset({"status", "percent", "interpretation-only"})
+TAG_KINDS = frozenset({"diagnosis", "ingredient", "medication-group", "receptor", "specialty"})
+
+
+class CodeTableError(ValueError):
+    """A code table is malformed; raised at load time, never per request."""
+
+
+@dataclass(frozen=True)
+class ProductRow:
+    """One everolimus RxNorm concept and what the policy needs to know about it."""
+
+    rxcui: str
+    tty: str
+    display: str
+    family: ProductFamily | None
+    is_brand: bool
+    strength_mg: float | None
+    dose_form: str | None
+    generic_rxcui: str | None
+    generic_available: bool
+
+
+@dataclass(frozen=True)
+class ProductName:
+    """A text token that marks an order as everolimus (and, for brands, which product)."""
+
+    text: str
+    is_brand: bool
+    family: ProductFamily | None
+    dose_form: str | None
+
+
+@dataclass(frozen=True)
+class TextProduct:
+    """What the words of a medication name say about the everolimus product."""
+
+    is_everolimus: bool
+    is_brand: bool | None
+    family: ProductFamily | None
+    strength_mg: float | None
+    dose_form: str | None
+
+
+@dataclass(frozen=True)
+class ConditionMatch:
+    """Diagnosis tags a code carries, and whether the code only suggests them."""
+
+    tags: frozenset[str]
+    possible: bool
+
+
+@dataclass(frozen=True)
+class PossibleRule:
+    """If every tag in ``if_all`` is present, the ``then`` tags are possible diagnoses."""
+
+    if_all: frozenset[str]
+    then: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ReceptorTest:
+    """A LOINC receptor test: which receptor, and how its value is read."""
+
+    loinc: str
+    receptor: str
+    kind: str  # "status" | "percent" | "interpretation-only"
+    positive_at_least: float | None
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _rows(path: Path, required: Iterable[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """Rows of one CSV with stripped values; checks the header and that every row has a source."""
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = set(required) | {"source"}
+        missing -= set(reader.fieldnames or ())
+        if missing:
+            raise CodeTableError(f"{path.name}: missing columns {sorted(missing)}")
+        for line, raw in enumerate(reader, start=2):
+            row = {k: (v or "").strip() for k, v in raw.items() if k is not None}
+            if not row.get("source"):
+                raise CodeTableError(f"{path.name}:{line}: row has no source")
+            yield line, row
+
+
+def _split(value: str) -> frozenset[str]:
+    return frozenset(part.strip() for part in value.split(";") if part.strip())
+
+
+def _bool(value: str, where: str) -> bool:
+    if value == "true":
+        return True
+    if value == "false":
+        return False
+    raise CodeTableError(f"{where}: expected true/false, got {value!r}")
+
+
+def _float(value: str, where: str) -> float | None:
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise CodeTableError(f"{where}: not a number: {value!r}") from exc
+
+
+def _family(value: str, where: str) -> ProductFamily | None:
+    if not value:
+        return None
+    try:
+        return ProductFamily(value)
+    except ValueError as exc:
+        raise CodeTableError(f"{where}: unknown product family {value!r}") from exc
+
+
+def _dose_form(value: str, where: str) -> str | None:
+    if value and value not in DOSE_FORMS:
+        raise CodeTableError(f"{where}: unknown dose form {value!r}")
+    return value or None
+
+
+def normalize_icd10cm(code: str) -> str:
+    """Upper case, and the dot after the category that claims files often leave out (C50912 -> C50.912)."""
+    code = code.strip().upper()
+    if "." not in code and len(code) > 3:
+        code = f"{code[:3]}.{code[3:]}"
+    return code
+
+
+def _words_pattern(texts: Iterable[str]) -> re.Pattern[str] | None:
+    """One case-insensitive, word-bounded alternation, longest text first so phrases win over words."""
+    ordered = sorted({t.lower() for t in texts if t}, key=lambda t: (-len(t), t))
+    if not ordered:
+        return None
+    body = "|".join(re.escape(t).replace(r"\ ", r"\s+") for t in ordered)
+    return re.compile(rf"(?<![\w+])(?:{body})(?![\w+])", re.IGNORECASE)
+
+
+def _key(match: re.Match[str]) -> str:
+    """The table key of a text match: lower case, runs of white space as one space."""
+    return " ".join(match.group(0).lower().split())
+
+
+_STRENGTH = re.compile(r"(\d+(?:\.\d+)?)\s*(?:mg|milligrams?)\b", re.IGNORECASE)
+_SUSPENSION = re.compile(r"\bfor\s+(?:oral\s+)?suspension\b|\bdispersible\b", re.IGNORECASE)
+_TABLET = re.compile(r"\btab(?:let)?s?\b", re.IGNORECASE)
+
+
+# ----------------------------------------------------------------------------- the tables
+
+
+class CodeTables:
+    """Every code table, indexed for per-request lookups (dicts; prefixes by progressive shortening)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._load_systems()
+        self._load_tags()
+        self._load_products()
+        self._load_ingredients()
+        self._load_conditions()
+        self._load_receptors()
+        self._load_specialties()
+        self._load_coverage()
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _path(self, name: str) -> Path:
+        path = self.directory / name
+        if not path.is_file():
+            raise CodeTableError(f"missing code table {name}")
+        return path
+
+    def _system(self, name: str, where: str) -> str:
+        if name not in self.system_names:
+            raise CodeTableError(f"{where}: unknown system {name!r}")
+        return name
+
+    def _tags(self, value: str, kinds: Iterable[str], where: str) -> frozenset[str]:
+        tags = _split(value)
+        if not tags:
+            raise CodeTableError(f"{where}: no tag")
+        allowed: set[str] = set()
+        for kind in kinds:
+            allowed |= self._vocabulary[kind]
+        unknown = tags - allowed
+        if unknown:
+            raise CodeTableError(f"{where}: unknown tag(s) {sorted(unknown)}")
+        return tags
+
+    def _load_systems(self) -> None:
+        self.systems: dict[str, str] = {}
+        for line, row in _rows(self._path("systems.csv"), ("uri", "name")):
+            self.systems[row["uri"]] = row["name"]
+        self.system_names = frozenset(self.systems.values()) | {"text", "her2-ihc-score"}
+
+    def _load_tags(self) -> None:
+        self._vocabulary: dict[str, set[str]] = {kind: set() for kind in TAG_KINDS}
+        for line, row in _rows(self._path("tags.csv"), ("kind", "tag")):
+            if row["kind"] not in TAG_KINDS:
+                raise CodeTableError(f"tags.csv:{line}: unknown kind {row['kind']!r}")
+            if not re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", row["tag"]):
+                raise CodeTableError(f"tags.csv:{line}: malformed tag {row['tag']!r}")
+            self._vocabulary[row["kind"]].add(row["tag"])
+        #: Vocabularies the policy engine validates its file against.
+        self.diagnosis_tags = frozenset(self._vocabulary["diagnosis"])
+        self.ingredient_tags = frozenset(self._vocabulary["ingredient"])
+        self.medication_group_tags = frozenset(self._vocabulary["medication-group"])
+        self.medication_tags = self.ingredient_tags | self.medication_group_tags
+        self.receptor_tags = frozenset(self._vocabulary["receptor"])
+        self.specialty_tags = frozenset(self._vocabulary["specialty"])
+
+    def _load_products(self) -> None:
+        self.products: dict[str, ProductRow] = {}
+        name = "products.csv"
+        for line, row in _rows(
+            self._path(name),
+            (
+                "rxcui",
+                "tty",
+                "display",
+                "family",
+                "is_brand",
+                "strength_mg",
+                "dose_form",
+                "generic_rxcui",
+                "generic_available",
+            ),
+        ):
+            where = f"{name}:{line}"
+            if row["rxcui"] in self.products:
+                raise CodeTableError(f"{where}: duplicate rxcui {row['rxcui']}")
+            self.products[row["rxcui"]] = ProductRow(
+                rxcui=row["rxcui"],
+                tty=row["tty"],
+                display=row["display"],
+                family=_family(row["family"], where),
+                is_brand=_bool(row["is_brand"], where),
+                strength_mg=_float(row["strength_mg"], where),
+                dose_form=_dose_form(row["dose_form"], where),
+                generic_rxcui=row["generic_rxcui"] or None,
+                generic_available=_bool(row["generic_available"], where),
+            )
+        for rxcui, product in self.products.items():
+            if product.generic_rxcui and product.generic_rxcui not in self.products:
+                raise CodeTableError(f"{name}: {rxcui} names generic {product.generic_rxcui} that is not in the table")
+        #: (strength, form) -> the generic clinical drug (SCD) of that strength and form.
+        self._generic_by_strength_form: dict[tuple[float, str], ProductRow] = {
+            (p.strength_mg, p.dose_form): p
+            for p in self.products.values()
+            if p.tty == "SCD" and p.strength_mg is not None and p.dose_form is not None
+        }
+        self.product_names: list[ProductName] = []
+        for line, row in _rows(self._path("product_names.csv"), ("text", "is_brand", "family", "dose_form")):
+            where = f"product_names.csv:{line}"
+            self.product_names.append(
+                ProductName(
+                    row["text"],
+                    _bool(row["is_brand"], where),
+                    _family(row["family"], where),
+                    _dose_form(row["dose_form"], where),
+                )
+            )
+        self._product_names_by_text = {n.text.lower(): n for n in self.product_names}
+        self._product_pattern = _words_pattern(self._product_names_by_text)
+
+    def _load_ingredients(self) -> None:
+        self.ingredient_by_rxcui: dict[str, str] = {}
+        self.ingredient_groups: dict[str, frozenset[str]] = {}
+        names: dict[str, str] = {}
+        for line, row in _rows(self._path("ingredients.csv"), ("tag", "rxcui", "name", "groups")):
+            where = f"ingredients.csv:{line}"
+            tags = self._tags(row["tag"], ("ingredient",), where)
+            if len(tags) != 1:
+                raise CodeTableError(f"{where}: one ingredient tag per row")
+            (tag,) = tags
+            groups = _split(row["groups"])
+            unknown = groups - self.medication_group_tags
+            if unknown:
+                raise CodeTableError(f"{where}: unknown group(s) {sorted(unknown)}")
+            if self.ingredient_groups.setdefault(tag, groups) != groups:
+                raise CodeTableError(f"{where}: groups of {tag} differ from an earlier row")
+            if row["rxcui"] and self.ingredient_by_rxcui.setdefault(row["rxcui"], tag) != tag:
+                raise CodeTableError(f"{where}: rxcui {row['rxcui']} already maps to another tag")
+            if not row["name"]:
+                raise CodeTableError(f"{where}: no name")
+            names[row["name"].lower()] = tag
+        for line, row in _rows(self._path("ingredient_synonyms.csv"), ("text", "tag")):
+            where = f"ingredient_synonyms.csv:{line}"
+            (tag,) = self._tags(row["tag"], ("ingredient",), where)
+            if tag not in self.ingredient_groups:
+                raise CodeTableError(f"{where}: {tag} has no row in ingredients.csv")
+            if names.setdefault(row["text"].lower(), tag) != tag:
+                raise CodeTableError(f"{where}: {row['text']!r} already names another ingredient")
+        self._ingredient_names = names
+        self._ingredient_pattern = _words_pattern(names)
+
+    def _load_conditions(self) -> None:
+        self._condition_exact: dict[tuple[str, str], list[ConditionMatch]] = {}
+        self._condition_prefix: dict[tuple[str, str], list[ConditionMatch]] = {}
+        for line, row in _rows(self._path("conditions.csv"), ("system", "code", "match", "tags", "certainty")):
+            where = f"conditions.csv:{line}"
+            system = self._system(row["system"], where)
+            code = normalize_icd10cm(row["code"]) if system == "icd-10-cm" else row["code"]
+            if row["certainty"] not in ("confirmed", "possible"):
+                raise CodeTableError(f"{where}: certainty must be confirmed or possible")
+            match = ConditionMatch(self._tags(row["tags"], ("diagnosis",), where), row["certainty"] == "possible")
+            if row["match"] == "exact":
+                self._condition_exact.setdefault((system, code), []).append(match)
+            elif row["match"] == "prefix":
+                self._condition_prefix.setdefault((system, code), []).append(match)
+            else:
+                raise CodeTableError(f"{where}: match must be exact or prefix")
+        self.condition_status: dict[tuple[str, str], frozenset[str]] = {}
+        for line, row in _rows(self._path("condition_status.csv"), ("system", "code", "tags")):
+            where = f"condition_status.csv:{line}"
+            key = (self._system(row["system"], where), row["code"])
+            self.condition_status[key] = self._tags(row["tags"], ("diagnosis",), where)
+        self.possible_rules: list[PossibleRule] = []
+        for line, row in _rows(self._path("possible.csv"), ("if_all", "then_possible")):
+            where = f"possible.csv:{line}"
+            self.possible_rules.append(
+                PossibleRule(
+                    self._tags(row["if_all"], ("diagnosis",), where),
+                    self._tags(row["then_possible"], ("diagnosis",), where),
+                )
+            )
+
+    def _load_receptors(self) -> None:
+        self.receptor_status: dict[tuple[str, str], frozenset[str]] = {}
+        for line, row in _rows(self._path("receptor_status.csv"), ("system", "code", "tags")):
+            where = f"receptor_status.csv:{line}"
+            system = self._system(row["system"], where)
+            code = normalize_icd10cm(row["code"]) if system == "icd-10-cm" else row["code"]
+            self.receptor_status[(system, code)] = self._tags(row["tags"], ("receptor",), where)
+        self.receptor_tests: dict[str, ReceptorTest] = {}
+        for line, row in _rows(self._path("receptor_tests.csv"), ("loinc", "receptor", "kind", "positive_at_least")):
+            where = f"receptor_tests.csv:{line}"
+            if row["receptor"] not in RECEPTORS or row["kind"] not in TEST_KINDS:
+                raise CodeTableError(f"{where}: unknown receptor or kind")
+            threshold = _float(row["positive_at_least"], where)
+            if (row["kind"] == "percent") != (threshold is not None):
+                raise CodeTableError(f"{where}: percent tests (and only they) need positive_at_least")
+            self.receptor_tests[row["loinc"]] = ReceptorTest(row["loinc"], row["receptor"], row["kind"], threshold)
+        self.receptor_values: dict[tuple[str, str], str] = {}
+        texts: dict[str, str] = {}
+        for line, row in _rows(self._path("receptor_values.csv"), ("system", "code", "result")):
+            where = f"receptor_values.csv:{line}"
+            system = self._system(row["system"], where)
+            if row["result"] not in RESULTS:
+                raise CodeTableError(f"{where}: result must be one of {sorted(RESULTS)}")
+            if system == "text":
+                texts[row["code"].lower()] = row["result"]
+            else:
+                self.receptor_values[(system, row["code"])] = row["result"]
+        self._result_texts = texts
+        self._result_pattern = _words_pattern(texts)
+
+    def _load_specialties(self) -> None:
+        self.specialties: dict[tuple[str, str], frozenset[str]] = {}
+        for line, row in _rows(self._path("specialties.csv"), ("system", "code", "tags")):
+            where = f"specialties.csv:{line}"
+            key = (self._system(row["system"], where), row["code"].upper())
+            self.specialties[key] = self._tags(row["tags"], ("specialty",), where)
+
+    def _load_coverage(self) -> None:
+        self.coverage_prefixes: dict[tuple[str, str], LineOfBusiness] = {}
+        for line, row in _rows(self._path("coverage.csv"), ("system", "prefix", "line_of_business")):
+            where = f"coverage.csv:{line}"
+            try:
+                lob = LineOfBusiness(row["line_of_business"])
+            except ValueError as exc:
+                raise CodeTableError(f"{where}: unknown line of business") from exc
+            self.coverage_prefixes[(self._system(row["system"], where), row["prefix"])] = lob
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def system_name(self, uri: str | None) -> str | None:
+        """Short name of a code system URI ("icd-10-cm", "snomed" ...), None when not one we read."""
+        return self.systems.get(uri) if uri else None
+
+    def product(self, rxcui: str | None) -> ProductRow | None:
+        return self.products.get(rxcui.strip()) if rxcui else None
+
+    def generic_for(self, strength_mg: float | None, dose_form: str | None) -> ProductRow | None:
+        """The generic SCD of a strength and form, when RxNorm has one in the table."""
+        if strength_mg is None or dose_form is None:
+            return None
+        return self._generic_by_strength_form.get((strength_mg, dose_form))
+
+    def family_for(self, strength_mg: float | None, dose_form: str | None) -> ProductFamily | None:
+        """The one family whose generics have this strength and/or form; None when none or several do."""
+        if strength_mg is None and dose_form is None:
+            return None
+        families = {
+            p.family
+            for p in self._generic_by_strength_form.values()
+            if (strength_mg is None or p.strength_mg == strength_mg) and (dose_form is None or p.dose_form == dose_form)
+        }
+        return families.pop() if len(families) == 1 else None
+
+    def text_product(self, text: str) -> TextProduct:
+        """Read a medication name: everolimus or a brand, brand or not, strength and dose form.
+
+        A brand token that fixes its product (Disperz, Zortress) decides the family; otherwise the strength
+        and form do (generics count as the brand they share both with); "Afinitor" alone means its tablets.
+        """
+        names = [self._product_names_by_text[_key(m)] for m in self._iter(self._product_pattern, text)]
+        if not names:
+            return TextProduct(False, None, None, None, None)
+        brands = [n for n in names if n.is_brand]
+        strength_match = _STRENGTH.search(text)
+        strength = float(strength_match.group(1)) if strength_match else None
+        form = "tablet-for-suspension" if _SUSPENSION.search(text) else ("tablet" if _TABLET.search(text) else None)
+        if form is None:
+            implied_forms = {n.dose_form for n in brands if n.dose_form}
+            form = implied_forms.pop() if len(implied_forms) == 1 else None
+        fixed = {n.family for n in brands if n.family is not None and n.dose_form is not None}
+        family = fixed.pop() if len(fixed) == 1 else self.family_for(strength, form)
+        if family is None and brands and form != "tablet-for-suspension" and strength is None:
+            hinted = {n.family for n in brands if n.family is not None}
+            family = hinted.pop() if len(hinted) == 1 else None
+        return TextProduct(True, bool(brands), family, strength, form)
+
+    def ingredient_tags_for_code(self, rxcui: str | None) -> frozenset[str]:
+        """Ingredient tag of an RxNorm code: an ingredient row, or an everolimus product row."""
+        if not rxcui:
+            return frozenset()
+        tag = self.ingredient_by_rxcui.get(rxcui.strip())
+        if tag:
+            return frozenset({tag})
+        if rxcui.strip() in self.products:
+            return frozenset({"everolimus"})
+        return frozenset()
+
+    def ingredient_tags_in_text(self, text: str) -> frozenset[str]:
+        """Ingredient tags whose names (or brand synonyms) appear as words in a medication text."""
+        tags = {self._ingredient_names[_key(m)] for m in self._iter(self._ingredient_pattern, text)}
+        if self.text_product(text).is_everolimus:
+            tags.add("everolimus")
+        return frozenset(tags)
+
+    def with_groups(self, tags: Iterable[str]) -> frozenset[str]:
+        """Ingredient tags plus the group tags they belong to."""
+        out: set[str] = set()
+        for tag in tags:
+            out.add(tag)
+            out |= self.ingredient_groups.get(tag, frozenset())
+        return frozenset(out)
+
+    def condition_matches(self, system: str | None, code: str | None) -> list[ConditionMatch]:
+        """Every table row a condition code falls under: its exact row and every prefix row above it."""
+        if not system or not code:
+            return []
+        if system == "icd-10-cm":
+            code = normalize_icd10cm(code)
+        out = list(self._condition_exact.get((system, code), ()))
+        candidate = code
+        while candidate:
+            out.extend(self._condition_prefix.get((system, candidate), ()))
+            candidate = candidate[:-1].rstrip(".")
+        return out
+
+    def receptor_status_tags(self, system: str | None, code: str | None) -> frozenset[str]:
+        if not system or not code:
+            return frozenset()
+        if system == "icd-10-cm":
+            code = normalize_icd10cm(code)
+        return self.receptor_status.get((system, code), frozenset())
+
+    def condition_code_relevant(self, system: str | None, code: str | None) -> bool:
+        """Whether a Condition coding matters to the policy (diagnosis, stage or receptor status)."""
+        return bool(self.condition_matches(system, code) or self.receptor_status_tags(system, code))
+
+    def result_of_code(self, system: str | None, code: str | None) -> str | None:
+        if not system or not code:
+            return None
+        return self.receptor_values.get((system, code))
+
+    def result_of_text(self, text: str) -> str | None:
+        """positive / negative / equivocal from words in a result text; None when absent or contradictory."""
+        results = {self._result_texts[_key(m)] for m in self._iter(self._result_pattern, text)}
+        return results.pop() if len(results) == 1 else None
+
+    def her2_ihc_result(self, score: str) -> str | None:
+        return self.receptor_values.get(("her2-ihc-score", score))
+
+    def specialty_tags_for(self, system: str | None, code: str | None) -> frozenset[str]:
+        if not system or not code:
+            return frozenset()
+        return self.specialties.get((system, code.strip().upper()), frozenset())
+
+    def line_of_business_for(self, system: str | None, code: str | None) -> LineOfBusiness | None:
+        """Payer-type code -> line of business by its longest listed prefix (SOPT is hierarchical)."""
+        if not system or not code:
+            return None
+        candidate = code.strip()
+        while candidate:
+            lob = self.coverage_prefixes.get((system, candidate))
+            if lob is not None:
+                return lob
+            candidate = candidate[:-1]
+        return None
+
+    @staticmethod
+    def _iter(pattern: re.Pattern[str] | None, text: str) -> Iterator[re.Match[str]]:
+        if pattern is None or not text:
+            return iter(())
+        return pattern.finditer(text)
+
+    @property
+    def vocabulary(self) -> Mapping[str, frozenset[str]]:
+        """Every declared tag by kind (diagnosis, ingredient, medication-group, receptor, specialty)."""
+        return {kind: frozenset(tags) for kind, tags in self._vocabulary.items()}
+
+
+@lru_cache(maxsize=4)
+def _load(directory: Path) -> CodeTables:
+    return CodeTables(directory)
+
+
+def load_code_tables(path: Path | None = None) -> CodeTables:
+    """The code tables of ``path`` (default: the package's own), parsed and checked once per process."""
+    return _load((path or TABLES_DIR).resolve())

@@ -1,0 +1,203 @@
+"""Daily amount of a medication order from its FHIR Dosage: mg per day and tablets per day.
+
+The policy limits everolimus to 20 mg, 2 Afinitor tablets or 4 Afinitor Disperz tablets a day, so a
+wrong number is worse than none: anything this module cannot read with certainty is ``None`` (the
+policy then asks for it) and nothing is guessed. Dosages that share a ``sequence`` are taken together
+(FHIR R4 Dosage.sequence: "the same sequence number ... concurrent"), different sequences one after
+the other, so the answer is the largest daily total of any sequence.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from .model import Dose, Product
+from .normalize import codings, get, items, to_float
+
+MG_PER_UNIT: dict[str, float] = {
+    "mg": 1.0,
+    "milligram": 1.0,
+    "milligrams": 1.0,
+    "g": 1000.0,
+    "gram": 1000.0,
+    "grams": 1000.0,
+    "ug": 0.001,
+    "mcg": 0.001,
+    "µg": 0.001,
+    "microgram": 0.001,
+    "micrograms": 0.001,
+}
+#: UCUM annotations and plain words for "one tablet" (v3 orderableDrugForm TAB included).
+TABLET_UNITS = frozenset(
+    {
+        "{tbl}",
+        "tbl",
+        "tab",
+        "tabs",
+        "tablet",
+        "tablets",
+        "{tablet}",
+        "{tablets}",
+        "{tab}",
+        "{pill}",
+        "pill",
+        "pills",
+    }
+)
+#: UCUM-ish Timing.repeat.periodUnit -> days.
+PERIOD_DAYS: dict[str, float] = {
+    "s": 1 / 86400,
+    "min": 1 / 1440,
+    "h": 1 / 24,
+    "d": 1.0,
+    "wk": 7.0,
+    "mo": 30.0,
+    "a": 365.0,
+}
+#: Administrations per day of the Timing.code abbreviations (HL7 timing-abbreviation / v3 GTSAbbreviation).
+GTS_PER_DAY: dict[str, float] = {
+    "QD": 1,
+    "BID": 2,
+    "TID": 3,
+    "QID": 4,
+    "AM": 1,
+    "PM": 1,
+    "BED": 1,
+    "QOD": 0.5,
+    "WK": 1 / 7,
+    "MO": 1 / 30,
+    "Q1H": 24,
+    "Q2H": 12,
+    "Q3H": 8,
+    "Q4H": 6,
+    "Q6H": 4,
+    "Q8H": 3,
+    "Q12H": 2,
+}
+GTS_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-GTSAbbreviation"
+
+_CONTRARY = re.compile(
+    r"\b(?:twice|thrice|two\s+times|three\s+times|four\s+times|[2-9]\d*\s*(?:x|times?|time\(s\))"
+    r"|b\.?i\.?d|t\.?i\.?d|q\.?i\.?d|q\.?o\.?d|every\s+other|every\s+\d+|q\s?\d+\s?h|weekly|week|weeks|monthly|month"
+    r"|hourly|hours?|as\s+needed|prn|as\s+directed|per\s+protocol|taper|alternate)\b",
+    re.IGNORECASE,
+)
+
+
+def daily_dose(dosage_instructions: Sequence[Any] | None, product: Product | None) -> Dose:
+    """mg/day and tablets/day of the order's dosage; either is None when it cannot be read for certain."""
+    dosages = [d for d in (dosage_instructions or []) if d is not None]
+    if not dosages:
+        return Dose(None, None)
+    strength = product.strength_mg if product is not None else None
+    groups: dict[object, list[Any]] = {}
+    for dosage in dosages:
+        groups.setdefault(get(dosage, "sequence"), []).append(dosage)
+    mg_totals: list[float | None] = []
+    tablet_totals: list[float | None] = []
+    for members in groups.values():
+        per_member = [_one_daily(d, strength) for d in members]
+        mg_totals.append(_sum([m for m, _ in per_member]))
+        tablet_totals.append(_sum([t for _, t in per_member]))
+    return Dose(_max(mg_totals), _max(tablet_totals))
+
+
+def _sum(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else round(sum(v for v in values if v is not None), 6)
+
+
+def _max(values: list[float | None]) -> float | None:
+    return None if not values or any(v is None for v in values) else max(v for v in values if v is not None)
+
+
+def _one_daily(dosage: Any, strength: float | None) -> tuple[float | None, float | None]:
+    mg, tablets = amount_per_administration(dosage, strength)
+    per_day = administrations_per_day(dosage)
+    if per_day is None:
+        return None, None
+    return (
+        round(mg * per_day, 6) if mg is not None else None,
+        round(tablets * per_day, 6) if tablets is not None else None,
+    )
+
+
+def amount_per_administration(dosage: Any, strength: float | None) -> tuple[float | None, float | None]:
+    """(mg, tablets) of one administration from Dosage.doseAndRate (a range counts at its high end)."""
+    entries = items(dosage, "doseAndRate")
+    ordered = sorted(entries, key=lambda e: 0 if _is_ordered(e) else 1)
+    for entry in ordered:
+        quantity = get(entry, "doseQuantity")
+        if quantity is None and get(entry, "doseRange") is not None:
+            quantity = get(get(entry, "doseRange"), "high")
+            if quantity is None:
+                return None, None
+        if quantity is not None:
+            return _quantity(quantity, strength)
+    return None, None
+
+
+def _is_ordered(entry: Any) -> bool:
+    return any(c.code == "ordered" for c in codings(get(entry, "type"))) or get(entry, "type") is None
+
+
+def _quantity(quantity: Any, strength: float | None) -> tuple[float | None, float | None]:
+    value = to_float(get(quantity, "value"))
+    if value is None or value < 0:
+        return None, None
+    for raw_unit in (get(quantity, "code"), get(quantity, "unit")):
+        unit = raw_unit.strip().lower() if isinstance(raw_unit, str) else ""
+        if unit in MG_PER_UNIT:
+            mg = value * MG_PER_UNIT[unit]
+            return round(mg, 6), (round(mg / strength, 6) if strength else None)
+        if unit in TABLET_UNITS:
+            return (round(value * strength, 6) if strength else None), value
+    return None, None
+
+
+def administrations_per_day(dosage: Any) -> float | None:
+    """How many times a day, from Timing.repeat, else Timing.code; no timing means once a day only when
+    neither asNeeded nor the sig text says otherwise."""
+    timing = get(dosage, "timing")
+    if timing is None:
+        return _untimed(dosage)
+    repeat = get(timing, "repeat")
+    if repeat is not None:
+        from_repeat = _from_repeat(repeat)
+        if from_repeat is not None:
+            return from_repeat
+    for coding in codings(get(timing, "code")):
+        if coding.code and coding.system in (None, GTS_SYSTEM) and coding.code.upper() in GTS_PER_DAY:
+            return float(GTS_PER_DAY[coding.code.upper()])
+    return None
+
+
+def _from_repeat(repeat: Any) -> float | None:
+    frequency = to_float(get(repeat, "frequency"))
+    period = to_float(get(repeat, "period"))
+    unit = get(repeat, "periodUnit")
+    events = len(items(repeat, "when")) + len(items(repeat, "timeOfDay"))
+    weekdays = len(items(repeat, "dayOfWeek"))
+    if period is not None:
+        days = PERIOD_DAYS.get(str(unit)) if unit is not None else None
+        if days is None or period <= 0:
+            return None
+        count = frequency if frequency is not None else float(events or 1)
+        if count <= 0:
+            return None
+        return count / (period * days)
+    if frequency is not None:
+        return None  # a frequency with no period says nothing about days
+    if events or weekdays:
+        return float(events or 1) * (weekdays / 7 if weekdays else 1.0)
+    return None
+
+
+def _untimed(dosage: Any) -> float | None:
+    if get(dosage, "asNeededBoolean") is True or get(dosage, "asNeededCodeableConcept") is not None:
+        return None
+    text = " ".join(t for t in (get(dosage, "text"), get(dosage, "patientInstruction")) if isinstance(t, str))
+    if _CONTRARY.search(text):
+        return None
+    return 1.0

@@ -1,0 +1,715 @@
+"""PatientRecord + one everolimus draft order -> the ``Facts`` CP.PHAR.63 is evaluated on.
+
+Each fact carries the references of the resources that show it. What the record cannot show stays
+absent or ``None`` (the policy then reports it as unknown); nothing here knows what a code means --
+that is in the code tables -- only which FHIR elements to read and how statuses and dates count.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+from .codes import CodeTables
+from .dose import daily_dose
+from .model import Facts, Finding, LineOfBusiness, Product
+from .normalize import (
+    MedicationConcept,
+    choice,
+    codings,
+    concept_texts,
+    get,
+    is_partial_date,
+    items,
+    iter_bundle,
+    medication_concept,
+    reference_of,
+    split_reference,
+    status_code,
+    to_date,
+    to_float,
+)
+from .record import PatientRecord
+
+ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
+EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
+POSSIBLE_VERIFICATION = frozenset({"provisional", "differential", "unconfirmed"})
+FINAL_OBSERVATION = frozenset({"final", "amended", "corrected"})
+CO_DRAFT_STATUS = frozenset({"draft", "active"})
+ACTIVE_REQUEST_STATUS = frozenset({"active", "on-hold"})
+ORDER_INTENTS = frozenset({"order", "original-order", "reflex-order", "filler-order", "instance-order", "plan"})
+ACTIVE_STATEMENT_STATUS = frozenset({"active", "intended"})
+NOT_HISTORY_STATUS = frozenset({"entered-in-error", "not-taken", "cancelled", "draft"})
+INACTIVE_ALLERGY = frozenset({"inactive", "resolved"})
+#: v3 substanceAdminSubstitution "N": no substitution.
+NO_SUBSTITUTION_CODES = frozenset({"N"})
+COVERAGE_CLASS_SYSTEM = "http://terminology.hl7.org/CodeSystem/coverage-class"
+SUPPLY_UNIT_DAYS: dict[str, float] = {
+    "d": 1,
+    "day": 1,
+    "days": 1,
+    "wk": 7,
+    "week": 7,
+    "weeks": 7,
+    "mo": 30,
+    "month": 30,
+    "months": 30,
+    "a": 365,
+    "year": 365,
+    "years": 365,
+}
+#: Order of preference when an order carries several everolimus RxNorm codings.
+TTY_RANK = {"SBD": 0, "SCD": 0, "BPCK": 1, "GPCK": 1, "SBDF": 2, "SCDF": 2, "SCDC": 3, "IN": 4}
+
+
+class OrderNotFound(LookupError):
+    """build_facts was asked about a draft the record does not hold."""
+
+
+# ----------------------------------------------------------------------------- scoping
+
+
+def find_everolimus_orders(draft_orders: Sequence[Any], tables: CodeTables) -> list[str]:
+    """Ids of the draft MedicationRequests that order everolimus, by RxNorm code or by name (raw dicts)."""
+    ids: list[str] = []
+    for resource in iter_bundle(list(draft_orders)):
+        rid = resource.get("id")
+        if resource.get("resourceType") != "MedicationRequest" or not isinstance(rid, str) or rid in ids:
+            continue
+        if resource.get("status") == "entered-in-error":
+            continue
+        if is_everolimus(medication_concept(resource), tables):
+            ids.append(rid)
+    return ids
+
+
+def is_everolimus(concept: MedicationConcept, tables: CodeTables) -> bool:
+    for coding in concept.codes:
+        if tables.system_name(coding.system) == "rxnorm" and "everolimus" in tables.ingredient_tags_for_code(
+            coding.code
+        ):
+            return True
+    return tables.text_product(concept.text).is_everolimus
+
+
+def medication_tags(concept: MedicationConcept, tables: CodeTables) -> frozenset[str]:
+    """Ingredient tags (by RxNorm code, then by name in the text) plus their group tags."""
+    tags: set[str] = set()
+    for coding in concept.codes:
+        if tables.system_name(coding.system) == "rxnorm":
+            tags |= tables.ingredient_tags_for_code(coding.code)
+    tags |= tables.ingredient_tags_in_text(concept.text)
+    return tables.with_groups(tags)
+
+
+# ----------------------------------------------------------------------------- findings
+
+
+@dataclass
+class _Findings:
+    """tag -> evidence references (in order seen, no repeats) and earliest start."""
+
+    evidence: dict[str, list[str]] = field(default_factory=dict)
+    starts: dict[str, date | None] = field(default_factory=dict)
+
+    def add(self, tag: str, ref: str, start: date | None) -> None:
+        refs = self.evidence.setdefault(tag, [])
+        if ref not in refs:
+            refs.append(ref)
+        known = self.starts.get(tag)
+        if start is not None and (known is None or start < known):
+            self.starts[tag] = start
+        else:
+            self.starts.setdefault(tag, None)
+
+    def tags(self) -> set[str]:
+        return set(self.evidence)
+
+    def freeze(self, exclude: Iterable[str] = ()) -> dict[str, Finding]:
+        skip = set(exclude)
+        return {
+            tag: Finding(evidence=tuple(refs), start=self.starts.get(tag))
+            for tag, refs in sorted(self.evidence.items())
+            if tag not in skip
+        }
+
+
+# ----------------------------------------------------------------------------- the facts
+
+
+def build_facts(
+    record: PatientRecord,
+    order_id: str,
+    tables: CodeTables,
+    *,
+    plan_prefixes: Mapping[str, str],
+    user_ref: str | None,
+    today: date,
+) -> Facts:
+    """Everything CP.PHAR.63 may ask about one draft order (see ``fhir_mappings.model.Facts``)."""
+    order = record.draft(order_id)
+    if order is None:
+        raise OrderNotFound(f"no draft MedicationRequest {order_id.split('/')[-1]!r} in the record")
+    order_ref = f"MedicationRequest/{get(order, 'id')}"
+    evaluation_date = to_date(get(order, "authoredOn")) or today
+    concept = medication_concept(order, dict(record.medications))
+    product = resolve_product(concept, tables)
+    age, age_evidence = _age(record, evaluation_date)
+    diagnoses, possible = _diagnoses(record, order, order_ref, tables)
+    specialties, requester_ref = _specialties(record, order, user_ref, tables)
+    co_medications = _co_medications(record, order_ref, tables)
+    history = _history(record, evaluation_date, tables)
+    days, days_evidence, previous_mg = _everolimus_exposure(record, evaluation_date, tables)
+    lob, lob_evidence, coverage_ref = _line_of_business(record, order, plan_prefixes, tables)
+    return Facts(
+        order_ref=order_ref,
+        evaluation_date=evaluation_date,
+        product=product,
+        dose=daily_dose(items(order, "dosageInstruction"), product),
+        age_years=age,
+        age_evidence=age_evidence,
+        diagnoses=diagnoses,
+        possible_diagnoses=possible,
+        receptors=_receptors(record, tables),
+        specialties=specialties,
+        requester_ref=requester_ref,
+        co_medications=co_medications,
+        medication_history=history,
+        everolimus_days=days,
+        everolimus_evidence=days_evidence,
+        previous_mg_per_day=previous_mg,
+        generic_exception=_generic_exception(record, order, order_ref, tables),
+        line_of_business=lob,
+        line_of_business_evidence=lob_evidence,
+        requested_months=requested_months(order),
+        coverage_ref=coverage_ref,
+    )
+
+
+# -- product -------------------------------------------------------------------------------
+
+
+def resolve_product(concept: MedicationConcept, tables: CodeTables) -> Product:
+    """The everolimus product of an order: its RxNorm row refined by its words, or its words alone."""
+    coded = [
+        (coding, row)
+        for coding in concept.codes
+        if tables.system_name(coding.system) == "rxnorm" and (row := tables.product(coding.code)) is not None
+    ]
+    coded.sort(key=lambda pair: TTY_RANK.get(pair[1].tty, 9))
+    words = tables.text_product(concept.text)
+    if coded:
+        coding, row = coded[0]
+        strength = row.strength_mg if row.strength_mg is not None else words.strength_mg
+        form = row.dose_form or words.dose_form
+        family = row.family or tables.family_for(strength, form) or (words.family if words.is_everolimus else None)
+        generic_concept = row.tty in ("IN", "SCDF", "SCDC")
+        is_brand: bool | None = row.is_brand or bool(generic_concept and words.is_brand)
+        rxcui: str | None = coding.code
+        display = coding.display or row.display
+    else:
+        strength, form, family, is_brand = words.strength_mg, words.dose_form, words.family, words.is_brand
+        row, rxcui, display = None, None, concept.text
+    generic = tables.generic_for(strength, form) or (tables.product(row.generic_rxcui) if row else None)
+    if generic is not None and generic.strength_mg is None and strength is not None:
+        generic = None
+    if generic is not None:
+        available = generic.generic_available
+    elif strength is not None:
+        available = False
+    else:
+        available = row.generic_available if row is not None else family is not None
+    return Product(
+        rxcui=rxcui,
+        display=display or "",
+        family=family,
+        is_brand=is_brand,
+        strength_mg=strength,
+        dose_form=form,
+        generic_rxcui=generic.rxcui if generic else None,
+        generic_display=generic.display if generic else None,
+        generic_available=available,
+    )
+
+
+# -- age -----------------------------------------------------------------------------------
+
+
+def _age(record: PatientRecord, on: date) -> tuple[int | None, tuple[str, ...]]:
+    """Completed years on ``on``; a partial birth date counts from its last possible day (never overstates)."""
+    patient = record.patient
+    if patient is None or patient.birthDate is None:
+        return None, ()
+    born = to_date(patient.birthDate, end=is_partial_date(patient.birthDate))
+    if born is None or born > on:
+        return None, ()
+    years = on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+    return years, (f"Patient/{patient.id}",)
+
+
+# -- diagnoses -----------------------------------------------------------------------------
+
+
+def _condition_state(condition: Any) -> str | None:
+    """ "confirmed", "possible", or None when the Condition does not count (inactive, refuted, ended)."""
+    clinical = status_code(get(condition, "clinicalStatus"))
+    if clinical is not None and clinical not in ACTIVE_CLINICAL:
+        return None
+    if clinical is None and choice(condition, "abatement")[1] is not None:
+        return None
+    verification = status_code(get(condition, "verificationStatus"))
+    if verification in EXCLUDED_VERIFICATION:
+        return None
+    return "possible" if verification in POSSIBLE_VERIFICATION else "confirmed"
+
+
+def _condition_start(condition: Any) -> date | None:
+    kind, value = choice(condition, "onset")
+    if kind == "DateTime":
+        return to_date(value)
+    if kind == "Period":
+        return to_date(get(value, "start"))
+    return to_date(get(condition, "recordedDate"))
+
+
+def _diagnoses(
+    record: PatientRecord, order: Any, order_ref: str, tables: CodeTables
+) -> tuple[dict[str, Finding], dict[str, Finding]]:
+    confirmed, possible = _Findings(), _Findings()
+    for condition in record.conditions:
+        state = _condition_state(condition)
+        if state is None:
+            continue
+        ref, start = f"Condition/{condition.id}", _condition_start(condition)
+        tagged = False
+        for coding in codings(condition.code):
+            for match in tables.condition_matches(tables.system_name(coding.system), coding.code):
+                target = possible if (match.possible or state == "possible") else confirmed
+                for tag in match.tags:
+                    target.add(tag, ref, start)
+                tagged = True
+        for stage in items(condition, "stage"):
+            for coding in codings(get(stage, "summary")):
+                for match in tables.condition_matches(tables.system_name(coding.system), coding.code):
+                    for tag in match.tags:
+                        (possible if state == "possible" else confirmed).add(tag, ref, start)
+        clinical = status_code(condition.clinicalStatus)
+        if tagged and state == "confirmed" and clinical is not None:
+            for tag in tables.condition_status.get(("condition-clinical", clinical), ()):
+                confirmed.add(tag, ref, start)
+    for concept in items(order, "reasonCode"):
+        for coding in codings(concept):
+            for match in tables.condition_matches(tables.system_name(coding.system), coding.code):
+                for tag in match.tags:
+                    (possible if match.possible else confirmed).add(tag, order_ref, None)
+    present = confirmed.tags() | possible.tags()
+    for rule in tables.possible_rules:
+        if rule.if_all <= present:
+            evidence = [
+                (ref, _start_of(confirmed, possible, tag))
+                for tag in rule.if_all
+                for ref in confirmed.evidence.get(tag, []) + possible.evidence.get(tag, [])
+            ]
+            for tag in rule.then - confirmed.tags():
+                for ref, start in evidence:
+                    possible.add(tag, ref, start)
+    return confirmed.freeze(), possible.freeze(exclude=confirmed.tags())
+
+
+def _start_of(confirmed: _Findings, possible: _Findings, tag: str) -> date | None:
+    starts = [s for s in (confirmed.starts.get(tag), possible.starts.get(tag)) if s is not None]
+    return min(starts) if starts else None
+
+
+# -- receptors -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ReceptorSighting:
+    on: date | None
+    tag: str
+    ref: str
+
+
+def _receptors(record: PatientRecord, tables: CodeTables) -> dict[str, Finding]:
+    """Per receptor (er, pr, her2, hr) the most recent final result wins; a tie that disagrees says nothing."""
+    sightings: list[_ReceptorSighting] = []
+    for observation in record.observations:
+        if observation.status not in FINAL_OBSERVATION:
+            continue
+        ref, on = f"Observation/{observation.id}", _observation_date(observation)
+        for element in [observation, *items(observation, "component")]:
+            for coding in codings(get(element, "code")):
+                test = (
+                    tables.receptor_tests.get(coding.code or "")
+                    if tables.system_name(coding.system) == "loinc"
+                    else None
+                )
+                if test is None:
+                    continue
+                result = _interpret(element, test.receptor, test.kind, test.positive_at_least, tables)
+                if result in ("positive", "negative"):
+                    sightings.append(_ReceptorSighting(on, f"{test.receptor}-{result}", ref))
+                break
+    for condition in record.conditions:
+        if _condition_state(condition) != "confirmed":
+            continue
+        for coding in codings(condition.code):
+            for tag in tables.receptor_status_tags(tables.system_name(coding.system), coding.code):
+                sightings.append(_ReceptorSighting(_condition_start(condition), tag, f"Condition/{condition.id}"))
+    out: dict[str, Finding] = {}
+    for axis in sorted({s.tag.rsplit("-", 1)[0] for s in sightings}):
+        on_axis = [s for s in sightings if s.tag.rsplit("-", 1)[0] == axis]
+        latest = max((s.on for s in on_axis if s.on is not None), default=None)
+        winners = [s for s in on_axis if s.on == latest]
+        if len({s.tag for s in winners}) == 1:
+            tag = winners[0].tag
+            out[tag] = Finding(evidence=tuple(dict.fromkeys(s.ref for s in winners)), start=latest)
+    return out
+
+
+def _observation_date(observation: Any) -> date | None:
+    kind, value = choice(observation, "effective")
+    if kind in ("DateTime", "Instant"):
+        return to_date(value)
+    if kind == "Period":
+        return to_date(get(value, "end")) or to_date(get(value, "start"))
+    return to_date(get(observation, "issued"))
+
+
+def _interpret(element: Any, receptor: str, kind: str, threshold: float | None, tables: CodeTables) -> str | None:
+    """positive / negative / equivocal from interpretation, coded or text value, IHC score or % of cells."""
+    for coding in [c for concept in items(element, "interpretation") for c in codings(concept)]:
+        result = tables.result_of_code(tables.system_name(coding.system), coding.code)
+        if result is not None:
+            return result
+    if kind == "interpretation-only":
+        return None
+    value_kind, value = choice(element, "value")
+    if value_kind == "CodeableConcept":
+        for coding in codings(value):
+            result = tables.result_of_code(tables.system_name(coding.system), coding.code)
+            if result is not None:
+                return result
+        return _interpret_text(" | ".join(concept_texts(value)), receptor, kind, threshold, tables)
+    if value_kind == "String":
+        return _interpret_text(str(value), receptor, kind, threshold, tables)
+    if value_kind == "Quantity" and kind == "percent" and threshold is not None:
+        number = to_float(get(value, "value"))
+        unit = get(value, "code") or get(value, "unit")
+        if number is None or (unit not in (None, "%")):
+            return None
+        comparator = get(value, "comparator")
+        if comparator in ("<", "<=") and number <= threshold:
+            return "negative"
+        if comparator in (">", ">=") and number >= threshold:
+            return "positive"
+        if comparator is None:
+            return "positive" if number >= threshold else "negative"
+        return None
+    if value_kind == "Integer" and receptor == "her2" and kind == "status":
+        return tables.her2_ihc_result("0" if value == 0 else f"{value}+")
+    return None
+
+
+def _interpret_text(text: str, receptor: str, kind: str, threshold: float | None, tables: CodeTables) -> str | None:
+    result = tables.result_of_text(text)
+    if result is not None:
+        return result
+    if receptor == "her2":
+        scores = set(re.findall(r"(?<![\d.])([0-3])\s*\+", text))
+        if len(scores) == 1:
+            return tables.her2_ihc_result(f"{scores.pop()}+")
+        if re.fullmatch(r"\s*(?:ihc\s*)?0\s*", text, re.IGNORECASE):
+            return tables.her2_ihc_result("0")
+    if kind == "percent" and threshold is not None:
+        match = re.fullmatch(r"\s*([<>]=?)?\s*(\d+(?:\.\d+)?)\s*%?\s*", text)
+        if match:
+            number = float(match.group(2))
+            if match.group(1) is None:
+                return "positive" if number >= threshold else "negative"
+            if match.group(1).startswith("<") and number <= threshold:
+                return "negative"
+            if match.group(1).startswith(">") and number >= threshold:
+                return "positive"
+    return None
+
+
+# -- specialties ---------------------------------------------------------------------------
+
+
+def _specialties(
+    record: PatientRecord, order: Any, user_ref: str | None, tables: CodeTables
+) -> tuple[dict[str, Finding], str | None]:
+    """Specialty tags of the requester (else the hook's user): its role(s) and its Practitioner's qualifications."""
+    ref = reference_of(get(order, "requester")) or user_ref
+    rtype, rid = split_reference(ref)
+    if rtype not in ("PractitionerRole", "Practitioner") or not rid:
+        return {}, (f"{rtype}/{rid}" if rtype and rid else None)
+    found = _Findings()
+    practitioner_id = rid if rtype == "Practitioner" else None
+    roles: list[Any] = []
+    if rtype == "PractitionerRole":
+        role = record.practitioner_roles.get(rid)
+        if role is not None:
+            roles.append(role)
+            ptype, pid = split_reference(reference_of(role.practitioner))
+            practitioner_id = pid if ptype == "Practitioner" else None
+    if practitioner_id:
+        for role in record.practitioner_roles.values():
+            same = split_reference(reference_of(role.practitioner)) == ("Practitioner", practitioner_id)
+            if same and role not in roles and role.active is not False:
+                roles.append(role)
+    for role in roles:
+        for concept in items(role, "specialty"):
+            for coding in codings(concept):
+                for tag in tables.specialty_tags_for(tables.system_name(coding.system), coding.code):
+                    found.add(tag, f"PractitionerRole/{role.id}", None)
+    practitioner = record.practitioners.get(practitioner_id) if practitioner_id else None
+    if practitioner is not None:
+        for qualification in items(practitioner, "qualification"):
+            for coding in codings(get(qualification, "code")):
+                for tag in tables.specialty_tags_for(tables.system_name(coding.system), coding.code):
+                    found.add(tag, f"Practitioner/{practitioner.id}", None)
+    return found.freeze(), f"{rtype}/{rid}"
+
+
+# -- medications ---------------------------------------------------------------------------
+
+
+def _medication_start(resource: Any) -> date | None:
+    """Earliest of effectivePeriod.start / effectiveDateTime / authoredOn / validityPeriod.start."""
+    kind, value = choice(resource, "effective")
+    candidates = [
+        to_date(get(value, "start")) if kind == "Period" else to_date(value) if kind == "DateTime" else None,
+        to_date(get(resource, "authoredOn")),
+        to_date(get(get(get(resource, "dispenseRequest"), "validityPeriod"), "start")),
+    ]
+    dated = [c for c in candidates if c is not None]
+    return min(dated) if dated else None
+
+
+def _chart_medications(record: PatientRecord) -> list[tuple[str, Any]]:
+    return [("MedicationRequest", r) for r in record.medication_requests] + [
+        ("MedicationStatement", s) for s in record.medication_statements
+    ]
+
+
+def _co_medications(record: PatientRecord, order_ref: str, tables: CodeTables) -> dict[str, Finding]:
+    """Other drafts of this request and the chart's active orders and statements."""
+    found = _Findings()
+    medications = dict(record.medications)
+    drafts = list(record.draft_orders) + list(record.unvalidated_drafts.values())
+    for draft in drafts:
+        ref = f"MedicationRequest/{get(draft, 'id')}"
+        if ref == order_ref or get(draft, "status") not in CO_DRAFT_STATUS:
+            continue
+        for tag in medication_tags(medication_concept(draft, medications), tables):
+            found.add(tag, ref, to_date(get(draft, "authoredOn")))
+    for rtype, resource in _chart_medications(record):
+        if rtype == "MedicationRequest":
+            active = resource.status in ACTIVE_REQUEST_STATUS and resource.intent in ORDER_INTENTS
+        else:
+            active = resource.status in ACTIVE_STATEMENT_STATUS
+        if not active:
+            continue
+        ref = f"{rtype}/{resource.id}"
+        for tag in medication_tags(medication_concept(resource, medications), tables):
+            found.add(tag, ref, _medication_start(resource))
+    return found.freeze()
+
+
+def _history(record: PatientRecord, evaluation_date: date, tables: CodeTables) -> dict[str, Finding]:
+    """Chart orders and statements (not the drafts) started before the evaluation date; undated ones count."""
+    found = _Findings()
+    medications = dict(record.medications)
+    for rtype, resource in _chart_medications(record):
+        if resource.status in NOT_HISTORY_STATUS:
+            continue
+        start = _medication_start(resource)
+        if start is not None and start >= evaluation_date:
+            continue
+        for tag in medication_tags(medication_concept(resource, medications), tables):
+            found.add(tag, f"{rtype}/{resource.id}", start)
+    return found.freeze()
+
+
+def _everolimus_exposure(
+    record: PatientRecord, evaluation_date: date, tables: CodeTables
+) -> tuple[int, tuple[str, ...], float | None]:
+    """Days on everolimus before the evaluation date (union of periods), their evidence, and the latest mg/day."""
+    medications = dict(record.medications)
+    spans: list[tuple[date, date]] = []
+    evidence: list[str] = []
+    latest: tuple[date, Any, MedicationConcept] | None = None
+    for rtype, resource in _chart_medications(record):
+        if resource.status in NOT_HISTORY_STATUS:
+            continue
+        concept = medication_concept(resource, medications)
+        if "everolimus" not in medication_tags(concept, tables):
+            continue
+        start = _medication_start(resource)
+        if start is None or start >= evaluation_date:
+            continue
+        if latest is None or start > latest[0]:
+            latest = (start, resource, concept)
+        end = _medication_end(rtype, resource, start, evaluation_date)
+        if end is None:
+            continue
+        end = min(end, evaluation_date)
+        if end > start:
+            spans.append((start, end))
+            evidence.append(f"{rtype}/{resource.id}")
+    previous = None
+    if latest is not None:
+        _, resource, concept = latest
+        dosage = items(resource, "dosage") or items(resource, "dosageInstruction")
+        previous = daily_dose(dosage, resolve_product(concept, tables)).mg_per_day
+    return _union_days(spans), tuple(evidence), previous
+
+
+def _medication_end(rtype: str, resource: Any, start: date, evaluation_date: date) -> date | None:
+    """Exclusive end of a course: period end (inclusive in FHIR, so +1 day), supply x fills, or 'still on'."""
+    kind, value = choice(resource, "effective")
+    if kind == "Period" and get(value, "end") is not None:
+        end = to_date(get(value, "end"), end=True)
+        return end + timedelta(days=1) if end is not None else None
+    if rtype == "MedicationRequest":
+        supply = _supply_days(get(resource, "dispenseRequest"))
+        if supply is not None:
+            return start + timedelta(days=math.ceil(supply))
+    if resource.status == "active":
+        return evaluation_date
+    return None
+
+
+def _union_days(spans: list[tuple[date, date]]) -> int:
+    total, current_start, current_end = 0, None, None
+    for start, end in sorted(spans):
+        if current_end is None or start > current_end:
+            if current_start is not None and current_end is not None:
+                total += (current_end - current_start).days
+            current_start, current_end = start, end
+        else:
+            current_end = max(current_end, end)
+    if current_start is not None and current_end is not None:
+        total += (current_end - current_start).days
+    return total
+
+
+def _supply_days(dispense: Any) -> float | None:
+    """expectedSupplyDuration x (numberOfRepeatsAllowed + 1), in days."""
+    duration = get(dispense, "expectedSupplyDuration")
+    value = to_float(get(duration, "value"))
+    if value is None or value <= 0:
+        return None
+    unit = next((u for u in (get(duration, "code"), get(duration, "unit")) if isinstance(u, str) and u.strip()), "")
+    factor = SUPPLY_UNIT_DAYS.get(unit.strip().lower())
+    if factor is None:
+        return None
+    repeats = to_float(get(dispense, "numberOfRepeatsAllowed")) or 0
+    return value * factor * (repeats + 1)
+
+
+# -- generic exception ---------------------------------------------------------------------
+
+
+def _generic_exception(record: PatientRecord, order: Any, order_ref: str, tables: CodeTables) -> Finding | None:
+    """Dispense-as-written with a stated reason, or a current allergy / intolerance to everolimus."""
+    evidence: list[str] = []
+    starts: list[date] = []
+    substitution = get(order, "substitution")
+    refused = get(substitution, "allowedBoolean") is False or any(
+        c.code in NO_SUBSTITUTION_CODES for c in codings(get(substitution, "allowedCodeableConcept"))
+    )
+    if refused and get(substitution, "reason") is not None:
+        evidence.append(order_ref)
+    for allergy in record.allergies:
+        if status_code(allergy.clinicalStatus) in INACTIVE_ALLERGY:
+            continue
+        if status_code(allergy.verificationStatus) in EXCLUDED_VERIFICATION:
+            continue
+        concept = MedicationConcept(tuple(codings(allergy.code)), tuple(concept_texts(allergy.code)))
+        if "everolimus" in medication_tags(concept, tables):
+            evidence.append(f"AllergyIntolerance/{allergy.id}")
+            start = _condition_start(allergy)
+            if start is not None:
+                starts.append(start)
+    if not evidence:
+        return None
+    return Finding(evidence=tuple(evidence), start=min(starts) if starts else None)
+
+
+# -- coverage and duration -----------------------------------------------------------------
+
+
+def _line_of_business(
+    record: PatientRecord, order: Any, plan_prefixes: Mapping[str, str], tables: CodeTables
+) -> tuple[LineOfBusiness | None, tuple[str, ...], str | None]:
+    """The order's Coverage if the record has it, else the active ones (primary first): plan prefix, then SOPT."""
+    by_ref = {f"Coverage/{c.id}": c for c in record.coverages}
+    wanted = []
+    for insurance in items(order, "insurance"):
+        rtype, rid = split_reference(reference_of(insurance))
+        if rtype == "Coverage" and f"Coverage/{rid}" in by_ref:
+            wanted.append(by_ref[f"Coverage/{rid}"])
+    if not wanted:
+        active = [c for c in record.coverages if c.status == "active"]
+        wanted = sorted(active, key=lambda c: c.order if c.order is not None else math.inf)
+    for coverage in wanted:
+        lob = _coverage_line_of_business(coverage, plan_prefixes, tables)
+        if lob is not None:
+            ref = f"Coverage/{coverage.id}"
+            return lob, (ref,), ref
+    return None, (), (f"Coverage/{wanted[0].id}" if wanted else None)
+
+
+def _coverage_line_of_business(
+    coverage: Any, plan_prefixes: Mapping[str, str], tables: CodeTables
+) -> LineOfBusiness | None:
+    for klass in items(coverage, "class"):
+        is_plan = any(
+            c.code == "plan" and c.system in (None, COVERAGE_CLASS_SYSTEM) for c in codings(get(klass, "type"))
+        )
+        value = get(klass, "value")
+        if not is_plan or not isinstance(value, str):
+            continue
+        for prefix, name in plan_prefixes.items():
+            if value.upper().startswith(prefix.upper()):
+                return LineOfBusiness(name)
+    for coding in codings(get(coverage, "type")):
+        lob = tables.line_of_business_for(tables.system_name(coding.system), coding.code)
+        if lob is not None:
+            return lob
+    return None
+
+
+def requested_months(order: Any) -> int | None:
+    """Whole 30-day months asked for: validityPeriod span, else supply x fills; at least 1; None if neither."""
+    dispense = get(order, "dispenseRequest")
+    validity = get(dispense, "validityPeriod")
+    start = to_date(get(validity, "start"))
+    end = to_date(get(validity, "end"), end=True)
+    days: float | None = None
+    if start is not None and end is not None and end >= start:
+        days = float((end - start).days)
+    else:
+        days = _supply_days(dispense)
+    if days is None:
+        return None
+    return max(1, math.floor(days / 30 + 0.5))
+
+
+__all__ = [
+    "OrderNotFound",
+    "build_facts",
+    "find_everolimus_orders",
+    "is_everolimus",
+    "medication_tags",
+    "requested_months",
+    "resolve_product",
+]

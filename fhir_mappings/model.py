@@ -1,0 +1,101 @@
+"""The facts a drug policy reads, each with the evidence (resource references) behind it.
+
+This module is the contract between ``fhir_mappings`` (which builds ``Facts`` from a patient record
+and a draft order) and ``cds_service.policy`` (which evaluates criteria over them). Facts are plain,
+frozen values: no FHIR models, no I/O. A missing fact is ``None`` or an absent key, never a guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from enum import Enum
+from typing import Mapping
+
+
+class ProductFamily(str, Enum):
+    """The policy's three products; generics count as the brand whose strength and form they share."""
+
+    AFINITOR = "afinitor"  # 2.5 / 5 / 7.5 / 10 mg tablets
+    AFINITOR_DISPERZ = "afinitor-disperz"  # 2 / 3 / 5 mg tablets for oral suspension
+    ZORTRESS = "zortress"  # 0.25 / 0.5 / 0.75 / 1 mg tablets
+
+
+class LineOfBusiness(str, Enum):
+    MEDICAID = "medicaid"
+    HIM = "him"
+    COMMERCIAL = "commercial"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A fact seen in the record: the resources that show it and, for history, when it started."""
+
+    evidence: tuple[str, ...] = ()  # e.g. ("Condition/abc", "Observation/def")
+    start: date | None = None  # earliest known start (history, diagnoses); None when undated
+
+
+@dataclass(frozen=True)
+class Product:
+    """The everolimus product a draft order asks for, resolved through the product table."""
+
+    rxcui: str | None  # the RxNorm code on the order (None when coded only by text)
+    display: str
+    family: ProductFamily | None  # None when the order is everolimus but the product is undeterminable
+    is_brand: bool | None  # None when undeterminable
+    strength_mg: float | None
+    dose_form: str | None  # "tablet" | "tablet-for-suspension"
+    generic_rxcui: str | None  # the generic (SCD) of the same strength and form
+    generic_display: str | None
+    generic_available: bool  # a marketed generic exists for that strength and form
+
+
+@dataclass(frozen=True)
+class Dose:
+    """Daily amount from the order's dosageInstruction; None where it cannot be parsed."""
+
+    mg_per_day: float | None
+    tablets_per_day: float | None
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything the policy may ask about one everolimus draft order.
+
+    Tag vocabularies (keys of the mappings) are the ``tag`` columns of the code tables in
+    ``fhir_mappings/tables/``; the policy engine checks at start-up that every tag it uses exists.
+    """
+
+    order_ref: str  # "MedicationRequest/<id>"
+    evaluation_date: date  # the order's authoredOn, else today
+    product: Product
+    dose: Dose
+    age_years: int | None  # completed years on evaluation_date; None without birthDate
+    age_evidence: tuple[str, ...] = ()
+    #: Diagnosis tag -> finding, from confirmed (or unverified) active Conditions and the order's reasonCode.
+    diagnoses: Mapping[str, Finding] = field(default_factory=dict)
+    #: Diagnosis tags only suggested (provisional / differential Conditions, or a parent code such as TSC
+    #: for renal angiomyolipoma): a pathway naming them applies, but its diagnosis criterion is unknown.
+    possible_diagnoses: Mapping[str, Finding] = field(default_factory=dict)
+    #: "er-positive" | "er-negative" | "pr-positive" | "pr-negative" | "her2-positive" | "her2-negative".
+    receptors: Mapping[str, Finding] = field(default_factory=dict)
+    #: Specialty tag ("oncology", "neurology", "nephrology", "hepatology", "transplant") of the requester.
+    specialties: Mapping[str, Finding] = field(default_factory=dict)
+    requester_ref: str | None = None
+    #: Ingredient tag -> other draft orders in this request, or active MedicationRequest / MedicationStatement.
+    co_medications: Mapping[str, Finding] = field(default_factory=dict)
+    #: Ingredient tag -> any MedicationRequest / MedicationStatement started before evaluation_date.
+    medication_history: Mapping[str, Finding] = field(default_factory=dict)
+    #: Days of everolimus received before evaluation_date (0 when none), and the resources showing it.
+    everolimus_days: int = 0
+    everolimus_evidence: tuple[str, ...] = ()
+    #: The most recent prior everolimus daily dose, for "dose increase" (continued therapy).
+    previous_mg_per_day: float | None = None
+    #: Documented reason not to use the generic: substitution.allowedBoolean=false with a reason, or a
+    #: recorded intolerance / allergy to everolimus.
+    generic_exception: Finding | None = None
+    line_of_business: LineOfBusiness | None = None
+    line_of_business_evidence: tuple[str, ...] = ()
+    #: Requested duration in whole 30-day months (validityPeriod, else supply x fills); None when absent.
+    requested_months: int | None = None
+    coverage_ref: str | None = None

@@ -1,0 +1,92 @@
+"""Shared fixtures: config on a temporary SQLite file, the Flask app and client, and one real gunicorn server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+
+from cds_service.app import create_app
+from cds_service.config import Config
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return Config(database_url=f"sqlite:///{tmp_path / 'test.sqlite3'}", fhir_budget_seconds=2.0)
+
+
+@pytest.fixture
+def app(config: Config):  # type: ignore[no-untyped-def]
+    app = create_app(config)
+    app.config["TESTING"] = True
+    yield app
+    app.extensions["priorauth_cds"].store.dispose()
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    """``priorauth-cds serve`` in a subprocess; restartable on the same database."""
+
+    def __init__(self, database_url: str, extra_env: dict[str, str] | None = None) -> None:
+        self.database_url = database_url
+        self.extra_env = extra_env or {}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path: Path | None = None
+
+    def start(self, log_path: Path) -> None:
+        env = dict(os.environ, DATABASE_URL=self.database_url, CDS_WORKERS="2", **self.extra_env)
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cds_service", "serve", "--port", str(self.port)],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}: {log_path.read_text()[-2000:]}")
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server did not become healthy in 30 s")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process and self.process.poll() is None:
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
+            self.process.wait(timeout=20)
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One real gunicorn server for the whole test run."""
+    folder = tmp_path_factory.mktemp("live")
+    server = LiveServer(f"sqlite:///{folder / 'live.sqlite3'}")
+    server.start(folder / "server.log")
+    yield server
+    server.stop()
