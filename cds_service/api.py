@@ -27,6 +27,7 @@ from .errors import (
 )
 from .feedback import parse_feedback
 from .logs import log_event
+from .openapi import openapi_document
 from .protocol import parse_json
 
 log = logging.getLogger("priorauth_cds.http")
@@ -104,7 +105,7 @@ def feedback(service_id: str) -> Response:
         raise UnknownService(f"no CDS service '{service_id[:64]}'")
     _authenticate()
     items = parse_feedback(_read_json_body())
-    stored = _services().store.record_feedback(service_id, items)
+    stored = _services().store.record_feedback(service_id, items)  # hookInstance is not part of feedback bodies
     g.log_fields.update(feedback_items=len(items), feedback_new=stored)
     return json_response({"received": len(items), "stored": stored})
 
@@ -114,6 +115,12 @@ def healthz() -> Response:
     """Liveness and storage readiness."""
     ok = _services().store.ping()
     return json_response({"status": "ok" if ok else "degraded", "storage": "ok" if ok else "unavailable"}, 200 if ok else 503)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 description of this API (built once per process)."""
+    return json_response(openapi_document())
 
 
 # ----------------------------------------------------------------------------- CORS, logging, errors

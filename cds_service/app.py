@@ -57,6 +57,10 @@ def create_app(config: Config | None = None, *, store: Store | None = None, **ha
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["priorauth_cds"] = Services(config, store, handler, verifier, tables, policy)
     app.register_blueprint(bp)
+    if config.benchmark_floor:
+        from .floor import floor
+
+        app.register_blueprint(floor)
     register_error_handlers(app)
     log_event(log, "app.ready", auth="jwt" if verifier else "none", issuers=len(config.trusted_issuers))
     return app

@@ -45,7 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
                 "graceful_timeout": 10,
                 "keepalive": 5,
                 "control_socket_disable": True,
-                "post_fork": lambda server, worker: app.extensions["priorauth_cds"].store.dispose(),
+                "post_fork": lambda server, worker: app.extensions["priorauth_cds"].store.dispose(close=False),
                 "loglevel": "warning",
             }
             for key, value in settings.items():

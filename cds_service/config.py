@@ -84,6 +84,8 @@ class Config:
     insurer_name: str = "Centene Health Plan"
     plan_prefixes: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PLAN_PREFIXES))
     log_level: str = "INFO"
+    #: Expose POST /benchmark/floor (parse-only baseline for benchmarks/). Off in production.
+    benchmark_floor: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
@@ -116,6 +118,7 @@ class Config:
             "insurer_name": env.get("CDS_INSURER_NAME") or cls.insurer_name,
             "plan_prefixes": _json_object("CDS_PLAN_PREFIXES", env.get("CDS_PLAN_PREFIXES"), DEFAULT_PLAN_PREFIXES),
             "log_level": (env.get("CDS_LOG_LEVEL") or "INFO").upper(),
+            "benchmark_floor": _bool(env.get("CDS_BENCHMARK_FLOOR"), False),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         config = cls(**values)

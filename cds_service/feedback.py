@@ -95,7 +95,7 @@ UtcInstant = Annotated[datetime, BeforeValidator(_utc_instant)]
 
 
 class _WireModel(BaseModel):
-    """Shared reader settings: ignore what we do not know, never coerce types, accept Python names too."""
+    """Shared reader settings: ignore unknown members, never coerce to strings, accept Python names too."""
 
     model_config = ConfigDict(
         extra="ignore",

@@ -8,6 +8,7 @@ members (the CDS Hooks JSON rule), except the top-level ``"cards": []``.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any, Literal
 
@@ -21,6 +22,12 @@ MAX_SUMMARY_CHARS = 139  # "SHALL be less than 140 characters"
 
 
 # ----------------------------------------------------------------------------- request
+
+
+#: No control characters (they cannot be logged or stored safely, and no real id has them).
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+#: FHIR R4 id datatype.
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 class _Tolerant(BaseModel):
@@ -68,9 +75,9 @@ class DraftOrdersBundle(_Tolerant):
 class OrderContext(_Tolerant):
     """Context shared by order-sign and order-select (CDS Hooks library, R4)."""
 
-    userId: str = Field(min_length=1, max_length=256)
-    patientId: str = Field(min_length=1, max_length=256)
-    encounterId: str | None = Field(default=None, max_length=256)
+    userId: str = Field(min_length=1, max_length=256, pattern=PRINTABLE)
+    patientId: str = Field(min_length=1, max_length=256, pattern=PRINTABLE)
+    encounterId: str | None = Field(default=None, max_length=256, pattern=PRINTABLE)
     draftOrders: DraftOrdersBundle
     selections: list[str] | None = Field(default=None, max_length=500)
 
@@ -85,8 +92,8 @@ class OrderContext(_Tolerant):
 class HookRequest(_Tolerant):
     """A CDS Hooks 2.0 service request for an order hook."""
 
-    hook: str = Field(min_length=1, max_length=128)
-    hookInstance: str = Field(min_length=1, max_length=256)
+    hook: str = Field(min_length=1, max_length=128, pattern=PRINTABLE)
+    hookInstance: str = Field(min_length=1, max_length=256, pattern=PRINTABLE)
     fhirServer: str | None = Field(default=None, max_length=2048)
     fhirAuthorization: FhirAuthorization | None = None
     context: OrderContext

@@ -23,10 +23,10 @@ from fhir_mappings.record import build_record
 from . import cards as card_builder
 from .config import Config
 from .discovery import PREFETCH_TEMPLATES, REQUIRED_PREFETCH_KEYS, hook_of
-from .errors import PrefetchUnavailable, UnknownService
+from .errors import PrefetchUnavailable, ProtocolError, UnknownService
 from .policy.engine import Policy, evaluate
 from .prefetch import gather
-from .protocol import HookRequest, HookResponse, parse_hook_request, to_json
+from .protocol import FHIR_ID, HookRequest, HookResponse, parse_hook_request, to_json
 
 log = logging.getLogger("priorauth_cds.service")
 
@@ -95,6 +95,9 @@ class HookHandler:
         request = parse_hook_request(payload, expected)
         drafts = request.context.draftOrders.resources()
         in_scope = _in_scope(request, find_everolimus_orders(drafts, self.tables))
+        for order_id in in_scope:
+            if not FHIR_ID.fullmatch(order_id):
+                raise ProtocolError("a draft everolimus MedicationRequest has an invalid FHIR id", expression=["context.draftOrders"])
         started = timings.mark("parse", started)
         if not in_scope:
             return HookOutcome(to_json(HookResponse()), request.hookInstance, 0, [], timings)
@@ -120,7 +123,9 @@ class HookHandler:
             reasons = ", ".join(f"{k}: {outcome.failed.get(k, 'unavailable')}" for k in (missing or sorted(outcome.failed)))
             raise PrefetchUnavailable(f"required data could not be obtained from prefetch or fhirServer ({reasons})")
 
-        record = build_record(outcome.resources, drafts, self.tables, patient_id=request.context.patientId)
+        record = build_record(
+            outcome.resources, drafts, self.tables, patient_id=request.context.patientId, user_ref=request.context.userId
+        )
         started = timings.mark("record", started)
         today = self.today()
         items = []

@@ -77,7 +77,8 @@ class Facts:
     #: Diagnosis tags only suggested (provisional / differential Conditions, or a parent code such as TSC
     #: for renal angiomyolipoma): a pathway naming them applies, but its diagnosis criterion is unknown.
     possible_diagnoses: Mapping[str, Finding] = field(default_factory=dict)
-    #: "er-positive" | "er-negative" | "pr-positive" | "pr-negative" | "her2-positive" | "her2-negative".
+    #: "er-positive" | "er-negative" | "pr-positive" | "pr-negative" | "her2-positive" | "her2-negative" |
+    #: "hr-positive" | "hr-negative" (combined Z17.4x codes).
     receptors: Mapping[str, Finding] = field(default_factory=dict)
     #: Specialty tag ("oncology", "neurology", "nephrology", "hepatology", "transplant") of the requester.
     specialties: Mapping[str, Finding] = field(default_factory=dict)

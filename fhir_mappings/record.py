@@ -235,9 +235,8 @@ class _Builder:
         }
         requests = [self.raw["MedicationRequest"][rid] for rid in request_tags]
         statements = [self.raw["MedicationStatement"][rid] for rid in statement_tags]
-        lean = frozenset(
-            rid for rid, tags in [*request_tags.items(), *statement_tags.items()] if "everolimus" not in tags
-        )
+        lean_requests = frozenset(rid for rid, tags in request_tags.items() if "everolimus" not in tags)
+        lean_statements = frozenset(rid for rid, tags in statement_tags.items() if "everolimus" not in tags)
         referenced_meds = {
             key
             for r in [*requests, *statements, *draft_raws]
@@ -253,8 +252,8 @@ class _Builder:
             observations=self._validate_all(
                 "Observation", [r for r in self.raw["Observation"].values() if self._observation_relevant(r)]
             ),
-            medication_requests=self._validate_all("MedicationRequest", requests, lean),
-            medication_statements=self._validate_all("MedicationStatement", statements, lean),
+            medication_requests=self._validate_all("MedicationRequest", requests, lean_requests),
+            medication_statements=self._validate_all("MedicationStatement", statements, lean_statements),
             coverages=self._validate_all("Coverage", list(self.raw["Coverage"].values())),
             practitioners={p.id: p for p in self._validate_all("Practitioner", practitioners)},
             practitioner_roles={r.id: r for r in self._validate_all("PractitionerRole", roles)},

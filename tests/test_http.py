@@ -97,6 +97,10 @@ BAD_INPUTS: list[tuple[str, str, bytes, str, int]] = [
     ("prefetch a list", SIGN, _with("prefetch", []), "application/json", 400),
     ("fhirAuthorization a string", SIGN, _with("fhirAuthorization", "Bearer x"), "application/json", 400),
     ("huge number", SIGN, _with("hookInstance", 10**400), "application/json", 400),
+    ("NUL in hookInstance", SIGN, _with("hookInstance", "abc\u0000def"), "application/json", 400),
+    ("invalid everolimus order id", SIGN, _with("context.draftOrders.entry", [
+        {"resource": {**_valid()["context"]["draftOrders"]["entry"][0]["resource"], "id": "bad id/../x"}}]),
+     "application/json", 400),
     ("order-select without selections", SELECT, _with("hook", "order-select"), "application/json", 400),
     ("not JSON media type", SIGN, json.dumps(_valid()).encode(), "text/plain", 415),
     ("form post", SIGN, b"a=b", "application/x-www-form-urlencoded", 415),

@@ -1,0 +1,542 @@
+"""The OpenAPI 3.1 description of the HTTP API, served at ``GET /openapi.json``.
+
+Request and response bodies are derived from the pydantic models the service itself reads and writes
+(``protocol.py``, ``feedback.py``), so the document cannot drift from the code that produces the JSON;
+what pydantic cannot see (the OperationOutcome error body, discovery, the evaluation extension, the
+writer's "no null or empty members" rule) is stated here by hand. Every status a route answers is
+listed, including the ones decided before the route runs: 405 wrong method, 413 body size, 415 media
+type, 401 JWT. OpenAPI 3.1 is used because its schemas are JSON Schema 2020-12, which is what pydantic
+emits, so the derived schemas go in unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+from typing import Any, Callable, Mapping
+
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from . import __version__
+from .discovery import CRD_VERSION, PREFETCH_TEMPLATES, SERVICES
+from .feedback import FeedbackRequest
+from .protocol import ORDER_HOOKS, HookRequest, HookResponse
+
+OPENAPI_VERSION = "3.1.0"
+JSON = "application/json"
+FHIR_JSON = "application/fhir+json"
+SCHEMAS = "#/components/schemas/"
+SECURITY_SCHEME = "cdsHooksJwt"
+
+JsonObject = dict[str, Any]
+
+
+def _ref(name: str) -> JsonObject:
+    return {"$ref": f"{SCHEMAS}{name}"}
+
+
+# ----------------------------------------------------------------------------- schema transforms (pure)
+
+
+def _walk(node: Any, visit: Callable[[JsonObject], JsonObject]) -> Any:
+    """Apply ``visit`` bottom-up to every JSON object in a schema tree; returns a new tree."""
+    if isinstance(node, list):
+        return [_walk(item, visit) for item in node]
+    if isinstance(node, dict):
+        return visit({key: _walk(value, visit) for key, value in node.items()})
+    return node
+
+
+def _without_titles(node: JsonObject) -> JsonObject:
+    """Pydantic's generated titles ("Resourcetype") are noise; a property named ``title`` is a dict and stays."""
+    return {key: value for key, value in node.items() if not (key == "title" and isinstance(value, str))}
+
+
+def _renamed(mapping: Mapping[str, str]) -> Callable[[JsonObject], JsonObject]:
+    def visit(node: JsonObject) -> JsonObject:
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith(SCHEMAS) and ref[len(SCHEMAS):] in mapping:
+            return {**node, "$ref": SCHEMAS + mapping[ref[len(SCHEMAS):]]}
+        return node
+
+    return visit
+
+
+def _never_null_or_empty(node: JsonObject) -> JsonObject:
+    """The response writer prunes null and empty members: state that, instead of pydantic's ``anyOf [X, null]``."""
+    node = {key: value for key, value in node.items() if key != "default"}
+    branches = node.get("anyOf")
+    if isinstance(branches, list):
+        kept = [b for b in branches if b != {"type": "null"}]
+        if len(kept) == 1:
+            node = {**{k: v for k, v in node.items() if k != "anyOf"}, **kept[0]}
+        elif len(kept) != len(branches):
+            node = {**node, "anyOf": kept}
+    if node.get("type") == "array":
+        node.setdefault("minItems", 1)
+    if node.get("type") == "string" and "enum" not in node and "const" not in node:
+        node.setdefault("minLength", 1)
+    return node
+
+
+def model_schemas(
+    models: list[type[BaseModel]],
+    mode: JsonSchemaMode,
+    *,
+    rename: Mapping[str, str] | None = None,
+    transform: Callable[[JsonObject], JsonObject] | None = None,
+) -> dict[str, JsonObject]:
+    """Component schemas for pydantic models (and the models they use), refs pointing into components."""
+    _, top = models_json_schema([(model, mode) for model in models], ref_template=SCHEMAS + "{model}")
+    rename = dict(rename or {})
+    out: dict[str, JsonObject] = {}
+    for name, schema in top.get("$defs", {}).items():
+        schema = _walk(_walk(schema, _without_titles), _renamed(rename))
+        out[rename.get(name, name)] = _walk(schema, transform) if transform else schema
+    return out
+
+
+def _merge(*groups: dict[str, JsonObject]) -> dict[str, JsonObject]:
+    """Union of component groups; two different schemas under one name is a programming error."""
+    merged: dict[str, JsonObject] = {}
+    for group in groups:
+        for name, schema in group.items():
+            if name in merged and merged[name] != schema:
+                raise ValueError(f"two different component schemas named {name!r}")
+            merged[name] = schema
+    return merged
+
+
+# ----------------------------------------------------------------------------- component schemas
+
+
+def response_schemas() -> dict[str, JsonObject]:
+    """HookResponse and what it contains, as the writer (``protocol.to_json``) emits them."""
+    schemas = model_schemas([HookResponse], "serialization", transform=_never_null_or_empty)
+    hook_response = schemas["HookResponse"]
+    hook_response["required"] = ["cards"]
+    hook_response["properties"]["cards"].pop("minItems", None)  # the one empty member kept: "cards": []
+    hook_response["description"] = (
+        "CDS Hooks 2.0 response. No member is ever null or empty except the top-level \"cards\": []. "
+        "Per evaluated everolimus order: one evaluation card carrying extension['priorauth-cds.evaluation'], "
+        "one suggestions card when there are one-click fixes, and (order-sign) one systemActions update echoing "
+        "the draft with the Da Vinci CRD ext-coverage-information extension."
+    )
+    for name in ("Card", "Suggestion"):
+        schemas[name]["required"] = [*schemas[name]["required"], "uuid"] if "required" in schemas[name] else ["uuid"]
+    schemas["Card"]["properties"]["extension"] = {
+        "type": "object",
+        "minProperties": 1,
+        "properties": {"priorauth-cds.evaluation": _ref("EvaluationExtension")},
+        "additionalProperties": True,
+    }
+    schemas["Action"]["properties"]["resource"] = {
+        **schemas["Action"]["properties"]["resource"],
+        "required": ["resourceType"],
+        "properties": {"resourceType": {"type": "string", "minLength": 1}},
+        "description": "The FHIR resource to create or update (a draft order, echoed as received plus changes).",
+    }
+    schemas["EvaluationExtension"] = evaluation_extension_schema()
+    return schemas
+
+
+def evaluation_extension_schema() -> JsonObject:
+    """``priorauth-cds.evaluation``: the machine-readable CP.PHAR.63 result (see cards.evaluation_extension)."""
+    status = {"type": "string", "enum": ["met", "not-met", "unknown"]}
+    criterion = {
+        "type": "object",
+        "required": ["id", "status", "text"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string", "minLength": 1, "examples": ["I.A.1"]},
+            "status": status,
+            "text": {"type": "string"},
+            "evidence": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        },
+    }
+    return {
+        "type": "object",
+        "description": "The policy evaluation of one draft order; criteria are listed depth first, in policy order.",
+        "required": ["order", "policy", "policyVersion", "pathway", "decision"],
+        "additionalProperties": False,
+        "properties": {
+            "order": {"type": "string", "minLength": 1, "examples": ["MedicationRequest/everolimus-order"]},
+            "policy": {"type": "string", "minLength": 1, "examples": ["CP.PHAR.63"]},
+            "policyVersion": {"type": "string", "minLength": 1},
+            "pathway": {"type": "string", "minLength": 1, "examples": ["I.A"]},
+            "decision": {"type": "string", "enum": ["met", "not-met", "incomplete", "refer"]},
+            "referTo": {"type": "string", "minLength": 1},
+            "lineOfBusiness": {"type": "string", "enum": ["medicaid", "him", "commercial"]},
+            "approvalMonths": {"type": "integer", "minimum": 0},
+            "evaluationDate": {"type": "string", "minLength": 1},
+            "criteria": {"type": "array", "minItems": 1, "items": criterion},
+        },
+    }
+
+
+def request_schemas() -> dict[str, JsonObject]:
+    """HookRequest as the tolerant reader accepts it (unknown members ignored, JSON null counts as absent)."""
+    schemas = model_schemas([HookRequest], "validation")
+    schemas["HookRequest"]["description"] = (
+        "CDS Hooks 2.0 order-sign / order-select request. 'hook' must be the hook of the service called "
+        "(otherwise 400). Prefetch keys are those of the discovery document; a key that is absent, an "
+        "OperationOutcome or of the wrong shape is fetched from fhirServer when one is given."
+    )
+    properties = schemas["HookRequest"]["properties"]
+    properties["hook"]["examples"] = list(ORDER_HOOKS)
+    properties["prefetch"]["description"] = "Prefetch key -> FHIR resource, search Bundle, OperationOutcome or null."
+    properties["extension"]["description"] = (
+        "Request extensions; 'davinci-crd.configuration' (an object) is honoured, everything else is ignored."
+    )
+    schemas["OrderContext"]["description"] = (
+        "order-sign / order-select context. 'selections' is required for order-select (otherwise 400)."
+    )
+    entries = schemas["DraftOrdersBundle"]["properties"]["entry"]
+    entries["items"] = {
+        "type": "object",
+        "properties": {
+            "resource": {
+                "anyOf": [
+                    {"type": "object", "required": ["resourceType"], "properties": {"resourceType": {"type": "string"}}},
+                    {"type": "null"},
+                ]
+            }
+        },
+    }
+    entries["anyOf"] = [{"type": "array"}, {"type": "null"}]
+    entries.pop("type", None)
+    return schemas
+
+
+def feedback_schemas() -> dict[str, JsonObject]:
+    """The feedback request (prefixed where a name would collide with the response models) and its answer."""
+    rename = {"Coding": "FeedbackCoding", "OverrideReason": "FeedbackOverrideReason",
+              "AcceptedSuggestion": "FeedbackAcceptedSuggestion"}
+    schemas = model_schemas([FeedbackRequest], "validation", rename=rename)
+    schemas["FeedbackResponse"] = {
+        "type": "object",
+        "description": "How many feedback entries were received, and how many were new (the rest were duplicates).",
+        "required": ["received", "stored"],
+        "additionalProperties": False,
+        "properties": {"received": {"type": "integer", "minimum": 1}, "stored": {"type": "integer", "minimum": 0}},
+    }
+    return schemas
+
+
+def hand_written_schemas() -> dict[str, JsonObject]:
+    """Bodies no pydantic model describes: errors, discovery, health and this document itself."""
+    configuration_option = {
+        "type": "object",
+        "required": ["code", "type", "name", "description"],
+        "properties": {
+            "code": {"type": "string", "minLength": 1},
+            "type": {"type": "string", "enum": ["boolean", "integer"]},
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "default": {"type": ["boolean", "integer"]},
+        },
+    }
+    service = {
+        "type": "object",
+        "required": ["hook", "description", "id"],
+        "properties": {
+            "hook": {"type": "string", "enum": list(ORDER_HOOKS)},
+            "title": {"type": "string"},
+            "description": {"type": "string"},
+            "id": {"type": "string", "enum": list(SERVICES)},
+            "prefetch": {
+                "type": "object",
+                "description": "Prefetch key -> FHIR query template (CDS Hooks 2.0 tokens only).",
+                "properties": {key: {"type": "string"} for key in PREFETCH_TEMPLATES},
+                "additionalProperties": {"type": "string"},
+            },
+            "usageRequirements": {"type": "string"},
+            "extension": {
+                "type": "object",
+                "properties": {
+                    "davinci-crd.version": {"type": "string", "examples": [CRD_VERSION]},
+                    "davinci-crd.configuration-options": {"type": "array", "items": configuration_option},
+                },
+            },
+        },
+    }
+    issue = {
+        "type": "object",
+        "required": ["severity", "code"],
+        "additionalProperties": False,
+        "properties": {
+            "severity": {"type": "string", "enum": ["fatal", "error", "warning", "information"]},
+            "code": {"type": "string", "minLength": 1, "description": "FHIR issue-type code (invalid, security, ...)."},
+            "diagnostics": {"type": "string", "minLength": 1},
+            "expression": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        },
+    }
+    return {
+        "Discovery": {
+            "type": "object",
+            "required": ["services"],
+            "additionalProperties": False,
+            "properties": {"services": {"type": "array", "items": _ref("CdsService")}},
+        },
+        "CdsService": service,
+        "OperationOutcome": {
+            "type": "object",
+            "description": "FHIR R4 OperationOutcome with one issue; 401 bodies carry no detail.",
+            "required": ["resourceType", "issue"],
+            "additionalProperties": False,
+            "properties": {
+                "resourceType": {"const": "OperationOutcome"},
+                "issue": {"type": "array", "minItems": 1, "items": issue},
+            },
+            "examples": [
+                {
+                    "resourceType": "OperationOutcome",
+                    "issue": [{"severity": "error", "code": "invalid", "diagnostics": "missing required member 'hook'",
+                               "expression": ["hook"]}],
+                }
+            ],
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status", "storage"],
+            "additionalProperties": False,
+            "properties": {
+                "status": {"type": "string", "enum": ["ok", "degraded"]},
+                "storage": {"type": "string", "enum": ["ok", "unavailable"]},
+            },
+        },
+        "OpenApiDocument": {
+            "type": "object",
+            "required": ["openapi", "info", "paths"],
+            "properties": {"openapi": {"type": "string", "pattern": r"^3\.1\.\d+$"}},
+        },
+    }
+
+
+# ----------------------------------------------------------------------------- responses and operations
+
+
+def _body(schema_name: str, media_type: str = JSON) -> JsonObject:
+    return {media_type: {"schema": _ref(schema_name)}}
+
+
+def _ok(description: str, schema_name: str) -> JsonObject:
+    return {"description": description, "content": _body(schema_name)}
+
+
+def _outcome(description: str) -> JsonObject:
+    return {"description": description, "content": _body("OperationOutcome", FHIR_JSON)}
+
+
+METHOD_NOT_ALLOWED = _outcome(
+    "The path exists but not for this HTTP method (answered for any method the path does not list)."
+)
+INTERNAL_ERROR = _outcome("An unexpected error (a bug: no input is meant to produce it); the body is generic.")
+UNAUTHORIZED = _outcome(
+    "JWT missing, invalid, untrusted, expired or replayed (only when CDS_TRUSTED_ISSUERS is set); no detail."
+)
+UNKNOWN_SERVICE = _outcome("No CDS service has this id (checked before authentication and the body).")
+UNSUPPORTED_MEDIA_TYPE = _outcome("Content-Type is not application/json, application/fhir+json or another +json type.")
+TOO_LARGE = _outcome("The body exceeds CDS_MAX_BODY_BYTES (5 MiB by default).")
+STORAGE_UNAVAILABLE = _outcome("The audit / feedback store could not be written; the call may be retried.")
+
+
+def _json_request_body(schema_name: str, examples: Mapping[str, JsonObject] | None = None) -> JsonObject:
+    media: JsonObject = {"schema": _ref(schema_name)}
+    if examples:
+        media["examples"] = {name: {"value": value} for name, value in examples.items()}
+    return {"required": True, "content": {JSON: media, FHIR_JSON: copy.deepcopy(media)}}
+
+
+def _service_id_parameter() -> JsonObject:
+    return {
+        "name": "service_id",
+        "in": "path",
+        "required": True,
+        "description": "A service id from discovery; any other id is a 404 OperationOutcome.",
+        "schema": {"type": "string", "minLength": 1},
+        "examples": {service_id: {"value": service_id} for service_id in SERVICES},
+    }
+
+
+def _preflight(path_label: str) -> JsonObject:
+    return {
+        "operationId": f"preflight{path_label}",
+        "summary": "CORS preflight",
+        "tags": ["cors"],
+        "responses": {"204": {"description": "Empty; CORS headers allow GET, POST, OPTIONS with Authorization."}},
+    }
+
+
+def hook_request_example(service_id: str) -> JsonObject:
+    """A complete, minimal request for a service: one generic everolimus 10 mg draft order, patient prefetched."""
+    hook = SERVICES[service_id]["hook"]
+    order = {
+        "resourceType": "MedicationRequest",
+        "id": "everolimus-order",
+        "status": "draft",
+        "intent": "order",
+        "medicationCodeableConcept": {
+            "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "845507",
+                        "display": "everolimus 10 MG Oral Tablet"}]
+        },
+        "subject": {"reference": "Patient/example-patient"},
+        "dosageInstruction": [{"text": "10 mg by mouth once daily"}],
+    }
+    context: JsonObject = {
+        "userId": "Practitioner/example-prescriber",
+        "patientId": "example-patient",
+        "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": order}]},
+    }
+    if hook == "order-select":
+        context["selections"] = ["MedicationRequest/everolimus-order"]
+    empty = {"resourceType": "Bundle", "type": "searchset", "total": 0}
+    prefetch: JsonObject = {key: dict(empty) for key in PREFETCH_TEMPLATES if key not in ("patient", "practitioner")}
+    prefetch["patient"] = {"resourceType": "Patient", "id": "example-patient", "gender": "female",
+                           "birthDate": "1968-11-20"}
+    return {"hook": hook, "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea", "context": context,
+            "prefetch": prefetch}
+
+
+def _hook_operation() -> JsonObject:
+    return {
+        "operationId": "callService",
+        "summary": "Call a CDS service (order-sign / order-select)",
+        "tags": ["cds-hooks"],
+        "security": [{SECURITY_SCHEME: []}, {}],
+        "requestBody": _json_request_body(
+            "HookRequest", {service_id: hook_request_example(service_id) for service_id in SERVICES}
+        ),
+        "responses": {
+            "200": _ok("Cards and systemActions; 'cards' is empty when no everolimus order is in scope.", "HookResponse"),
+            "400": _outcome(
+                "Malformed JSON or invalid UTF-8, empty body, a missing or ill-typed member (hook, hookInstance, "
+                "context, userId, patientId, draftOrders), a hook not matching the service, draftOrders not a "
+                "Bundle, or order-select without selections."
+            ),
+            "401": UNAUTHORIZED,
+            "404": UNKNOWN_SERVICE,
+            "405": METHOD_NOT_ALLOWED,
+            "412": _outcome(
+                "Data the decision needs (the patient) was neither prefetched nor obtainable from fhirServer."
+            ),
+            "413": TOO_LARGE,
+            "415": UNSUPPORTED_MEDIA_TYPE,
+            "500": INTERNAL_ERROR,
+            "503": STORAGE_UNAVAILABLE,
+        },
+    }
+
+
+def _feedback_operation() -> JsonObject:
+    example = {"feedback": [{"card": "9368d37b-283f-44a0-93ea-547cebab93ed", "outcome": "overridden",
+                             "overrideReason": {"userComment": "documented in outside records"},
+                             "outcomeTimestamp": "2021-12-11T10:05:31Z"}]}
+    return {
+        "operationId": "sendFeedback",
+        "summary": "CDS Hooks 2.0 feedback on cards (idempotent: a repeated entry is not stored twice)",
+        "tags": ["cds-hooks"],
+        "security": [{SECURITY_SCHEME: []}, {}],
+        "requestBody": _json_request_body("FeedbackRequest", {"overridden": example}),
+        "responses": {
+            "200": _ok("Feedback received.", "FeedbackResponse"),
+            "400": _outcome(
+                "Malformed JSON, empty body, or a feedback entry the service cannot store (wrong type, unknown "
+                "outcome, timestamp without a time zone, NUL characters, members contradicting the outcome, "
+                "too many entries)."
+            ),
+            "401": UNAUTHORIZED,
+            "404": UNKNOWN_SERVICE,
+            "405": METHOD_NOT_ALLOWED,
+            "413": TOO_LARGE,
+            "415": UNSUPPORTED_MEDIA_TYPE,
+            "500": INTERNAL_ERROR,
+            "503": STORAGE_UNAVAILABLE,
+        },
+    }
+
+
+def _paths() -> JsonObject:
+    service_id = _service_id_parameter()
+    return {
+        "/cds-services": {
+            "get": {
+                "operationId": "discovery",
+                "summary": "CDS Hooks discovery: services, prefetch templates, Da Vinci CRD extensions",
+                "tags": ["cds-hooks"],
+                "responses": {"200": _ok("The services.", "Discovery"), "405": METHOD_NOT_ALLOWED,
+                              "500": INTERNAL_ERROR},
+            },
+            "options": _preflight("Discovery"),
+        },
+        "/cds-services/{service_id}": {
+            "parameters": [service_id],
+            "post": _hook_operation(),
+            "options": _preflight("Service"),
+        },
+        "/cds-services/{service_id}/feedback": {
+            "parameters": [copy.deepcopy(service_id)],
+            "post": _feedback_operation(),
+            "options": _preflight("Feedback"),
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "health",
+                "summary": "Liveness and storage readiness",
+                "tags": ["operations"],
+                "responses": {
+                    "200": _ok("Serving, storage reachable.", "Health"),
+                    "503": _ok("Serving, but storage is unreachable.", "Health"),
+                    "405": METHOD_NOT_ALLOWED,
+                    "500": INTERNAL_ERROR,
+                },
+            },
+            "options": _preflight("Health"),
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "tags": ["operations"],
+                "responses": {"200": _ok("The OpenAPI document.", "OpenApiDocument"), "405": METHOD_NOT_ALLOWED,
+                              "500": INTERNAL_ERROR},
+            },
+            "options": _preflight("OpenApi"),
+        },
+    }
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document; built once per process and shared, so callers must not mutate it."""
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "priorauth-cds",
+            "version": __version__,
+            "summary": "CDS Hooks 2.0 / Da Vinci CRD service checking prior-authorization policy CP.PHAR.63 (everolimus)",
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        },
+        "tags": [
+            {"name": "cds-hooks", "description": "CDS Hooks 2.0 discovery, service calls and feedback."},
+            {"name": "operations", "description": "Health and API description."},
+            {"name": "cors", "description": "Preflight answered for any path."},
+        ],
+        "paths": _paths(),
+        "components": {
+            "schemas": _merge(response_schemas(), request_schemas(), feedback_schemas(), hand_written_schemas()),
+            "securitySchemes": {
+                SECURITY_SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": (
+                        "CDS Hooks 2.0 client JWT (iss, sub, aud = the called URL, exp, iat, jti), signed with a key "
+                        "from the issuer's JWKS. Required on service and feedback calls when CDS_TRUSTED_ISSUERS is "
+                        "set; ignored when no issuers are configured (loopback / sandbox use)."
+                    ),
+                }
+            },
+        },
+    }
