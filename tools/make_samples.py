@@ -125,7 +125,7 @@ def free_text_med(text: str) -> dict[str, Any]:
     return {"text": text}
 
 
-def dosage(mg: float, per_day: int, text: str, *, tablets_note: str | None = None) -> list[dict[str, Any]]:
+def dosage(mg: float, per_day: int, text: str, *, note: str | None = None) -> list[dict[str, Any]]:
     """One FHIR Dosage: ``mg`` per administration, ``per_day`` administrations a day, by mouth."""
     value: int | float = int(mg) if float(mg).is_integer() else mg
     instruction: dict[str, Any] = {
@@ -140,8 +140,8 @@ def dosage(mg: float, per_day: int, text: str, *, tablets_note: str | None = Non
             }
         ],
     }
-    if tablets_note:
-        instruction["patientInstruction"] = tablets_note
+    if note:
+        instruction["patientInstruction"] = note
     return [instruction]
 
 
@@ -409,9 +409,7 @@ def prefetch_for(chart: Chart) -> dict[str, Any]:
 
 
 def request_for(name: str, chart: Chart, hook: str = "order-sign", selections: list[str] | None = None) -> dict:
-    entries = [
-        {"fullUrl": f"urn:uuid:{uuid.uuid5(NAMESPACE, f'{name}/{d["id"]}')}", "resource": d} for d in chart.drafts
-    ]
+    entries = [{"fullUrl": f"urn:uuid:{uuid.uuid5(NAMESPACE, name + '/' + d['id'])}", "resource": d} for d in chart.drafts]
     context: dict[str, Any] = {
         "userId": f"PractitionerRole/{chart.role_id}",
         "patientId": chart.key,
@@ -503,6 +501,7 @@ def breast_chart(
     metastasis: tuple[str, str] | None = ("C79.51", "Secondary malignant neoplasm of bone"),
     receptors: str = "observations",
     prior: str = "72965",
+    prior_until: int = 60,
 ) -> str:
     """Advanced HR+/HER2- breast cancer after an aromatase inhibitor; returns the primary Condition id."""
     chart.patient(given, family, "female", born)
@@ -522,7 +521,7 @@ def breast_chart(
     elif receptors == "z17":
         chart.condition(ICD10, "Z17.411", "Hormone receptor positive with human epidermal growth factor receptor 2 "
                         "negative status", ago(1370), category="encounter-diagnosis")
-    chart.statement(med(prior), ago(1300), ago(60))
+    chart.statement(med(prior), ago(1300), ago(prior_until))
     return primary
 
 
@@ -866,7 +865,7 @@ def ic_after_cabozantinib() -> Sample:
     c.statement(med("1363268", "cabozantinib 60 MG Oral Tablet"), ago(330), ago(35))
     order = c.draft(med("845515"), dosage(5, 1, "5 mg by mouth once daily with lenvatinib"), quantity=30, repeats=11,
                     reason=primary)
-    c.draft(med("1603296", "lenvatinib 18 MG daily dose (10 MG + 8 MG capsules)"),
+    c.draft(med("1603296", "lenvatinib 18 mg daily (one 10 MG and two 4 MG capsules)"),
             text_dosage("18 mg by mouth once daily"))
     return Sample(
         name,
@@ -909,11 +908,11 @@ def ie_sega_child() -> Sample:
     c.condition(ICD10, "Q85.1", "Tuberous sclerosis", "2019-09-03")
     primary = c.condition(ICD10, "D43.0", "Neoplasm of uncertain behavior of brain, supratentorial", ago(100))
     order = c.draft(med("1308428"), dosage(4, 1, "4 mg (two 2 mg tablets) as oral suspension once daily",
-                                           tablets_note="4.5 mg/m2 (BSA 0.9 m2); trough in 2 weeks"),
+                                           note="4.5 mg/m2 (BSA 0.9 m2); trough in 2 weeks"),
                     quantity=60, repeats=5, reason=primary)
     return Sample(
         name,
-        "6-year-old with TSC and a growing subependymal lesion (D43.0; SEGA has no ICD-10-CM code), generic tablets "
+        "7-year-old with TSC and a growing subependymal lesion (D43.0; SEGA has no ICD-10-CM code), generic tablets "
         "for oral suspension 4 mg/day, Medicaid -> I.E with I.E.2 unknown (SEGA only possible), incomplete",
         request_for(name, c),
         expect(order, "I.E", "incomplete", "I.E.1 met, I.E.2 unknown, I.E.3 met, I.E.4 met, I.E.5 met",
@@ -942,7 +941,7 @@ def if_seizures_adjunctive() -> Sample:
             supply_days=30, repeats=5)
     c.statement(med("21241", "clobazam 10 MG Oral Tablet"), ago(400), status="active")
     order = c.draft(med("1308432"), dosage(5, 1, "5 mg as oral suspension once daily",
-                                           tablets_note="5 mg/m2 (BSA 1.0 m2); trough in 2 weeks"),
+                                           note="5 mg/m2 (BSA 1.0 m2); trough in 2 weeks"),
                     quantity=30, reason=primary)
     return Sample(
         name,
@@ -1150,7 +1149,8 @@ def ii_off_label_him() -> Sample:
 def iia_dose_increase() -> Sample:
     name = "II.A-continued-dose-increase"
     c = Chart("iia-up")
-    primary = breast_chart(c, given="Georgiana", family="Pemberton-Ash", born="1959-08-16", lob="medicaid")
+    primary = breast_chart(c, given="Georgiana", family="Pemberton-Ash", born="1959-08-16", lob="medicaid",
+                           prior_until=135)
     c.statement(med("845515"), ago(128), status="active", dose=dosage(5, 1, "5 mg by mouth once daily"))
     c.order(med("258494", "exemestane 25 MG Oral Tablet"), ago(128), dose=text_dosage("25 mg by mouth once daily"),
             supply_days=30, repeats=5)
