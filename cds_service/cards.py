@@ -68,6 +68,22 @@ def _not_ok(evaluation: OrderEvaluation, status: Status) -> list[CriterionResult
     return [c for c in evaluation.criteria if c.status is status]
 
 
+def _action_words(criterion: CriterionResult) -> str:
+    """What to do about a not-met criterion, in a few words: its one-click fixes, else its id."""
+    words = []
+    for fix in (f for c in criterion.walk() if c.status is Status.NOT_MET for f in c.fixes):
+        if fix.kind == "switch-to-generic":
+            words.append("use generic everolimus")
+        elif fix.kind == "add-companion" and fix.display:
+            words.append(f"add {fix.display.split()[0]}")
+    return ", ".join(dict.fromkeys(words)) or f"{criterion.id} not met ({_short(criterion.text)})"
+
+
+def _short(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split()).rstrip(";.: ")
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def summary_for(evaluation: OrderEvaluation) -> str:
     """One actionable line under 140 characters."""
     pathway = evaluation.pathway
@@ -78,9 +94,12 @@ def summary_for(evaluation: OrderEvaluation) -> str:
         where = evaluation.refer_to or "the plan's off-label policy"
         return _clip(f"Everolimus is not covered by {evaluation.policy} criteria here: request PA under {where}")
     if evaluation.decision is Decision.NOT_MET:
-        ids = ", ".join(c.id for c in _not_ok(evaluation, Status.NOT_MET))
-        return _clip(f"Everolimus PA would be denied as ordered ({pathway}): fix {ids}")
-    ids = ", ".join(c.id for c in _not_ok(evaluation, Status.UNKNOWN))
+        actions = [_action_words(c) for c in _not_ok(evaluation, Status.NOT_MET)]
+        return _clip(f"Everolimus PA would be denied as ordered ({pathway}): " + "; ".join(actions))
+    unknown = _not_ok(evaluation, Status.UNKNOWN)
+    if len(unknown) == 1:
+        return _clip(f"Everolimus PA ({pathway}): document {unknown[0].id} ({_short(unknown[0].text)}) to approve")
+    ids = ", ".join(c.id for c in unknown)
     return _clip(f"Everolimus PA ({pathway}) needs documentation for {ids} before it can be approved")
 
 

@@ -68,7 +68,7 @@ def test_not_met_evaluation_card_and_fix_card() -> None:
     body = _render(NOT_MET)
     evaluation_card, fix_card = body["cards"]
     assert evaluation_card["indicator"] == "warning" and len(evaluation_card["summary"]) < 140
-    assert "I.A.7" in evaluation_card["summary"] and "I.A.8" in evaluation_card["summary"]
+    assert "use generic everolimus" in evaluation_card["summary"] and "add exemestane" in evaluation_card["summary"]
     assert "remedy I.A.7" in evaluation_card["detail"] and "remedy I.A.3" in evaluation_card["detail"]
     assert evaluation_card["source"]["topic"]["code"] == "coverage-info"
     ext = evaluation_card["extension"][EVALUATION_KEY]
@@ -138,6 +138,16 @@ def test_crd_configuration(config: dict[str, Any], cards: int, actions: int) -> 
     body = _render(NOT_MET, config=config)
     assert len(body["cards"]) == cards
     assert len(body.get("systemActions", [])) == actions
+
+
+def test_not_met_without_fix_names_the_criterion() -> None:
+    ev = _evaluation(Decision.NOT_MET, {"I.A.4": Status.NOT_MET})
+    assert "I.A.4 not met (text of I.A.4)" in summary_for(ev)
+
+
+def test_single_undocumented_criterion_is_named() -> None:
+    ev = _evaluation(Decision.INCOMPLETE, {"I.A.3": Status.UNKNOWN, "I.A.1": Status.MET})
+    assert "document I.A.3" in summary_for(ev)
 
 
 def test_summaries_stay_under_140_characters() -> None:
