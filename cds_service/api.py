@@ -184,7 +184,11 @@ def register_error_handlers(app: Any) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:
         if error.code == 405:
-            return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.path[:100]}"))
+            response = error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.path[:100]}"))
+            allowed = getattr(error, "valid_methods", None) or []
+            if allowed:
+                response.headers["Allow"] = ", ".join(sorted(allowed))
+            return response
         if error.code == 404:
             return error_response(UnknownService(f"no resource at {request.path[:100]}"))
         code = "invalid" if (error.code or 500) < 500 else "exception"

@@ -1,8 +1,8 @@
 """Evaluation -> CDS Hooks cards, one-click suggestions and Da Vinci CRD coverage-information.
 
 Per evaluated order: exactly one evaluation card (carrying ``extension["priorauth-cds.evaluation"]``),
-one suggestions card when the evaluation has fixes, and on order-sign one ``systemActions`` update
-echoing the draft unchanged except for the CRD ``ext-coverage-information`` extension.
+one suggestions card when the evaluation has fixes, and one ``systemActions`` update echoing the draft
+unchanged except for the CRD ``ext-coverage-information`` extension (on order-select without doc-needed).
 """
 
 from __future__ import annotations

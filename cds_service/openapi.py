@@ -12,8 +12,9 @@ emits, so the derived schemas go in unchanged.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Mapping
 from functools import cache
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
@@ -119,12 +120,13 @@ def response_schemas() -> dict[str, JsonObject]:
     hook_response["properties"]["cards"].pop("minItems", None)  # the one empty member kept: "cards": []
     hook_response["description"] = (
         "CDS Hooks 2.0 response. No member is ever null or empty except the top-level \"cards\": []. "
-        "Per evaluated everolimus order: one evaluation card carrying extension['priorauth-cds.evaluation'], "
-        "one suggestions card when there are one-click fixes, and (order-sign) one systemActions update echoing "
-        "the draft with the Da Vinci CRD ext-coverage-information extension."
+        "By default, per evaluated everolimus order: one evaluation card carrying "
+        "extension['priorauth-cds.evaluation'], one suggestions card when there are one-click fixes, and one "
+        "systemActions update echoing the draft with the Da Vinci CRD ext-coverage-information extension; the "
+        "request's davinci-crd.configuration can turn either kind off or cap the number of cards."
     )
     for name in ("Card", "Suggestion"):
-        schemas[name]["required"] = [*schemas[name]["required"], "uuid"] if "required" in schemas[name] else ["uuid"]
+        schemas[name]["required"] = [*schemas[name].get("required", []), "uuid"]  # the writer always fills it
     schemas["Card"]["properties"]["extension"] = {
         "type": "object",
         "minProperties": 1,
@@ -198,7 +200,11 @@ def request_schemas() -> dict[str, JsonObject]:
         "properties": {
             "resource": {
                 "anyOf": [
-                    {"type": "object", "required": ["resourceType"], "properties": {"resourceType": {"type": "string"}}},
+                    {
+                        "type": "object",
+                        "required": ["resourceType"],
+                        "properties": {"resourceType": {"type": "string"}},
+                    },
                     {"type": "null"},
                 ]
             }
@@ -346,7 +352,11 @@ def _json_request_body(schema_name: str, examples: Mapping[str, JsonObject] | No
     media: JsonObject = {"schema": _ref(schema_name)}
     if examples:
         media["examples"] = {name: {"value": value} for name, value in examples.items()}
-    return {"required": True, "content": {JSON: media, FHIR_JSON: copy.deepcopy(media)}}
+    return {
+        "required": True,
+        "description": "JSON (any +json media type is read too; a body without Content-Type is read as JSON).",
+        "content": {JSON: media, FHIR_JSON: copy.deepcopy(media)},
+    }
 
 
 def _service_id_parameter() -> JsonObject:
@@ -369,8 +379,15 @@ def _preflight(path_label: str) -> JsonObject:
     }
 
 
+def _searchset(resources: list[JsonObject]) -> JsonObject:
+    bundle: JsonObject = {"resourceType": "Bundle", "type": "searchset", "total": len(resources)}
+    if resources:
+        bundle["entry"] = [{"resource": resource} for resource in resources]
+    return bundle
+
+
 def hook_request_example(service_id: str) -> JsonObject:
-    """A complete, minimal request for a service: one generic everolimus 10 mg draft order, patient prefetched."""
+    """A complete request for a service: a generic everolimus 10 mg draft for a Medicaid patient with breast cancer."""
     hook = SERVICES[service_id]["hook"]
     order = {
         "resourceType": "MedicationRequest",
@@ -391,10 +408,31 @@ def hook_request_example(service_id: str) -> JsonObject:
     }
     if hook == "order-select":
         context["selections"] = ["MedicationRequest/everolimus-order"]
-    empty = {"resourceType": "Bundle", "type": "searchset", "total": 0}
-    prefetch: JsonObject = {key: dict(empty) for key in PREFETCH_TEMPLATES if key not in ("patient", "practitioner")}
+    coverage = {
+        "resourceType": "Coverage",
+        "id": "example-coverage",
+        "status": "active",
+        "beneficiary": {"reference": "Patient/example-patient"},
+        "payor": [{"display": "Centene Health Plan"}],
+        "class": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/coverage-class",
+                                        "code": "plan"}]}, "value": "MCD-EXAMPLE"}],
+    }
+    condition = {
+        "resourceType": "Condition",
+        "id": "example-condition",
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                       "code": "active"}]},
+        "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                                           "code": "confirmed"}]},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "254837009",
+                             "display": "Malignant tumor of breast"}]},
+        "subject": {"reference": "Patient/example-patient"},
+    }
+    prefetch: JsonObject = {key: _searchset([]) for key in PREFETCH_TEMPLATES if key not in ("patient", "practitioner")}
     prefetch["patient"] = {"resourceType": "Patient", "id": "example-patient", "gender": "female",
                            "birthDate": "1968-11-20"}
+    prefetch["coverage"] = _searchset([coverage])
+    prefetch["conditions"] = _searchset([condition])
     return {"hook": hook, "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea", "context": context,
             "prefetch": prefetch}
 
@@ -409,7 +447,9 @@ def _hook_operation() -> JsonObject:
             "HookRequest", {service_id: hook_request_example(service_id) for service_id in SERVICES}
         ),
         "responses": {
-            "200": _ok("Cards and systemActions; 'cards' is empty when no everolimus order is in scope.", "HookResponse"),
+            "200": _ok(
+                "Cards and systemActions; 'cards' is empty when no everolimus order is in scope.", "HookResponse"
+            ),
             "400": _outcome(
                 "Malformed JSON or invalid UTF-8, empty body, a missing or ill-typed member (hook, hookInstance, "
                 "context, userId, patientId, draftOrders), a hook not matching the service, draftOrders not a "
@@ -515,7 +555,7 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "priorauth-cds",
             "version": __version__,
-            "summary": "CDS Hooks 2.0 / Da Vinci CRD service checking prior-authorization policy CP.PHAR.63 (everolimus)",
+            "summary": "CDS Hooks 2.0 / Da Vinci CRD service checking prior-authorization policy CP.PHAR.63",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
         "tags": [

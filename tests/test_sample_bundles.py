@@ -200,6 +200,26 @@ def test_requests_are_complete_and_self_contained() -> None:
             assert set(context["selections"]) <= set(drafts_of(request)), path.name
 
 
+def _resources(request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield from (e["resource"] for e in request["context"]["draftOrders"]["entry"])
+    for value in request["prefetch"].values():
+        if value["resourceType"] == "Bundle":
+            yield from (e["resource"] for e in value.get("entry", []))
+        else:
+            yield value
+
+
+def test_resources_are_valid_fhir_r4() -> None:
+    """The service drops an invalid resource quietly; a sample must not depend on that."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    for path in SAMPLES:
+        request = load(path)
+        get_fhir_model_class("Bundle").model_validate(request["context"]["draftOrders"])
+        for resource in _resources(request):
+            get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+
+
 def _reference_index() -> tuple[set[tuple[str, str]], dict[tuple[str, str], set[str]]]:
     """(system short name, code) known to our tables or shared/reference/codes.csv, and their displays."""
     known: set[tuple[str, str]] = set()
@@ -269,7 +289,7 @@ def test_clinical_codes_come_from_our_tables_or_the_shared_reference() -> None:
 def test_sample_gives_the_expected_evaluation(
     path: Path, handler: HookHandler, expected: dict[str, dict[str, Any]]
 ) -> None:
-    request, body = respond(handler, path)
+    _, body = respond(handler, path)
     want = expected[path.name]
     found = evaluations(body)
     if want.get("noEvaluations"):

@@ -8,10 +8,12 @@ reach the network, so a generated ``fhirServer`` is never contacted.
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -36,7 +38,15 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 class _NoNetwork(requests.adapters.BaseAdapter):
     """A transport that refuses every request, as an unreachable FHIR server would."""
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float | None, float | None] | None = None,
+        verify: bool | str = True,
+        cert: str | tuple[str, str] | None = None,
+        proxies: dict[str, str] | None = None,
+    ) -> requests.Response:
         raise requests.ConnectionError("network disabled in this test")
 
     def close(self) -> None:
@@ -69,20 +79,20 @@ def load_schema(app: Flask) -> Any:
 
 
 # Loaded at collection: schemathesis parametrizes per operation from a schema it has in hand (its fixture-based
-# loader does not work with pytest 9), so the app and its database folder exist for the module's lifetime.
+# loader, schemathesis.pytest.from_fixture, fails under pytest 9), so the app lives as long as the process.
 _FOLDER = Path(tempfile.mkdtemp(prefix="priorauth-schemathesis-"))
+atexit.register(shutil.rmtree, _FOLDER, ignore_errors=True)
 APP = offline_app(_FOLDER)
 schema = load_schema(APP)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _dispose_app() -> Iterator[None]:
+def _dispose_store() -> Iterator[None]:
     yield
     APP.extensions["priorauth_cds"].store.dispose()
-    shutil.rmtree(_FOLDER, ignore_errors=True)
 
 
-@schema.parametrize()
+@schema.parametrize()  # type: ignore[untyped-decorator]
 @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_every_response_matches_the_document(case: Any) -> None:
     case.call_and_validate(checks=CHECKS)

@@ -408,8 +408,13 @@ def prefetch_for(chart: Chart) -> dict[str, Any]:
     return prefetch
 
 
-def request_for(name: str, chart: Chart, hook: str = "order-sign", selections: list[str] | None = None) -> dict:
-    entries = [{"fullUrl": f"urn:uuid:{uuid.uuid5(NAMESPACE, name + '/' + d['id'])}", "resource": d} for d in chart.drafts]
+def request_for(
+    name: str, chart: Chart, hook: str = "order-sign", selections: list[str] | None = None
+) -> dict[str, Any]:
+    """The full hook request; ids and UUIDs derive from the sample name, so regenerating changes nothing."""
+    entries = [
+        {"fullUrl": f"urn:uuid:{uuid.uuid5(NAMESPACE, name + '/' + d['id'])}", "resource": d} for d in chart.drafts
+    ]
     context: dict[str, Any] = {
         "userId": f"PractitionerRole/{chart.role_id}",
         "patientId": chart.key,
@@ -442,7 +447,10 @@ def dose_tree(prefix: str, i: str = "met", ii: str = "met", iii: str = "met") ->
     """The "(a or b)" dose criterion with its limits: a is all of i-iii, b (literature) is only in notes."""
     a = "not-met" if "not-met" in (i, ii, iii) else "unknown" if "unknown" in (i, ii, iii) else "met"
     whole = "met" if a == "met" else "unknown"
-    return f"{prefix} {whole}, {prefix}.a {a}, {prefix}.a.i {i}, {prefix}.a.ii {ii}, {prefix}.a.iii {iii}, {prefix}.b unknown"
+    return (
+        f"{prefix} {whole}, {prefix}.a {a}, {prefix}.a.i {i}, {prefix}.a.ii {ii}, {prefix}.a.iii {iii}, "
+        f"{prefix}.b unknown"
+    )
 
 
 IH2_NONE = "I.H.2.a.i not-met, I.H.2.a.ii not-met, I.H.2.a.iii not-met"
@@ -530,10 +538,11 @@ def exemestane_draft(chart: Chart) -> None:
                 quantity=30)
 
 
-def ia_criteria(**changes: str) -> str:
+def ia_criteria(dose: str | None = None, **changes: str) -> str:
     """I.A with every criterion met (9.b, literature support, is only ever in notes), then the changes."""
     base = statuses(
-        "I.A.1 met, I.A.2 met, I.A.3 met, I.A.4 met, I.A.5 met, I.A.6 met, I.A.7 met, I.A.8 met," + dose_tree("I.A.9")
+        "I.A.1 met, I.A.2 met, I.A.3 met, I.A.4 met, I.A.5 met, I.A.6 met, I.A.7 met, I.A.8 met,"
+        + (dose or dose_tree("I.A.9"))
     )
     base.update({k.replace("_", "."): v for k, v in changes.items()})
     return ", ".join(f"{k} {v}" for k, v in base.items())
@@ -617,7 +626,7 @@ def ia_dose_over_limit() -> Sample:
         "Generic 10 mg three times daily (30 mg, 3 tablets a day) otherwise complete, Medicaid -> I.A.9.a not-met, "
         "I.A.9 unknown (literature may support it), incomplete",
         request_for(name, c),
-        expect(order, "I.A", "incomplete", ia_criteria() + ", " + dose_tree("I.A.9", i="not-met", ii="not-met"),
+        expect(order, "I.A", "incomplete", ia_criteria(dose=dose_tree("I.A.9", i="not-met", ii="not-met")),
                lob="medicaid", months=6),
     )
 
@@ -1280,7 +1289,7 @@ def stale_files(files: dict[str, str], out_dir: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Generate sample_bundles/ (CP.PHAR.63 sample hook requests).")
     parser.add_argument("--check", action="store_true", help="only report files that differ")
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="output folder (default sample_bundles/)")
     args = parser.parse_args(argv)
