@@ -17,15 +17,16 @@ is recorded in ``server.requests``.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-__all__ = ["BadFhirServer", "Behaviour", "Chart", "Exchange", "PATIENT_ELEMENT", "bundle", "operation_outcome"]
+__all__ = ["PATIENT_ELEMENT", "BadFhirServer", "Behaviour", "Chart", "Exchange", "bundle", "operation_outcome"]
 
 FHIR_JSON = "application/fhir+json"
 BASE_PATH = "/fhir"
@@ -189,18 +190,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     server: _HttpServer
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         owner = self.server.owner
         exchange = Exchange(self, owner)
         owner.record(exchange.path + (f"?{urlsplit(self.path).query}" if urlsplit(self.path).query else ""))
         owner.behaviour(exchange)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
+    def log_message(self, format: str, *args: Any) -> None:
         """Quiet: test output stays readable."""
 
 
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
+    #: The default backlog (5) drops SYNs when the service opens its ~9 parallel fetches at once; the
+    #: client's retry then comes a second later, which would look like a slow server when it is not.
+    request_queue_size = 128
     owner: BadFhirServer
 
 
@@ -238,10 +242,10 @@ class BadFhirServer:
             self.requests.clear()
         self.behaviour = behaviour
 
-    def start(self) -> BadFhirServer:
+    def start(self) -> Self:
         self._http = _HttpServer(("127.0.0.1", 0), _Handler)
         self._http.owner = self
-        self._thread = threading.Thread(target=self._http.serve_forever, name="bad-fhir", daemon=True)
+        self._thread = threading.Thread(target=self._http.serve_forever, args=(0.05,), name="bad-fhir", daemon=True)
         self._thread.start()
         return self
 
@@ -256,7 +260,7 @@ class BadFhirServer:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> BadFhirServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(

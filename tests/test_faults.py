@@ -15,7 +15,8 @@ import secrets
 import threading
 import time
 import zlib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlencode
 
 import orjson
@@ -162,7 +163,7 @@ def stall(ex: Exchange) -> None:
         ex.behave()
 
 
-def status(code: int) -> Behaviour:
+def http_status(code: int) -> Behaviour:
     return lambda ex: ex.send_status(code)
 
 
@@ -226,6 +227,15 @@ class HugeBundle:
         yield tail
 
 
+def distinct_conditions(count: int) -> bytes:
+    """A searchset Bundle of ``count`` distinct, minimal, valid Conditions of the right patient, all PNET."""
+    entry = orjson.dumps({"resource": {
+        "resourceType": "Condition", "id": "ID", "subject": {"reference": f"Patient/{PATIENT}"},
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "C25.4"}]}}})
+    entries = b",".join(entry.replace(b'"ID"', f'"{PATIENT}-many-{n}"'.encode()) for n in range(count))
+    return b'{"resourceType":"Bundle","type":"searchset","entry":[' + entries + b"]}"
+
+
 @functools.cache
 def gzip_bomb(size: int = FIFTY_MB) -> bytes:
     """A valid gzip of a ``size``-byte Bundle (mostly whitespace), about 50 KB on the wire."""
@@ -270,6 +280,20 @@ def lie(absolute: bool) -> Behaviour:
     return behaviour
 
 
+def redirect_elsewhere(ex: Exchange) -> None:
+    """Every answer a redirect to another origin (a token must never follow it there)."""
+    ex.send(302, b"", headers={"Location": f"http://127.0.0.2:9/fhir/{ex.path}"})
+
+
+def patient_read_other_patient(ex: Exchange) -> None:
+    """``Patient/rosa`` answered with another patient (a different id, a child's birth date)."""
+    if ex.resource_type != "Patient":
+        ex.behave()
+        return
+    ex.send_json(200, {"resourceType": "Patient", "id": OTHER_PATIENT, "birthDate": "2020-01-01",
+                       "name": [{"family": OTHER_PATIENT}]})
+
+
 def read_as_bundle(ex: Exchange) -> None:
     """A read answered with a searchset Bundle holding the resource."""
     if not ex.is_read:
@@ -292,9 +316,9 @@ def read_as_other_type(ex: Exchange) -> None:
 FAULTS: list[Any] = [
     pytest.param(lambda: stall, 412, True, id="slow-everything"),
     pytest.param(lambda: on_searches(stall), 200, True, id="slow-searches"),
-    pytest.param(lambda: status(500), 412, True, id="http-500"),
-    pytest.param(lambda: status(401), 412, True, id="http-401"),
-    pytest.param(lambda: status(503), 412, True, id="http-503"),
+    pytest.param(lambda: http_status(500), 412, True, id="http-500"),
+    pytest.param(lambda: http_status(401), 412, True, id="http-401"),
+    pytest.param(lambda: http_status(503), 412, True, id="http-503"),
     pytest.param(lambda: html_page, 412, True, id="html-body"),
     pytest.param(lambda: truncated_json, 412, True, id="truncated-json"),
     pytest.param(lambda: cut_off_json, 412, True, id="connection-cut-mid-body"),
@@ -307,9 +331,11 @@ FAULTS: list[Any] = [
     pytest.param(lambda: trickle_headers, 412, True, id="trickled-headers"),
     pytest.param(lambda: lie(absolute=False), 200, False, id="other-patient-entries"),
     pytest.param(lambda: lie(absolute=True), 200, False, id="other-patient-entries-absolute-refs"),
+    pytest.param(lambda: patient_read_other_patient, 200, False, id="patient-read-returns-other-patient"),
+    pytest.param(lambda: redirect_elsewhere, 412, True, id="redirect-to-other-origin"),
     pytest.param(lambda: read_as_bundle, 412, True, id="read-returns-bundle"),
     pytest.param(lambda: read_as_other_type, 412, True, id="read-returns-other-type"),
-    pytest.param(lambda: on_type("Condition", status(500)), 200, True, id="condition-500-patient-ok"),
+    pytest.param(lambda: on_type("Condition", http_status(500)), 200, True, id="condition-500-patient-ok"),
 ]
 
 
@@ -337,7 +363,7 @@ def test_well_behaved_server_is_asked_with_the_token(fault_client: Client, fhir:
 def test_condition_outage_names_the_gap_and_keeps_other_facts(fault_client: Client, fhir: BadFhirServer,
                                                               truth: dict[str, Any]) -> None:
     """Patient OK, Condition 500: the card says conditions are missing; facts from other keys still hold."""
-    fhir.behaviour = on_type("Condition", status(500))
+    fhir.behaviour = on_type("Condition", http_status(500))
     status_code, body, _ = call(fault_client, fhir)
     assert status_code == 200
     card = next(c for c in body["cards"] if "priorauth-cds.evaluation" in (c.get("extension") or {}))
@@ -376,7 +402,7 @@ def test_streamed_50mb_bundle_is_cut_off_not_read_whole(fault_client: Client, fh
 @pytest.mark.xfail(strict=True, reason="BUG: Condition data that could not be fetched (or was all another "
                    "patient's) selects pathway I.I and refers to the off-label policy CP.PMN.53 instead of an "
                    "incomplete answer under the pathway the chart supports (reported)")
-@pytest.mark.parametrize("make", [lambda: on_type("Condition", status(500)), lambda: lie(absolute=False)],
+@pytest.mark.parametrize("make", [lambda: on_type("Condition", http_status(500)), lambda: lie(absolute=False)],
                          ids=["condition-500", "other-patient-entries"])
 def test_unobtainable_diagnoses_do_not_reroute_to_off_label(fault_client: Client, fhir: BadFhirServer,
                                                             truth: dict[str, Any],
@@ -387,6 +413,19 @@ def test_unobtainable_diagnoses_do_not_reroute_to_off_label(fault_client: Client
     ev = evaluations(body)[ORDER]
     assert ev["decision"] in (truth["decision"], "incomplete"), (ev["pathway"], ev["decision"])
     assert ev["pathway"] == truth["pathway"]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: the FHIR budget bounds fetching only; 20k distinct Conditions "
+                   "(3 MB, far under the byte cap) take ~8 s to validate and de-duplicate (facts._Findings.add is "
+                   "quadratic) (reported)")
+def test_many_small_entries_are_answered_within_the_budget(fault_client: Client, fhir: BadFhirServer,
+                                                           fault_app: Any) -> None:
+    body = distinct_conditions(20_000)  # built before the call, so the server answers at wire speed
+    assert len(body) < fault_app.extensions["priorauth_cds"].config.fhir_max_response_bytes / 5
+    fhir.behaviour = on_type("Condition", lambda ex: ex.send(200, body))
+    status_code, _, elapsed = call(fault_client, fhir)
+    assert status_code in (200, 412)
+    assert elapsed < BUDGET + SLACK, f"call took {elapsed:.2f}s, budget {BUDGET}s"
 
 
 @pytest.mark.xfail(strict=True, reason="BUG: a FHIR server trickling its response headers keeps the prefetch "
@@ -406,7 +445,7 @@ def test_prefetch_threads_end_at_the_deadline(fault_client: Client, fhir: BadFhi
 LIVE_FAULTS: list[Any] = [
     pytest.param(lambda: stall, 412, id="slow-everything"),
     pytest.param(lambda: trickle_body, 412, id="trickled-body"),
-    pytest.param(lambda: on_type("Condition", status(500)), 200, id="condition-500-patient-ok"),
+    pytest.param(lambda: on_type("Condition", http_status(500)), 200, id="condition-500-patient-ok"),
     pytest.param(lambda: on_type("Condition", HugeBundle(declared=False)), 200, id="bundle-50mb-streamed"),
     pytest.param(lambda: on_searches(next_loop), 200, id="next-link-loop"),
 ]
