@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Mapping
 
+from fhir_mappings.normalize import deep_copy_json
+
 from .policy.results import CriterionResult, Decision, Fix, OrderEvaluation, Status
 from .protocol import MAX_SUMMARY_CHARS, Action, Card, Coding, Source, Suggestion
 
@@ -118,7 +120,8 @@ def _criterion_lines(criterion: CriterionResult, depth: int = 0) -> list[str]:
 def detail_for(item: EvaluatedOrder) -> str:
     """Markdown: the decision, then each not-met and undocumented criterion with what would satisfy it."""
     ev = item.evaluation
-    lob = LINE_OF_BUSINESS_LABEL.get(ev.line_of_business or "", "unknown (no Coverage found)")
+    missing_coverage = "could not be read" if "coverage" in item.unavailable else "no Coverage found"
+    lob = LINE_OF_BUSINESS_LABEL.get(ev.line_of_business or "", f"unknown ({missing_coverage})")
     parts = [f"**{ev.policy}** (everolimus), pathway **{ev.pathway}** — {ev.pathway_title}. Line of business: {lob}."]
     if ev.approval_months:
         parts.append(f"Approval duration if criteria are met: {ev.approval_months} months.")
@@ -183,7 +186,7 @@ def _medication_concept(rxcui: str | None, display: str) -> dict[str, Any]:
 
 def switch_to_generic(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
     """Replace the draft's medication with the generic of the same strength and form; sig and dispense kept."""
-    order = copy.deepcopy(dict(draft))
+    order = deep_copy_json(dict(draft))  # JSON-only copy: a third of deepcopy's cost
     old_ref = (order.get("medicationReference") or {}).get("reference") if isinstance(order.get("medicationReference"), dict) else None
     order.pop("medicationReference", None)
     if old_ref and old_ref.startswith("#") and isinstance(order.get("contained"), list):
@@ -264,8 +267,15 @@ def coverage_decision(ev: OrderEvaluation, hook: str) -> CoverageDecision:
     )
 
 
-def coverage_extension(decision: CoverageDecision, coverage_ref: str | None, today: date) -> dict[str, Any]:
-    coverage: dict[str, Any] = {"reference": coverage_ref} if coverage_ref else {"display": "No active Coverage found"}
+def coverage_extension(
+    decision: CoverageDecision, coverage_ref: str | None, today: date, coverage_unavailable: bool = False
+) -> dict[str, Any]:
+    if coverage_ref:
+        coverage: dict[str, Any] = {"reference": coverage_ref}
+    elif coverage_unavailable:
+        coverage = {"display": "Coverage could not be read from the EHR"}
+    else:
+        coverage = {"display": "No active Coverage found"}
     parts: list[dict[str, Any]] = [
         {"url": "coverage", "valueReference": coverage},
         {"url": "covered", "valueCode": decision.covered},
@@ -283,7 +293,7 @@ def coverage_extension(decision: CoverageDecision, coverage_ref: str | None, tod
 
 def annotated_order(draft: Mapping[str, Any], extension: dict[str, Any]) -> dict[str, Any]:
     """The draft unchanged except that its coverage-information extension is (re)placed."""
-    order = copy.deepcopy(dict(draft))
+    order = deep_copy_json(dict(draft))  # JSON-only copy: a third of deepcopy's cost
     kept = [e for e in order.get("extension") or [] if not (isinstance(e, dict) and e.get("url") == CRD_COVERAGE_INFO)]
     order["extension"] = kept + [extension]
     return order
@@ -319,7 +329,7 @@ def render(
                     extension={EVALUATION_KEY: evaluation_extension(ev)},
                 )
             )
-            extension = coverage_extension(decision, item.coverage_ref, today)
+            extension = coverage_extension(decision, item.coverage_ref, today, "coverage" in item.unavailable)
             ref = ev.order_ref
             out.system_actions.append(
                 Action(type="update", description=f"Coverage information for {ref}", resource=annotated_order(item.draft, extension))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
 from typing import Any, Callable, Protocol
 
@@ -56,6 +56,19 @@ class HookOutcome:
     evaluated: int
     decisions: list[str]
     timings: Timings
+
+
+def _unavailable_keys(
+    resources: dict[str, list[dict[str, Any]]], failed: dict[str, str], ignored: tuple[str, ...]
+) -> frozenset[str]:
+    """Keys that failed, or whose every entry was about another patient (a FHIR server that lies)."""
+    other_patient = {entry.split(":", 1)[0] for entry in ignored}
+    lied = {
+        key
+        for key, entries in resources.items()
+        if entries and all(f"{r.get('resourceType')}/{r.get('id')}" in other_patient for r in entries)
+    }
+    return frozenset(failed) | frozenset(lied)
 
 
 def _in_scope(request: HookRequest, everolimus_ids: list[str]) -> list[str]:
@@ -127,6 +140,7 @@ class HookHandler:
             outcome.resources, drafts, self.tables, patient_id=request.context.patientId, user_ref=request.context.userId
         )
         started = timings.mark("record", started)
+        unavailable = _unavailable_keys(outcome.resources, outcome.failed, record.ignored)
         today = self.today()
         items = []
         for order_id in in_scope:
@@ -138,6 +152,8 @@ class HookHandler:
                 user_ref=request.context.userId,
                 today=today,
             )
+            if unavailable:
+                facts = replace(facts, unavailable=unavailable)
             evaluation = evaluate(self.policy, facts)
             draft = next(d for d in drafts if d.get("resourceType") == "MedicationRequest" and d.get("id") == order_id)
             items.append(
@@ -146,7 +162,7 @@ class HookHandler:
                     draft=draft,
                     coverage_ref=facts.coverage_ref,
                     patient_ref=f"Patient/{request.context.patientId}",
-                    unavailable=dict(outcome.failed),
+                    unavailable={key: outcome.failed.get(key, "another patient's data") for key in unavailable},
                 )
             )
         started = timings.mark("evaluate", started)

@@ -100,3 +100,7 @@ class Facts:
     #: Requested duration in whole 30-day months (validityPeriod, else supply x fills); None when absent.
     requested_months: int | None = None
     coverage_ref: str | None = None
+    #: Prefetch keys whose data could not be obtained (the FHIR query failed, or it answered only with
+    #: another patient's data). What they would have shown is missing, not absent: criteria that would be
+    #: decided by absence (a diagnosis, a companion drug, an intolerance) stay unknown instead.
+    unavailable: frozenset[str] = frozenset()

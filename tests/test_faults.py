@@ -399,9 +399,6 @@ def test_streamed_50mb_bundle_is_cut_off_not_read_whole(fault_client: Client, fh
     assert 0 < huge.written < cap + 8 * 1024 * 1024 < FIFTY_MB
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Condition data that could not be fetched (or was all another "
-                   "patient's) selects pathway I.I and refers to the off-label policy CP.PMN.53 instead of an "
-                   "incomplete answer under the pathway the chart supports (reported)")
 @pytest.mark.parametrize("make", [lambda: on_type("Condition", http_status(500)), lambda: lie(absolute=False)],
                          ids=["condition-500", "other-patient-entries"])
 def test_unobtainable_diagnoses_do_not_reroute_to_off_label(fault_client: Client, fhir: BadFhirServer,

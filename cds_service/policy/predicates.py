@@ -256,6 +256,16 @@ def _evidence(findings: Iterable[Finding]) -> tuple[str, ...]:
     return _merge(f.evidence for f in findings)
 
 
+CONDITION_KEYS = frozenset({"conditions"})
+MEDICATION_KEYS = frozenset({"medicationRequests", "medicationStatements"})
+ALLERGY_KEYS = frozenset({"allergies"})
+
+
+def _missing(facts: Facts, keys: frozenset[str]) -> bool:
+    """True when data that could decide a criterion by its absence could not be obtained."""
+    return not facts.unavailable.isdisjoint(keys)
+
+
 def _product_in(p: Params, env: CompileEnv) -> Predicate:
     """Met when the ordered product's family is listed; unknown when the family cannot be told."""
     names = p.strings("families")
@@ -292,7 +302,7 @@ def _diagnosis_in(p: Params, env: CompileEnv) -> Predicate:
         possible = _findings(facts.possible_diagnoses, tags)
         if possible:
             return Outcome(UNKNOWN, _evidence(possible))
-        return Outcome(absent)
+        return Outcome(UNKNOWN if _missing(facts, CONDITION_KEYS) else absent)
 
     return fn
 
@@ -308,7 +318,7 @@ def diagnosis_link(facts: Facts, diagnoses: Sequence[str], suggested_by: Sequenc
         return Outcome(MET, _evidence(confirmed))
     possible = _findings(facts.possible_diagnoses, diagnoses)
     possible += _findings(facts.diagnoses, suggested_by) + _findings(facts.possible_diagnoses, suggested_by)
-    if possible:
+    if possible or _missing(facts, CONDITION_KEYS):
         return Outcome(UNKNOWN, _evidence(possible))
     return Outcome(NOT_MET)
 
@@ -442,6 +452,8 @@ def _generic_if_available(p: Params, env: CompileEnv) -> Predicate:
         switch = Fix(kind="switch-to-generic", rxcui=product.generic_rxcui, display=product.generic_display)
         if facts.generic_exception is not None:
             return Outcome(UNKNOWN, _merge((order, facts.generic_exception.evidence)), (switch,))
+        if _missing(facts, ALLERGY_KEYS):  # a recorded intolerance to the generic could not be checked
+            return Outcome(UNKNOWN, order, (switch,))
         return Outcome(NOT_MET, order, (switch,))
 
     return fn
@@ -474,7 +486,9 @@ def _combined_with_any(p: Params, env: CompileEnv) -> Predicate:
 
     def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
         found = _findings(facts.co_medications, tags)
-        return Outcome(MET, _evidence(found)) if found else Outcome(NOT_MET, (), fixes)
+        if found:
+            return Outcome(MET, _evidence(found))
+        return Outcome(UNKNOWN if _missing(facts, MEDICATION_KEYS) else NOT_MET, (), fixes)
 
     return fn
 
@@ -497,7 +511,7 @@ def _combined_with_all(p: Params, env: CompileEnv) -> Predicate:
         per_group = [_findings(facts.co_medications, g) for g in groups]
         if all(per_group):
             return Outcome(MET, _evidence(f for found in per_group for f in found))
-        return Outcome(NOT_MET)
+        return Outcome(UNKNOWN if _missing(facts, MEDICATION_KEYS) else NOT_MET)
 
     return fn
 
@@ -510,7 +524,9 @@ def _combined_with_none(p: Params, env: CompileEnv) -> Predicate:
 
     def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
         found = _findings(facts.co_medications, tags)
-        return Outcome(NOT_MET, _evidence(found)) if found else Outcome(MET)
+        if found:
+            return Outcome(NOT_MET, _evidence(found))
+        return Outcome(UNKNOWN if _missing(facts, MEDICATION_KEYS) else MET)
 
     return fn
 
