@@ -113,13 +113,12 @@ def medication_tags(concept: MedicationConcept, tables: CodeTables) -> frozenset
 class _Findings:
     """tag -> evidence references (in order seen, no repeats) and earliest start."""
 
-    evidence: dict[str, list[str]] = field(default_factory=dict)
+    #: An insertion-ordered dict per tag acts as an ordered set: adding stays O(1) on charts of thousands.
+    evidence: dict[str, dict[str, None]] = field(default_factory=dict)
     starts: dict[str, date | None] = field(default_factory=dict)
 
     def add(self, tag: str, ref: str, start: date | None) -> None:
-        refs = self.evidence.setdefault(tag, [])
-        if ref not in refs:
-            refs.append(ref)
+        self.evidence.setdefault(tag, {})[ref] = None
         known = self.starts.get(tag)
         if start is not None and (known is None or start < known):
             self.starts[tag] = start
@@ -312,7 +311,7 @@ def _diagnoses(
             evidence = [
                 (ref, _start_of(confirmed, possible, tag))
                 for tag in rule.if_all
-                for ref in confirmed.evidence.get(tag, []) + possible.evidence.get(tag, [])
+                for ref in [*confirmed.evidence.get(tag, {}), *possible.evidence.get(tag, {})]
             ]
             for tag in rule.then - confirmed.tags():
                 for ref, start in evidence:

@@ -412,9 +412,6 @@ def test_unobtainable_diagnoses_do_not_reroute_to_off_label(fault_client: Client
     assert ev["pathway"] == truth["pathway"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the FHIR budget bounds fetching only; 20k distinct Conditions "
-                   "(3 MB, far under the byte cap) take ~8 s to validate and de-duplicate (facts._Findings.add is "
-                   "quadratic) (reported)")
 def test_many_small_entries_are_answered_within_the_budget(fault_client: Client, fhir: BadFhirServer,
                                                            fault_app: Any) -> None:
     body = distinct_conditions(20_000)  # built before the call, so the server answers at wire speed
