@@ -79,6 +79,9 @@ class Config:
     fhir_connect_timeout_seconds: float = 1.0
     fhir_max_pages: int = 10
     fhir_max_response_bytes: int = 20 * 1024 * 1024
+    #: Resources read per prefetch key; a key with more is treated as unobtainable (its criteria stay unknown)
+    #: so processing, which the FHIR budget does not bound, stays bounded too.
+    max_resources_per_key: int = 10_000
     database_url: str = "sqlite:///priorauth-cds.sqlite3"
     cors_origins: tuple[str, ...] = ("*",)
     insurer_name: str = "Centene Health Plan"
@@ -110,6 +113,9 @@ class Config:
             "fhir_max_pages": _int("CDS_FHIR_MAX_PAGES", env.get("CDS_FHIR_MAX_PAGES"), 10),
             "fhir_max_response_bytes": _int(
                 "CDS_FHIR_MAX_RESPONSE_BYTES", env.get("CDS_FHIR_MAX_RESPONSE_BYTES"), cls.fhir_max_response_bytes
+            ),
+            "max_resources_per_key": _int(
+                "CDS_MAX_RESOURCES_PER_KEY", env.get("CDS_MAX_RESOURCES_PER_KEY"), cls.max_resources_per_key
             ),
             "database_url": env.get("DATABASE_URL") or cls.database_url,
             "cors_origins": tuple(

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -21,7 +23,10 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import orjson
 import requests
+import urllib3.connection
+import urllib3.connectionpool
 import urllib3.exceptions
+from requests.adapters import HTTPAdapter
 
 from cds_service.config import Config
 
@@ -287,6 +292,56 @@ def _log_outcome(outcome: PrefetchOutcome) -> None:
     )
 
 
+class _SocketWatch(HTTPAdapter):
+    """An adapter that remembers the sockets it opens, so the deadline can cut them.
+
+    A per-read timeout never fires while a server trickles its headers a byte at a time; shutting the
+    socket down from the caller's thread ends the worker's blocked read at once.
+    """
+
+    def __init__(self, max_connections: int) -> None:
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        super().__init__(pool_connections=1, pool_maxsize=max_connections)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **kwargs: Any) -> None:
+        super().init_poolmanager(connections, maxsize, block, **kwargs)
+        watch = self
+
+        class Http(urllib3.connection.HTTPConnection):
+            def connect(self) -> None:
+                super().connect()
+                watch._remember(self.sock)
+
+        class Https(urllib3.connection.HTTPSConnection):
+            def connect(self) -> None:
+                super().connect()
+                watch._remember(self.sock)
+
+        class HttpPool(urllib3.connectionpool.HTTPConnectionPool):
+            ConnectionCls = Http
+
+        class HttpsPool(urllib3.connectionpool.HTTPSConnectionPool):
+            ConnectionCls = Https
+
+        self.poolmanager.pool_classes_by_scheme = {"http": HttpPool, "https": HttpsPool}
+
+    def _remember(self, sock: socket.socket | None) -> None:
+        if sock is not None:
+            with self._lock:
+                self._sockets.append(sock)
+
+    def cut(self) -> None:
+        """Shut every socket down: blocked reads in worker threads fail immediately."""
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
 def _fetch_keys(
     targets: Mapping[str, _Target],
     fhir_server: str | None,
@@ -303,7 +358,11 @@ def _fetch_keys(
     deadline = time.monotonic() + config.fhir_budget_seconds
     headers = _headers(access_token)
     http = session if session is not None else requests.Session()
-    pool = ThreadPoolExecutor(max_workers=min(len(targets), _MAX_WORKERS), thread_name_prefix="fhir-prefetch")
+    workers = min(len(targets), _MAX_WORKERS)
+    watch = _SocketWatch(workers)
+    http.mount("http://", watch)
+    http.mount("https://", watch)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir-prefetch")
     try:
         futures: dict[Future[FetchResult], str] = {
             pool.submit(_fetch_target, f"{base}/{target.url}", target, http, headers, config, deadline): key
@@ -311,7 +370,9 @@ def _fetch_keys(
         }
         done, _ = wait(futures, timeout=max(0.0, deadline - time.monotonic()) + _GRACE_SECONDS)
     finally:
-        # Never join: a worker stuck in a slow read stops by itself at the deadline.
+        # Never join: cutting the sockets ends any worker still blocked in a read, however slow the server.
+        if len(done) < len(futures):
+            watch.cut()
         pool.shutdown(wait=False, cancel_futures=True)
         if session is None:
             http.close()

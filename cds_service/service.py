@@ -58,6 +58,17 @@ class HookOutcome:
     timings: Timings
 
 
+def _capped(
+    resources: dict[str, list[dict[str, Any]]], failed: dict[str, str], limit: int
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+    """Drop keys holding more resources than the service reads; they count as unobtainable."""
+    over = {key for key, entries in resources.items() if len(entries) > limit}
+    if not over:
+        return resources, failed
+    kept = {key: ([] if key in over else entries) for key, entries in resources.items()}
+    return kept, {**failed, **{key: "too-many-resources" for key in over}}
+
+
 def _unavailable_keys(
     resources: dict[str, list[dict[str, Any]]], failed: dict[str, str], ignored: tuple[str, ...]
 ) -> frozenset[str]:
@@ -136,11 +147,12 @@ class HookHandler:
             reasons = ", ".join(f"{k}: {outcome.failed.get(k, 'unavailable')}" for k in (missing or sorted(outcome.failed)))
             raise PrefetchUnavailable(f"required data could not be obtained from prefetch or fhirServer ({reasons})")
 
+        resources, failed = _capped(outcome.resources, outcome.failed, self.config.max_resources_per_key)
         record = build_record(
-            outcome.resources, drafts, self.tables, patient_id=request.context.patientId, user_ref=request.context.userId
+            resources, drafts, self.tables, patient_id=request.context.patientId, user_ref=request.context.userId
         )
         started = timings.mark("record", started)
-        unavailable = _unavailable_keys(outcome.resources, outcome.failed, record.ignored)
+        unavailable = _unavailable_keys(resources, failed, record.ignored)
         today = self.today()
         items = []
         for order_id in in_scope:
@@ -162,7 +174,7 @@ class HookHandler:
                     draft=draft,
                     coverage_ref=facts.coverage_ref,
                     patient_ref=f"Patient/{request.context.patientId}",
-                    unavailable={key: outcome.failed.get(key, "another patient's data") for key in unavailable},
+                    unavailable={key: failed.get(key, "another patient's data") for key in unavailable},
                 )
             )
         started = timings.mark("evaluate", started)
