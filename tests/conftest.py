@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -58,7 +59,7 @@ class LiveServer:
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "cds_service", "serve", "--port", str(self.port)],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -73,13 +74,27 @@ class LiveServer:
         raise RuntimeError("server did not become healthy in 30 s")
 
     def stop(self, kill: bool = False) -> None:
+        """Graceful stop, or SIGKILL to the master and every worker at once (a crash: nothing flushes)."""
         if self.process and self.process.poll() is None:
             if kill:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
             else:
                 self.process.terminate()
             self.process.wait(timeout=20)
+        if self.process and kill:
+            _wait_for_group_exit(self.process.pid)
         self.process = None
+
+
+def _wait_for_group_exit(pgid: int, timeout: float = 10.0) -> None:
+    """Orphaned workers of a killed master must be gone before a new server binds the same port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")
