@@ -2,8 +2,11 @@
 
 SQLAlchemy 2 Core on SQLite (default, one file shared by all gunicorn workers) or PostgreSQL (psycopg 3).
 Every write commits before its method returns, so whatever a client was told is stored survives a
-``kill -9``: SQLite runs in WAL mode with ``synchronous=FULL`` and takes its write lock at ``BEGIN``
-(``BEGIN IMMEDIATE``) so that concurrent workers queue on ``busy_timeout`` instead of failing.
+``kill -9``: SQLite runs in WAL mode and takes its write lock at ``BEGIN`` (``BEGIN IMMEDIATE``) so that
+concurrent workers queue on ``busy_timeout`` instead of failing. ``synchronous=NORMAL`` is the WAL
+setting that survives any process crash (the kernel holds the committed pages) without an fsync per
+request (about 4 ms each); only an operating-system crash or power loss can roll back the last
+transactions. Deployments that need that too use PostgreSQL (``DATABASE_URL``), the production store.
 Duplicates are ignored with ``INSERT ... ON CONFLICT DO NOTHING``, which both dialects implement.
 Database failures surface as ``StorageError`` with a generic message: SQL, parameters (which may hold
 PHI) and URLs (which may hold passwords) never reach a client or a log line.
@@ -216,7 +219,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
     finally:
         cursor.close()
 

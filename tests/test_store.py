@@ -492,7 +492,7 @@ def test_sqlite_is_configured_for_concurrent_crash_safe_writes(tmp_path: Path) -
             }
     finally:
         store.dispose()
-    assert pragma == {"journal_mode": "wal", "synchronous": 2, "busy_timeout": store_module.SQLITE_BUSY_TIMEOUT_MS}
+    assert pragma == {"journal_mode": "wal", "synchronous": 1, "busy_timeout": store_module.SQLITE_BUSY_TIMEOUT_MS}
 
 
 def test_in_memory_sqlite_is_one_database_shared_by_threads() -> None:
