@@ -186,7 +186,7 @@ def _medication_concept(rxcui: str | None, display: str) -> dict[str, Any]:
 
 def switch_to_generic(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
     """Replace the draft's medication with the generic of the same strength and form; sig and dispense kept."""
-    order = deep_copy_json(dict(draft))  # JSON-only copy: a third of deepcopy's cost
+    order: dict[str, Any] = deep_copy_json(dict(draft))  # JSON-only copy: a third of deepcopy's cost
     old_ref = (order.get("medicationReference") or {}).get("reference") if isinstance(order.get("medicationReference"), dict) else None
     order.pop("medicationReference", None)
     if old_ref and old_ref.startswith("#") and isinstance(order.get("contained"), list):
@@ -293,7 +293,7 @@ def coverage_extension(
 
 def annotated_order(draft: Mapping[str, Any], extension: dict[str, Any]) -> dict[str, Any]:
     """The draft unchanged except that its coverage-information extension is (re)placed."""
-    order = deep_copy_json(dict(draft))  # JSON-only copy: a third of deepcopy's cost
+    order: dict[str, Any] = deep_copy_json(dict(draft))  # JSON-only copy: a third of deepcopy's cost
     kept = [e for e in order.get("extension") or [] if not (isinstance(e, dict) and e.get("url") == CRD_COVERAGE_INFO)]
     order["extension"] = kept + [extension]
     return order

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import sys
@@ -13,6 +14,16 @@ from .config import Config, ConfigError
 from .errors import ServiceError, outcome_for
 
 log = logging.getLogger("priorauth_cds.cli")
+
+#: gunicorn worker model (benchmarks/bench.py measures it). A hook call is CPU-bound Python: threads in one
+#: worker would share one GIL, so one request per process, ``CDS_WORKERS`` processes (one per core), and the
+#: kernel's accept queue in front of them gives first-come-first-served order. On 2 cores, gthread (2 or 4
+#: threads) gave no better p99 and 10-30 % less closed-loop throughput. The cost: a call waiting on the FHIR
+#: fallback holds its worker for up to ``CDS_FHIR_BUDGET_SECONDS``.
+WORKER_CLASS = "sync"
+THREADS_PER_WORKER = 1
+#: Only used by threaded workers (sync workers close each connection after its answer).
+KEEPALIVE_SECONDS = 5
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -32,6 +43,10 @@ def _serve(args: argparse.Namespace) -> int:
     if warning:
         log_event(log, "startup.warning", logging.WARNING, message=warning)
     app = create_app(config)  # loaded once in the master (preload): a bad policy fails here, before forking
+    # Everything loaded so far lives as long as the workers: freeze it out of the cyclic GC, whose full pass over
+    # it costs ~100 ms per worker (a latency spike), and whose header writes would unshare the forked pages.
+    gc.collect()
+    gc.freeze()
 
     class Server(BaseApplication):  # type: ignore[misc]
         """gunicorn with our settings; no config file, no control socket."""
@@ -40,10 +55,12 @@ def _serve(args: argparse.Namespace) -> int:
             settings: dict[str, Any] = {
                 "bind": [f"[{config.host}]:{config.port}" if ":" in config.host else f"{config.host}:{config.port}"],
                 "workers": config.workers,
+                "worker_class": WORKER_CLASS,
+                "threads": THREADS_PER_WORKER,
                 "preload_app": True,
                 "timeout": 30,
                 "graceful_timeout": 10,
-                "keepalive": 5,
+                "keepalive": KEEPALIVE_SECONDS,
                 "control_socket_disable": True,
                 "post_fork": lambda server, worker: app.extensions["priorauth_cds"].store.dispose(close=False),
                 "loglevel": "warning",

@@ -217,11 +217,31 @@ class HookResponse(_Strict):
 def _prune(value: Any) -> Any:
     """Drop None and empty members recursively (CDS Hooks: no null or empty JSON elements)."""
     if isinstance(value, dict):
-        pruned = {k: _prune(v) for k, v in value.items() if v is not None}
-        return {k: v for k, v in pruned.items() if v not in ("", [], {})}
+        pruned = {}
+        for key, member in value.items():
+            if member is None:
+                continue
+            if isinstance(member, (dict, list)):
+                member = _prune(member)
+                if not member:
+                    continue
+            elif member == "":
+                continue
+            pruned[key] = member
+        return pruned
     if isinstance(value, list):
-        items = [_prune(v) for v in value if v is not None]
-        return [v for v in items if v not in ("", [], {})]
+        kept = []
+        for member in value:
+            if member is None:
+                continue
+            if isinstance(member, (dict, list)):
+                member = _prune(member)
+                if not member:
+                    continue
+            elif member == "":
+                continue
+            kept.append(member)
+        return kept
     return value
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 from .model import LineOfBusiness, ProductFamily
 
@@ -181,6 +182,10 @@ class CodeTables:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        #: Memoised text and code lookups (the tables never change after loading); bounded, see ``_remember``.
+        self._text_products: dict[str, TextProduct] = {}
+        self._text_ingredients: dict[str, frozenset[str]] = {}
+        self._condition_rows: dict[tuple[str, str], tuple[ConditionMatch, ...]] = {}
         self._load_systems()
         self._load_tags()
         self._load_products()
@@ -432,6 +437,12 @@ class CodeTables:
         A brand token that fixes its product (Disperz, Zortress) decides the family; otherwise the strength
         and form do (generics count as the brand they share both with); "Afinitor" alone means its tablets.
         """
+        known = self._text_products.get(text)
+        if known is None:
+            known = _remember(self._text_products, text, self._read_text_product(text))
+        return known
+
+    def _read_text_product(self, text: str) -> TextProduct:
         names = [self._product_names_by_text[_key(m)] for m in self._iter(self._product_pattern, text)]
         if not names:
             return TextProduct(False, None, None, None, None)
@@ -462,10 +473,13 @@ class CodeTables:
 
     def ingredient_tags_in_text(self, text: str) -> frozenset[str]:
         """Ingredient tags whose names (or brand synonyms) appear as words in a medication text."""
-        tags = {self._ingredient_names[_key(m)] for m in self._iter(self._ingredient_pattern, text)}
-        if self.text_product(text).is_everolimus:
-            tags.add("everolimus")
-        return frozenset(tags)
+        known = self._text_ingredients.get(text)
+        if known is None:
+            tags = {self._ingredient_names[_key(m)] for m in self._iter(self._ingredient_pattern, text)}
+            if self.text_product(text).is_everolimus:
+                tags.add("everolimus")
+            known = _remember(self._text_ingredients, text, frozenset(tags))
+        return known
 
     def with_groups(self, tags: Iterable[str]) -> frozenset[str]:
         """Ingredient tags plus the group tags they belong to."""
@@ -479,6 +493,12 @@ class CodeTables:
         """Every table row a condition code falls under: its exact row and every prefix row above it."""
         if not system or not code:
             return []
+        known = self._condition_rows.get((system, code))
+        if known is None:
+            known = _remember(self._condition_rows, (system, code), tuple(self._condition_rows_for(system, code)))
+        return list(known)
+
+    def _condition_rows_for(self, system: str, code: str) -> list[ConditionMatch]:
         if system == "icd-10-cm":
             code = normalize_icd10cm(code)
         out = list(self._condition_exact.get((system, code), ()))
@@ -539,6 +559,21 @@ class CodeTables:
     def vocabulary(self) -> Mapping[str, frozenset[str]]:
         """Every declared tag by kind (diagnosis, ingredient, medication-group, receptor, specialty)."""
         return {kind: frozenset(tags) for kind, tags in self._vocabulary.items()}
+
+
+#: Entries per memo (medication names and condition codes a worker has seen); a full memo starts over.
+MEMO_SIZE = 4096
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _remember(memo: dict[K, V], key: K, value: V) -> V:
+    """Store a pure lookup's answer; emptying a full memo keeps memory bounded without LRU bookkeeping."""
+    if len(memo) >= MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
+    return value
 
 
 @lru_cache(maxsize=4)

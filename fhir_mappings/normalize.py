@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 #: Elements whose R4 cardinality is 0..* but that clients send as one object, per resource type.
 ARRAY_ELEMENTS: dict[str, tuple[str, ...]] = {
@@ -74,12 +74,27 @@ def choice(obj: Any, prefix: str) -> tuple[str | None, Any]:
             if key.startswith(prefix) and len(key) > len(prefix) and key[len(prefix)].isupper() and value is not None:
                 return key[len(prefix) :], value
         return None, None
-    for key in type(obj).model_fields:
-        if key.startswith(prefix) and len(key) > len(prefix) and key[len(prefix)].isupper():
-            value = getattr(obj, key, None)
-            if value is not None:
-                return key[len(prefix) :], value
+    for key in _choice_fields(type(obj), prefix):
+        value = getattr(obj, key, None)
+        if value is not None:
+            return key[len(prefix) :], value
     return None, None
+
+
+_CHOICE_FIELDS: dict[tuple[type, str], tuple[str, ...]] = {}
+
+
+def _choice_fields(model: type, prefix: str) -> tuple[str, ...]:
+    """The fields of a model class that are variants of ``prefix[x]``, in declaration order (computed once)."""
+    fields = _CHOICE_FIELDS.get((model, prefix))
+    if fields is None:
+        fields = tuple(
+            key
+            for key in model.model_fields  # type: ignore[attr-defined]
+            if key.startswith(prefix) and len(key) > len(prefix) and key[len(prefix)].isupper()
+        )
+        _CHOICE_FIELDS[(model, prefix)] = fields
+    return fields
 
 
 def to_float(value: Any) -> float | None:
@@ -129,9 +144,8 @@ def is_partial_date(value: Any) -> bool:
 # ----------------------------------------------------------------------------- codes
 
 
-@dataclass(frozen=True)
-class Code:
-    """One coding, flattened."""
+class Code(NamedTuple):
+    """One coding, flattened (a named tuple: thousands are built per large chart, construction cost counts)."""
 
     system: str | None
     code: str | None
@@ -147,8 +161,37 @@ def codings(concept: Any) -> list[Code]:
     if not entries and get(concept, "code") is not None:
         entries = [concept]
     for coding in entries:
-        code = get(coding, "code")
-        out.append(Code(get(coding, "system"), str(code) if code is not None else None, get(coding, "display")))
+        if isinstance(coding, dict):
+            code, system, display = coding.get("code"), coding.get("system"), coding.get("display")
+        else:  # a model (``get`` on a non-dict is getattr)
+            code, system, display = getattr(coding, "code", None), getattr(coding, "system", None), getattr(
+                coding, "display", None
+            )
+        out.append(Code(system, str(code) if code is not None else None, display))
+    return out
+
+
+def system_codes(concept: Any) -> list[tuple[Any, str | None]]:
+    """``[(c.system, c.code) for c in codings(concept)]`` without building Codes: the raw-dict filters of
+    a large chart call this for every resource."""
+    if not isinstance(concept, dict):
+        return [(c.system, c.code) for c in codings(concept)]
+    entries = concept.get("coding")
+    if entries is None:
+        entries = []
+    elif isinstance(entries, (list, tuple)):
+        entries = [e for e in entries if e is not None]
+    else:
+        entries = [entries]
+    if not entries and concept.get("code") is not None:
+        entries = [concept]
+    out: list[tuple[Any, str | None]] = []
+    for coding in entries:
+        if isinstance(coding, dict):
+            code, system = coding.get("code"), coding.get("system")
+        else:
+            code, system = get(coding, "code"), get(coding, "system")
+        out.append((system, str(code) if code is not None else None))
     return out
 
 
@@ -345,7 +388,12 @@ def iter_bundle(value: Any) -> Iterator[dict[str, Any]]:
     if value.get("resourceType") == "Bundle":
         for entry in value.get("entry") or []:
             if isinstance(entry, dict):
-                yield from iter_bundle(entry.get("resource"))
+                resource = entry.get("resource")
+                if isinstance(resource, dict) and resource.get("resourceType") not in (None, "Bundle"):
+                    if isinstance(resource.get("resourceType"), str):
+                        yield resource  # the common case, without a nested generator
+                else:
+                    yield from iter_bundle(resource)
         return
     if isinstance(value.get("resourceType"), str):
         yield value

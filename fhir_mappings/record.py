@@ -6,17 +6,29 @@ by type and id, filtered through the code tables, pruned to the elements the fac
 known client oddities, and only then validated with ``fhir.resources.R4B``. An entry that still fails
 is dropped and named in ``record.dropped`` ("Type/id: element: error type", no values); an entry about
 another patient is named in ``record.ignored``. Neither is ever fatal.
+
+Validation input is interned: a CodeableConcept that validated once is reused as the validated model
+(charts and requests repeat the same status, category and code concepts endlessly), and a Reference is
+validated once per request. fhir.resources accepts a model instance where it expects that element and
+does not validate it again, so the typed record is the same as without interning -- the models are only
+ever read, never mutated. The concept cache is bounded and holds CodeableConcepts only (codes, displays,
+concept text), never references, identifiers or dates; references (patient and practitioner ids) are
+interned for one call only.
 """
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import orjson
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
+from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.coverage import Coverage
+from fhir.resources.R4B.element import Element
 from fhir.resources.R4B.medication import Medication
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.medicationstatement import MedicationStatement
@@ -24,6 +36,7 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.practitioner import Practitioner
 from fhir.resources.R4B.practitionerrole import PractitionerRole
+from fhir.resources.R4B.reference import Reference
 from pydantic import BaseModel, ValidationError
 
 from .codes import CodeTables
@@ -39,6 +52,7 @@ from .normalize import (
     reference_of,
     repair,
     split_reference,
+    system_codes,
     wrap_path,
 )
 
@@ -118,6 +132,8 @@ PATIENT_ELEMENT: dict[str, str] = {
     "AllergyIntolerance": "patient",
 }
 MAX_REPAIR_ROUNDS = 3
+#: Validated CodeableConcepts kept across requests (about 1.7 KB each); the cache is emptied when full.
+CONCEPT_CACHE_SIZE = 2048
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -182,6 +198,9 @@ class _Builder:
         self.dropped: list[str] = []
         self.ignored: list[str] = []
         self.repaired: list[str] = []
+        #: Validated References of this call by their JSON (see the module docstring).
+        self.references: dict[bytes, BaseModel] = {}
+        self.own_reference = f"Patient/{patient_id}" if patient_id is not None else None
 
     # -- routing -----------------------------------------------------------------------------
 
@@ -213,7 +232,10 @@ class _Builder:
         element = PATIENT_ELEMENT.get(rtype)
         if element is None:
             return False
-        ref_type, ref_id = split_reference(reference_of(resource.get(element)))
+        subject = resource.get(element)
+        if isinstance(subject, dict) and subject.get("reference") == self.own_reference:
+            return False  # the common case, decided without parsing the reference
+        ref_type, ref_id = split_reference(reference_of(subject))
         return ref_type == "Patient" and ref_id != self.patient_id
 
     # -- assembling --------------------------------------------------------------------------
@@ -222,7 +244,7 @@ class _Builder:
         medications_raw = {f"Medication/{rid}": r for rid, r in self.raw["Medication"].items()}
         draft_raws = [r for r in iter_bundle(list(draft_orders)) if r.get("resourceType") == "MedicationRequest"]
         drafts, unvalidated = self._drafts(draft_raws, medications_raw)
-        draft_ids = {r.get("id") for r in draft_raws}
+        draft_ids = {r.get("id") for r in draft_raws if isinstance(r.get("id"), str)}
         request_tags = {
             rid: tags
             for rid, r in self.raw["MedicationRequest"].items()
@@ -357,17 +379,18 @@ class _Builder:
     def _condition_relevant(self, resource: dict[str, Any]) -> bool:
         concepts = [resource.get("code")] + [get(stage, "summary") for stage in items(resource, "stage")]
         return any(
-            self.tables.condition_code_relevant(self.tables.system_name(c.system), c.code)
+            self.tables.condition_code_relevant(self.tables.system_name(system), code)
             for concept in concepts
-            for c in codings(concept)
+            for system, code in system_codes(concept)
         )
 
     def _observation_relevant(self, resource: dict[str, Any]) -> bool:
         concepts = [resource.get("code")] + [get(component, "code") for component in items(resource, "component")]
+        system_name, tests = self.tables.system_name, self.tables.receptor_tests
         return any(
-            self.tables.system_name(c.system) == "loinc" and c.code in self.tables.receptor_tests
+            system_name(system) == "loinc" and code in tests
             for concept in concepts
-            for c in codings(concept)
+            for system, code in system_codes(concept)
         )
 
     def _allergy_relevant(self, resource: dict[str, Any]) -> bool:
@@ -399,7 +422,7 @@ class _Builder:
         copied = False
         for _ in range(MAX_REPAIR_ROUNDS + 1):
             try:
-                model = model_cls.model_validate(data)
+                model = model_cls.model_validate(_interned(data, _slots(model_cls), self.references))
             except ValidationError as exc:
                 if not copied:
                     data, copied = deep_copy_json(data), True
@@ -414,6 +437,122 @@ class _Builder:
             return model, data
         self.dropped.append(f"{label}: still invalid after {MAX_REPAIR_ROUNDS} repairs")
         return None, data
+
+
+# ----------------------------------------------------------------------------- interning
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """How one element of a model is interned: as a concept, a reference, or by descending into it."""
+
+    kind: str  # "concept" | "reference" | "element"
+    many: bool
+    model: type[BaseModel]
+
+
+_SLOTS: dict[type[BaseModel], dict[str, _Slot]] = {}
+#: Keys are exact JSON: dates, dataclasses and str/int subclasses are refused rather than converted.
+_STRICT_JSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+_CONCEPTS: dict[bytes, BaseModel] = {}
+
+
+def clear_validation_caches() -> None:
+    """Forget every interned CodeableConcept (benchmarks measure the cold path with this)."""
+    _CONCEPTS.clear()
+
+
+def _slots(model_cls: type[BaseModel]) -> dict[str, _Slot]:
+    """JSON name -> slot for the elements of ``model_cls`` worth interning (computed once per class)."""
+    slots = _SLOTS.get(model_cls)
+    if slots is None:
+        slots = {}
+        for name, info in model_cls.model_fields.items():
+            element, many = _element_type(info.annotation)
+            model = _model_of(element)
+            if model is None:
+                continue
+            if model is CodeableConcept:
+                kind = "concept"
+            elif model is Reference:
+                kind = "reference"
+            elif issubclass(model, Element):
+                kind = "element"
+            else:  # contained resources stay raw
+                continue
+            slots[info.alias or name] = _Slot(kind, many, model)
+        _SLOTS[model_cls] = slots
+    return slots
+
+
+def _element_type(annotation: Any) -> tuple[Any, bool]:
+    """(element type, is a list) of a field annotation such as ``Optional[List[CodeableConceptType]]``."""
+    many = False
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is list:
+            many, annotation = True, typing.get_args(annotation)[0]
+        elif origin is not None:
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return None, False
+            annotation = args[0]
+        else:
+            return annotation, many
+
+
+def _model_of(element: Any) -> type[BaseModel] | None:
+    klass = getattr(element, "get_model_klass", None)
+    if klass is None:
+        return None
+    model = klass()
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _interned(value: dict[str, Any], slots: Mapping[str, _Slot], references: dict[bytes, BaseModel]) -> dict[str, Any]:
+    """``value`` with its valid concepts and references replaced by validated models (a copy; never mutated)."""
+    changed: dict[str, Any] | None = None
+    for key, item in value.items():
+        slot = slots.get(key)
+        if slot is None:
+            continue
+        if slot.many:
+            if not isinstance(item, list):
+                continue
+            new: Any = [_intern_one(x, slot, references) for x in item]
+            if all(a is b for a, b in zip(new, item)):
+                continue
+        else:
+            new = _intern_one(item, slot, references)
+            if new is item:
+                continue
+        if changed is None:
+            changed = dict(value)
+        changed[key] = new
+    return value if changed is None else changed
+
+
+def _intern_one(item: Any, slot: _Slot, references: dict[bytes, BaseModel]) -> Any:
+    """A validated model for a concept or reference dict, or the dict itself when it does not validate."""
+    if not isinstance(item, dict):
+        return item
+    if slot.kind == "element":
+        return _interned(item, _slots(slot.model), references)
+    cache = _CONCEPTS if slot.kind == "concept" else references
+    try:
+        key = orjson.dumps(item, option=_STRICT_JSON)
+    except TypeError:  # not plain JSON (a caller passed Python objects): validate as usual
+        return item
+    model = cache.get(key)
+    if model is None:
+        try:
+            model = slot.model.model_validate(item)
+        except ValidationError:
+            return item  # validated in place, so the error keeps its location
+        if cache is _CONCEPTS and len(_CONCEPTS) >= CONCEPT_CACHE_SIZE:
+            _CONCEPTS.clear()
+        cache[key] = model
+    return model
 
 
 def _prune(raw: dict[str, Any], lean: bool = False) -> dict[str, Any]:

@@ -154,6 +154,14 @@ def test_order_sign_returns_evaluation_card(client: Any) -> None:
     assert body["systemActions"]
 
 
+def test_draft_with_non_string_id_beside_everolimus_is_not_a_500(client: Any) -> None:
+    body = _valid()
+    body["context"]["draftOrders"]["entry"].append(
+        {"resource": {"resourceType": "MedicationRequest", "id": ["x"], "status": "draft", "intent": "order"}})
+    response = client.post(SIGN, json=body)
+    assert response.status_code in (200, 400)
+
+
 def test_no_everolimus_order_gives_empty_cards(client: Any) -> None:
     response = client.post(SIGN, json=request_for(scenario("none-no-everolimus-order")))
     assert response.status_code == 200

@@ -1,0 +1,163 @@
+"""In-process latency of ``HookHandler.handle``: the typical request, and how cost grows with chart size.
+
+Everything runs in this process on one thread, as one gunicorn worker would run it, with the handler
+built the way ``create_app`` builds it. ``warm`` is the steady state of a worker (the concept and
+lookup memos hold what earlier requests saw); ``cold`` empties them before every call, the worst case
+of a chart whose every code is new to the worker.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workload import CHART_SIZES, TYPICAL_SIZE, hook_request
+
+SERVICE_ID = "everolimus-order-sign"
+
+
+@dataclass
+class Series:
+    """Wall-clock milliseconds of repeated calls, with the handler's own stage timings."""
+
+    label: str
+    samples_ms: list[float]
+    stages_ms: dict[str, list[float]] = field(default_factory=dict)
+
+    def pct(self, q: float) -> float:
+        return percentile(self.samples_ms, q)
+
+    def stage_medians(self) -> dict[str, float]:
+        return {name: statistics.median(values) for name, values in self.stages_ms.items()}
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sample."""
+    ordered = sorted(samples)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def make_handler(with_store: bool) -> tuple[Any, Callable[[], None]]:
+    """A handler as the app builds it (optionally with a SQLite audit store on disk) and its cleanup.
+
+    Startup objects are then frozen out of the garbage collector, as ``priorauth-cds serve`` does in the
+    gunicorn master before forking, so the numbers are those of a worker.
+    """
+    from cds_service.config import Config
+    from cds_service.policy.engine import load_policy
+    from cds_service.service import HookHandler
+    from fhir_mappings.codes import load_code_tables
+
+    tables = load_code_tables()
+    policy = load_policy(vocabulary=tables)
+    gc.collect()
+    gc.freeze()
+    if not with_store:
+        return HookHandler(Config.from_env(), tables, policy, store=None), lambda: None
+    from cds_service.store import Store
+
+    folder = tempfile.TemporaryDirectory(prefix="priorauth-bench-")
+    store = Store(f"sqlite:///{Path(folder.name) / 'audit.sqlite3'}")
+
+    def cleanup() -> None:
+        store.dispose()
+        folder.cleanup()
+
+    return HookHandler(Config.from_env(), tables, policy, store=store), cleanup
+
+
+def clear_memos() -> bool:
+    """Empty the per-worker memos (False when this version of the code has none)."""
+    from fhir_mappings import record
+    from fhir_mappings.codes import load_code_tables
+
+    clear = getattr(record, "clear_validation_caches", None)
+    if clear is None:
+        return False
+    clear()
+    tables = load_code_tables()
+    for name in ("_text_products", "_text_ingredients", "_condition_rows"):
+        getattr(tables, name).clear()
+    return True
+
+
+def measure(
+    handler: Any, payload: dict[str, Any], label: str, *, iterations: int, warmup: int = 5, cold: bool = False
+) -> Series:
+    """Call ``handle`` repeatedly on the same request; wall time per call and stage medians."""
+    for _ in range(warmup):
+        handler.handle(SERVICE_ID, payload)
+    series = Series(label, [])
+    gc.collect()
+    for _ in range(iterations):
+        if cold:
+            clear_memos()
+        started = time.perf_counter()
+        outcome = handler.handle(SERVICE_ID, payload)
+        series.samples_ms.append((time.perf_counter() - started) * 1000)
+        for name, ms in outcome.timings.stages.items():
+            series.stages_ms.setdefault(name, []).append(ms)
+    return series
+
+
+def iterations_for(size: int, budget_s: float) -> int:
+    """Enough calls for stable percentiles within a time budget (assumes ~0.05 ms per resource)."""
+    return max(7, min(400, int(budget_s * 1000 / (2 + 0.05 * size))))
+
+
+@dataclass
+class Growth:
+    """Latency against chart size and a least-squares line through the medians."""
+
+    sizes: list[int]
+    p50_ms: list[float]
+    p95_ms: list[float]
+    slope_ms: float
+    intercept_ms: float
+    r_squared: float
+
+    def per_resource_us(self) -> list[float]:
+        return [p * 1000 / s for p, s in zip(self.p50_ms, self.sizes)]
+
+    def marginal_us(self) -> list[float]:
+        """Cost of each added resource between consecutive sizes (flat when growth is linear)."""
+        pairs = zip(zip(self.sizes, self.p50_ms), zip(self.sizes[1:], self.p50_ms[1:]))
+        return [(t2 - t1) * 1000 / (s2 - s1) for (s1, t1), (s2, t2) in pairs]
+
+
+def fit(sizes: list[int], values: list[float]) -> tuple[float, float, float]:
+    """(slope, intercept, R^2) of the least-squares line."""
+    mean_x, mean_y = statistics.fmean(sizes), statistics.fmean(values)
+    sxx = sum((x - mean_x) ** 2 for x in sizes)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(sizes, values)) / sxx
+    intercept = mean_y - slope * mean_x
+    total = sum((y - mean_y) ** 2 for y in values)
+    residual = sum((y - (intercept + slope * x)) ** 2 for x, y in zip(sizes, values))
+    return slope, intercept, 1 - residual / total if total else 1.0
+
+
+def growth(handler: Any, budget_s: float, sizes: tuple[int, ...] = CHART_SIZES) -> tuple[Growth, list[Series]]:
+    """p50/p95 per chart size (warm) and the linear fit."""
+    runs = [
+        measure(handler, hook_request(size), f"chart {size}", iterations=iterations_for(size, budget_s))
+        for size in sizes
+    ]
+    p50 = [run.pct(50) for run in runs]
+    slope, intercept, r2 = fit(list(sizes), p50)
+    return Growth(list(sizes), p50, [run.pct(95) for run in runs], slope, intercept, r2), runs
+
+
+def typical(handler: Any, iterations: int) -> dict[str, Series]:
+    """The typical request: warm and cold, without the audit store."""
+    payload = hook_request(TYPICAL_SIZE)
+    out = {"warm": measure(handler, payload, "typical, warm", iterations=iterations)}
+    if clear_memos():
+        out["cold"] = measure(handler, payload, "typical, cold memos", iterations=iterations, cold=True)
+    return out
