@@ -214,34 +214,25 @@ class HookResponse(_Strict):
     systemActions: list[Action] = Field(default_factory=list)
 
 
+_DROP = object()
+
+
+def _pruned(member: Any) -> Any:
+    """The member pruned, or ``_DROP`` when it is null or empty (CDS Hooks: no null or empty JSON elements)."""
+    if member is None or (isinstance(member, str) and not member):
+        return _DROP
+    if isinstance(member, (dict, list)):
+        member = _prune(member)
+        return member if member else _DROP
+    return member
+
+
 def _prune(value: Any) -> Any:
-    """Drop None and empty members recursively (CDS Hooks: no null or empty JSON elements)."""
+    """Drop None and empty members recursively, in one pass."""
     if isinstance(value, dict):
-        pruned = {}
-        for key, member in value.items():
-            if member is None:
-                continue
-            if isinstance(member, (dict, list)):
-                member = _prune(member)
-                if not member:
-                    continue
-            elif member == "":
-                continue
-            pruned[key] = member
-        return pruned
+        return {key: kept for key, member in value.items() if (kept := _pruned(member)) is not _DROP}
     if isinstance(value, list):
-        kept = []
-        for member in value:
-            if member is None:
-                continue
-            if isinstance(member, (dict, list)):
-                member = _prune(member)
-                if not member:
-                    continue
-            elif member == "":
-                continue
-            kept.append(member)
-        return kept
+        return [kept for member in value if (kept := _pruned(member)) is not _DROP]
     return value
 
 
