@@ -57,3 +57,15 @@ def test_exemestane_25_mg_oral_tablet_is_present():
         row["display"] == "exemestane 25 MG Oral Tablet" and row["ingredient"] == "exemestane" and row["route"] == "oral"
         for row in rows
     )
+
+
+def test_routes_table_is_sourced_snomed():
+    header, rows = _read("routes.csv")
+    assert header == ["system", "code", "display", "route", "source"]
+    by_route = {row["route"]: row for row in rows}
+    assert {"oral", "intramuscular", "subcutaneous", "intravenous"} <= set(by_route)
+    for row in rows:
+        assert row["system"] in {"snomed", "text"}, row
+        assert row["route"] in ROUTES - {"injection"}, row
+        assert row["source"].strip(), row
+    assert by_route["intramuscular"]["code"] == "78421000"
