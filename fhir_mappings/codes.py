@@ -81,6 +81,34 @@ class PossibleRule:
 
     if_all: frozenset[str]
     then: frozenset[str]
+    #: "specific" (TSC plus a site-specific finding) or "generic" (TSC alone): how strongly it points at a pathway.
+    strength: str = "specific"
+
+
+@dataclass(frozen=True)
+class DrugProduct:
+    """A drug-level RxNorm concept (SCD/SBD) of a companion or history drug: ingredient, route and release."""
+
+    rxcui: str
+    tty: str
+    display: str
+    ingredient: str
+    route: str | None
+    release: str | None
+
+
+@dataclass(frozen=True)
+class IngredientForm:
+    """A form of an ingredient the policy names on its own (octreotide LAR), and how an order shows it."""
+
+    ingredient: str
+    tag: str
+    release: str
+    routes: frozenset[str]
+    #: Dosing intervals (days between doses) that only this form has: at least / at most.
+    min_interval_days: float | None
+    max_interval_days: float | None
+    words: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -169,6 +197,10 @@ def _key(match: re.Match[str]) -> str:
     return " ".join(match.group(0).lower().split())
 
 
+#: A negation before a diagnosis name ("no evidence of", "ruled out", "r/o") means the name is not a diagnosis.
+_NEGATED = re.compile(
+    r"\b(?:no|not|without|denies|negative\s+for|ruled\s+out|rule\s+out|r/o|excluded|free\s+of)\b", re.IGNORECASE
+)
 _STRENGTH = re.compile(r"(\d+(?:\.\d+)?)\s*(?:mg|milligrams?)\b", re.IGNORECASE)
 _SUSPENSION = re.compile(r"\bfor\s+(?:oral\s+)?suspension\b|\bdispersible\b", re.IGNORECASE)
 _TABLET = re.compile(r"\btab(?:let)?s?\b", re.IGNORECASE)
@@ -190,6 +222,7 @@ class CodeTables:
         self._load_tags()
         self._load_products()
         self._load_ingredients()
+        self._load_drug_forms()
         self._load_conditions()
         self._load_receptors()
         self._load_specialties()
@@ -326,6 +359,90 @@ class CodeTables:
                 raise CodeTableError(f"{where}: {row['text']!r} already names another ingredient")
         self._ingredient_names = names
         self._ingredient_pattern = _words_pattern(names)
+        self._ingredient_display: dict[str, str] = {}
+        self._ingredient_brands: dict[str, list[str]] = {}
+        for text, tag in names.items():
+            self._ingredient_display.setdefault(tag, text)
+        for line, row in _rows(self._path("ingredient_synonyms.csv"), ("text", "tag")):
+            if row["text"][:1].isupper():  # brand names are capitalised; generic synonyms are not
+                self._ingredient_brands.setdefault(row["tag"], []).append(row["text"])
+
+    def _load_drug_forms(self) -> None:
+        self.drug_products: dict[str, DrugProduct] = {}
+        for line, row in _rows(
+            self._path("drug_products.csv"), ("rxcui", "tty", "display", "ingredient", "route", "release")
+        ):
+            where = f"drug_products.csv:{line}"
+            (tag,) = self._tags(row["ingredient"], ("ingredient",), where)
+            if row["release"] not in ("", "long-acting", "short-acting"):
+                raise CodeTableError(f"{where}: release must be long-acting, short-acting or empty")
+            if row["rxcui"] in self.drug_products or row["rxcui"] in self.products:
+                raise CodeTableError(f"{where}: duplicate rxcui {row['rxcui']}")
+            self.drug_products[row["rxcui"]] = DrugProduct(
+                row["rxcui"], row["tty"], row["display"], tag, row["route"] or None, row["release"] or None
+            )
+        self.route_codes: dict[tuple[str, str], str] = {}
+        route_words: dict[str, str] = {}
+        for line, row in _rows(self._path("routes.csv"), ("system", "code", "route")):
+            where = f"routes.csv:{line}"
+            if row["system"] == "text":
+                route_words[row["code"].lower()] = row["route"]
+            else:
+                self.route_codes[(self._system(row["system"], where), row["code"])] = row["route"]
+        self._route_words = route_words
+        self._route_pattern = _words_pattern(route_words)
+        self.ingredient_forms: dict[str, list[IngredientForm]] = {}
+        for line, row in _rows(
+            self._path("ingredient_forms.csv"),
+            ("ingredient", "form_tag", "release", "routes", "min_interval_days", "max_interval_days", "words"),
+        ):
+            where = f"ingredient_forms.csv:{line}"
+            (ingredient,) = self._tags(row["ingredient"], ("ingredient",), where)
+            (tag,) = self._tags(row["form_tag"], ("ingredient",), where)
+            form = IngredientForm(
+                ingredient,
+                tag,
+                row["release"],
+                _split(row["routes"]),
+                _float(row["min_interval_days"], where),
+                _float(row["max_interval_days"], where),
+                frozenset(w.lower() for w in _split(row["words"])),
+            )
+            self.ingredient_forms.setdefault(ingredient, []).append(form)
+        #: form tag -> its ingredient, for predicates that must tell "another form" from "form not stated".
+        self.form_parents: dict[str, str] = {
+            f.tag: ingredient for ingredient, forms in self.ingredient_forms.items() for f in forms
+        }
+        self._form_word_patterns = {
+            f.tag: _words_pattern(f.words) for forms in self.ingredient_forms.values() for f in forms
+        }
+        #: Ingredients whose orders' dosage is read (everolimus for the dose, form-specific ones for the form).
+        self.dosage_read_tags = frozenset({"everolimus"}) | frozenset(self.ingredient_forms)
+
+    def ingredient_label(self, tag: str) -> str:
+        """"ripretinib (Qinlock)": the ingredient's name and, when the tables know one, its brand."""
+        name = self._ingredient_display.get(tag, tag)
+        brands = self._ingredient_brands.get(tag)
+        return f"{name} ({brands[0]})" if brands else name
+
+    def drug_product(self, rxcui: str | None) -> DrugProduct | None:
+        return self.drug_products.get(rxcui.strip()) if rxcui else None
+
+    def route_of(self, system: str | None, code: str | None) -> str | None:
+        if not system or not code:
+            return None
+        return self.route_codes.get((system, code.strip()))
+
+    def routes_in_text(self, text: str) -> frozenset[str]:
+        return frozenset(self._route_words[_key(m)] for m in self._iter(self._route_pattern, text))
+
+    def forms_in_text(self, ingredient: str, text: str) -> list[IngredientForm]:
+        """The forms of ``ingredient`` whose words appear in ``text``."""
+        return [
+            f
+            for f in self.ingredient_forms.get(ingredient, ())
+            if any(True for _ in self._iter(self._form_word_patterns[f.tag], text))
+        ]
 
     def _load_conditions(self) -> None:
         self._condition_exact: dict[tuple[str, str], list[ConditionMatch]] = {}
@@ -349,14 +466,28 @@ class CodeTables:
             key = (self._system(row["system"], where), row["code"])
             self.condition_status[key] = self._tags(row["tags"], ("diagnosis",), where)
         self.possible_rules: list[PossibleRule] = []
-        for line, row in _rows(self._path("possible.csv"), ("if_all", "then_possible")):
+        for line, row in _rows(self._path("possible.csv"), ("if_all", "then_possible", "strength")):
             where = f"possible.csv:{line}"
+            if row["strength"] not in ("specific", "generic"):
+                raise CodeTableError(f"{where}: strength must be specific or generic")
             self.possible_rules.append(
                 PossibleRule(
                     self._tags(row["if_all"], ("diagnosis",), where),
                     self._tags(row["then_possible"], ("diagnosis",), where),
+                    row["strength"],
                 )
             )
+        words: dict[str, frozenset[str]] = {}
+        for line, row in _rows(self._path("condition_words.csv"), ("text", "tags")):
+            where = f"condition_words.csv:{line}"
+            if not row["text"]:
+                raise CodeTableError(f"{where}: no text")
+            if row["text"].lower() in words:
+                raise CodeTableError(f"{where}: duplicate text {row['text']!r}")
+            words[row["text"].lower()] = self._tags(row["tags"], ("diagnosis",), where)
+        self._condition_words = words
+        self._condition_word_pattern = _words_pattern(words)
+        self._text_conditions: dict[str, frozenset[str]] = {}
 
     def _load_receptors(self) -> None:
         self.receptor_status: dict[tuple[str, str], frozenset[str]] = {}
@@ -467,6 +598,9 @@ class CodeTables:
         tag = self.ingredient_by_rxcui.get(rxcui.strip())
         if tag:
             return frozenset({tag})
+        drug = self.drug_products.get(rxcui.strip())
+        if drug is not None:
+            return frozenset({drug.ingredient})
         if rxcui.strip() in self.products:
             return frozenset({"everolimus"})
         return frozenset()
@@ -507,6 +641,19 @@ class CodeTables:
             out.extend(self._condition_prefix.get((system, candidate), ()))
             candidate = candidate[:-1].rstrip(".")
         return out
+
+    def condition_tags_in_text(self, text: str) -> frozenset[str]:
+        """Diagnosis tags a free-text problem name suggests (never confirms); negated mentions are ignored."""
+        if not text:
+            return frozenset()
+        known = self._text_conditions.get(text)
+        if known is None:
+            tags: set[str] = set()
+            for match in self._iter(self._condition_word_pattern, text):
+                if not _NEGATED.search(text[: match.start()]):
+                    tags |= self._condition_words[_key(match)]
+            known = _remember(self._text_conditions, text, frozenset(tags))
+        return known
 
     def receptor_status_tags(self, system: str | None, code: str | None) -> frozenset[str]:
         if not system or not code:

@@ -15,7 +15,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from .codes import CodeTables
-from .dose import daily_dose
+from .dose import administrations_per_day, daily_dose
 from .model import Facts, Finding, LineOfBusiness, Product
 from .normalize import (
     MedicationConcept,
@@ -96,6 +96,75 @@ def is_everolimus(concept: MedicationConcept, tables: CodeTables) -> bool:
     return tables.text_product(concept.text).is_everolimus
 
 
+def form_tags(
+    resource: Any, concept: MedicationConcept, tags: frozenset[str], tables: CodeTables
+) -> tuple[frozenset[str], frozenset[str]]:
+    """(form tags shown, ingredients whose form the order does not show) for form-specific ingredients.
+
+    Read in order of certainty: the drug-level RxNorm code, the words of the product and the sig, the route,
+    then the dosing interval (a depot every 4 weeks is long-acting; several doses a day is short-acting).
+    """
+    found: set[str] = set()
+    unknown: set[str] = set()
+    for ingredient in tags & tables.dosage_read_tags:
+        forms = tables.ingredient_forms.get(ingredient)
+        if not forms:
+            continue
+        form = _form_of(resource, concept, ingredient, forms, tables)
+        if form is None:
+            unknown.add(ingredient)
+        else:
+            found.add(form)
+    return frozenset(found), frozenset(unknown)
+
+
+def _form_of(resource: Any, concept: MedicationConcept, ingredient: str, forms: Any, tables: CodeTables) -> str | None:
+    by_release = {f.release: f.tag for f in forms}
+    for coding in concept.codes:
+        drug = tables.drug_product(coding.code) if tables.system_name(coding.system) == "rxnorm" else None
+        if drug is not None and drug.ingredient == ingredient:
+            if drug.release in by_release:
+                return by_release[drug.release]
+            if drug.route is not None:
+                routed = [f.tag for f in forms if drug.route in f.routes]
+                if len(routed) == 1:
+                    return routed[0]
+    dosages = items(resource, "dosage") or items(resource, "dosageInstruction")
+    texts = list(concept.texts)
+    texts += [t for d in dosages for t in (get(d, "text"), get(d, "patientInstruction")) if isinstance(t, str)]
+    named = {f.tag for text in texts for f in tables.forms_in_text(ingredient, text)}
+    if len(named) == 1:
+        return named.pop()
+    if named:
+        return None  # contradictory words: let a person read it
+    routes: set[str] = set()
+    for dosage in dosages:
+        route = get(dosage, "route")
+        for coding in codings(route):
+            name = tables.route_of(tables.system_name(coding.system), coding.code)
+            if name:
+                routes.add(name)
+        for text in concept_texts(route) + [t for t in (get(dosage, "text"),) if isinstance(t, str)]:
+            routes |= tables.routes_in_text(text)
+    routed = {f.tag for f in forms if f.routes & routes}
+    if len(routed) == 1:
+        return routed.pop()
+    if routed:
+        return None
+    per_day = [p for p in (administrations_per_day(d) for d in dosages) if p]
+    if per_day:
+        interval = 1 / max(per_day)
+        timed = {
+            f.tag
+            for f in forms
+            if (f.min_interval_days is not None and interval >= f.min_interval_days)
+            or (f.max_interval_days is not None and interval <= f.max_interval_days)
+        }
+        if len(timed) == 1:
+            return timed.pop()
+    return None
+
+
 def medication_tags(concept: MedicationConcept, tables: CodeTables) -> frozenset[str]:
     """Ingredient tags (by RxNorm code, then by name in the text) plus their group tags."""
     tags: set[str] = set()
@@ -158,10 +227,10 @@ def build_facts(
     concept = medication_concept(order, dict(record.medications))
     product = resolve_product(concept, tables)
     age, age_evidence = _age(record, evaluation_date)
-    diagnoses, possible = _diagnoses(record, order, order_ref, tables)
+    found = _diagnoses(record, order, order_ref, tables)
     specialties, requester_ref = _specialties(record, order, user_ref, tables)
-    co_medications = _co_medications(record, order_ref, tables)
-    history = _history(record, evaluation_date, tables)
+    co_medications, co_unknown_form = _co_medications(record, order_ref, tables)
+    history, history_unknown_form = _history(record, evaluation_date, tables)
     days, days_evidence, previous_mg = _everolimus_exposure(record, evaluation_date, tables)
     lob, lob_evidence, coverage_ref = _line_of_business(record, order, plan_prefixes, tables)
     return Facts(
@@ -171,13 +240,19 @@ def build_facts(
         dose=daily_dose(items(order, "dosageInstruction"), product),
         age_years=age,
         age_evidence=age_evidence,
-        diagnoses=diagnoses,
-        possible_diagnoses=possible,
+        diagnoses=found.confirmed,
+        possible_diagnoses=found.possible,
+        generic_suggestions=found.generic_only,
+        diagnosis_documented=bool(
+            record.condition_count or items(order, "reasonCode") or items(order, "reasonReference")
+        ),
         receptors=_receptors(record, tables),
         specialties=specialties,
         requester_ref=requester_ref,
         co_medications=co_medications,
+        co_medications_form_unknown=co_unknown_form,
         medication_history=history,
+        history_form_unknown=history_unknown_form,
         everolimus_days=days,
         everolimus_evidence=days_evidence,
         previous_mg_per_day=previous_mg,
@@ -275,9 +350,32 @@ def _condition_start(condition: Any) -> date | None:
     return to_date(get(condition, "recordedDate"))
 
 
-def _diagnoses(
-    record: PatientRecord, order: Any, order_ref: str, tables: CodeTables
-) -> tuple[dict[str, Finding], dict[str, Finding]]:
+#: Code systems whose codes the tables decide: a concept coded in one is read by its code, never its words.
+CODED_DIAGNOSIS_SYSTEMS = frozenset({"icd-10-cm", "snomed"})
+
+
+def diagnosis_words(concept: Any, tables: CodeTables) -> frozenset[str]:
+    """Diagnosis tags named in a concept's text and displays, when it carries no ICD-10-CM or SNOMED code
+    (a text-only problem, or a local code): a standard code the tables do not list was left out on purpose."""
+    if any(tables.system_name(c.system) in CODED_DIAGNOSIS_SYSTEMS for c in codings(concept)):
+        return frozenset()
+    tags: set[str] = set()
+    for text in concept_texts(concept):
+        tags |= tables.condition_tags_in_text(text)
+    return frozenset(tags)
+
+
+@dataclass
+class _DiagnosisFindings:
+    confirmed: dict[str, Finding]
+    possible: dict[str, Finding]
+    #: Possible tags suggested only by a generic rule (TSC alone): the weakest link to a pathway.
+    generic_only: frozenset[str]
+
+
+def _diagnoses(record: PatientRecord, order: Any, order_ref: str, tables: CodeTables) -> _DiagnosisFindings:
+    """Coded Conditions confirm (or, provisional / broad codes, suggest); names in text and the order's reason
+    suggest; possible.csv rules derive manifestations (TSC + a brain tumour suggests SEGA)."""
     confirmed, possible = _Findings(), _Findings()
     for condition in record.conditions:
         state = _condition_state(condition)
@@ -291,6 +389,9 @@ def _diagnoses(
                 for tag in match.tags:
                     target.add(tag, ref, start)
                 tagged = True
+        for tag in diagnosis_words(condition.code, tables):
+            possible.add(tag, ref, start)
+            tagged = True
         for stage in items(condition, "stage"):
             for coding in codings(get(stage, "summary")):
                 for match in tables.condition_matches(tables.system_name(coding.system), coding.code):
@@ -305,7 +406,14 @@ def _diagnoses(
             for match in tables.condition_matches(tables.system_name(coding.system), coding.code):
                 for tag in match.tags:
                     (possible if match.possible else confirmed).add(tag, order_ref, None)
+        for tag in diagnosis_words(concept, tables):
+            possible.add(tag, order_ref, None)
+    for reference in items(order, "reasonReference"):
+        display = get(reference, "display")
+        for tag in tables.condition_tags_in_text(display if isinstance(display, str) else ""):
+            possible.add(tag, order_ref, None)
     present = confirmed.tags() | possible.tags()
+    strength: dict[str, set[str]] = {}
     for rule in tables.possible_rules:
         if rule.if_all <= present:
             evidence = [
@@ -314,9 +422,15 @@ def _diagnoses(
                 for ref in [*confirmed.evidence.get(tag, {}), *possible.evidence.get(tag, {})]
             ]
             for tag in rule.then - confirmed.tags():
+                strength.setdefault(tag, set()).add(rule.strength)
                 for ref, start in evidence:
                     possible.add(tag, ref, start)
-    return confirmed.freeze(), possible.freeze(exclude=confirmed.tags())
+    # A tag is generic-only when nothing but a generic rule suggested it (no code, text or specific rule).
+    direct = present
+    generic_only = frozenset(
+        tag for tag, kinds in strength.items() if kinds == {"generic"} and tag not in direct
+    )
+    return _DiagnosisFindings(confirmed.freeze(), possible.freeze(exclude=confirmed.tags()), generic_only)
 
 
 def _start_of(confirmed: _Findings, possible: _Findings, tag: str) -> date | None:
@@ -498,17 +612,32 @@ def _chart_medications(record: PatientRecord) -> list[tuple[str, Any]]:
     ]
 
 
-def _co_medications(record: PatientRecord, order_ref: str, tables: CodeTables) -> dict[str, Finding]:
-    """Other drafts of this request and the chart's active orders and statements."""
-    found = _Findings()
+def _tags_with_forms(
+    resource: Any, medications: Mapping[str, Any], tables: CodeTables
+) -> tuple[frozenset[str], frozenset[str]]:
+    concept = medication_concept(resource, medications)
+    tags = medication_tags(concept, tables)
+    forms, unknown = form_tags(resource, concept, tags, tables)
+    return tags | forms, unknown
+
+
+def _co_medications(
+    record: PatientRecord, order_ref: str, tables: CodeTables
+) -> tuple[dict[str, Finding], dict[str, Finding]]:
+    """Other drafts of this request and the chart's active orders and statements (and, per form-specific
+    ingredient, the ones whose form they do not show)."""
+    found, unknown_form = _Findings(), _Findings()
     medications = dict(record.medications)
     drafts = list(record.draft_orders) + list(record.unvalidated_drafts.values())
     for draft in drafts:
         ref = f"MedicationRequest/{get(draft, 'id')}"
         if ref == order_ref or get(draft, "status") not in CO_DRAFT_STATUS:
             continue
-        for tag in medication_tags(medication_concept(draft, medications), tables):
+        tags, unknown = _tags_with_forms(draft, medications, tables)
+        for tag in tags:
             found.add(tag, ref, to_date(get(draft, "authoredOn")))
+        for tag in unknown:
+            unknown_form.add(tag, ref, None)
     for rtype, resource in _chart_medications(record):
         if rtype == "MedicationRequest":
             active = resource.status in ACTIVE_REQUEST_STATUS and resource.intent in ORDER_INTENTS
@@ -517,14 +646,19 @@ def _co_medications(record: PatientRecord, order_ref: str, tables: CodeTables) -
         if not active:
             continue
         ref = f"{rtype}/{resource.id}"
-        for tag in medication_tags(medication_concept(resource, medications), tables):
+        tags, unknown = _tags_with_forms(resource, medications, tables)
+        for tag in tags:
             found.add(tag, ref, _medication_start(resource))
-    return found.freeze()
+        for tag in unknown:
+            unknown_form.add(tag, ref, None)
+    return found.freeze(), unknown_form.freeze()
 
 
-def _history(record: PatientRecord, evaluation_date: date, tables: CodeTables) -> dict[str, Finding]:
+def _history(
+    record: PatientRecord, evaluation_date: date, tables: CodeTables
+) -> tuple[dict[str, Finding], dict[str, Finding]]:
     """Chart orders and statements (not the drafts) started before the evaluation date; undated ones count."""
-    found = _Findings()
+    found, unknown_form = _Findings(), _Findings()
     medications = dict(record.medications)
     for rtype, resource in _chart_medications(record):
         if resource.status in NOT_HISTORY_STATUS:
@@ -532,9 +666,12 @@ def _history(record: PatientRecord, evaluation_date: date, tables: CodeTables) -
         start = _medication_start(resource)
         if start is not None and start >= evaluation_date:
             continue
-        for tag in medication_tags(medication_concept(resource, medications), tables):
+        tags, unknown = _tags_with_forms(resource, medications, tables)
+        for tag in tags:
             found.add(tag, f"{rtype}/{resource.id}", start)
-    return found.freeze()
+        for tag in unknown:
+            unknown_form.add(tag, f"{rtype}/{resource.id}", start)
+    return found.freeze(), unknown_form.freeze()
 
 
 def _everolimus_exposure(
@@ -706,6 +843,7 @@ def requested_months(order: Any) -> int | None:
 __all__ = [
     "OrderNotFound",
     "build_facts",
+    "diagnosis_words",
     "find_everolimus_orders",
     "is_everolimus",
     "medication_tags",

@@ -77,6 +77,12 @@ class Facts:
     #: Diagnosis tags only suggested (provisional / differential Conditions, or a parent code such as TSC
     #: for renal angiomyolipoma): a pathway naming them applies, but its diagnosis criterion is unknown.
     possible_diagnoses: Mapping[str, Finding] = field(default_factory=dict)
+    #: Possible diagnosis tags suggested only by a generic finding (TSC alone suggests each of its
+    #: manifestations): the weakest link to a pathway, after coded diagnoses and specific suggestions.
+    generic_suggestions: frozenset[str] = frozenset()
+    #: Whether the record documents any diagnosis at all (a Condition not entered-in-error or refuted, or a
+    #: reason on the order). Without one the pathway cannot be chosen: the prescriber is asked for it.
+    diagnosis_documented: bool = True
     #: "er-positive" | "er-negative" | "pr-positive" | "pr-negative" | "her2-positive" | "her2-negative" |
     #: "hr-positive" | "hr-negative" (combined Z17.4x codes).
     receptors: Mapping[str, Finding] = field(default_factory=dict)
@@ -87,6 +93,10 @@ class Facts:
     co_medications: Mapping[str, Finding] = field(default_factory=dict)
     #: Ingredient tag -> any MedicationRequest / MedicationStatement started before evaluation_date.
     medication_history: Mapping[str, Finding] = field(default_factory=dict)
+    #: Ingredient tag -> co-medications / history whose form the record does not show, for ingredients the
+    #: policy names in one form only (octreotide LAR): such an order may or may not be that form.
+    co_medications_form_unknown: Mapping[str, Finding] = field(default_factory=dict)
+    history_form_unknown: Mapping[str, Finding] = field(default_factory=dict)
     #: Days of everolimus received before evaluation_date (0 when none), and the resources showing it.
     everolimus_days: int = 0
     everolimus_evidence: tuple[str, ...] = ()

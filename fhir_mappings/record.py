@@ -89,6 +89,7 @@ KEEP: dict[str, frozenset[str]] = {
             "dispenseRequest",
             "requester",
             "reasonCode",
+            "reasonReference",
             "substitution",
             "insurance",
             "contained",
@@ -101,7 +102,7 @@ KEEP: dict[str, frozenset[str]] = {
     "AllergyIntolerance": frozenset(
         {"clinicalStatus", "verificationStatus", "code", "patient", "onset", "recordedDate"}
     ),
-    "Medication": frozenset({"code"}),
+    "Medication": frozenset({"code", "form"}),
 }
 #: What is read of an order or statement for a medication other than everolimus (tags and start date only).
 KEEP_OTHER_MEDICATION = frozenset(
@@ -119,6 +120,7 @@ KEEP_DOSAGE = frozenset(
         "doseAndRate",
         "doseQuantity",
         "doseRange",
+        "route",
     }
 )
 CHOICE_STEMS = frozenset({"onset", "abatement", "effective", "value", "medication"})
@@ -161,6 +163,9 @@ class PatientRecord:
     dropped: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()
     repaired: tuple[str, ...] = ()
+    #: Conditions about the patient that are not entered-in-error or refuted, whatever their code: none at all
+    #: (and no reason on the order) means no diagnosis is documented, not an off-label one.
+    condition_count: int = 0
 
     def draft(self, order_id: str) -> MedicationRequest | dict[str, Any] | None:
         """A draft order by id ("abc" or "MedicationRequest/abc"), typed when it validated."""
@@ -257,8 +262,9 @@ class _Builder:
         }
         requests = [self.raw["MedicationRequest"][rid] for rid in request_tags]
         statements = [self.raw["MedicationStatement"][rid] for rid in statement_tags]
-        lean_requests = frozenset(rid for rid, tags in request_tags.items() if "everolimus" not in tags)
-        lean_statements = frozenset(rid for rid, tags in statement_tags.items() if "everolimus" not in tags)
+        dosage_read = self.tables.dosage_read_tags
+        lean_requests = frozenset(rid for rid, tags in request_tags.items() if not tags & dosage_read)
+        lean_statements = frozenset(rid for rid, tags in statement_tags.items() if not tags & dosage_read)
         referenced_meds = {
             key
             for r in [*requests, *statements, *draft_raws]
@@ -291,6 +297,7 @@ class _Builder:
             dropped=tuple(self.dropped),
             ignored=tuple(self.ignored),
             repaired=tuple(self.repaired),
+            condition_count=sum(1 for r in self.raw["Condition"].values() if _counts_as_condition(r)),
         )
 
     def _patient(self) -> Patient | None:
@@ -317,7 +324,7 @@ class _Builder:
             tags = self._concept_tags(concept.codes, concept.text)
             if not tags:
                 continue
-            model, data = self._validate(raw, MedicationRequest, lean="everolimus" not in tags)
+            model, data = self._validate(raw, MedicationRequest, lean=not tags & self.tables.dosage_read_tags)
             if model is not None:
                 typed.append(model)
             elif "everolimus" in tags and data is not None:
@@ -378,11 +385,16 @@ class _Builder:
 
     def _condition_relevant(self, resource: dict[str, Any]) -> bool:
         concepts = [resource.get("code")] + [get(stage, "summary") for stage in items(resource, "stage")]
-        return any(
+        if any(
             self.tables.condition_code_relevant(self.tables.system_name(system), code)
             for concept in concepts
             for system, code in system_codes(concept)
-        )
+        ):
+            return True
+        code = resource.get("code")
+        if any(self.tables.system_name(system) in ("icd-10-cm", "snomed") for system, _ in system_codes(code)):
+            return False
+        return any(self.tables.condition_tags_in_text(text) for text in concept_texts(code))
 
     def _observation_relevant(self, resource: dict[str, Any]) -> bool:
         concepts = [resource.get("code")] + [get(component, "code") for component in items(resource, "component")]
@@ -437,6 +449,16 @@ class _Builder:
             return model, data
         self.dropped.append(f"{label}: still invalid after {MAX_REPAIR_ROUNDS} repairs")
         return None, data
+
+
+_NOT_A_CONDITION = frozenset({"entered-in-error", "refuted"})
+
+
+def _counts_as_condition(resource: dict[str, Any]) -> bool:
+    """A Condition on record unless it was entered in error or refuted (raw dict, any shape)."""
+    status = resource.get("verificationStatus")
+    codes = [code for _, code in system_codes(status)] if isinstance(status, dict) else []
+    return not any(code in _NOT_A_CONDITION for code in codes)
 
 
 # ----------------------------------------------------------------------------- interning

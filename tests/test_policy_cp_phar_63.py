@@ -63,6 +63,7 @@ DIAGNOSIS_TAGS = [
     "osteosarcoma",
     "meningioma",
     "functional-carcinoid",
+    "high-immunologic-risk",
 ]
 RECEPTOR_TAGS = [
     "er-positive",
@@ -97,6 +98,7 @@ INGREDIENT_TAGS = [
     "sorafenib",
     "bevacizumab",
     "octreotide",
+    "octreotide-lar",
     "pazopanib",
     "nivolumab",
     "ipilimumab",
@@ -601,7 +603,8 @@ rows(
 )
 rows(
     "I.H.2.f",
-    (MET, {"diagnoses": ("meningioma",), "co": ("octreotide",)}),
+    (MET, {"diagnoses": ("meningioma",), "co": ("octreotide-lar",)}),
+    (NOT_MET, {"diagnoses": ("meningioma",), "co": ("octreotide",)}),
     (MET, {"diagnoses": ("meningioma",), "co": ("bevacizumab",)}),
     (NOT_MET, {"diagnoses": ("meningioma",)}),
     (UNKNOWN, {"diagnoses": (), "possible": ("meningioma",), "co": ("bevacizumab",)}),
@@ -747,8 +750,8 @@ def test_a_brand_without_combination(policy: Policy) -> None:
         Fix(kind="switch-to-generic", rxcui="845507", display="everolimus 10 MG Oral Tablet"),
         Fix(
             kind="add-companion",
-            rxcui="258494",
-            display="exemestane",
+            rxcui="310261",
+            display="exemestane 25 MG Oral Tablet",
             sig="25 mg by mouth once daily",
             dose_mg=25.0,
             frequency_per_day=1,
@@ -909,14 +912,17 @@ def test_him_brand_disperz_is_referred_whatever_the_pathway(policy: Policy, base
     assert notes_for(policy, facts_for(base, product=DISPERZ_BRAND_5, lob=HIM)) == ()
 
 
-def test_him_generic_disperz_is_evaluated_with_a_note(policy: Policy) -> None:
+def test_him_generic_disperz_is_referred_like_the_brand(policy: Policy) -> None:
+    """The product (tablets for oral suspension) is non-formulary for HIM, brand or generic: both are referred,
+    with the footnote as the reason (not "not addressed by CP.PHAR.63")."""
     f = facts_for("I.A", product=DISPERZ_GENERIC_5, mg=10.0, tablets=2.0, lob=HIM)
     ev = evaluate(policy, f)
-    assert (ev.pathway, ev.decision, ev.refer_to, ev.approval_months) == ("I.A", Decision.MET, None, 6)
-    (note,) = notes_for(policy, f)
-    assert "HIM.PA.103" in note and "generic" in note
-    assert notes_for(policy, replace(f, line_of_business=MEDICAID)) == ()
-    assert notes_for(policy, replace(f, product=GENERIC_10)) == ()
+    assert (ev.pathway, ev.decision, ev.refer_to, ev.approval_months) == ("I.A", Decision.REFER, "HIM.PA.103", None)
+    assert ev.referral_reason is not None and "non-formulary" in ev.referral_reason
+    assert notes_for(policy, f) == ()
+    medicaid = evaluate(policy, replace(f, line_of_business=MEDICAID))
+    assert (medicaid.decision, medicaid.referral_reason) == (Decision.MET, None)
+    assert evaluate(policy, replace(f, product=GENERIC_10)).decision is Decision.MET
 
 
 def test_brand_disperz_outside_him_is_judged_on_the_criteria(policy: Policy) -> None:
@@ -1000,10 +1006,10 @@ def _fixes(policy: Policy, base: str, **overrides: Any) -> list[tuple[str, str |
 
 def test_companion_fixes_for_each_combination(policy: Policy) -> None:
     assert _fixes(policy, "I.H", co=()) == [("add-companion", "72965")]
-    assert _fixes(policy, "I.H", **{**GIST, "co": ()}) == [("add-companion", "282388")]
-    assert _fixes(policy, "I.H", diagnoses=("osteosarcoma",), co=()) == [("add-companion", "495881")]
+    assert _fixes(policy, "I.H", **{**GIST, "co": ()}) == [("add-companion", "403879")]
+    assert _fixes(policy, "I.H", diagnoses=("osteosarcoma",), co=()) == [("add-companion", "597747")]
     assert _fixes(policy, "I.H", diagnoses=("meningioma",), co=()) == []  # no dose in the policy: no companion
-    assert _fixes(policy, "I.A", co=()) == [("add-companion", "258494")]
+    assert _fixes(policy, "I.A", co=()) == [("add-companion", "310261")]
 
 
 def test_no_companion_for_a_diagnosis_the_member_does_not_have(policy: Policy) -> None:

@@ -357,13 +357,13 @@ BAD_POLICIES = {
         "predicate",
         {"dose_within": {"max_mg_per_day": 20, "max_tablets_per_day": 2, "family": "afinitor"}},
     ),
-    "companion without a dose": lambda d: _set(
+    "companion without a frequency": lambda d: _set(
         crit(d, 0),
         "predicate",
         {
             "combined_with_any": {
                 "tags": ["exemestane"],
-                "companion": {"rxcui": "1", "display": "x", "sig": "daily", "frequency_per_day": 1},
+                "companion": {"rxcui": "1", "display": "x", "sig": "daily", "dose_mg": 5},
             }
         },
     ),
@@ -420,7 +420,7 @@ REASONS = {
     "bad parameter type": "'years' must be",
     "bad product family": "votrient",
     "two dose limits at once": "exactly one of",
-    "companion without a dose": "dose_mg",
+    "companion without a frequency": "frequency_per_day",
     "indication_of an unknown pathway": "I.Z",
     "conditional without then": "'if' and 'then'",
     "predicate with two names": "exactly one predicate name",

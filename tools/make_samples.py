@@ -584,7 +584,7 @@ def ia_brand_without_exemestane() -> Sample:
         "after anastrozole, Medicaid -> not-met I.A.7 + I.A.8; suggests generic 845507 and exemestane",
         request_for(name, c),
         expect(order, "I.A", "not-met", ia_criteria(I_A_7="not-met", I_A_8="not-met"), lob="medicaid", months=6,
-               codes=("845507", "258494"), names=("everolimus 10 MG Oral Tablet", "exemestane")),
+               codes=("845507", "310261"), names=("everolimus 10 MG Oral Tablet", "exemestane 25 MG Oral Tablet")),
     )
 
 
@@ -1033,7 +1033,7 @@ def ig_kidney_missing_basiliximab() -> Sample:
         expect(order, "I.G", "not-met",
                "I.G.1 met, I.G.2 met, I.G.3 met, I.G.4 met, I.G.5 met, I.G.6 met, I.G.7 not-met, "
                "I.G.7.a not-met, I.G.7.b not-met",
-               lob="medicaid", months=6),
+               lob="medicaid", months=6, codes=("196102",), names=("basiliximab",)),
     )
 
 
@@ -1092,9 +1092,9 @@ def ih_osteosarcoma_without_sorafenib() -> Sample:
     return Sample(
         name,
         "Relapsed osteosarcoma with lung metastases, generic 5 mg without sorafenib, Medicaid -> I.H.2.e not-met, "
-        "not-met; suggests adding sorafenib (Nexavar) 400 mg daily",
+        "not-met; suggests adding sorafenib 200 MG Oral Tablet, 400 mg daily",
         request_for(name, c),
-        expect(order, "I.H", "not-met", ih_criteria(), lob="medicaid", months=6, codes=("495881",),
+        expect(order, "I.H", "not-met", ih_criteria(), lob="medicaid", months=6, codes=("597747",),
                names=("sorafenib",)),
     )
 

@@ -15,7 +15,7 @@ request calls ``evaluate(policy, facts)``. Selection rules (documented in docs/p
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fhir_mappings.model import Facts, LineOfBusiness
 
@@ -35,7 +35,7 @@ from .loader import (
     UpTo,
     load_policy,
 )
-from .predicates import Outcome, all_of_status, diagnosis_link
+from .predicates import Outcome, all_of_status
 from .results import CriterionResult, Decision, OrderEvaluation, Status
 
 __all__ = [
@@ -49,10 +49,11 @@ __all__ = [
     "load_policy",
     "notes_for",
     "select",
+    "select_pathway",
+    "evidence_rank",
 ]
 
 _RANK = {Decision.MET: 0, Decision.INCOMPLETE: 1, Decision.NOT_MET: 2, Decision.REFER: 3}
-_LINK_RANK = {Status.MET: 0, Status.UNKNOWN: 1, Status.NOT_MET: 2}
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ def _result(criterion: Criterion, node: _Node) -> CriterionResult:
         remedy=criterion.remedy,
         fixes=outcome.fixes,
         children=tuple(_result(c, n) for c, n in zip(criterion.children, children)),
+        note=outcome.note,
+        applicable=not outcome.gate,
+        gaps=outcome.gaps,
+        review=outcome.review,
     )
 
 
@@ -125,26 +130,71 @@ def evaluate_pathway(policy: Policy, pathway_id: str, facts: Facts) -> PathwayRe
     return run_pathway(policy.pathway(pathway_id), facts)
 
 
-def _link(pathway: Pathway, facts: Facts) -> Status:
-    return diagnosis_link(facts, pathway.diagnoses, pathway.suggested_by).status
+#: How firmly the record points at a pathway: a coded diagnosis, a specific suggestion, a generic one.
+CODED, SPECIFIC, GENERIC = 0, 1, 2
+
+
+def evidence_rank(pathway: Pathway, facts: Facts) -> int | None:
+    """The strength of the diagnosis evidence for an indication pathway; None when there is none.
+
+    Coded: a Condition codes one of its diagnoses. Specific: the order's reason names one, a Condition's
+    text names one, a broad or provisional code suggests one, or a site-specific finding implies one
+    (TSC plus a brain tumour suggests SEGA). Generic: only a parent finding suggests it (TSC alone).
+    """
+    confirmed = [facts.diagnoses[t] for t in pathway.diagnoses if t in facts.diagnoses]
+    if any(ref.startswith("Condition/") for finding in confirmed for ref in finding.evidence):
+        return CODED
+    if confirmed:
+        return SPECIFIC
+    possible = [t for t in pathway.diagnoses if t in facts.possible_diagnoses]
+    if any(t not in facts.generic_suggestions for t in possible):
+        return SPECIFIC
+    if possible or any(t in facts.diagnoses or t in facts.possible_diagnoses for t in pathway.suggested_by):
+        return GENERIC
+    return None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The pathway an order is judged under (None: no diagnosis documented) and what else it might be."""
+
+    result: PathwayResult | None
+    #: Pathways the prescriber could document instead (same weak evidence, or every indication when none).
+    options: tuple[Pathway, ...] = ()
+
+
+def select_pathway(policy: Policy, facts: Facts) -> Selection:
+    """Rank candidates by evidence strength, then decision (met > incomplete > not-met), then policy order.
+
+    Ranking reads the facts as if every FHIR key had answered: data that could not be obtained may leave
+    criteria unknown, but it never moves the order to another pathway.
+    """
+    indications = policy.of_kind(INDICATION)
+    if not facts.diagnosis_documented:
+        return Selection(None, indications)
+    ranking = replace(facts, unavailable=frozenset()) if facts.unavailable else facts
+    ranked = [(rank, index, p) for index, p in enumerate(indications) if (rank := evidence_rank(p, ranking)) is not None]
+    for continued in policy.of_kind(CONTINUED):
+        if continued.therapy_days is not None and facts.everolimus_days >= continued.therapy_days:
+            if ranked:
+                return Selection(run_pathway(continued, facts))
+            return Selection(run_pathway(policy.of_kind(CONTINUED_OTHER)[0], facts))
+    if not ranked:
+        return Selection(run_pathway(policy.of_kind(INITIAL_OTHER)[0], facts))
+    scored = [(rank, _RANK[_score(p, ranking).decision], index, p) for rank, index, p in ranked]
+    best = min(scored, key=lambda s: s[:3])
+    options: tuple[Pathway, ...] = ()
+    if best[0] == GENERIC:
+        options = tuple(p for rank, _, _, p in sorted(scored, key=lambda s: s[2]) if rank == GENERIC)
+    return Selection(run_pathway(best[3], facts), options)
 
 
 def select(policy: Policy, facts: Facts) -> PathwayResult:
-    """The pathway this order is judged under (see the module docstring for the rules)."""
-    indications = policy.of_kind(INDICATION)
-    linked = [
-        (index, p, link) for index, p in enumerate(indications) if (link := _link(p, facts)) is not Status.NOT_MET
-    ]
-    for continued in policy.of_kind(CONTINUED):
-        if continued.therapy_days is not None and facts.everolimus_days >= continued.therapy_days:
-            if linked:
-                return run_pathway(continued, facts)
-            return run_pathway(policy.of_kind(CONTINUED_OTHER)[0], facts)
-    if not linked:
+    """The pathway result this order is judged under (I.I when no diagnosis is documented at all)."""
+    selection = select_pathway(policy, facts)
+    if selection.result is None:
         return run_pathway(policy.of_kind(INITIAL_OTHER)[0], facts)
-    scored = [(_score(p, facts), link, index) for index, p, link in linked]
-    best = min(scored, key=lambda s: (_RANK[s[0].decision], _LINK_RANK[s[1]], s[2]))
-    return best[0].result()
+    return selection.result
 
 
 def _non_formulary(policy: Policy, facts: Facts) -> NonFormularyRule | None:
@@ -155,11 +205,17 @@ def _non_formulary(policy: Policy, facts: Facts) -> NonFormularyRule | None:
 
 
 def notes_for(policy: Policy, facts: Facts) -> tuple[str, ...]:
-    """Notes for the reader that change no status: a generic of a product non-formulary for this plan."""
+    """Notes for the reader that change no status: a generic evaluated although its brand is non-formulary,
+    and the labels' limitations of use that the record shows (or may show)."""
+    notes: list[str] = []
     rule = _non_formulary(policy, facts)
-    if rule is not None and facts.product.is_brand is False:
-        return (rule.generic_note,)
-    return ()
+    if rule is not None and facts.product.is_brand is False and rule.generics == "evaluate":
+        notes.append(rule.generic_note)
+    for note in policy.label_notes:
+        outcome = note.when(facts, ())
+        if outcome.status is Status.MET or (outcome.status is Status.UNKNOWN and outcome.evidence):
+            notes.append(note.text)
+    return tuple(notes)
 
 
 def approval_months(pathway: Pathway, line: LineOfBusiness | None, requested_months: int | None) -> int | None:
@@ -176,7 +232,7 @@ def _referral(policy: Policy, result: PathwayResult, facts: Facts) -> tuple[bool
     """Whether the order is referred, and where (None when the line of business is unknown)."""
     line = facts.line_of_business
     rule = _non_formulary(policy, facts)
-    if rule is not None and facts.product.is_brand is True:
+    if rule is not None and (facts.product.is_brand is True or rule.generics == "refer"):
         return True, rule.refer_to
     approval = result.pathway.approval.get(line) if line is not None else None
     if isinstance(approval, ReferTo):
@@ -188,10 +244,27 @@ def _referral(policy: Policy, result: PathwayResult, facts: Facts) -> tuple[bool
 
 
 def evaluate(policy: Policy, facts: Facts) -> OrderEvaluation:
-    """The policy's answer for one everolimus order."""
-    result = select(policy, facts)
-    referred, refer_to = _referral(policy, result, facts)
+    """The policy's answer for one order of the policy's drug."""
+    selection = select_pathway(policy, facts)
     line = facts.line_of_business
+    options = tuple((p.id, p.title) for p in selection.options)
+    result = selection.result
+    if result is None:
+        return OrderEvaluation(
+            order_ref=facts.order_ref,
+            policy=policy.id,
+            policy_version=policy.version,
+            pathway=None,
+            pathway_title="No diagnosis documented",
+            decision=Decision.INCOMPLETE,
+            line_of_business=LineOfBusiness(line).value if line is not None else None,
+            evaluation_date=facts.evaluation_date.isoformat(),
+            notes=notes_for(policy, facts),
+            diagnosis_options=options,
+        )
+    referred, refer_to = _referral(policy, result, facts)
+    formulary = _non_formulary(policy, facts)
+    reason = formulary.text if referred and formulary is not None and refer_to == formulary.refer_to else None
     return OrderEvaluation(
         order_ref=facts.order_ref,
         policy=policy.id,
@@ -205,4 +278,6 @@ def evaluate(policy: Policy, facts: Facts) -> OrderEvaluation:
         criteria=result.criteria,
         evaluation_date=facts.evaluation_date.isoformat(),
         notes=notes_for(policy, facts),
+        diagnosis_options=options,
+        referral_reason=reason,
     )

@@ -116,7 +116,18 @@ class NonFormularyRule:
     family: ProductFamily
     refer_to: str
     text: str
-    generic_note: str
+    #: "refer": generics of the product are referred too; "evaluate": they are evaluated, with ``generic_note``.
+    generics: str = "evaluate"
+    generic_note: str = ""
+
+
+@dataclass(frozen=True)
+class LabelNote:
+    """A labeled limitation of use: shown as information when ``when`` is met (or may be); never a criterion."""
+
+    id: str
+    text: str
+    when: Predicate = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,9 @@ class Policy:
     referrals: Mapping[str, Referral]
     non_formulary: tuple[NonFormularyRule, ...] = ()
     source: str = ""
+    label_notes: tuple[LabelNote, ...] = ()
+    #: Where a reader finds the policy document (card link), and the payer's page for this policy.
+    document_url: str | None = None
 
     def pathway(self, pathway_id: str) -> Pathway:
         for pathway in self.pathways:
@@ -434,9 +448,14 @@ def _non_formulary(raw: Any) -> tuple[NonFormularyRule, ...]:
         entry = _mapping(
             item,
             where,
-            ("line_of_business", "family", "refer_to", "text", "generic_note"),
-            ("line_of_business", "family", "refer_to", "text", "generic_note"),
+            ("line_of_business", "family", "refer_to", "text", "generics", "generic_note"),
+            ("line_of_business", "family", "refer_to", "text"),
         )
+        generics = entry.get("generics", "evaluate")
+        if generics not in ("refer", "evaluate"):
+            raise PolicyError(f"{where}: generics must be refer or evaluate")
+        if generics == "evaluate" and "generic_note" not in entry:
+            raise PolicyError(f"{where}: generics: evaluate needs a generic_note")
         try:
             family = ProductFamily(entry["family"])
         except ValueError as exc:
@@ -447,7 +466,8 @@ def _non_formulary(raw: Any) -> tuple[NonFormularyRule, ...]:
                 family,
                 _text(entry["refer_to"], where, "refer_to"),
                 _text(entry["text"], where, "text"),
-                _text(entry["generic_note"], where, "generic_note"),
+                generics,
+                _text(entry["generic_note"], where, "generic_note") if "generic_note" in entry else "",
             )
         )
     return tuple(rules)
@@ -466,13 +486,13 @@ def parse_policy(text: str, vocabulary: Vocabulary, source: str = "<policy>") ->
     raw = _mapping(
         _read_yaml(text, source),
         source,
-        ("policy", "provisional_tags", "referrals", "non_formulary", "pathways"),
+        ("policy", "provisional_tags", "referrals", "non_formulary", "label_notes", "pathways"),
         ("policy", "referrals", "pathways"),
     )
     header = _mapping(
         raw["policy"],
         "policy",
-        ("id", "version", "title", "lines_of_business"),
+        ("id", "version", "title", "lines_of_business", "document_url"),
         ("id", "version", "title", "lines_of_business"),
     )
     if not isinstance(header["version"], str):
@@ -500,7 +520,23 @@ def parse_policy(text: str, vocabulary: Vocabulary, source: str = "<policy>") ->
         referrals=referrals,
         non_formulary=_non_formulary(raw.get("non_formulary")),
         source=source,
+        label_notes=_label_notes(raw.get("label_notes"), env),
+        document_url=_text(header["document_url"], "policy", "document_url") if "document_url" in header else None,
     )
+
+
+def _label_notes(raw: Any, env: CompileEnv) -> tuple[LabelNote, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise PolicyError("label_notes: expected a list")
+    notes = []
+    for index, item in enumerate(raw):
+        where = f"label_notes[{index}]"
+        entry = _mapping(item, where, ("id", "when", "text"), ("id", "when", "text"))
+        compiled = compile_predicate(entry["when"], f"{where}.when", env)
+        notes.append(LabelNote(_text(entry["id"], where, "id"), _text(entry["text"], where, "text"), compiled.fn))
+    return tuple(notes)
 
 
 def _default_vocabulary() -> Vocabulary:

@@ -35,6 +35,14 @@ class Outcome(NamedTuple):
     status: Status
     evidence: tuple[str, ...] = ()
     fixes: tuple[Fix, ...] = ()
+    #: Words for the card beside the status ("30 mg/day exceeds 20 mg/day", "exception documented ...").
+    note: str | None = None
+    #: Not-met only because a diagnosis this branch is for is not on record: the branch does not apply.
+    gate: bool = False
+    #: What is missing, in a few words a prescriber can act on ("prior ripretinib (Qinlock)").
+    gaps: tuple[str, ...] = ()
+    #: "payer" when only the payer can settle it (a label change, a documented exception), not the chart.
+    review: str | None = None
 
 
 #: A compiled predicate: the facts and the outcomes of the criterion's own sub-items (policy order).
@@ -139,9 +147,18 @@ def combine_all(outcomes: Sequence[Outcome]) -> Outcome:
     """
     status, deciding = _deciding(outcomes, True)
     evidence = _merge([o.evidence for o in deciding])
+    extra = _carried(status, deciding)
     if status is MET or (status is NOT_MET and any(not o.fixes for o in deciding)):
-        return Outcome(status, evidence)
-    return Outcome(status, evidence, _merge([o.fixes for o in deciding]))
+        return Outcome(status, evidence, (), *extra)
+    return Outcome(status, evidence, _merge([o.fixes for o in deciding]), *extra)
+
+
+def _carried(status: Status, deciding: Sequence[Outcome]) -> tuple[None, bool, tuple[str, ...], str | None]:
+    """(note, gate, gaps, review) a combination inherits from the children that decided it."""
+    gate = status is NOT_MET and bool(deciding) and all(o.gate for o in deciding)
+    gaps = _merge([o.gaps for o in deciding]) if status is UNKNOWN else ()
+    review = "payer" if status is UNKNOWN and deciding and all(o.review == "payer" for o in deciding) else None
+    return None, gate, gaps, review
 
 
 def combine_any(outcomes: Sequence[Outcome]) -> Outcome:
@@ -150,7 +167,7 @@ def combine_any(outcomes: Sequence[Outcome]) -> Outcome:
     evidence = _merge([o.evidence for o in deciding])
     if status is MET:
         return Outcome(status, evidence)
-    return Outcome(status, evidence, _merge([o.fixes for o in deciding]))
+    return Outcome(status, evidence, _merge([o.fixes for o in deciding]), *_carried(status, deciding))
 
 
 def negate(outcome: Outcome) -> Outcome:
@@ -302,7 +319,27 @@ def _diagnosis_in(p: Params, env: CompileEnv) -> Predicate:
         possible = _findings(facts.possible_diagnoses, tags)
         if possible:
             return Outcome(UNKNOWN, _evidence(possible))
-        return Outcome(UNKNOWN if _missing(facts, CONDITION_KEYS) else absent)
+        if _missing(facts, CONDITION_KEYS):
+            return Outcome(UNKNOWN)
+        return Outcome(absent, gate=absent is NOT_MET)
+
+    return fn
+
+
+def _diagnosis_within_days(p: Params, env: CompileEnv) -> Predicate:
+    """Met when a listed diagnosis started fewer than ``days`` days before the evaluation date (for label notes)."""
+    tags = p.strings("tags")
+    days = p.number("days")
+    assert tags is not None and days is not None
+    check_tags(tags, "diagnosis", env, p.where)
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        recent = [
+            f
+            for f in _findings(facts.diagnoses, tags)
+            if f.start is not None and 0 <= (facts.evaluation_date - f.start).days < days
+        ]
+        return Outcome(MET, _evidence(recent)) if recent else Outcome(NOT_MET)
 
     return fn
 
@@ -451,7 +488,13 @@ def _generic_if_available(p: Params, env: CompileEnv) -> Predicate:
             return Outcome(MET, order)
         switch = Fix(kind="switch-to-generic", rxcui=product.generic_rxcui, display=product.generic_display)
         if facts.generic_exception is not None:
-            return Outcome(UNKNOWN, _merge((order, facts.generic_exception.evidence)), (switch,))
+            return Outcome(
+                UNKNOWN,
+                _merge((order, facts.generic_exception.evidence)),
+                (switch,),
+                note="Exception to the generic documented (" + ", ".join(facts.generic_exception.evidence) + "); the payer reviews it.",
+                review="payer",
+            )
         if _missing(facts, ALLERGY_KEYS):  # a recorded intolerance to the generic could not be checked
             return Outcome(UNKNOWN, order, (switch,))
         return Outcome(NOT_MET, order, (switch,))
@@ -466,7 +509,7 @@ def _companion_fix(raw: Mapping[str, Any] | None, where: str) -> tuple[Fix, ...]
     display = p.string("display")
     rxcui = p.string("rxcui")
     sig = p.string("sig")
-    dose = p.number("dose_mg")
+    dose = p.number("dose_mg", required=False)
     per_day = p.number("frequency_per_day")
     p.done()
     assert per_day is not None
@@ -477,41 +520,66 @@ def _companion_fix(raw: Mapping[str, Any] | None, where: str) -> tuple[Fix, ...]
     )
 
 
+def _form_parents(env: CompileEnv, tags: Iterable[str]) -> tuple[str, ...]:
+    """The ingredients of the form-specific tags among ``tags`` (octreotide for octreotide-lar)."""
+    parents: Mapping[str, str] = getattr(env.vocabulary, "form_parents", {})
+    return tuple(dict.fromkeys(parents[t] for t in tags if t in parents))
+
+
 def _combined_with_any(p: Params, env: CompileEnv) -> Predicate:
-    """Met when a listed drug is co-ordered or active; otherwise not-met (the order set decides), with the companion."""
+    """Met when a listed drug is co-ordered or active; otherwise not-met (the order set decides), with the companion.
+
+    A listed form (octreotide LAR) is met only by that form: an order of the ingredient whose form it does not
+    show is unknown, another form is not-met.
+    """
     tags = p.strings("tags")
     assert tags is not None
     check_tags(tags, "ingredient", env, p.where)
     fixes = _companion_fix(p.mapping("companion"), p.where)
+    form_parents = _form_parents(env, tags)
 
     def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
         found = _findings(facts.co_medications, tags)
         if found:
             return Outcome(MET, _evidence(found))
+        undetermined = _findings(facts.co_medications_form_unknown, form_parents)
+        if undetermined:
+            return Outcome(UNKNOWN, _evidence(undetermined), fixes)
         return Outcome(UNKNOWN if _missing(facts, MEDICATION_KEYS) else NOT_MET, (), fixes)
 
     return fn
 
 
 def _combined_with_all(p: Params, env: CompileEnv) -> Predicate:
-    """Met when every group (a tag, or a list of interchangeable tags) is co-ordered or active; else not-met."""
+    """Met when every group (a tag, a list of interchangeable tags, or ``{tags, companion}``) is co-ordered or
+    active; else not-met, with a companion order for each missing group that names one."""
     p.read.add("groups")
     raw = p.raw.get("groups")
     if not isinstance(raw, list) or not raw:
         raise PolicyError(f"{p.where}: 'groups' must be a non-empty list")
-    groups: list[tuple[str, ...]] = []
-    for item in raw:
-        group = (item,) if isinstance(item, str) else item
+    groups: list[tuple[tuple[str, ...], tuple[Fix, ...]]] = []
+    for index, item in enumerate(raw):
+        fixes: tuple[Fix, ...] = ()
+        if isinstance(item, Mapping):
+            inner = Params(item, f"{p.where}.groups[{index}]", "group")
+            group = inner.strings("tags") or ()
+            fixes = _companion_fix(inner.mapping("companion"), inner.where)
+            inner.done()
+        else:
+            group = (item,) if isinstance(item, str) else item
         if not isinstance(group, list | tuple) or not group or not all(isinstance(t, str) and t for t in group):
-            raise PolicyError(f"{p.where}: each group must be a tag or a non-empty list of tags")
+            raise PolicyError(f"{p.where}: each group must be a tag, a non-empty list of tags or {{tags, companion}}")
         check_tags(group, "ingredient", env, p.where)
-        groups.append(tuple(group))
+        groups.append((tuple(group), fixes))
 
     def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
-        per_group = [_findings(facts.co_medications, g) for g in groups]
+        per_group = [_findings(facts.co_medications, g) for g, _ in groups]
         if all(per_group):
             return Outcome(MET, _evidence(f for found in per_group for f in found))
-        return Outcome(UNKNOWN if _missing(facts, MEDICATION_KEYS) else NOT_MET)
+        if _missing(facts, MEDICATION_KEYS):
+            return Outcome(UNKNOWN)
+        fixes = _merge(fx for (_, fx), found in zip(groups, per_group) if not found)
+        return Outcome(NOT_MET, _evidence(f for found in per_group for f in found), fixes)
 
     return fn
 
@@ -544,9 +612,13 @@ def _history_of_any(p: Params, env: CompileEnv) -> Predicate:
     assert tags is not None
     check_tags(tags, "ingredient", env, p.where)
 
+    form_parents = _form_parents(env, tags)
+
     def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
         found = [f for f in (_history(facts, t) for t in tags) if f is not None]
-        return Outcome(MET, _evidence(found)) if found else Outcome(UNKNOWN)
+        if found:
+            return Outcome(MET, _evidence(found))
+        return Outcome(UNKNOWN, _evidence(_findings(facts.history_form_unknown, form_parents)))
 
     return fn
 
@@ -557,13 +629,22 @@ def _history_of_all(p: Params, env: CompileEnv) -> Predicate:
     assert tags is not None
     check_tags(tags, "ingredient", env, p.where)
 
+    names = _tag_names(env, tags)
+
     def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
         found = [_history(facts, t) for t in tags]
         if all(f is not None for f in found):
             return Outcome(MET, _evidence(f for f in found if f is not None))
-        return Outcome(UNKNOWN, _evidence(f for f in found if f is not None))
+        missing = tuple(f"prior {names[t]}" for t, f in zip(tags, found) if f is None)
+        return Outcome(UNKNOWN, _evidence(f for f in found if f is not None), gaps=missing)
 
     return fn
+
+
+def _tag_names(env: CompileEnv, tags: Iterable[str]) -> dict[str, str]:
+    """Readable drug names for tags: "ripretinib (Qinlock)" from the code tables when they know it."""
+    namer = getattr(env.vocabulary, "ingredient_label", None)
+    return {t: (namer(t) if callable(namer) else t) for t in tags}
 
 
 def _continued_therapy_days(p: Params, env: CompileEnv) -> Predicate:
@@ -579,8 +660,47 @@ def _continued_therapy_days(p: Params, env: CompileEnv) -> Predicate:
     return fn
 
 
+FAMILY_LABELS = {
+    ProductFamily.AFINITOR: "Afinitor",
+    ProductFamily.AFINITOR_DISPERZ: "Afinitor Disperz",
+    ProductFamily.ZORTRESS: "Zortress",
+}
+
+
+def _strengths(env: CompileEnv, family: ProductFamily) -> list[tuple[float, str, str]]:
+    """(strength, generic RxCUI, display) of each generic strength of a family, largest first."""
+    products = getattr(env.vocabulary, "products", {})
+    rows = [
+        (p.strength_mg, p.rxcui, p.display)
+        for p in products.values()
+        if p.tty == "SCD" and p.family == family and p.strength_mg is not None and p.generic_available
+    ]
+    return sorted(rows, reverse=True)
+
+
+def _fewer_tablets(mg_per_day: float | None, limit: float, strengths: list[tuple[float, str, str]]) -> Fix | None:
+    """The same daily mg in at most ``limit`` tablets of one strength, fewest tablets first."""
+    if mg_per_day is None or mg_per_day <= 0:
+        return None
+    for strength, rxcui, display in strengths:
+        count = mg_per_day / strength
+        if abs(count - round(count)) < 1e-9 and 1 <= round(count) <= limit:
+            return Fix(
+                kind="change-strength",
+                rxcui=rxcui,
+                display=display,
+                dose_mg=strength,
+                frequency_per_day=int(round(count)),
+                sig=f"{mg_per_day:g} mg a day as {int(round(count))} x {strength:g} mg tablet(s)",
+            )
+    return None
+
+
 def _dose_within(p: Params, env: CompileEnv) -> Predicate:
-    """One limit: mg per day, or tablets per day for one product family (met for other families)."""
+    """One limit: mg per day, or tablets per day for one product family (met for other families).
+
+    Over the limit it says so with the numbers, and a tablet overrun offers the same daily mg in fewer tablets.
+    """
     max_mg = p.number("max_mg_per_day", required=False)
     max_tablets = p.number("max_tablets_per_day", required=False)
     family_name = p.string("family", required=False, choices=[f.value for f in ProductFamily])
@@ -591,6 +711,7 @@ def _dose_within(p: Params, env: CompileEnv) -> Predicate:
     family = ProductFamily(family_name) if family_name else None
     limit = max_mg if max_mg is not None else max_tablets
     assert limit is not None
+    strengths = _strengths(env, family) if family is not None else []
 
     def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
         order = (facts.order_ref,)
@@ -603,8 +724,14 @@ def _dose_within(p: Params, env: CompileEnv) -> Predicate:
         else:
             amount = facts.dose.tablets_per_day
         if amount is None:
-            return Outcome(UNKNOWN, order)
-        return Outcome(MET if amount <= limit else NOT_MET, order)
+            return Outcome(UNKNOWN, order, gaps=("a dose that can be read (mg and times a day)",))
+        if amount <= limit:
+            return Outcome(MET, order)
+        if family is None:
+            return Outcome(NOT_MET, order, note=f"{amount:g} mg/day exceeds {limit:g} mg/day")
+        fix = _fewer_tablets(facts.dose.mg_per_day, limit, strengths)
+        note = f"{amount:g} {FAMILY_LABELS[family]} tablets/day exceeds {limit:g} tablets/day"
+        return Outcome(NOT_MET, order, (fix,) if fix else (), note=note)
 
     return fn
 
@@ -630,10 +757,20 @@ def _dose_compare(increase: bool) -> Callable[[Params, CompileEnv], Predicate]:
 
 def _documented(p: Params, env: CompileEnv) -> Predicate:
     """Something only chart notes can show: always unknown, for the pharmacist to read."""
-    p.string("what")
+    what = p.string("what")
 
     def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
-        return Outcome(UNKNOWN)
+        return Outcome(UNKNOWN, gaps=(str(what),))
+
+    return fn
+
+
+def _payer_review(p: Params, env: CompileEnv) -> Predicate:
+    """Something the payer checks, not the chart (a label change in the last 6 months): unknown, payer review."""
+    what = p.string("what")
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        return Outcome(UNKNOWN, note=f"Payer review: {what}.", review="payer")
 
     return fn
 
@@ -657,6 +794,8 @@ LEAVES: dict[str, Callable[[Params, CompileEnv], Predicate]] = {
     "dose_increase": _dose_compare(increase=True),
     "not_dose_increase": _dose_compare(increase=False),
     "documented": _documented,
+    "payer_review": _payer_review,
+    "diagnosis_within_days": _diagnosis_within_days,
 }
 COMBINATORS = ("all_of", "any_of", "not", "conditional", "sub_items")
 PREDICATE_NAMES = frozenset(LEAVES) | frozenset(COMBINATORS)

@@ -31,6 +31,8 @@ class Fix:
 
     kind "switch-to-generic": replace the draft with ``rxcui`` (the generic of the same strength and form).
     kind "add-companion": create a companion MedicationRequest for ``rxcui`` / ``display`` with ``sig``.
+    kind "change-strength": the same daily mg in fewer tablets: ``frequency_per_day`` tablets of ``dose_mg``
+    (``rxcui`` / ``display``, the generic of that strength).
     """
 
     kind: str
@@ -53,6 +55,14 @@ class CriterionResult:
     remedy: str | None = None
     fixes: tuple[Fix, ...] = ()
     children: tuple["CriterionResult", ...] = ()
+    #: Words beside the status ("30 mg/day exceeds 20 mg/day"; "exception documented; the payer reviews it").
+    note: str | None = None
+    #: False for a branch whose diagnosis is not on record (I.H.2.c for a meningioma): shown collapsed.
+    applicable: bool = True
+    #: What is missing, in a few words ("prior ripretinib (Qinlock)").
+    gaps: tuple[str, ...] = ()
+    #: "payer" when the payer, not the chart, settles it.
+    review: str | None = None
 
     def walk(self) -> Iterator["CriterionResult"]:
         """This criterion then its sub-items, depth first, in policy order."""
@@ -68,7 +78,7 @@ class OrderEvaluation:
     order_ref: str
     policy: str  # "CP.PHAR.63"
     policy_version: str  # e.g. "02.25" (last review date of the text it encodes)
-    pathway: str  # "I.A" ... "I.I", "II.A"
+    pathway: str | None  # "I.A" ... "I.I", "II.A"; None when no diagnosis is documented at all
     pathway_title: str
     decision: Decision
     refer_to: str | None = None
@@ -79,6 +89,11 @@ class OrderEvaluation:
     evaluation_date: str | None = None
     #: Notes for the reader that change no status (e.g. a generic of a product non-formulary for the plan).
     notes: tuple[str, ...] = ()
+    #: (pathway id, title) the prescriber may document instead: the TSC manifestations when only TSC is on
+    #: record, or every indication when no diagnosis is documented.
+    diagnosis_options: tuple[tuple[str, str], ...] = ()
+    #: Why the order is referred when the reason is not its criteria (a product non-formulary for the plan).
+    referral_reason: str | None = None
 
     def all_criteria(self) -> Iterator[CriterionResult]:
         for criterion in self.criteria:
