@@ -42,6 +42,8 @@ DIAGNOSIS_TAGS = [
     "net-thymus",
     "net-unspecified-origin",
     "rcc",
+    "rcc-clear-cell",
+    "rcc-non-clear-cell",
     "tsc",
     "renal-angiomyolipoma",
     "sega",
