@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from fhir_mappings.normalize import deep_copy_json
 
 from .policy.results import CriterionResult, Decision, Fix, OrderEvaluation, Status
-from .protocol import MAX_SUMMARY_CHARS, Action, Card, Coding, Source, Suggestion
+from .protocol import MAX_SUMMARY_CHARS, Action, Card, Coding, Link, Source, Suggestion
 
 EVALUATION_KEY = "priorauth-cds.evaluation"
 CRD_COVERAGE_INFO = "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
@@ -61,82 +61,201 @@ class Rendered:
 
 # ----------------------------------------------------------------------------- text
 
+OVERRIDE_SYSTEM = "https://priorauth-cds.org/CodeSystem/override-reason"
+#: CDS Hooks 2.0 overrideReasons offered on every evaluation card (stored with feedback).
+OVERRIDE_REASONS = (
+    Coding(system=OVERRIDE_SYSTEM, code="documented-elsewhere", display="The documentation is in notes the EHR did not send"),
+    Coding(system=OVERRIDE_SYSTEM, code="will-submit-documentation", display="I will submit documentation with the PA request"),
+    Coding(system=OVERRIDE_SYSTEM, code="clinical-judgment", display="Clinically appropriate despite the policy criteria"),
+    Coding(system=OVERRIDE_SYSTEM, code="exception-requested", display="Requesting an exception or review under another policy"),
+)
+
 
 def _clip(text: str, limit: int = MAX_SUMMARY_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _phrases(head: str, phrases: list[str], tail: str = "", limit: int = MAX_SUMMARY_CHARS) -> str:
+    """``head`` + as many whole phrases as fit (then "and N more") + ``tail``: never cut mid-phrase."""
+    phrases = list(dict.fromkeys(p for p in phrases if p))
+    for count in range(len(phrases), 0, -1):
+        more = len(phrases) - count
+        body = "; ".join(phrases[:count]) + (f" and {more} more" if more else "")
+        text = f"{head}{body}{tail}"
+        if len(text) < limit:
+            return text
+    return _clip(head.rstrip(": ") + tail, limit - 1)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 def _not_ok(evaluation: OrderEvaluation, status: Status) -> list[CriterionResult]:
     return [c for c in evaluation.criteria if c.status is status]
 
 
+def _failing_leaves(criterion: CriterionResult) -> list[CriterionResult]:
+    """Applicable not-met descendants (the dose limit under "a or b"): what makes the order fail as written."""
+    return [c for c in criterion.walk() if c.status is Status.NOT_MET and c.applicable and c is not criterion]
+
+
+def _not_met_as_ordered(ev: OrderEvaluation) -> list[CriterionResult]:
+    """Not met, or undecided only because an "or submit evidence" alternative is open while the order fails."""
+    return [
+        c
+        for c in ev.criteria
+        if c.status is Status.NOT_MET
+        or (c.status is Status.UNKNOWN and c.review is None and any(leaf.note for leaf in _failing_leaves(c)))
+    ]
+
+
+def _payer_review(ev: OrderEvaluation) -> list[CriterionResult]:
+    return [c for c in ev.criteria if c.status is Status.UNKNOWN and c.review == "payer"]
+
+
+def _undocumented(ev: OrderEvaluation) -> list[CriterionResult]:
+    ordered = {c.id for c in _not_met_as_ordered(ev)}
+    return [c for c in ev.criteria if c.status is Status.UNKNOWN and c.review is None and c.id not in ordered]
+
+
 def _action_words(criterion: CriterionResult) -> str:
-    """What to do about a not-met criterion, in a few words: its one-click fixes, else its id."""
+    """What to do about a criterion not met as ordered, in a few words: its fixes, its numbers, else its text."""
     words = []
-    for fix in (f for c in criterion.walk() if c.status is Status.NOT_MET for f in c.fixes):
-        if fix.kind == "switch-to-generic":
-            words.append("use generic everolimus")
-        elif fix.kind == "add-companion" and fix.display:
-            words.append(f"add {fix.display.split()[0]}")
+    for c in criterion.walk():
+        if c.status is not Status.NOT_MET or not c.applicable:
+            continue
+        for fix in c.fixes:
+            if fix.kind == "switch-to-generic":
+                words.append("use generic everolimus")
+            elif fix.kind == "add-companion" and fix.display:
+                words.append(f"add {fix.display.split()[0].rstrip(',')}")
+            elif fix.kind == "change-strength" and fix.display:
+                words.append(f"use {fix.display}")
+        if c.note and not c.fixes:
+            words.append(c.note)
     return ", ".join(dict.fromkeys(words)) or f"{criterion.id} not met ({_short(criterion.text)})"
 
 
 def _short(text: str, limit: int = 60) -> str:
     text = " ".join(text.split()).rstrip(";.: ")
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1].rsplit(" ", 1)[0]
+    return cut.rstrip(",;:") + "…"
+
+
+def _gap_words(criterion: CriterionResult) -> list[str]:
+    return list(criterion.gaps) or [f"{criterion.id} ({_short(criterion.text, 48)})"]
 
 
 def summary_for(evaluation: OrderEvaluation) -> str:
-    """One actionable line under 140 characters."""
+    """One actionable line under 140 characters, naming the real gap."""
     pathway = evaluation.pathway
+    if pathway is None:
+        return "Everolimus PA: no diagnosis on file; document the condition being treated (see covered indications)"
     if evaluation.decision is Decision.MET:
         months = f", approvable for {evaluation.approval_months} months" if evaluation.approval_months else ""
         return _clip(f"Everolimus meets {evaluation.policy} {pathway}{months}: submit PA with chart notes")
     if evaluation.decision is Decision.REFER:
         where = evaluation.refer_to or "the plan's off-label policy"
+        if evaluation.referral_reason:
+            return _clip(f"Everolimus tablets for oral suspension are non-formulary for this plan: request PA under {where}")
         return _clip(f"Everolimus is not covered by {evaluation.policy} criteria here: request PA under {where}")
-    if evaluation.decision is Decision.NOT_MET:
-        actions = [_action_words(c) for c in _not_ok(evaluation, Status.NOT_MET)]
-        return _clip(f"Everolimus PA would be denied as ordered ({pathway}): " + "; ".join(actions))
-    unknown = _not_ok(evaluation, Status.UNKNOWN)
-    if len(unknown) == 1:
-        return _clip(f"Everolimus PA ({pathway}): document {unknown[0].id} ({_short(unknown[0].text)}) to approve")
-    ids = ", ".join(c.id for c in unknown)
-    return _clip(f"Everolimus PA ({pathway}) needs documentation for {ids} before it can be approved")
+    failing = _not_met_as_ordered(evaluation)
+    if evaluation.decision is Decision.NOT_MET or failing:
+        head = f"Everolimus PA would be denied as ordered ({pathway}): "
+        if evaluation.decision is not Decision.NOT_MET:
+            head = f"Everolimus PA ({pathway}) as ordered: "
+        return _phrases(head, [_action_words(c) for c in failing])
+    if evaluation.diagnosis_options:
+        names = [short for _, _, short in evaluation.diagnosis_options]
+        listed = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+        return _clip(f"Everolimus PA: document which diagnosis is treated ({listed})")
+    unknown = _undocumented(evaluation)
+    if not unknown and _payer_review(evaluation):
+        return _clip(f"Everolimus PA ({pathway}): submit PA; the payer reviews the documented exception")
+    gaps = [g for c in unknown for g in _gap_words(c)]
+    return _phrases(f"Everolimus PA ({pathway}): document ", gaps, " to approve")
 
 
 def _criterion_lines(criterion: CriterionResult, depth: int = 0) -> list[str]:
     indent = "  " * depth
     line = f"{indent}- **{criterion.id}** {criterion.text}"
-    if criterion.status is not Status.MET and criterion.remedy:
+    if criterion.note:
+        line += f" — {criterion.note}"
+    if criterion.status is not Status.MET and criterion.remedy and criterion.review is None:
         line += f" — *To satisfy:* {criterion.remedy}"
     lines = [line]
+    collapsed = [c.id for c in criterion.children if not c.applicable]
     for child in criterion.children:
-        if child.status is not Status.MET:
+        if child.status is not Status.MET and child.applicable:
             lines += _criterion_lines(child, depth + 1)
+    if collapsed:
+        lines.append(f"{indent}  - Not applicable (diagnosis not on record): {', '.join(collapsed)}")
     return lines
 
 
-def detail_for(item: EvaluatedOrder) -> str:
-    """Markdown: the decision, then each not-met and undocumented criterion with what would satisfy it."""
+def _lob_label(item: "EvaluatedOrder") -> str:
     ev = item.evaluation
     missing_coverage = "could not be read" if "coverage" in item.unavailable else "no Coverage found"
-    lob = LINE_OF_BUSINESS_LABEL.get(ev.line_of_business or "", f"unknown ({missing_coverage})")
-    parts = [f"**{ev.policy}** (everolimus), pathway **{ev.pathway}** — {ev.pathway_title}. Line of business: {lob}."]
-    if ev.approval_months:
-        parts.append(f"Approval duration if criteria are met: {ev.approval_months} months.")
-    if ev.refer_to:
-        parts.append(f"Refer the request to policy **{ev.refer_to}**.")
-    parts.extend(ev.notes)
-    for status, heading in ((Status.NOT_MET, "Not met"), (Status.UNKNOWN, "Not documented in the chart")):
-        failing = _not_ok(ev, status)
-        if failing:
-            parts.append(f"\n**{heading}:**")
-            for criterion in failing:
-                parts.extend(_criterion_lines(criterion))
-    met = [c.id for c in ev.criteria if c.status is Status.MET]
-    if met:
-        parts.append(f"\n**Met:** {', '.join(met)}.")
+    return LINE_OF_BUSINESS_LABEL.get(ev.line_of_business or "", f"unknown ({missing_coverage})")
+
+
+def detail_for(item: EvaluatedOrder) -> str:
+    """Markdown: the decision, then what fails as ordered, what is undocumented, what the payer reviews, what is met."""
+    ev = item.evaluation
+    if ev.pathway is None:
+        parts = [
+            f"**{ev.policy}** (everolimus): no diagnosis is documented — no problem-list Condition and no reason on "
+            f"the order. Line of business: {_lob_label(item)}.",
+            "\nDocument the condition everolimus treats (a coded problem-list entry or the order's reason). "
+            f"{ev.policy} covers:",
+        ]
+        parts += [f"- **{pid}** {title}" for pid, title, _ in ev.diagnosis_options]
+        parts.append("Other uses are reviewed under the line of business's off-label use policy.")
+    else:
+        parts = [
+            f"**{ev.policy}** (everolimus), pathway **{ev.pathway}** — {ev.pathway_title}. "
+            f"Line of business: {_lob_label(item)}."
+        ]
+        if ev.referral_reason:
+            parts.append(f"{ev.referral_reason} Request it under **{ev.refer_to}**; the criteria below are for reference.")
+        elif ev.refer_to:
+            parts.append(f"Refer the request to policy **{ev.refer_to}**.")
+        if ev.approval_months:
+            parts.append(f"Approval duration if criteria are met: {ev.approval_months} months.")
+        if ev.diagnosis_options:
+            options = "; ".join(f"**{pid}** {title}" for pid, title, _ in ev.diagnosis_options)
+            parts.append(
+                f"Only a general finding (tuberous sclerosis) points at a pathway. Document which is treated: {options}. "
+                f"Shown: {ev.pathway}."
+            )
+        sections = (
+            ("Not met as ordered", _not_met_as_ordered(ev)),
+            ("Not documented in the chart", _undocumented(ev)),
+            ("Payer review (nothing to document)", _payer_review(ev)),
+        )
+        for heading, failing in sections:
+            if failing:
+                parts.append(f"\n**{heading}:**")
+                for criterion in failing:
+                    parts.extend(_criterion_lines(criterion))
+        met = [c for c in ev.criteria if c.status is Status.MET]
+        if met:
+            parts.append("\n**Met:**")
+            parts += [f"- **{c.id}** {_short(c.text, 110)}" for c in met]
+    if ev.notes:
+        parts.append("\n**Information (does not change the decision):**")
+        parts += [f"- {note}" for note in ev.notes]
+    if not item.coverage_ref:
+        if "coverage" in item.unavailable:
+            parts.append("\nThe member's Coverage could not be read from the EHR: no coverage determination is made.")
+        else:
+            parts.append(
+                "\nNo active Coverage is on file: no coverage determination is made for this order. "
+                "Record the member's coverage and sign again."
+            )
     if item.unavailable:
         keys = ", ".join(sorted(item.unavailable))
         parts.append(f"\nThe EHR's FHIR server did not return: {keys}; criteria that depend on them show as undocumented.")
@@ -152,9 +271,10 @@ def evaluation_extension(ev: OrderEvaluation) -> dict[str, Any]:
         "order": ev.order_ref,
         "policy": ev.policy,
         "policyVersion": ev.policy_version,
-        "pathway": ev.pathway,
         "decision": ev.decision.value,
     }
+    if ev.pathway is not None:
+        body["pathway"] = ev.pathway
     if ev.refer_to:
         body["referTo"] = ev.refer_to
     if ev.line_of_business:
@@ -163,9 +283,21 @@ def evaluation_extension(ev: OrderEvaluation) -> dict[str, Any]:
         body["approvalMonths"] = ev.approval_months
     if ev.evaluation_date:
         body["evaluationDate"] = ev.evaluation_date
+    if ev.diagnosis_options:
+        body["diagnosisOptions"] = [pid for pid, _, _ in ev.diagnosis_options]
+    if ev.notes:
+        body["notes"] = list(ev.notes)
     criteria = []
     for criterion in ev.all_criteria():
         entry: dict[str, Any] = {"id": criterion.id, "status": criterion.status.value, "text": criterion.text}
+        if criterion.remedy:
+            entry["remedy"] = criterion.remedy
+        if criterion.note:
+            entry["note"] = criterion.note
+        if not criterion.applicable:
+            entry["applicable"] = False
+        if criterion.review:
+            entry["review"] = criterion.review
         if criterion.evidence:
             entry["evidence"] = list(criterion.evidence)
         criteria.append(entry)
@@ -234,11 +366,50 @@ def add_companion(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
     )
 
 
+def change_strength(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
+    """The same daily mg in fewer tablets: the draft with the generic of another strength and a new sig."""
+    order: dict[str, Any] = deep_copy_json(dict(draft))
+    order.pop("medicationReference", None)
+    order.pop("contained", None)
+    display = fix.display or "everolimus"
+    order["medicationCodeableConcept"] = _medication_concept(fix.rxcui, display)
+    count = fix.frequency_per_day or 1
+    mg = fix.dose_mg or 0
+    order["dosageInstruction"] = [
+        {
+            "text": f"{count * mg:g} mg by mouth once daily ({count} x {mg:g} mg tablet{'s' if count > 1 else ''})",
+            "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
+            "doseAndRate": [
+                {"doseQuantity": {"value": count * mg, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}}
+            ],
+        }
+    ]
+    order.get("dispenseRequest", {}).pop("quantity", None) if isinstance(order.get("dispenseRequest"), dict) else None
+    ref = f"{order.get('resourceType', 'MedicationRequest')}/{order.get('id')}"
+    return Suggestion(
+        label=_clip(f"Same dose in fewer tablets: {display}, {count} a day", 80),
+        isRecommended=True,
+        actions=[Action(type="update", description=f"Replace {ref}: {fix.sig or display}", resource=order)],
+    )
+
+
 def suggestions_for(item: EvaluatedOrder) -> list[Suggestion]:
+    fixes = item.evaluation.fixes()
+    consolidates = any(f.kind == "change-strength" for f in fixes)
+    mg_over = [
+        c.note
+        for c in item.evaluation.all_criteria()
+        if c.status is Status.NOT_MET and c.applicable and c.note and "mg/day" in c.note
+    ]
     out = []
-    for fix in item.evaluation.fixes():
-        if fix.kind == "switch-to-generic" and fix.rxcui:
-            out.append(switch_to_generic(item.draft, fix))
+    for fix in fixes:
+        if fix.kind == "switch-to-generic" and fix.rxcui and not consolidates:
+            suggestion = switch_to_generic(item.draft, fix)
+            if mg_over:  # never silently keep an over-limit regimen
+                suggestion.label = _clip(f"{suggestion.label} (dose still over: {mg_over[0]})", 80)
+            out.append(suggestion)
+        elif fix.kind == "change-strength" and fix.rxcui:
+            out.append(change_strength(item.draft, fix))
         elif fix.kind == "add-companion" and (fix.rxcui or fix.display):
             out.append(add_companion(item.draft, fix))
     return out
@@ -250,11 +421,13 @@ def suggestions_for(item: EvaluatedOrder) -> list[Suggestion]:
 def coverage_decision(ev: OrderEvaluation, hook: str) -> CoverageDecision:
     """CRD values for a decision: PA is always needed under CP.PHAR.63; coverage depends on the criteria."""
     covered = "covered" if ev.decision is Decision.MET else "conditional"
+    pathway = ev.pathway or "(no diagnosis documented)"
     reasons = {
-        Decision.MET: f"{ev.policy} {ev.pathway} criteria met; submit prior authorization with supporting documentation",
-        Decision.NOT_MET: f"{ev.policy} {ev.pathway} criteria not met as ordered",
-        Decision.INCOMPLETE: f"{ev.policy} {ev.pathway} criteria not documented in the chart",
-        Decision.REFER: f"Not addressed by {ev.policy}; refer to {ev.refer_to or 'the off-label use policy'}",
+        Decision.MET: f"{ev.policy} {pathway} criteria met; submit prior authorization with supporting documentation",
+        Decision.NOT_MET: f"{ev.policy} {pathway} criteria not met as ordered",
+        Decision.INCOMPLETE: f"{ev.policy} {pathway} criteria not documented in the chart",
+        Decision.REFER: ev.referral_reason
+        or f"Not addressed by {ev.policy}; refer to {ev.refer_to or 'the off-label use policy'}",
     }
     return CoverageDecision(
         assertion_id=str(uuid.uuid4()),
@@ -309,6 +482,7 @@ def render(
     insurer: str,
     crd_configuration: Mapping[str, Any],
     today: date,
+    policy_url: str | None = None,
 ) -> Rendered:
     """All cards and system actions for the evaluated orders, honouring the CRD configuration."""
     show_coverage = crd_configuration.get("coverage-info") is not False
@@ -317,28 +491,39 @@ def render(
     fix_cards: list[Card] = []
     for item in items:
         ev = item.evaluation
-        decision = coverage_decision(ev, hook)
-        out.assertions.append(decision)
+        # Without an active Coverage there is no plan to speak for: no coverage assertion at all (the card says why).
+        decision = coverage_decision(ev, hook) if item.coverage_ref else None
+        if decision is not None:
+            out.assertions.append(decision)
         if show_coverage:
+            links = [Link(label=f"{ev.policy} policy document", url=policy_url, type="absolute")] if policy_url else []
             out.cards.append(
                 Card(
                     summary=summary_for(ev),
                     indicator="info" if ev.decision is Decision.MET else "warning",
-                    source=Source(label=insurer, topic=TOPIC_COVERAGE),
+                    source=Source(label=insurer, url=policy_url, topic=TOPIC_COVERAGE),
                     detail=detail_for(item),
+                    overrideReasons=list(OVERRIDE_REASONS) if ev.decision is not Decision.MET else [],
+                    links=links,
                     extension={EVALUATION_KEY: evaluation_extension(ev)},
                 )
             )
-            extension = coverage_extension(decision, item.coverage_ref, today, "coverage" in item.unavailable)
-            ref = ev.order_ref
-            out.system_actions.append(
-                Action(type="update", description=f"Coverage information for {ref}", resource=annotated_order(item.draft, extension))
-            )
+            if decision is not None:
+                extension = coverage_extension(decision, item.coverage_ref, today, "coverage" in item.unavailable)
+                out.system_actions.append(
+                    Action(
+                        type="update",
+                        description=f"Coverage information for {ev.order_ref}",
+                        resource=annotated_order(item.draft, extension),
+                    )
+                )
         suggestions = suggestions_for(item) if show_alternatives else []
         if suggestions:
             fix_cards.append(
                 Card(
-                    summary=_clip(f"Fix the everolimus order for {ev.policy} in one click ({len(suggestions)} change(s))"),
+                    summary=_clip(
+                        f"Fix the everolimus order for {ev.policy} in one click ({_plural(len(suggestions), 'change')})"
+                    ),
                     indicator="warning",
                     source=Source(label=insurer, topic=TOPIC_ALTERNATIVES),
                     detail="Each suggestion resolves a criterion that is not met as ordered: "

@@ -85,6 +85,8 @@ class Config:
     database_url: str = "sqlite:///priorauth-cds.sqlite3"
     cors_origins: tuple[str, ...] = ("*",)
     insurer_name: str = "Centene Health Plan"
+    #: Card link to the policy document; the policy file's document_url when unset.
+    policy_url: str | None = None
     plan_prefixes: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PLAN_PREFIXES))
     log_level: str = "INFO"
     #: Expose POST /benchmark/floor (parse-only baseline for benchmarks/). Off in production.
@@ -122,6 +124,7 @@ class Config:
                 o.strip() for o in (env.get("CDS_CORS_ORIGINS") or "*").split(",") if o.strip()
             ),
             "insurer_name": env.get("CDS_INSURER_NAME") or cls.insurer_name,
+            "policy_url": env.get("CDS_POLICY_URL") or None,
             "plan_prefixes": _json_object("CDS_PLAN_PREFIXES", env.get("CDS_PLAN_PREFIXES"), DEFAULT_PLAN_PREFIXES),
             "log_level": (env.get("CDS_LOG_LEVEL") or "INFO").upper(),
             "benchmark_floor": _bool(env.get("CDS_BENCHMARK_FLOOR"), False),

@@ -184,6 +184,7 @@ class HookHandler:
             insurer=self.config.insurer_name,
             crd_configuration=request.crd_configuration(),
             today=today,
+            policy_url=self.config.policy_url or self.policy.document_url,
         )
         if self.store is not None and rendered.assertions:
             self.store.record_assertions(self._audit_rows(request, service_id, items, rendered))
@@ -208,7 +209,9 @@ class HookHandler:
 
         rows = []
         now = datetime.now(timezone.utc)
-        for item, decision in zip(items, rendered.assertions):
+        by_order = {item.evaluation.order_ref: item for item in items}
+        for decision in rendered.assertions:
+            item = by_order[decision.order_ref]
             ev = item.evaluation
             rows.append(
                 CoverageAssertion(

@@ -35,7 +35,7 @@ from .loader import (
     UpTo,
     load_policy,
 )
-from .predicates import Outcome, all_of_status
+from .predicates import CONDITION_KEYS, Outcome, all_of_status
 from .results import CriterionResult, Decision, OrderEvaluation, Status
 
 __all__ = [
@@ -132,6 +132,8 @@ def evaluate_pathway(policy: Policy, pathway_id: str, facts: Facts) -> PathwayRe
 
 #: How firmly the record points at a pathway: a coded diagnosis, a specific suggestion, a generic one.
 CODED, SPECIFIC, GENERIC = 0, 1, 2
+#: Not seen because the problem list could not be obtained: a candidate all the same, after any evidence.
+UNSEEN = 3
 
 
 def evidence_rank(pathway: Pathway, facts: Facts) -> int | None:
@@ -154,6 +156,10 @@ def evidence_rank(pathway: Pathway, facts: Facts) -> int | None:
     return None
 
 
+def _or_unseen(rank: int | None) -> int:
+    return UNSEEN if rank is None else rank
+
+
 @dataclass(frozen=True)
 class Selection:
     """The pathway an order is judged under (None: no diagnosis documented) and what else it might be."""
@@ -170,10 +176,18 @@ def select_pathway(policy: Policy, facts: Facts) -> Selection:
     criteria unknown, but it never moves the order to another pathway.
     """
     indications = policy.of_kind(INDICATION)
-    if not facts.diagnosis_documented:
+    # When the problem list itself could not be obtained, every indication stays a candidate (weaker than any
+    # evidence), as the full chart might have shown any of them; the card says the data is missing.
+    conditions_missing = not facts.unavailable.isdisjoint(CONDITION_KEYS)
+    if not facts.diagnosis_documented and not conditions_missing:
         return Selection(None, indications)
     ranking = replace(facts, unavailable=frozenset()) if facts.unavailable else facts
-    ranked = [(rank, index, p) for index, p in enumerate(indications) if (rank := evidence_rank(p, ranking)) is not None]
+    ranked = [
+        (rank, index, p)
+        for index, p in enumerate(indications)
+        if (rank := evidence_rank(p, ranking) if not conditions_missing else _or_unseen(evidence_rank(p, ranking)))
+        is not None
+    ]
     for continued in policy.of_kind(CONTINUED):
         if continued.therapy_days is not None and facts.everolimus_days >= continued.therapy_days:
             if ranked:
@@ -247,7 +261,7 @@ def evaluate(policy: Policy, facts: Facts) -> OrderEvaluation:
     """The policy's answer for one order of the policy's drug."""
     selection = select_pathway(policy, facts)
     line = facts.line_of_business
-    options = tuple((p.id, p.title) for p in selection.options)
+    options = tuple((p.id, p.title, p.short_title) for p in selection.options)
     result = selection.result
     if result is None:
         return OrderEvaluation(

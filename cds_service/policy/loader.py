@@ -146,6 +146,8 @@ class Pathway:
     therapy_days: int | None = None
     approval: Mapping[LineOfBusiness, Approval] = field(default_factory=dict)
     referral: Referral | None = None
+    #: A few words for summaries ("SEGA"); the title when the file gives none.
+    short_title: str = ""
 
     def all_criteria(self) -> Iterator[Criterion]:
         for criterion in self.criteria:
@@ -361,7 +363,10 @@ def _pathway(
 ) -> Pathway:
     where = "pathway"
     item = _mapping(
-        raw, where, ("id", "title", "kind", "applies_when", "approval_months", "refer_to", "criteria"), ("id", "kind")
+        raw,
+        where,
+        ("id", "title", "short_title", "kind", "applies_when", "approval_months", "refer_to", "criteria"),
+        ("id", "kind"),
     )
     pid = item["id"]
     if not isinstance(pid, str) or not (PATHWAY_ID.fullmatch(pid) or SECTION_ID.fullmatch(pid)):
@@ -408,7 +413,8 @@ def _pathway(
         if not isinstance(key, str) or key not in referrals:
             raise PolicyError(f"{pid}: refer_to must name a referral table ({', '.join(referrals)}), got {key!r}")
         referral = referrals[key]
-    return Pathway(pid, title, kind, criteria, diagnoses, suggested, days, approval, referral)
+    short = _text(item["short_title"], pid, "short_title") if "short_title" in item else title
+    return Pathway(pid, title, kind, criteria, diagnoses, suggested, days, approval, referral, short)
 
 
 def _check_kinds(pathways: Sequence[Pathway]) -> None:

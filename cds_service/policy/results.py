@@ -91,7 +91,7 @@ class OrderEvaluation:
     notes: tuple[str, ...] = ()
     #: (pathway id, title) the prescriber may document instead: the TSC manifestations when only TSC is on
     #: record, or every indication when no diagnosis is documented.
-    diagnosis_options: tuple[tuple[str, str], ...] = ()
+    diagnosis_options: tuple[tuple[str, str, str], ...] = ()  # (id, title, short title)
     #: Why the order is referred when the reason is not its criteria (a product non-formulary for the plan).
     referral_reason: str | None = None
 
