@@ -147,15 +147,22 @@ def combine_all(outcomes: Sequence[Outcome]) -> Outcome:
     """
     status, deciding = _deciding(outcomes, True)
     evidence = _merge([o.evidence for o in deciding])
-    extra = _carried(status, deciding)
+    extra = _carried(status, deciding, all_=True)
     if status is MET or (status is NOT_MET and any(not o.fixes for o in deciding)):
         return Outcome(status, evidence, (), *extra)
     return Outcome(status, evidence, _merge([o.fixes for o in deciding]), *extra)
 
 
-def _carried(status: Status, deciding: Sequence[Outcome]) -> tuple[None, bool, tuple[str, ...], str | None]:
-    """(note, gate, gaps, review) a combination inherits from the children that decided it."""
-    gate = status is NOT_MET and bool(deciding) and all(o.gate for o in deciding)
+def _carried(
+    status: Status, deciding: Sequence[Outcome], all_: bool = False
+) -> tuple[None, bool, tuple[str, ...], str | None]:
+    """(note, gate, gaps, review) a combination inherits from the children that decided it.
+
+    A branch is inapplicable (gate) when, for "all", one of its conditions is an absent diagnosis; for "any",
+    when every alternative is.
+    """
+    gated = [o.gate for o in deciding]
+    gate = status is NOT_MET and bool(deciding) and (any(gated) if all_ else all(gated))
     gaps = _merge([o.gaps for o in deciding]) if status is UNKNOWN else ()
     review = "payer" if status is UNKNOWN and deciding and all(o.review == "payer" for o in deciding) else None
     return None, gate, gaps, review
