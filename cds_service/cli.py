@@ -1,4 +1,10 @@
-"""Command line: ``priorauth-cds serve`` (gunicorn) and ``priorauth-cds evaluate FILE`` (no server)."""
+"""Command line: ``serve`` (gunicorn), ``evaluate`` (no server) and ``samples`` (load a FHIR server).
+
+Exit codes, the same for every command (README "Command line"): 0 done; 1 the request was refused (the
+service rejected the hook request, or the FHIR server refused or could not be reached); 2 usage, unreadable
+input or bad configuration. Errors go to stderr in plain words, never as tracebacks or JSON; stdout carries
+only the result, so it can be piped.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,15 @@ import argparse
 import gc
 import json
 import logging
+import os
 import sys
+from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, TextIO
 
 from .config import Config, ConfigError
-from .errors import ServiceError, outcome_for
+from .errors import ServiceError
 
 log = logging.getLogger("priorauth_cds.cli")
 
@@ -25,6 +34,18 @@ THREADS_PER_WORKER = 1
 #: Only used by threaded workers (sync workers close each connection after its answer).
 KEEPALIVE_SECONDS = 5
 
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+PROG = "priorauth-cds"
+ASSERTION_ID_URL = "coverage-assertion-id"
+
+
+def _fail(message: str, code: int) -> int:
+    """One plain line on stderr; the exit code to return."""
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return code
+
 
 def _serve(args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
@@ -37,12 +58,13 @@ def _serve(args: argparse.Namespace) -> int:
         config = Config.from_env(host=args.host, port=args.port, workers=args.workers)
         configure_logging(config.log_level)
         warning = check_bind_security(config)
+        if warning:
+            log_event(log, "startup.warning", logging.WARNING, message=warning)
+        app = create_app(config)  # loaded once in the master (preload): a bad policy fails here, before forking
     except ConfigError as exc:
-        print(f"priorauth-cds: refusing to start: {exc}", file=sys.stderr)
-        return 2
-    if warning:
-        log_event(log, "startup.warning", logging.WARNING, message=warning)
-    app = create_app(config)  # loaded once in the master (preload): a bad policy fails here, before forking
+        return _fail(f"refusing to start: {exc}", EXIT_USAGE)
+    except ServiceError as exc:  # StorageError while creating the schema
+        return _fail(f"refusing to start: {exc}", EXIT_USAGE)
     _warm_up(app)
     # Everything loaded so far lives as long as the workers: freeze it out of the cyclic GC, whose full pass over
     # it costs ~100 ms per worker (a latency spike), and whose header writes would unshare the forked pages.
@@ -91,68 +113,226 @@ def _warm_up(app: Any) -> None:
         log.warning("warm-up request failed: %s", type(exc).__name__)
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject ``version``)."""
+    try:
+        return metadata.version(PROG)
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _without_assertion_ids(value: Any) -> Any:
+    """The response minus every ``coverage-assertion-id`` sub-extension: without ``--store`` nothing was
+    recorded, and an id that cannot be looked up must not be shown as if a later PA request could cite it."""
+    if isinstance(value, list):
+        return [
+            _without_assertion_ids(v) for v in value if not (isinstance(v, dict) and v.get("url") == ASSERTION_ID_URL)
+        ]
+    if isinstance(value, dict):
+        return {k: _without_assertion_ids(v) for k, v in value.items()}
+    return value
+
+
 def _pretty(body: dict[str, Any]) -> str:
+    """Cards as plain text: indicator and summary, the detail without Markdown, suggestion labels."""
+    from .plaintext import markdown_to_text
+
     lines: list[str] = []
     for card in body.get("cards", []):
-        lines.append(f"[{card['indicator'].upper()}] {card['summary']}")
+        lines.append(f"[{str(card.get('indicator', '')).upper()}] {markdown_to_text(str(card.get('summary', '')))}")
         if card.get("detail"):
-            lines += ["    " + line for line in card["detail"].splitlines()]
+            lines += ["    " + line if line else "" for line in markdown_to_text(str(card["detail"])).splitlines()]
         for suggestion in card.get("suggestions", []):
-            lines.append(f"    -> suggestion: {suggestion['label']}")
+            lines.append(f"    -> suggestion: {markdown_to_text(str(suggestion.get('label', '')))}")
+        for link in card.get("links", []):
+            lines.append(f"    -> link: {link.get('label', '')} ({link.get('url', '')})")
         lines.append("")
     if not body.get("cards"):
         lines.append("(no cards: no everolimus order in scope)")
     for action in body.get("systemActions", []):
-        lines.append(f"systemAction {action['type']}: {action['description']}")
+        lines.append(f"systemAction {action.get('type')}: {action.get('description', '')}")
     return "\n".join(lines)
+
+
+def _read_input(name: str) -> bytes:
+    """The request body from a file, or from stdin for ``-``."""
+    if name == "-":
+        return sys.stdin.buffer.read()
+    return Path(name).read_bytes()
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from fhir_mappings.codes import load_code_tables
 
     from .discovery import SERVICES
+    from .errors import outcome_for
     from .policy.engine import load_policy
     from .protocol import parse_json
     from .service import HookHandler
 
-    config = Config.from_env()
-    tables = load_code_tables()
-    handler = HookHandler(config, tables, load_policy(vocabulary=tables), store=None)
+    source = "standard input" if args.file == "-" else args.file
     try:
-        payload = parse_json(Path(args.file).read_bytes())
-        hook = payload.get("hook") if isinstance(payload, dict) else None
-        service_id = args.service or next((sid for sid, s in SERVICES.items() if s["hook"] == hook), "everolimus-order-sign")
-        body = handler.handle(service_id, payload).body
-    except ServiceError as exc:
-        print(json.dumps(outcome_for(exc), indent=2))
-        return 1
+        raw = _read_input(args.file)
     except OSError as exc:
-        print(f"priorauth-cds: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return 2
+        return _fail(f"cannot read {source}: {exc.strerror or exc}", EXIT_USAGE)
+    try:
+        config = Config.from_env()
+        store = None
+        if args.store:
+            from .store import Store
+
+            store = Store(config.database_url)
+    except ConfigError as exc:
+        return _fail(f"bad configuration: {exc}", EXIT_USAGE)
+    except ServiceError as exc:  # StorageError: the database exists but cannot be opened or written
+        return _fail(f"cannot use DATABASE_URL: {exc}", EXIT_USAGE)
+    try:
+        tables = load_code_tables()
+        handler = HookHandler(config, tables, load_policy(vocabulary=tables), store=store)
+        try:
+            payload = parse_json(raw)
+            hook = payload.get("hook") if isinstance(payload, dict) else None
+            default = next((sid for sid, s in SERVICES.items() if s["hook"] == hook), "everolimus-order-sign")
+            body = handler.handle(args.service or default, payload).body
+        except ServiceError as exc:
+            outcome = outcome_for(exc)
+            if args.json:
+                print(json.dumps(outcome, indent=2))
+            issue = outcome["issue"][0]
+            reason = issue.get("diagnostics") or issue.get("code")
+            return _fail(f"the service rejected {source} (HTTP {exc.status}): {reason}", EXIT_REFUSED)
+    finally:
+        if store is not None:
+            store.dispose()
+    if not args.store:
+        body = _without_assertion_ids(body)
     print(json.dumps(body, indent=2) if args.json else _pretty(body))
-    return 0
+    if not args.store and not args.json and body.get("systemActions"):
+        print(f"{PROG}: note: coverage-assertion-id left out: nothing was stored (--store records it)", file=sys.stderr)
+    return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="priorauth-cds", description="CP.PHAR.63 everolimus CDS Hooks service")
-    commands = parser.add_subparsers(dest="command")
+# ----------------------------------------------------------------------------- samples
+
+
+def _samples_list(args: argparse.Namespace, out: TextIO) -> int:
+    from .samples import read_sample, sample_files
+
+    for path in sample_files(args.dir):
+        request = read_sample(path)
+        print(f"{path.name:45} {request.get('hook', '?'):13} Patient/{request['context']['patientId']}", file=out)
+    return EXIT_OK
+
+
+def _samples_load(args: argparse.Namespace, out: TextIO) -> int:
+    from .samples import charts, load, sample_files, select
+
+    base = args.fhir_base.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        return _fail(f"FHIR_BASE must be an http(s) URL, not {args.fhir_base!r}", EXIT_USAGE)
+    patient_charts = charts(select(sample_files(args.dir), args.only))
+    failed = 0
+    for result in load(base, patient_charts, token=args.token):
+        chart = result.chart
+        line = f"Patient/{chart.patient_id}: {len(chart.resources)} resources from {', '.join(chart.samples)}"
+        if result.ok:
+            print(f"{line}: stored (HTTP {result.status})", file=out)
+        else:
+            failed += 1
+            print(f"{PROG}: Patient/{chart.patient_id}: {result.problem}", file=sys.stderr)
+    if failed:
+        return _fail(f"{failed} of {len(patient_charts)} patients were not stored", EXIT_REFUSED)
+    return EXIT_OK
+
+
+def _samples(args: argparse.Namespace) -> int:
+    from .samples import SamplesError
+
+    try:
+        if args.samples_command == "list":
+            return _samples_list(args, sys.stdout)
+        return _samples_load(args, sys.stdout)
+    except SamplesError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+EPILOG = """exit codes: 0 done; 1 refused (the service rejected the hook request, or the FHIR server refused a
+transaction or could not be reached); 2 usage, unreadable input or bad configuration."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .samples import DEFAULT_DIR
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="CP.PHAR.63 everolimus CDS Hooks service",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser("serve", help="serve the CDS Hooks API under gunicorn")
     serve.add_argument("--host", help="bind address (default 127.0.0.1, env CDS_HOST)")
     serve.add_argument("--port", type=int, help="port (default 8080, env CDS_PORT)")
     serve.add_argument("--workers", type=int, help="worker processes (default 2, env CDS_WORKERS)")
-    evaluate = commands.add_parser("evaluate", help="print the cards for a hook request file, without a server")
-    evaluate.add_argument("file")
-    evaluate.add_argument("--json", action="store_true", help="print the raw CDS Hooks response")
-    evaluate.add_argument("--service", help="service id (default: from the request's hook)")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="print the cards for a hook request, without a server",
+        description="Evaluate one CDS Hooks request (a file, or - for standard input) and print the cards as "
+        "plain text, or the raw response with --json.",
+    )
+    evaluate.add_argument("file", metavar="FILE", help="hook request JSON, or - to read standard input")
+    evaluate.add_argument("--json", action="store_true", help="print the raw CDS Hooks response (or OperationOutcome)")
+    evaluate.add_argument(
+        "--service",
+        choices=("everolimus-order-sign", "everolimus-order-select"),
+        help="service id (default: from the request's hook)",
+    )
+    evaluate.add_argument(
+        "--store",
+        action="store_true",
+        help="record the coverage assertions in DATABASE_URL and keep their coverage-assertion-id in the output",
+    )
+    samples = commands.add_parser("samples", help="list the sample bundles, or load their patients on a FHIR server")
+    samples.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"samples folder (default {DEFAULT_DIR})")
+    sample_commands = samples.add_subparsers(dest="samples_command", metavar="SUBCOMMAND", required=True)
+    sample_commands.add_parser("list", help="one line per sample: file, hook, patient")
+    load = sample_commands.add_parser(
+        "load",
+        help="PUT each sample patient's chart on a FHIR server (one transaction per patient)",
+        description="POST one FHIR transaction per sample patient (PUT Type/id entries, so loading again changes "
+        "nothing) with the chart from the samples' prefetch; draft orders are not loaded.",
+    )
+    load.add_argument("fhir_base", metavar="FHIR_BASE", help="FHIR R4 base URL, e.g. http://127.0.0.1:8090/fhir")
+    load.add_argument("--token", help="bearer token for the FHIR server")
+    load.add_argument("--only", action="append", metavar="NAME", help="only this sample file (repeatable)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; bare ``priorauth-cds`` prints the usage on stderr and exits 2."""
+    parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "evaluate":
-        return _evaluate(args)
-    if args.command in (None, "serve"):
-        if args.command is None:
-            args = serve.parse_args([])
-        return _serve(args)
-    parser.print_help()
-    return 2
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "samples":
+            return _samples(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `priorauth-cds samples list | head`: the reader left; no traceback, no retry
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

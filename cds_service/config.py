@@ -8,10 +8,28 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any
 
 DEFAULT_PLAN_PREFIXES: dict[str, str] = {"MCD-": "medicaid", "HIM-": "him", "COM-": "commercial"}
+DATABASE_FILE = Path("priorauth-cds") / "priorauth-cds.sqlite3"
+
+
+def default_database_url(environ: Mapping[str, str]) -> str:
+    """``sqlite:///$XDG_DATA_HOME/priorauth-cds/priorauth-cds.sqlite3`` (``~/.local/share`` when unset).
+
+    Outside the working tree, so the audit database and its ``-wal``/``-shm`` files never end up in a commit
+    and survive a fresh clone. A relative ``XDG_DATA_HOME`` is ignored, as the XDG specification says.
+    """
+    data_home = (environ.get("XDG_DATA_HOME") or "").strip()
+    if data_home and Path(data_home).is_absolute():
+        base = Path(data_home)
+    else:
+        home = (environ.get("HOME") or "").strip()
+        base = (Path(home) if home else Path.home()) / ".local" / "share"
+    return f"sqlite:///{base / DATABASE_FILE}"
 
 
 class ConfigError(ValueError):
@@ -82,7 +100,8 @@ class Config:
     #: Resources read per prefetch key; a key with more is treated as unobtainable (its criteria stay unknown)
     #: so processing, which the FHIR budget does not bound, stays bounded too.
     max_resources_per_key: int = 10_000
-    database_url: str = "sqlite:///priorauth-cds.sqlite3"
+    #: SQLite file (created 0600 with its folders) or PostgreSQL URL; see ``default_database_url``.
+    database_url: str = field(default_factory=lambda: default_database_url(os.environ))
     cors_origins: tuple[str, ...] = ("*",)
     insurer_name: str = "Centene Health Plan"
     #: Card link to the policy document; the policy file's document_url when unset.
@@ -93,7 +112,7 @@ class Config:
     benchmark_floor: bool = False
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Read ``CDS_*`` and ``DATABASE_URL``; keyword overrides win (used by the CLI flags)."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {
@@ -119,10 +138,8 @@ class Config:
             "max_resources_per_key": _int(
                 "CDS_MAX_RESOURCES_PER_KEY", env.get("CDS_MAX_RESOURCES_PER_KEY"), cls.max_resources_per_key
             ),
-            "database_url": env.get("DATABASE_URL") or cls.database_url,
-            "cors_origins": tuple(
-                o.strip() for o in (env.get("CDS_CORS_ORIGINS") or "*").split(",") if o.strip()
-            ),
+            "database_url": env.get("DATABASE_URL") or default_database_url(env),
+            "cors_origins": tuple(o.strip() for o in (env.get("CDS_CORS_ORIGINS") or "*").split(",") if o.strip()),
             "insurer_name": env.get("CDS_INSURER_NAME") or cls.insurer_name,
             "policy_url": env.get("CDS_POLICY_URL") or None,
             "plan_prefixes": _json_object("CDS_PLAN_PREFIXES", env.get("CDS_PLAN_PREFIXES"), DEFAULT_PLAN_PREFIXES),

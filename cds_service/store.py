@@ -15,12 +15,14 @@ PHI) and URLs (which may hold passwords) never reach a client or a log line.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -230,6 +232,23 @@ def _sqlite_on_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
+def _prepare_sqlite_file(path: Path) -> None:
+    """Create the database's folders (0700) and the file itself (0600) before SQLite does.
+
+    The audit holds clinical decisions per patient: other local users must not read it. SQLite creates the
+    ``-wal`` and ``-shm`` files with the database file's permissions, so they are private too. An existing
+    file keeps the mode its owner gave it.
+    """
+    if path.is_file():
+        return
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:  # a file path is not secret (unlike a PostgreSQL URL): say which one
+        if not path.is_file():  # another worker creating it at the same moment is fine
+            raise ConfigError(f"cannot create the SQLite database {path}: {exc.strerror or exc}") from None
+
+
 def _make_engine(url: URL) -> Engine:
     """An engine per dialect: SQLite with the pragmas above, PostgreSQL with liveness checks."""
     if url.get_backend_name() == "postgresql":
@@ -239,6 +258,7 @@ def _make_engine(url: URL) -> Engine:
             url, hide_parameters=True, poolclass=StaticPool, connect_args={"check_same_thread": False}
         )
     else:
+        _prepare_sqlite_file(Path(str(url.database)))
         engine = create_engine(url, hide_parameters=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)

@@ -18,6 +18,18 @@ from cds_service.app import create_app
 from cds_service.config import Config
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The default database lives under XDG_DATA_HOME: no test (nor a server it starts) may touch the real one."""
+    previous = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data-home"))
+    yield Path(os.environ["XDG_DATA_HOME"])
+    if previous is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = previous
+
+
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     return Config(database_url=f"sqlite:///{tmp_path / 'test.sqlite3'}", fhir_budget_seconds=2.0)

@@ -48,7 +48,9 @@ def npm_pack(destination: Path) -> Path:
     if npm is None:
         raise ExamplesUnavailable(f"npm is not on PATH; it is needed to fetch {PACKAGE}@{VERSION}")
     destination.mkdir(parents=True, exist_ok=True)
-    command = [npm, "pack", f"{PACKAGE}@{VERSION}", "--pack-destination", str(destination), "--silent"]
+    # One quick retry: with npm's defaults an unreachable registry costs over a minute before the tests can skip.
+    command = [npm, "pack", f"{PACKAGE}@{VERSION}", "--pack-destination", str(destination), "--silent",
+               "--fetch-retries=1", "--fetch-retry-mintimeout=2000", "--fetch-retry-maxtimeout=5000"]
     try:
         done = subprocess.run(
             command, check=False, cwd=destination, capture_output=True, text=True, timeout=NPM_TIMEOUT_SECONDS

@@ -11,8 +11,8 @@ import pytest
 
 from fhir_mappings.codes import TABLES_DIR, CodeTableError, CodeTables, load_code_tables, normalize_icd10cm
 from fhir_mappings.model import LineOfBusiness, ProductFamily
+from tests.shared_data import shared_path
 
-REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "codes.csv"
 REFERENCE_SYSTEM = {
     "rxnorm": "RxNorm",
     "icd-10-cm": "ICD-10-CM",
@@ -28,7 +28,7 @@ def read(name: str) -> list[dict[str, str]]:
 
 
 def reference_rows() -> dict[tuple[str, str], dict[str, str]]:
-    with REFERENCE.open(encoding="utf-8", newline="") as handle:
+    with shared_path("reference", "codes.csv").open(encoding="utf-8", newline="") as handle:
         return {(r["system"], r["code"]): r for r in csv.DictReader(handle)}
 
 

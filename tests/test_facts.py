@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +11,8 @@ from fhir_mappings.codes import CodeTables, load_code_tables
 from fhir_mappings.facts import OrderNotFound, build_facts, find_everolimus_orders, requested_months
 from fhir_mappings.model import Dose, Facts, Finding, LineOfBusiness, ProductFamily
 from fhir_mappings.record import build_record
+from tests.scenarios import scenario
 
-SCENARIOS = Path(__file__).resolve().parent.parent.parent / "shared" / "acceptance" / "scenarios"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 SNOMED = "http://snomed.info/sct"
@@ -30,7 +28,7 @@ def tables() -> CodeTables:
 
 
 def scenario_facts(name: str, tables: CodeTables) -> Facts:
-    data = json.loads((SCENARIOS / f"{name}.json").read_text())
+    data = scenario(name)
     (order_id,) = find_everolimus_orders(data["draftOrders"], tables)
     record = build_record(
         {"chart": data["resources"]}, data["draftOrders"], tables, patient_id=data["patientId"], user_ref=data["userId"]
@@ -142,7 +140,7 @@ def test_scenario_ii_continued_same_dose(tables: CodeTables) -> None:
 
 
 def test_scenario_without_everolimus(tables: CodeTables) -> None:
-    data = json.loads((SCENARIOS / "none-no-everolimus-order.json").read_text())
+    data = scenario("none-no-everolimus-order")
     assert find_everolimus_orders(data["draftOrders"], tables) == []
 
 

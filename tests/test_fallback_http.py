@@ -9,7 +9,7 @@ from typing import Any, Iterator
 import pytest
 
 from tests.fhir_server import RunningFhirServer, start_fhir_server
-from tests.scenarios import evaluations, load_scenarios, request_for, scenario
+from tests.scenarios import evaluations, load_scenarios, request_for, scenario, scenario_params
 
 SIGN = "/cds-services/everolimus-order-sign"
 TOKEN = secrets.token_urlsafe(16)
@@ -31,9 +31,8 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.parametrize("name", [s["id"] for s in load_scenarios() if s["expect"].get("evaluations")])
-def test_fallback_with_bearer_token_matches_prefetch(client: Any, fhir: RunningFhirServer, name: str) -> None:
-    sc = scenario(name)
+@pytest.mark.parametrize("sc", scenario_params(lambda s: bool(s["expect"].get("evaluations"))))
+def test_fallback_with_bearer_token_matches_prefetch(client: Any, fhir: RunningFhirServer, sc: dict[str, Any]) -> None:
     with_prefetch = client.post(SIGN, json=request_for(sc)).get_json()
     fallback = client.post(SIGN, json=request_for(sc, prefetch=False, fhir_server=fhir.base_url, token=TOKEN))
     assert fallback.status_code == 200, fallback.get_data(as_text=True)[:300]

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.scenarios import request_for, scenario
+from tests.scenarios import SAMPLE_DIR
 
 SIGN = "/cds-services/everolimus-order-sign"
 
@@ -18,7 +18,8 @@ json_values = st.recursive(
     max_leaves=20,
 )
 
-BASE = request_for(scenario("A-brand-without-combination"))
+#: A complete request from the repository (brand without its combination partner), so these run on a plain clone.
+BASE = json.loads((SAMPLE_DIR / "I.A-brand-without-exemestane.json").read_text())
 PATHS = [
     ("hook",), ("hookInstance",), ("fhirServer",), ("fhirAuthorization",), ("context",), ("context", "userId"),
     ("context", "patientId"), ("context", "draftOrders"), ("context", "draftOrders", "entry"),

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.scenarios import EXTERNAL_DIR, evaluations, request_for, scenario
+from tests.scenarios import SAMPLE_DIR, evaluations, external_dir, external_params
 
 SIGN = "/cds-services/everolimus-order-sign"
 SELECT = "/cds-services/everolimus-order-select"
@@ -49,8 +49,14 @@ def test_discovery_lists_both_order_hooks(client: Any) -> None:
 # ----------------------------------------------------------------------------- bad input matrix
 
 
+def _sample(name: str) -> dict[str, Any]:
+    """A complete request from sample_bundles/ (in the repository, so this module runs on a plain clone)."""
+    request: dict[str, Any] = json.loads((SAMPLE_DIR / f"{name}.json").read_text())
+    return request
+
+
 def _valid() -> dict[str, Any]:
-    return request_for(scenario("A-met-generic-with-exemestane"))
+    return _sample("I.A-met-generic-with-exemestane")
 
 
 def _without(path: str) -> bytes:
@@ -149,7 +155,7 @@ def test_order_sign_returns_evaluation_card(client: Any) -> None:
     response = client.post(SIGN, json=_valid())
     assert response.status_code == 200
     body = response.get_json()
-    ev = evaluations(body)["MedicationRequest/ava-order-7"]
+    ev = evaluations(body)["MedicationRequest/ia-met-order-7"]
     assert ev["pathway"] == "I.A" and ev["decision"] == "met"
     assert body["systemActions"]
 
@@ -163,7 +169,7 @@ def test_draft_with_non_string_id_beside_everolimus_is_not_a_500(client: Any) ->
 
 
 def test_no_everolimus_order_gives_empty_cards(client: Any) -> None:
-    response = client.post(SIGN, json=request_for(scenario("none-no-everolimus-order")))
+    response = client.post(SIGN, json=_sample("no-everolimus"))
     assert response.status_code == 200
     assert response.get_json() == {"cards": []}
 
@@ -213,15 +219,12 @@ def test_feedback_is_validated_and_idempotent(client: Any, app: Any) -> None:
 # ----------------------------------------------------------------------------- external requests
 
 
-EXTERNAL = sorted(p.name for p in EXTERNAL_DIR.glob("*.json"))
-
-
-@pytest.mark.parametrize("name", EXTERNAL)
+@pytest.mark.parametrize("name", external_params())
 def test_external_requests_get_200_or_400(client: Any, name: str) -> None:
-    payload = json.loads((EXTERNAL_DIR / name).read_text())
+    payload = json.loads((external_dir() / name).read_text())
     hook = payload.get("hook") if isinstance(payload, dict) else None
     for path in (SIGN, SELECT) if hook is None else ((SELECT if hook == "order-select" else SIGN),):
-        response = client.post(path, data=(EXTERNAL_DIR / name).read_bytes(), content_type="application/json")
+        response = client.post(path, data=(external_dir() / name).read_bytes(), content_type="application/json")
         # 412 only where SOURCES.md says so: sandbox captures point at a FHIR server that is not running.
         allowed = (200, 400, 412) if name.startswith("sandbox-captured") else (200, 400)
         assert response.status_code in allowed, (name, response.status_code, response.get_data(as_text=True)[:300])

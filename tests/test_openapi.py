@@ -30,7 +30,7 @@ from cds_service.discovery import SERVICES
 from cds_service.errors import StorageError
 from cds_service.openapi import hook_request_example, openapi_document
 from tests.jwt_helpers import ec_key, jwks
-from tests.scenarios import load_scenarios, request_for
+from tests.scenarios import request_for, scenario_params
 
 SIGN = "/cds-services/everolimus-order-sign"
 HOOK = "/cds-services/{service_id}"
@@ -213,7 +213,7 @@ def test_health_when_storage_is_down_conforms(api: Flask, client: FlaskClient, m
     assert_documented("GET", "/healthz", response)
 
 
-@pytest.mark.parametrize("sc", load_scenarios(), ids=lambda sc: sc["id"])
+@pytest.mark.parametrize("sc", scenario_params())
 def test_scenario_responses_conform(client: FlaskClient, sc: dict[str, Any]) -> None:
     service = next(service_id for service_id, s in SERVICES.items() if s["hook"] == sc["hook"])
     response = client.post(f"/cds-services/{service}", json=request_for(sc))

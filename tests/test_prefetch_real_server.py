@@ -6,8 +6,6 @@ searches with ``_include``, real paging links, a real 401 for a wrong token and 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -16,15 +14,15 @@ from cds_service.config import Config
 from cds_service.discovery import PREFETCH_TEMPLATES, REQUIRED_PREFETCH_KEYS
 from cds_service.prefetch import PrefetchOutcome, fetch_reference, gather
 from tests.fhir_server import RunningFhirServer, start_fhir_server
+from tests.scenarios import scenario as scenario_named
 
-SCENARIO = Path("/work/shared/acceptance/scenarios/A-met-generic-with-exemestane.json")
 TOKEN = "real-server-token-4b1d"
 CONFIG = Config(fhir_budget_seconds=5.0)
 
 
 @pytest.fixture(scope="module")
 def scenario() -> dict[str, Any]:
-    return dict(json.loads(SCENARIO.read_text()))
+    return scenario_named("A-met-generic-with-exemestane")
 
 
 @pytest.fixture(scope="module")

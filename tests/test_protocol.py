@@ -18,7 +18,7 @@ from cds_service.protocol import (
     parse_json,
     to_json,
 )
-from tests.scenarios import EXTERNAL_DIR, request_for, scenario
+from tests.scenarios import external_dir, request_for, scenario
 
 
 def _request(**changes: Any) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def test_parse_json_rejects_bad_bytes(raw: bytes) -> None:
 def test_external_wrapped_library_requests_parse() -> None:
     for name, hook in (("cds-hooks-library-order-sign-R4-example-wrapped.json", "order-sign"),
                        ("cds-hooks-library-order-select-R4-example-wrapped.json", "order-select")):
-        request = parse_hook_request(json.loads((EXTERNAL_DIR / name).read_text()), hook)
+        request = parse_hook_request(json.loads((external_dir() / name).read_text()), hook)
         assert request.context.patientId == "1288992"
 
 

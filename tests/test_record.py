@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,8 +11,8 @@ from fhir.resources.R4B.medicationrequest import MedicationRequest
 
 from fhir_mappings.codes import CodeTables, load_code_tables
 from fhir_mappings.record import PatientRecord, build_record
+from tests.scenarios import external_dir
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 
@@ -240,7 +239,7 @@ def test_without_patient_id_nothing_is_ignored(tables: CodeTables) -> None:
 
 
 def test_sandbox_draft_with_single_category_validates(tables: CodeTables) -> None:
-    payload = json.loads((SHARED / "external" / "sandbox-captured-order-sign-with-medication.json").read_text())
+    payload = json.loads((external_dir() / "sandbox-captured-order-sign-with-medication.json").read_text())
     drafts = payload["context"]["draftOrders"]
     record = build_record({}, [drafts], tables, patient_id=payload["context"]["patientId"])
     assert [d.id for d in record.draft_orders] == ["request-123"]
@@ -310,7 +309,7 @@ def test_invalid_everolimus_draft_is_kept_unvalidated(tables: CodeTables) -> Non
 
 
 def test_drafts_of_unknown_medications_are_not_kept(tables: CodeTables) -> None:
-    payload = json.loads((SHARED / "external" / "inferno-order_sign_hook_request.json").read_text())
+    payload = json.loads((external_dir() / "inferno-order_sign_hook_request.json").read_text())
     record = build_record({}, [payload["context"]["draftOrders"]], tables, patient_id="example")
     assert record.draft_orders == () and record.dropped == ()
 

@@ -29,12 +29,12 @@ from cds_service.discovery import SERVICES
 from cds_service.policy.engine import load_policy
 from cds_service.service import HookHandler
 from fhir_mappings.codes import TABLES_DIR, load_code_tables
-from tests.scenarios import ROOT, SAMPLE_DIR, SHARED, evaluations
+from tests.scenarios import ROOT, SAMPLE_DIR, evaluations
+from tests.shared_data import shared_path
 
 EXPECTED_FILE = SAMPLE_DIR / "expected.json"
 README_FILE = SAMPLE_DIR / "README.md"
 GENERATOR = ROOT / "tools" / "make_samples.py"
-REFERENCE_CODES = SHARED / "reference" / "codes.csv"
 TODAY = date(2026, 11, 27)
 
 EVALUATION_KEY = "priorauth-cds.evaluation"
@@ -244,7 +244,7 @@ def _reference_index() -> tuple[set[tuple[str, str]], dict[tuple[str, str], set[
         with (TABLES_DIR / f"{name}.csv").open(encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
                 add(system, row[code_column], row[display_column])
-    with REFERENCE_CODES.open(encoding="utf-8") as handle:
+    with shared_path("reference", "codes.csv").open(encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             system = REFERENCE_SYSTEMS.get(row["system"])
             if system:

@@ -562,7 +562,8 @@ def test_unopenable_sqlite_file_is_a_generic_storage_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(store_module, "SCHEMA_CREATE_ATTEMPTS", 1)
-    missing = tmp_path / "no-such-dir" / "store.sqlite3"
+    missing = tmp_path / "store.sqlite3"  # missing folders are created now, so: a file that is no database
+    missing.write_bytes(b"not a database, not even empty" * 100)
     with caplog.at_level(logging.DEBUG), pytest.raises(StorageError) as raised:
         Store(f"sqlite:///{missing}")
     assert raised.value.detail == GENERIC_FAILURE
