@@ -78,6 +78,8 @@ MEDS: dict[str, str] = {
     "32624": "oxcarbazepine",
     "21241": "clobazam",
     "28439": "lamotrigine",
+    "312068": "1 ML octreotide 0.05 MG/ML Injection",
+    "898589": "octreotide 20 MG Injection",
 }
 #: Coverage.type (SOPT) and plan class per line of business; the plan prefix (CDS_PLAN_PREFIXES) decides.
 PLANS: dict[str, tuple[str, str, str, str]] = {
@@ -1196,6 +1198,169 @@ def iib_off_label() -> Sample:
     )
 
 
+# ----------------------------------------------------------------------------- issue 7: messy real-world charts
+
+
+def ie_tsc_infant_brain_tumour() -> Sample:
+    name = "I.E-tsc-infant-below-age"
+    c = Chart("ie-infant")
+    c.patient("Odile", "Brackenbury", "female", "2025-12-28")  # 10 months old on 2026-11-20
+    c.prescriber("Nkechi", "Abernathy-Cole", PEDS_HEM_ONC, "Example Children's Neuro-Oncology")
+    c.coverage("medicaid")
+    c.condition(ICD10, "Q85.1", "Tuberous sclerosis", "2026-02-01")
+    primary = c.condition(ICD10, "D43.0", "Neoplasm of uncertain behavior of brain, supratentorial", ago(40))
+    order = c.draft(med("1308428"), dosage(2, 1, "2 mg as oral suspension once daily"), quantity=30, reason=primary)
+    return Sample(
+        name,
+        "10-month-old with TSC and a brain neoplasm (D43.0), generic tablets for oral suspension -> I.E (the specific "
+        "suggestion, not I.D's 'Age >= 18'), I.E.4 not-met (age >= 1), not-met",
+        request_for(name, c),
+        expect(order, "I.E", "not-met", "I.E.1 met, I.E.2 unknown, I.E.3 met, I.E.4 not-met, I.E.5 met",
+               lob="medicaid", months=6),
+    )
+
+
+def if_tsc_toddler_focal() -> Sample:
+    name = "I.F-tsc-toddler-below-age"
+    c = Chart("if-toddler")
+    c.patient("Ptolemy", "Harrowgate", "male", "2025-03-14")  # 1 year 8 months
+    c.prescriber("Anselm", "Kovacevic", CHILD_NEURO, "Example Pediatric Epilepsy Center")
+    c.coverage("medicaid")
+    c.condition(ICD10, "Q85.1", "Tuberous sclerosis", "2025-06-01")
+    primary = c.condition(
+        ICD10,
+        "G40.109",
+        "Localization-related (focal) (partial) symptomatic epilepsy and epileptic syndromes with simple partial "
+        "seizures, not intractable, without status epilepticus",
+        ago(120),
+    )
+    c.order(med("32624", "oxcarbazepine 300 MG Oral Tablet"), ago(100), dose=text_dosage("150 mg by mouth twice daily"),
+            supply_days=30, repeats=5)
+    order = c.draft(med("1308428"), dosage(2, 1, "2 mg as oral suspension once daily"), quantity=30, reason=primary)
+    return Sample(
+        name,
+        "Toddler (1 y 8 m) with TSC focal seizures on oxcarbazepine, child neurologist -> I.F (not I.E's 'record "
+        "the SEGA'), I.F.4 not-met (age >= 2), not-met",
+        request_for(name, c),
+        expect(order, "I.F", "not-met", "I.F.1 met, I.F.2 met, I.F.3 met, I.F.4 not-met, I.F.5 met, I.F.6 met",
+               lob="medicaid", months=6),
+    )
+
+
+def tsc_alone() -> Sample:
+    name = "TSC-alone-which-manifestation"
+    c = Chart("tsc-only")
+    c.patient("Winifred", "Ashcombe", "female", "1992-04-18")
+    c.prescriber("Ingrid", "Solvang", ONCOLOGY, "Example Tuberous Sclerosis Clinic")
+    c.coverage("medicaid")
+    c.condition(SNOMED, "7199000", "Tuberous sclerosis syndrome (disorder)", "1995-01-10")
+    order = c.draft(med("845507"), ten_mg_daily(), quantity=30)
+    return Sample(
+        name,
+        "Adult with TSC only (SNOMED), generic 10 mg -> I.D shown with diagnosisOptions I.D/I.E/I.F: the card asks "
+        "which manifestation is treated; incomplete",
+        request_for(name, c),
+        expect(order, "I.D", "incomplete",
+               "I.D.1 met, I.D.2 unknown, I.D.3 met, I.D.4 met, I.D.5 met," + dose_tree("I.D.6"),
+               lob="medicaid", months=6),
+    )
+
+
+def no_diagnosis() -> Sample:
+    name = "no-diagnosis-on-file"
+    c = Chart("nodx")
+    c.patient("Evander", "Moorcroft", "male", "1968-09-02")
+    c.prescriber("Rosalind", "Teague", ONCOLOGY, "Example Cancer Center")
+    c.coverage("commercial")
+    order = c.draft(med("845507"), ten_mg_daily(), quantity=30)
+    return Sample(
+        name,
+        "Nothing on the problem list and no reason on the order -> no pathway, incomplete: the card asks for the "
+        "diagnosis and lists the covered indications (not 'off-label')",
+        request_for(name, c),
+        {"order": order, "pathway": None, "decision": "incomplete", "lineOfBusiness": "commercial", "criteria": {}},
+    )
+
+
+def meningioma_chart(key: str) -> tuple[Chart, str]:
+    c = Chart(key)
+    c.patient("Leopold", "Garrowby", "male", "1961-02-11")
+    c.prescriber("Rosalind", "Teague", ONCOLOGY, "Example Neuro-Oncology")
+    c.coverage("medicaid")
+    primary = c.condition(ICD10, "D32.9", "Benign neoplasm of meninges, unspecified", ago(400))
+    return c, primary
+
+
+def ih_meningioma_short_acting_octreotide() -> Sample:
+    name = "I.H-meningioma-short-acting-octreotide"
+    c, primary = meningioma_chart("ih-men-sa")
+    c.order(med("312068", "1 ML octreotide 0.05 MG/ML Injection"), ago(60),
+            dose=text_dosage("50 mcg subcutaneously three times a day"), supply_days=30, repeats=2)
+    order = c.draft(med("845507"), ten_mg_daily(), quantity=30, reason=primary)
+    return Sample(
+        name,
+        "Meningioma with short-acting octreotide injection solution (not the LAR the policy names), generic 10 mg "
+        "-> I.H.2.f not-met, not-met (no false 'approvable')",
+        request_for(name, c),
+        expect(order, "I.H", "not-met", ih_criteria(**{"I.H.2": "not-met", "I.H.2.f": "not-met"}),
+               lob="medicaid", months=6),
+    )
+
+
+def ih_meningioma_lar() -> Sample:
+    name = "I.H-meningioma-octreotide-lar"
+    c, primary = meningioma_chart("ih-men-lar")
+    c.order(med("898589", "octreotide 20 MG Injection"), ago(60),
+            dose=text_dosage("20 mg intramuscularly every 4 weeks"), supply_days=28, repeats=2)
+    order = c.draft(med("845507"), ten_mg_daily(), quantity=30, reason=primary)
+    return Sample(
+        name,
+        "Meningioma on octreotide LAR depot (Sandostatin LAR Depot kit, RxNorm 898589), generic 10 mg -> I.H met",
+        request_for(name, c),
+        expect(order, "I.H", "met", ih_criteria(**{"I.H.2": "met", "I.H.2.f": "met"}), lob="medicaid", months=6),
+    )
+
+
+def ig_liver_missing_tacrolimus() -> Sample:
+    name = "I.G-liver-missing-companions"
+    c = Chart("ig-liver-no-tac")
+    c.patient("Marisol", "Eddington", "female", "1969-12-01")
+    c.prescriber("Parveen", "Hollingworth", TRANSPLANT_HEPATOLOGY, "Example Liver Transplant Program")
+    c.coverage("medicaid")
+    primary = c.condition(ICD10, "Z94.4", "Liver transplant status", ago(90))
+    order = c.draft(med("2056895"), dosage(1, 2, "1 mg by mouth twice daily"), quantity=60, reason=primary)
+    return Sample(
+        name,
+        "Liver transplant 90 days ago, nothing else ordered -> I.G.7 not-met; suggests reduced-dose tacrolimus and "
+        "prednisone only (no kidney regimen)",
+        request_for(name, c),
+        expect(order, "I.G", "not-met",
+               "I.G.1 met, I.G.2 met, I.G.3 met, I.G.4 met, I.G.5 met, I.G.6 met, I.G.7 not-met, I.G.7.a not-met, "
+               "I.G.7.b not-met",
+               lob="medicaid", months=6, codes=("198377", "312617"), names=("tacrolimus", "prednisone")),
+    )
+
+
+def ia_snomed_only_three_tablets() -> Sample:
+    name = "I.A-snomed-only-three-tablets"
+    c = Chart("ia-snomed")
+    primary = breast_chart(c, given="Philippa", family="Dunmore", born="1958-08-08", lob="medicaid")
+    for condition in c.resources["conditions"]:
+        if condition["id"] == primary:
+            condition["code"] = concept(SNOMED, "254837009", "Malignant tumor of breast")
+    exemestane_draft(c)
+    order = c.draft(med("845518"), dosage(15, 1, "15 mg (three 5 mg tablets) by mouth once daily"), quantity=90)
+    return Sample(
+        name,
+        "Breast cancer coded in SNOMED only, brand Afinitor 5 mg x 3 tablets a day -> I.A.7 and I.A.9.a.ii not-met; "
+        "one suggestion: the same 15 mg as 2 x 7.5 mg generic (1119400)",
+        request_for(name, c),
+        expect(order, "I.A", "not-met",
+               ia_criteria(dose=dose_tree("I.A.9", ii="not-met"), **{"I.A.7": "not-met", "I.A.9": "unknown"}),
+               lob="medicaid", months=6, codes=("1119400",)),
+    )
+
+
 SAMPLES: tuple[Callable[[], Sample], ...] = (
     ia_met,
     ia_brand_without_exemestane,
@@ -1227,6 +1392,14 @@ SAMPLES: tuple[Callable[[], Sample], ...] = (
     order_select_preview,
     order_select_other,
     no_everolimus,
+    ie_tsc_infant_brain_tumour,
+    if_tsc_toddler_focal,
+    tsc_alone,
+    no_diagnosis,
+    ih_meningioma_short_acting_octreotide,
+    ih_meningioma_lar,
+    ig_liver_missing_tacrolimus,
+    ia_snomed_only_three_tablets,
 )
 
 README_HEAD = """\
