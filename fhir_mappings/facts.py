@@ -350,14 +350,16 @@ def _condition_start(condition: Any) -> date | None:
     return to_date(get(condition, "recordedDate"))
 
 
-#: Code systems whose codes the tables decide: a concept coded in one is read by its code, never its words.
-CODED_DIAGNOSIS_SYSTEMS = frozenset({"icd-10-cm", "snomed"})
-
-
 def diagnosis_words(concept: Any, tables: CodeTables) -> frozenset[str]:
-    """Diagnosis tags named in a concept's text and displays, when it carries no ICD-10-CM or SNOMED code
-    (a text-only problem, or a local code): a standard code the tables do not list was left out on purpose."""
-    if any(tables.system_name(c.system) in CODED_DIAGNOSIS_SYSTEMS for c in codings(concept)):
+    """Diagnosis tags named in a concept's text and displays, unless its code already speaks: an ICD-10-CM code
+    (the tables cover the policy's ICD-10-CM categories whole, so one they leave out was left out on purpose) or
+    any code the tables list. A text-only problem, a local code or a SNOMED concept the tables lack is read by
+    its words, as a suggestion only."""
+    if any(
+        tables.system_name(c.system) == "icd-10-cm"
+        or tables.condition_code_relevant(tables.system_name(c.system), c.code)
+        for c in codings(concept)
+    ):
         return frozenset()
     tags: set[str] = set()
     for text in concept_texts(concept):

@@ -392,8 +392,8 @@ class _Builder:
         ):
             return True
         code = resource.get("code")
-        if any(self.tables.system_name(system) in ("icd-10-cm", "snomed") for system, _ in system_codes(code)):
-            return False
+        if any(self.tables.system_name(system) == "icd-10-cm" for system, _ in system_codes(code)):
+            return False  # an ICD-10-CM code the tables leave out was left out on purpose (facts.diagnosis_words)
         return any(self.tables.condition_tags_in_text(text) for text in concept_texts(code))
 
     def _observation_relevant(self, resource: dict[str, Any]) -> bool:

@@ -393,3 +393,26 @@ def test_sega_age_boundary_is_the_first_birthday(handler: HookHandler, birth: st
              coverage(), *prescriber()]
     ev = evaluation(call(handler, chart, [med_order("order-1", *DISPERZ_2, dosage=daily(2))]))
     assert ev["pathway"] == "I.E" and status(ev, "I.E.4") == expected
+
+
+def test_snomed_code_the_tables_lack_is_read_by_its_display(handler: HookHandler) -> None:
+    """A SNOMED SEGA concept we have no row for still names SEGA: with TSC it is the specific suggestion (I.E)."""
+    sega = condition("c2", (SNOMED, "1000000001", "Subependymal giant cell astrocytoma"))
+    chart = [patient("2015-03-01"), condition("c1", TSC), sega, coverage(), *prescriber()]
+    ev = evaluation(call(handler, chart, [med_order("order-1", *DISPERZ_2, dosage=daily(4))]))
+    assert ev["pathway"] == "I.E" and status(ev, "I.E.2") == "unknown"
+
+
+def test_an_icd_code_left_out_on_purpose_is_not_read_by_its_words(handler: HookHandler) -> None:
+    kidney_carcinoid = condition("c1", (ICD10, "C7A.093", "Malignant carcinoid tumor of the kidney"))
+    chart = [patient("1960-01-01"), kidney_carcinoid, coverage(), *prescriber()]
+    ev = evaluation(call(handler, chart, [med_order("order-1", *GENERIC_10, dosage=daily(10))]))
+    assert ev["pathway"] == "I.I"
+
+
+def test_entered_in_error_conditions_are_no_diagnosis(handler: HookHandler) -> None:
+    wrong = condition("c1", BREAST)
+    wrong["verificationStatus"]["coding"][0]["code"] = "entered-in-error"
+    ev = evaluation(call(handler, [patient("1960-01-01"), wrong, coverage(), *prescriber()],
+                         [med_order("order-1", *GENERIC_10, dosage=daily(10))]))
+    assert ev["decision"] == "incomplete" and "pathway" not in ev
