@@ -416,3 +416,15 @@ def test_entered_in_error_conditions_are_no_diagnosis(handler: HookHandler) -> N
     ev = evaluation(call(handler, [patient("1960-01-01"), wrong, coverage(), *prescriber()],
                          [med_order("order-1", *GENERIC_10, dosage=daily(10))]))
     assert ev["decision"] == "incomplete" and "pathway" not in ev
+
+
+def test_documented_generic_exception_is_payer_review_not_document_it(handler: HookHandler) -> None:
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "sample_bundles" / "I.A-brand-dispense-as-written.json"
+    body = handler.handle("everolimus-order-sign", json.loads(path.read_text())).body
+    card = next(c for c in body["cards"] if "priorauth-cds.evaluation" in (c.get("extension") or {}))
+    payer = card["detail"].split("**Payer review (nothing to document):**")[1]
+    assert "I.A.7" in payer and "the payer reviews it" in payer
+    assert "document I.A.7" not in card["summary"]
