@@ -84,6 +84,10 @@ def _phrases(head: str, phrases: list[str], tail: str = "", limit: int = MAX_SUM
         text = f"{head}{body}{tail}"
         if len(text) < limit:
             return text
+    if phrases:  # even one phrase is too long: cut it at a word boundary
+        room = limit - 2 - len(head) - len(tail)
+        first = phrases[0] if len(phrases[0]) <= room else phrases[0][:room].rsplit(" ", 1)[0].rstrip(",;:") + "…"
+        return f"{head}{first}{tail}"
     return _clip(head.rstrip(": ") + tail, limit - 1)
 
 
@@ -134,6 +138,12 @@ def _action_words(criterion: CriterionResult) -> str:
                 words.append(f"use {fix.display}")
         if c.note and not c.fixes:
             words.append(c.note)
+    if not words and criterion.children:
+        deepest = [c for c in _failing_leaves(criterion) if not c.children]
+        remedy = deepest[0].remedy if deepest else None
+        if remedy:
+            remedy = remedy.rstrip(".").replace(" with everolimus", "")
+            words.append(remedy[:1].lower() + remedy[1:])
     return ", ".join(dict.fromkeys(words)) or f"{criterion.id} not met ({_short(criterion.text)})"
 
 
@@ -403,6 +413,8 @@ def suggestions_for(item: EvaluatedOrder) -> list[Suggestion]:
     ]
     out = []
     for fix in fixes:
+        if fix.kind == "switch-to-generic" and item.evaluation.referral_reason:
+            continue  # the product is non-formulary brand or generic: a generic swap would not change the referral
         if fix.kind == "switch-to-generic" and fix.rxcui and not consolidates:
             suggestion = switch_to_generic(item.draft, fix)
             if mg_over:  # never silently keep an over-limit regimen

@@ -737,10 +737,10 @@ def him_brand_disperz() -> Sample:
     return Sample(
         name,
         "HIM member, brand Afinitor Disperz 5 mg x 2 for breast cancer (cannot swallow tablets), otherwise "
-        "complete -> refer HIM.PA.103 (non-formulary brand, whatever the pathway); suggests generic 1308432",
+        "complete -> refer HIM.PA.103 (the product is non-formulary, brand or generic, whatever the pathway); no "
+        "generic swap is suggested (it would be referred too)",
         request_for(name, c),
-        expect(order, "I.A", "refer", ia_criteria(I_A_7="not-met"), lob="him", refer="HIM.PA.103",
-               codes=("1308432",), names=("everolimus 5 MG Tablet for Oral Suspension",)),
+        expect(order, "I.A", "refer", ia_criteria(I_A_7="not-met"), lob="him", refer="HIM.PA.103"),
     )
 
 
@@ -984,7 +984,7 @@ def if_him_refer() -> Sample:
     return Sample(
         name,
         "HIM member, 15, TSC focal seizures on lamotrigine, generic tablets for oral suspension -> every I.F "
-        "criterion met but HIM refers I.F to HIM.PA.103 (with the generic note)",
+        "criterion met but HIM refers I.F (and the product) to HIM.PA.103",
         request_for(name, c),
         expect(order, "I.F", "refer", IF_ALL_MET, lob="him", refer="HIM.PA.103"),
     )

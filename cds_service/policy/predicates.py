@@ -155,7 +155,7 @@ def combine_all(outcomes: Sequence[Outcome]) -> Outcome:
 
 def _carried(
     status: Status, deciding: Sequence[Outcome], all_: bool = False
-) -> tuple[None, bool, tuple[str, ...], str | None]:
+) -> tuple[str | None, bool, tuple[str, ...], str | None]:
     """(note, gate, gaps, review) a combination inherits from the children that decided it.
 
     A branch is inapplicable (gate) when, for "all", one of its conditions is an absent diagnosis; for "any",
@@ -165,7 +165,8 @@ def _carried(
     gate = status is NOT_MET and bool(deciding) and (any(gated) if all_ else all(gated))
     gaps = _merge([o.gaps for o in deciding]) if status is UNKNOWN else ()
     review = "payer" if status is UNKNOWN and deciding and all(o.review == "payer" for o in deciding) else None
-    return None, gate, gaps, review
+    notes = [o.note for o in deciding if o.note and not o.gate] if status is not MET else []
+    return ("; ".join(dict.fromkeys(notes)) or None), gate, gaps, review
 
 
 def combine_any(outcomes: Sequence[Outcome]) -> Outcome:
@@ -544,6 +545,11 @@ def _combined_with_any(p: Params, env: CompileEnv) -> Predicate:
     check_tags(tags, "ingredient", env, p.where)
     fixes = _companion_fix(p.mapping("companion"), p.where)
     form_parents = _form_parents(env, tags)
+    parents: Mapping[str, str] = getattr(env.vocabulary, "form_parents", {})
+    forms: Mapping[str, Any] = getattr(env.vocabulary, "ingredient_forms", {})
+    releases = {f.tag: f"{f.ingredient} ({f.release})" for fs in forms.values() for f in fs}
+    wanted = " or ".join(releases.get(t, t) for t in tags if t in parents)
+    sibling_forms = [f.tag for p in _form_parents(env, tags) for f in forms.get(p, ()) if f.tag not in tags]
 
     def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
         found = _findings(facts.co_medications, tags)
@@ -551,7 +557,13 @@ def _combined_with_any(p: Params, env: CompileEnv) -> Predicate:
             return Outcome(MET, _evidence(found))
         undetermined = _findings(facts.co_medications_form_unknown, form_parents)
         if undetermined:
-            return Outcome(UNKNOWN, _evidence(undetermined), fixes)
+            note = "the form of " + ", ".join(form_parents) + " on record is not stated (only " + wanted + " counts)"
+            return Outcome(UNKNOWN, _evidence(undetermined), fixes, note=note)
+        other_form = _findings(facts.co_medications, form_parents)
+        if other_form and not _missing(facts, MEDICATION_KEYS):
+            shown = [releases[t] for t in sibling_forms if t in facts.co_medications]
+            note = f"{', '.join(shown) or ', '.join(form_parents)} on record is not {wanted}"
+            return Outcome(NOT_MET, _evidence(other_form), fixes, note=note)
         return Outcome(UNKNOWN if _missing(facts, MEDICATION_KEYS) else NOT_MET, (), fixes)
 
     return fn
@@ -832,7 +844,8 @@ def _sub_items(params: Any, where: str) -> Compiled:
     if params not in ("any", "all"):
         raise PolicyError(f"{where}: sub_items must be 'any' (a or b) or 'all' (i, ii, and iii), got {params!r}")
     combine = combine_any if params == "any" else combine_all
-    return Compiled(lambda facts, subs: combine(subs), uses_sub_items=True)
+    # Sub-items show their own notes; the parent criterion does not repeat them.
+    return Compiled(lambda facts, subs: combine(subs)._replace(note=None), uses_sub_items=True)
 
 
 def compile_predicate(spec: Any, where: str, env: CompileEnv) -> Compiled:
