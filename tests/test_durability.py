@@ -10,6 +10,7 @@ the server must report healthy storage, and re-posting the acknowledged feedback
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -26,7 +27,7 @@ import requests
 
 from cds_service.store import Store
 from tests.conftest import LiveServer
-from tests.scenarios import request_for, scenario
+from tests.scenarios import SAMPLE_DIR
 
 pytestmark = pytest.mark.server
 
@@ -77,8 +78,13 @@ def post_feedback(session: requests.Session, url: str, acks: Acknowledged, n: in
         acks.feedback += items
 
 
+#: A request from the repository, so this runs on a plain clone (and no skip is raised inside a worker thread).
+SIGN_REQUEST = json.loads((SAMPLE_DIR / "I.A-met-generic-with-exemestane.json").read_text())
+
+
 def post_sign(session: requests.Session, url: str, acks: Acknowledged, n: int) -> None:
-    response = session.post(f"{url}{SIGN}", json=request_for(scenario("A-met-generic-with-exemestane")), timeout=5)
+    request = {**SIGN_REQUEST, "hookInstance": str(uuid.uuid4())}
+    response = session.post(f"{url}{SIGN}", json=request, timeout=5)
     if response.status_code != 200:
         with acks.lock:
             acks.rejected.append(response.status_code)
