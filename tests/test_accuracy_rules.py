@@ -428,3 +428,11 @@ def test_documented_generic_exception_is_payer_review_not_document_it(handler: H
     payer = card["detail"].split("**Payer review (nothing to document):**")[1]
     assert "I.A.7" in payer and "the payer reviews it" in payer
     assert "document I.A.7" not in card["summary"]
+
+
+def test_history_of_breast_cancer_with_bone_metastases_is_i_a(handler: HookHandler) -> None:
+    """Primary excised years ago: coded Z85.3 + C79.51 (ICD-10-CM guidelines) -> I.A, diagnosis to confirm."""
+    chart = [patient("1960-01-01"), condition("c1", (ICD10, "Z85.3", "Personal history of malignant neoplasm of breast")),
+             condition("c2", (ICD10, "C79.51", "Secondary malignant neoplasm of bone")), coverage(), *prescriber()]
+    ev = evaluation(call(handler, chart, [med_order("order-1", *GENERIC_10, dosage=daily(10))]))
+    assert ev["pathway"] == "I.A" and status(ev, "I.A.2") == "unknown" and ev["decision"] != "met"
