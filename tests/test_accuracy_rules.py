@@ -436,3 +436,10 @@ def test_history_of_breast_cancer_with_bone_metastases_is_i_a(handler: HookHandl
              condition("c2", (ICD10, "C79.51", "Secondary malignant neoplasm of bone")), coverage(), *prescriber()]
     ev = evaluation(call(handler, chart, [med_order("order-1", *GENERIC_10, dosage=daily(10))]))
     assert ev["pathway"] == "I.A" and status(ev, "I.A.2") == "unknown" and ev["decision"] != "met"
+
+
+def test_hodgkin_with_another_antineoplastic_is_not_single_agent(handler: HookHandler) -> None:
+    chart = [patient("1980-01-01"), condition("c1", (SNOMED, "118599009", "Hodgkin's disease (clinical)")), coverage(),
+             *prescriber(), med_order("gem-1", "12574", "gemcitabine", status="active")]
+    ev = evaluation(call(handler, chart, [med_order("order-1", *GENERIC_10, dosage=daily(10))]))
+    assert ev["pathway"] == "I.H" and status(ev, "I.H.2.a") == "not-met" and ev["decision"] == "not-met"

@@ -235,6 +235,7 @@ def test_vocabularies_hold_the_brief_tags(tables: CodeTables) -> None:
         "corticosteroid",
         "anti-seizure",
         "calcineurin-inhibitor",
+        "antineoplastic",
     } == tables.medication_group_tags
     assert tables.medication_tags == tables.ingredient_tags | tables.medication_group_tags
     assert {

@@ -117,6 +117,7 @@ INGREDIENT_TAGS = [
     "corticosteroid",
     "anti-seizure",
     "calcineurin-inhibitor",
+    "antineoplastic",
 ]
 VOCAB = PolicyVocabulary(
     frozenset(DIAGNOSIS_TAGS), frozenset(INGREDIENT_TAGS), frozenset(SPECIALTY_TAGS), frozenset(RECEPTOR_TAGS)
