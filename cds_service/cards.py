@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import copy
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Mapping
+from typing import Any
 
 from fhir_mappings.normalize import deep_copy_json
 
@@ -64,10 +65,24 @@ class Rendered:
 OVERRIDE_SYSTEM = "https://priorauth-cds.org/CodeSystem/override-reason"
 #: CDS Hooks 2.0 overrideReasons offered on every evaluation card (stored with feedback).
 OVERRIDE_REASONS = (
-    Coding(system=OVERRIDE_SYSTEM, code="documented-elsewhere", display="The documentation is in notes the EHR did not send"),
-    Coding(system=OVERRIDE_SYSTEM, code="will-submit-documentation", display="I will submit documentation with the PA request"),
-    Coding(system=OVERRIDE_SYSTEM, code="clinical-judgment", display="Clinically appropriate despite the policy criteria"),
-    Coding(system=OVERRIDE_SYSTEM, code="exception-requested", display="Requesting an exception or review under another policy"),
+    Coding(
+        system=OVERRIDE_SYSTEM,
+        code="documented-elsewhere",
+        display="The documentation is in notes the EHR did not send",
+    ),
+    Coding(
+        system=OVERRIDE_SYSTEM,
+        code="will-submit-documentation",
+        display="I will submit documentation with the PA request",
+    ),
+    Coding(
+        system=OVERRIDE_SYSTEM, code="clinical-judgment", display="Clinically appropriate despite the policy criteria"
+    ),
+    Coding(
+        system=OVERRIDE_SYSTEM,
+        code="exception-requested",
+        display="Requesting an exception or review under another policy",
+    ),
 )
 
 
@@ -170,7 +185,9 @@ def summary_for(evaluation: OrderEvaluation) -> str:
     if evaluation.decision is Decision.REFER:
         where = evaluation.refer_to or "the plan's off-label policy"
         if evaluation.referral_reason:
-            return _clip(f"Everolimus tablets for oral suspension are non-formulary for this plan: request PA under {where}")
+            return _clip(
+                f"Everolimus tablets for oral suspension are non-formulary for this plan: request PA under {where}"
+            )
         return _clip(f"Everolimus is not covered by {evaluation.policy} criteria here: request PA under {where}")
     failing = _not_met_as_ordered(evaluation)
     if evaluation.decision is Decision.NOT_MET or failing:
@@ -206,7 +223,7 @@ def _criterion_lines(criterion: CriterionResult, depth: int = 0) -> list[str]:
     return lines
 
 
-def _lob_label(item: "EvaluatedOrder") -> str:
+def _lob_label(item: EvaluatedOrder) -> str:
     ev = item.evaluation
     missing_coverage = "could not be read" if "coverage" in item.unavailable else "no Coverage found"
     return LINE_OF_BUSINESS_LABEL.get(ev.line_of_business or "", f"unknown ({missing_coverage})")
@@ -217,20 +234,22 @@ def detail_for(item: EvaluatedOrder) -> str:
     ev = item.evaluation
     if ev.pathway is None:
         parts = [
-            f"**{ev.policy}** (everolimus): no diagnosis is documented — no problem-list Condition and no reason on "
-            f"the order. Line of business: {_lob_label(item)}.",
-            "\nDocument the condition everolimus treats (a coded problem-list entry or the order's reason). "
-            f"{ev.policy} covers:",
+            (f"**{ev.policy}** (everolimus): no diagnosis is documented — no problem-list Condition and no reason on "
+            f"the order. Line of business: {_lob_label(item)}."),
+            ("\nDocument the condition everolimus treats (a coded problem-list entry or the order's reason). "
+            f"{ev.policy} covers:"),
         ]
         parts += [f"- **{pid}** {title}" for pid, title, _ in ev.diagnosis_options]
         parts.append("Other uses are reviewed under the line of business's off-label use policy.")
     else:
         parts = [
-            f"**{ev.policy}** (everolimus), pathway **{ev.pathway}** — {ev.pathway_title}. "
-            f"Line of business: {_lob_label(item)}."
+            (f"**{ev.policy}** (everolimus), pathway **{ev.pathway}** — {ev.pathway_title}. "
+            f"Line of business: {_lob_label(item)}.")
         ]
         if ev.referral_reason:
-            parts.append(f"{ev.referral_reason} Request it under **{ev.refer_to}**; the criteria below are for reference.")
+            parts.append(
+                f"{ev.referral_reason} Request it under **{ev.refer_to}**; the criteria below are for reference."
+            )
         elif ev.refer_to:
             parts.append(f"Refer the request to policy **{ev.refer_to}**.")
         if ev.approval_months:
@@ -268,7 +287,9 @@ def detail_for(item: EvaluatedOrder) -> str:
             )
     if item.unavailable:
         keys = ", ".join(sorted(item.unavailable))
-        parts.append(f"\nThe EHR's FHIR server did not return: {keys}; criteria that depend on them show as undocumented.")
+        parts.append(
+            f"\nThe EHR's FHIR server did not return: {keys}; criteria that depend on them show as undocumented."
+        )
     return "\n".join(parts)
 
 
@@ -329,10 +350,16 @@ def _medication_concept(rxcui: str | None, display: str) -> dict[str, Any]:
 def switch_to_generic(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
     """Replace the draft's medication with the generic of the same strength and form; sig and dispense kept."""
     order: dict[str, Any] = deep_copy_json(dict(draft))  # JSON-only copy: a third of deepcopy's cost
-    old_ref = (order.get("medicationReference") or {}).get("reference") if isinstance(order.get("medicationReference"), dict) else None
+    old_ref = (
+        (order.get("medicationReference") or {}).get("reference")
+        if isinstance(order.get("medicationReference"), dict)
+        else None
+    )
     order.pop("medicationReference", None)
     if old_ref and old_ref.startswith("#") and isinstance(order.get("contained"), list):
-        order["contained"] = [r for r in order["contained"] if not (isinstance(r, dict) and f"#{r.get('id')}" == old_ref)]
+        order["contained"] = [
+            r for r in order["contained"] if not (isinstance(r, dict) and f"#{r.get('id')}" == old_ref)
+        ]
         if not order["contained"]:
             order.pop("contained")
     display = fix.display or "everolimus (generic)"
@@ -341,7 +368,13 @@ def switch_to_generic(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
     return Suggestion(
         label=_clip(f"Switch to generic: {display}", 80),
         isRecommended=True,
-        actions=[Action(type="update", description=f"Replace {ref} with generic {display}, same sig and dispense", resource=order)],
+        actions=[
+            Action(
+                type="update",
+                description=f"Replace {ref} with generic {display}, same sig and dispense",
+                resource=order,
+            )
+        ],
     )
 
 
@@ -390,7 +423,14 @@ def change_strength(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
             "text": f"{count * mg:g} mg by mouth once daily ({count} x {mg:g} mg tablet{'s' if count > 1 else ''})",
             "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
             "doseAndRate": [
-                {"doseQuantity": {"value": count * mg, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}}
+                {
+                    "doseQuantity": {
+                        "value": count * mg,
+                        "unit": "mg",
+                        "system": "http://unitsofmeasure.org",
+                        "code": "mg",
+                    }
+                }
             ],
         }
     ]

@@ -420,7 +420,7 @@ class CodeTables:
         self.dosage_read_tags = frozenset({"everolimus"}) | frozenset(self.ingredient_forms)
 
     def ingredient_label(self, tag: str) -> str:
-        """"ripretinib (Qinlock)": the ingredient's name and, when the tables know one, its brand."""
+        """ "ripretinib (Qinlock)": the ingredient's name and, when the tables know one, its brand."""
         name = self._ingredient_display.get(tag, tag)
         brands = self._ingredient_brands.get(tag)
         return f"{name} ({brands[0]})" if brands else name

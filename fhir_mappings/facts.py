@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from .codes import CodeTables
+from .codes import CodeTables, IngredientForm
 from .dose import administrations_per_day, daily_dose
 from .model import Facts, Finding, LineOfBusiness, Product
 from .normalize import (
@@ -118,17 +118,19 @@ def form_tags(
     return frozenset(found), frozenset(unknown)
 
 
-def _form_of(resource: Any, concept: MedicationConcept, ingredient: str, forms: Any, tables: CodeTables) -> str | None:
-    by_release = {f.release: f.tag for f in forms}
+def _form_of(
+    resource: Any, concept: MedicationConcept, ingredient: str, forms: Sequence[IngredientForm], tables: CodeTables
+) -> str | None:
+    by_release: dict[str, str] = {f.release: f.tag for f in forms}
     for coding in concept.codes:
         drug = tables.drug_product(coding.code) if tables.system_name(coding.system) == "rxnorm" else None
         if drug is not None and drug.ingredient == ingredient:
             if drug.release in by_release:
                 return by_release[drug.release]
             if drug.route is not None:
-                routed = [f.tag for f in forms if drug.route in f.routes]
-                if len(routed) == 1:
-                    return routed[0]
+                by_route = [f.tag for f in forms if drug.route in f.routes]
+                if len(by_route) == 1:
+                    return by_route[0]
     dosages = items(resource, "dosage") or items(resource, "dosageInstruction")
     texts = list(concept.texts)
     texts += [t for d in dosages for t in (get(d, "text"), get(d, "patientInstruction")) if isinstance(t, str)]
@@ -429,9 +431,7 @@ def _diagnoses(record: PatientRecord, order: Any, order_ref: str, tables: CodeTa
                     possible.add(tag, ref, start)
     # A tag is generic-only when nothing but a generic rule suggested it (no code, text or specific rule).
     direct = present
-    generic_only = frozenset(
-        tag for tag, kinds in strength.items() if kinds == {"generic"} and tag not in direct
-    )
+    generic_only = frozenset(tag for tag, kinds in strength.items() if kinds == {"generic"} and tag not in direct)
     return _DiagnosisFindings(confirmed.freeze(), possible.freeze(exclude=confirmed.tags()), generic_only)
 
 

@@ -7,10 +7,10 @@ frozen values: no FHIR models, no I/O. A missing fact is ``None`` or an absent k
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from enum import Enum
-from typing import Mapping
 
 
 class ProductFamily(str, Enum):

@@ -46,11 +46,11 @@ __all__ = [
     "approval_months",
     "evaluate",
     "evaluate_pathway",
+    "evidence_rank",
     "load_policy",
     "notes_for",
     "select",
     "select_pathway",
-    "evidence_rank",
 ]
 
 _RANK = {Decision.MET: 0, Decision.INCOMPLETE: 1, Decision.NOT_MET: 2, Decision.REFER: 3}

@@ -500,7 +500,9 @@ def _generic_if_available(p: Params, env: CompileEnv) -> Predicate:
                 UNKNOWN,
                 _merge((order, facts.generic_exception.evidence)),
                 (switch,),
-                note="Exception to the generic documented (" + ", ".join(facts.generic_exception.evidence) + "); the payer reviews it.",
+                note="Exception to the generic documented ("
+                + ", ".join(facts.generic_exception.evidence)
+                + "); the payer reviews it.",
                 review="payer",
             )
         if _missing(facts, ALLERGY_KEYS):  # a recorded intolerance to the generic could not be checked
@@ -709,8 +711,8 @@ def _fewer_tablets(mg_per_day: float | None, limit: float, strengths: list[tuple
                 rxcui=rxcui,
                 display=display,
                 dose_mg=strength,
-                frequency_per_day=int(round(count)),
-                sig=f"{mg_per_day:g} mg a day as {int(round(count))} x {strength:g} mg tablet(s)",
+                frequency_per_day=round(count),
+                sig=f"{mg_per_day:g} mg a day as {round(count)} x {strength:g} mg tablet(s)",
             )
     return None
 

@@ -5,9 +5,9 @@ This module is the contract between ``cds_service.policy.engine`` and ``cds_serv
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Iterator
 
 
 class Status(str, Enum):
@@ -54,7 +54,7 @@ class CriterionResult:
     #: What would satisfy it, in words a prescriber can act on (from the policy file).
     remedy: str | None = None
     fixes: tuple[Fix, ...] = ()
-    children: tuple["CriterionResult", ...] = ()
+    children: tuple[CriterionResult, ...] = ()
     #: Words beside the status ("30 mg/day exceeds 20 mg/day"; "exception documented; the payer reviews it").
     note: str | None = None
     #: False for a branch whose diagnosis is not on record (I.H.2.c for a meningioma): shown collapsed.
@@ -64,7 +64,7 @@ class CriterionResult:
     #: "payer" when the payer, not the chart, settles it.
     review: str | None = None
 
-    def walk(self) -> Iterator["CriterionResult"]:
+    def walk(self) -> Iterator[CriterionResult]:
         """This criterion then its sub-items, depth first, in policy order."""
         yield self
         for child in self.children:
