@@ -425,32 +425,32 @@ REASONS = {
     "conditional without then": "'if' and 'then'",
     "predicate with two names": "exactly one predicate name",
     "malformed criterion id": "I.A.one: malformed id",
-    "criterion id not text": "id must be text",
+    "criterion id not text": "criteria.0.id: Input should be a valid string",
     "duplicate criterion id": "duplicate criterion id",
     "id that does not fit its parent": "does not fit its parent I.A.3",
     "sub-item numbered like an item": "does not fit its parent I.A.3",
     "roman level numbered with letters": "does not fit its parent I.A.3.a",
     "out of sequence": "out of sequence",
-    "missing text": "text must be",
+    "missing text": "criteria.1.text: Field required",
     "blank text": "text must be",
-    "missing remedy": "remedy must be",
-    "missing predicate": "missing predicate",
-    "unknown criterion key": "'note'",
+    "missing remedy": "criteria.0.remedy: Field required",
+    "missing predicate": "criteria.0.predicate: Field required",
+    "unknown criterion key": "criteria.0.note: Extra inputs are not permitted",
     "sub-items never read": "never reads them",
     "sub_items without sub-items": "has none",
     "sub_items with a bad mode": "sub_items must be",
     "nesting deeper than the numbering": "nest deeper",
     "malformed pathway id": "malformed pathway id",
     "duplicate pathway id": "duplicate pathway id",
-    "unknown pathway kind": "unknown kind",
+    "unknown pathway kind": "kind: Input should be",
     "no referral pathway": "initial-other",
     "approval table missing a line of business": "missing ['him']",
     "approval of zero months": "expected months",
     "refer_to an unknown referral table": "refer_to must name",
-    "version as a number": "quoted text",
-    "unknown line of business": "medicare",
-    "unknown top-level key": "'pathway'",
-    "missing referrals": "missing ['referrals']",
+    "version as a number": "policy.version: Input should be a valid string",
+    "unknown line of business": "lines_of_business.1: Input should be",
+    "unknown top-level key": "pathway: Extra inputs are not permitted",
+    "missing referrals": "test.yaml:1: referrals: Field required",
     "referral table missing a line": "referrals.off-label: missing",
 }
 
@@ -544,3 +544,27 @@ def test_medication_group_tags_kept_apart_by_the_code_tables_count_as_ingredient
     Tables.medication_group_tags = frozenset()
     with pytest.raises(PolicyError, match="endocrine-therapy"):
         parse_policy(text, Tables(), "t.yaml")
+
+
+def test_loader_errors_name_file_and_line() -> None:
+    """A pack author sees where: shape errors by YAML path, compile errors by the criterion's own line."""
+    doc = base_policy()
+    crit(doc, 1)["predicate"] = {"age_at_least": {"years": "eighteen"}}
+    text = yaml.safe_dump(doc, sort_keys=False)
+    with pytest.raises(PolicyError) as raised:
+        parse_policy(text, VOCAB, "pack/policy.yaml")
+    message = str(raised.value)
+    cid = crit(doc, 1)["id"]
+    line = next(n for n, row in enumerate(text.splitlines(), start=1) if row.strip().endswith(f"id: {cid}"))
+    assert message.startswith(f"pack/policy.yaml:{line}: {cid}")
+
+
+def test_published_schema_is_the_models_schema() -> None:
+    import json
+
+    from cds_service.policy.schema import json_schema
+
+    published = Path(__file__).resolve().parent.parent / "docs" / "policy-pack.schema.json"
+    assert json.loads(published.read_text(encoding="utf-8")) == json_schema(), (
+        "run: python -m cds_service.policy.schema"
+    )

@@ -21,6 +21,7 @@ import yaml
 from fhir_mappings.model import LineOfBusiness, ProductFamily
 
 from .predicates import CompileEnv, PolicyError, Predicate, Vocabulary, check_tags, compile_predicate
+from .schema import check_shape, line_of
 
 __all__ = [
     "Approval",
@@ -488,9 +489,44 @@ def _provisional(raw: Any) -> dict[str, frozenset[str]]:
 
 
 def parse_policy(text: str, vocabulary: Vocabulary, source: str = "<policy>") -> Policy:
-    """Check and compile policy text against the tag vocabularies; PolicyError on any mistake."""
+    """Check and compile policy text against the tag vocabularies; PolicyError ("file:line: ...") on any mistake."""
+    raw_document = _read_yaml(text, source)
+    problem = check_shape(raw_document, text, source)
+    if problem is not None:
+        raise PolicyError(problem)
+    try:
+        return _parse(raw_document, vocabulary, source)
+    except PolicyError as exc:
+        message = str(exc)
+        if message.startswith(f"{source}:"):
+            raise
+        raise PolicyError(f"{source}:{_line_for(text, message) or '?'}: {message}") from exc
+
+
+_ID_AT_START = re.compile(r"^(?:line (\d+)|([IVX]+(?:\.[A-Za-z0-9]+)*|label_notes\[\d+\]|non_formulary\[\d+\]))")
+
+
+def _line_for(text: str, message: str) -> int | None:
+    """The line a loader message is about: its "line N", else the line declaring the id it starts with."""
+    match = _ID_AT_START.match(message)
+    if match is None:
+        return None
+    if match.group(1):
+        return int(match.group(1))
+    ident = match.group(2)
+    section = re.match(r"(label_notes|non_formulary)\[(\d+)\]", ident)
+    if section:
+        return line_of(text, (section.group(1), int(section.group(2))))
+    pattern = re.compile(rf"^\s*-?\s*id:\s*['\"]?{re.escape(ident)}['\"]?\s*(?:#.*)?$")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if pattern.match(line):
+            return number
+    return None
+
+
+def _parse(raw_document: Any, vocabulary: Vocabulary, source: str) -> Policy:
     raw = _mapping(
-        _read_yaml(text, source),
+        raw_document,
         source,
         ("policy", "provisional_tags", "referrals", "non_formulary", "label_notes", "pathways"),
         ("policy", "referrals", "pathways"),
