@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import requests
@@ -176,7 +175,3 @@ def new_session(config: Config) -> requests.Session:
     """A ``requests`` session configured by ``configure_session``."""
     return configure_session(requests.Session(), config)
 
-
-def describe(access: FhirAccess) -> dict[str, Any]:
-    """For logs: how many entries and whether loopback is allowed (never the URLs of a call)."""
-    return {"fhir_allow_entries": len(access.rules), "fhir_allow_loopback": access.loopback}

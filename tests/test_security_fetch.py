@@ -15,10 +15,11 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -81,7 +82,7 @@ def recorder() -> Iterator[Recorder]:
         def log_message(self, *args: Any) -> None:
             pass
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             record.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
             body = json.dumps(record.answer(self.path)).encode()
             self.send_response(200)
@@ -386,7 +387,7 @@ def test_serve_exits_2_without_public_base_url(tmp_path: Path) -> None:
     env.update(CDS_TRUSTED_ISSUERS=json.dumps({ISSUER_A: "https://a.example/jwks.json"}),
                DATABASE_URL=f"sqlite:///{tmp_path / 's.sqlite3'}")
     done = subprocess.run([sys.executable, "-m", "cds_service", "serve", "--port", str(_closed_port())], env=env,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert "CDS_PUBLIC_BASE_URL" in done.stderr and "Traceback" not in done.stderr
     assert done.stderr.startswith("priorauth-cds: ")
