@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 DEFAULT_PLAN_PREFIXES: dict[str, str] = {"MCD-": "medicaid", "HIM-": "him", "COM-": "commercial"}
 DATABASE_FILE = Path("priorauth-cds") / "priorauth-cds.sqlite3"
@@ -192,6 +193,10 @@ class Config:
                 ServerRule.parse(server, f"issuer {issuer!r} fhirServers")
         for server in self.fhir_servers:
             ServerRule.parse(server, "CDS_FHIR_SERVERS")
+        if self.public_base_url is not None:
+            parts = urlsplit(self.public_base_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+                raise ConfigError(f"CDS_PUBLIC_BASE_URL is not an http(s) base URL: {self.public_base_url!r}")
         if self.auth_enabled and not self.public_base_url:
             raise ConfigError(
                 "CDS_PUBLIC_BASE_URL is required with CDS_TRUSTED_ISSUERS (the JWT audience never comes from the "

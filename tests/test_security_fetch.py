@@ -500,3 +500,9 @@ def test_cors_with_issuers_is_star_without_credentials_by_default(make_client: A
     response = client.get("/cds-services", headers={"Origin": "https://ehr.example"})
     assert response.headers["Access-Control-Allow-Origin"] == "*"
     assert "Access-Control-Allow-Credentials" not in response.headers
+
+
+@pytest.mark.parametrize("url", ["cds.payer.example", "ftp://cds.payer.example", "https://cds.payer.example/?x=1"])
+def test_public_base_url_must_be_an_http_base_url(url: str) -> None:
+    with pytest.raises(ConfigError, match="CDS_PUBLIC_BASE_URL"):
+        Config.from_env({"CDS_PUBLIC_BASE_URL": url})
