@@ -7,6 +7,7 @@ Every error body is a FHIR OperationOutcome; the mapping from exception to statu
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -16,8 +17,10 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .discovery import discovery_document, hook_of
 from .errors import (
+    AuthError,
     BodyTooLarge,
     MethodNotAllowed,
+    MisdirectedRequest,
     ProtocolError,
     ServiceError,
     UnknownService,
@@ -51,6 +54,8 @@ def _services() -> Any:
 def _read_json_body() -> Any:
     """The body as JSON, enforcing media type and size before parsing."""
     mimetype = (request.mimetype or "").lower()
+    if not mimetype and _services().verifier is None:  # dev mode: a body without a type is a CORS "simple" request
+        raise UnsupportedMediaType("Content-Type must be application/json")
     if mimetype and mimetype not in JSON_TYPES and not mimetype.endswith("+json"):
         raise UnsupportedMediaType(f"Content-Type must be application/json, not {mimetype[:64]}")
     limit = _services().config.max_body_bytes
@@ -70,7 +75,9 @@ def _authenticate() -> None:
         return
     from .auth import audience_for
 
-    audience = audience_for(request.base_url, request.path, services.config.public_base_url)
+    if not services.config.public_base_url:  # refused at start-up; never fall back to the Host header
+        raise AuthError()
+    audience = audience_for(request.path, services.config.public_base_url)
     claims = services.verifier.verify(request.headers.get("Authorization"), audience)
     g.issuer = claims.get("iss")
 
@@ -88,7 +95,7 @@ def call_service(service_id: str) -> Response:
         raise UnknownService(f"no CDS service '{service_id[:64]}'")
     _authenticate()
     payload = _read_json_body()
-    outcome = _services().handler.handle(service_id, payload)
+    outcome = _services().handler.handle(service_id, payload, issuer=g.get("issuer"))
     g.log_fields.update(
         hookInstance=outcome.hook_instance[:64],
         evaluated=outcome.evaluated,
@@ -126,20 +133,48 @@ def openapi() -> Response:
 # ----------------------------------------------------------------------------- CORS, logging, errors
 
 
+#: Development mode's default CORS origins: loopback, any port.
+_LOOPBACK_ORIGIN = re.compile(r"http://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?")
+
+
 def _cors_origin() -> str | None:
-    allowed = _services().config.cors_origins
+    services = _services()
+    allowed = services.config.cors_origins
     origin = request.headers.get("Origin")
-    if "*" in allowed:
+    if allowed is None:  # default: any origin with JWT issuers (bearer tokens, no credentials), loopback without
+        if services.verifier is not None:
+            return "*"
+        return origin if origin and _LOOPBACK_ORIGIN.fullmatch(origin) else None
+    if "*" in allowed and services.verifier is not None:  # "*" without issuers is refused at start-up
         return "*"
     if origin and origin in allowed:
         return origin
     return None
 
 
+def _check_dev_host() -> None:
+    """Without JWT issuers, only a loopback Host (or CDS_PUBLIC_BASE_URL's) is served: a web page whose name was
+    rebound to 127.0.0.1 sends its own name as Host, and gets 421 instead of the service."""
+    services = _services()
+    if services.verifier is not None:
+        return
+    from urllib.parse import urlsplit
+
+    from .auth import is_loopback_host
+
+    host = request.headers.get("Host", "")
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(:[0-9]{1,5})?", host)
+    name = match.group(1).lower() if match else ""
+    public = urlsplit(services.config.public_base_url or "").hostname
+    if not name or not (is_loopback_host(name) or name.strip("[]") == public):
+        raise MisdirectedRequest("without JWT issuers this service only answers Host localhost, 127.0.0.1 or [::1]")
+
+
 @bp.before_app_request
 def _start() -> Response | None:
     g.started = time.perf_counter()
     g.log_fields = {}
+    _check_dev_host()
     if request.method == "OPTIONS":
         return Response(status=204)
     return None

@@ -45,6 +45,7 @@ def load_policy_for(tables: CodeTables) -> Policy:
 def create_app(config: Config | None = None, *, store: Store | None = None, **handler_options: Any) -> Flask:
     """Build the app; ``config`` defaults to the environment (``Config.from_env()``)."""
     config = config or Config.from_env()
+    config.validate()  # also for a Config built in code: issuers need CDS_PUBLIC_BASE_URL, no CORS "*" in dev mode
     configure_logging(config.log_level)
     tables = load_code_tables()
     policy = load_policy_for(tables)

@@ -2,7 +2,8 @@
 
 The CDS client signs a short-lived JWT with an asymmetric key whose public half its issuer publishes as a
 JWKS. We accept only issuers from ``Config.trusted_issuers``, fetch keys only from their configured JWKS URL
-(never from a URL the token names), accept only asymmetric algorithms whose key type and curve match the key,
+(never from a URL the token names: a ``jku`` header must equal that URL; with an inline, pinned JWKS the ``jku``
+is ignored and nothing is fetched), require ``typ`` (when present) to be ``JWT``, accept only asymmetric algorithms whose key type and curve match the key,
 and remember every ``jti`` until the token expires so a captured token cannot be replayed — across worker
 processes, via the injected ``ReplayGuard``.
 
@@ -30,7 +31,8 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from cds_service.config import Config, ConfigError
+from cds_service.config import Config, ConfigError, issuer_settings
+from cds_service.egress import configure_session
 from cds_service.errors import AuthError
 
 log = logging.getLogger(__name__)
@@ -278,6 +280,9 @@ def _check_header(header: Mapping[str, Any]) -> tuple[str, str]:
         raise _Rejected("jwt.alg_not_allowed")
     if "crit" in header or "b64" in header:  # PyJWT already refuses most; we support no extension at all
         raise _Rejected("jwt.unsupported_header")
+    typ = header.get("typ")
+    if typ is not None and (not isinstance(typ, str) or typ.lower() != "jwt"):
+        raise _Rejected("jwt.bad_typ")
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise _Rejected("jwt.missing_kid")
@@ -304,7 +309,7 @@ class JwtVerifier:
     ) -> None:
         self._config = config
         self._guard = replay_guard
-        self._session = session or requests.Session()
+        self._session = configure_session(session or requests.Session(), config)
         self._clock = clock
         self._min_refresh = jwks_min_refresh_seconds
         self._cache_seconds = jwks_cache_seconds
@@ -313,6 +318,7 @@ class JwtVerifier:
     @staticmethod
     def _issuer_keys(issuer: str, value: Any) -> _IssuerKeys:
         """Cache entry for one configured issuer; inline JWKS are parsed once, here (bad ones stop start-up)."""
+        value, _ = issuer_settings(value)
         if isinstance(value, str) and value:
             return _IssuerKeys(jwks_url=value)
         try:
@@ -354,7 +360,9 @@ class JwtVerifier:
         entry = self._issuers.get(issuer)
         if entry is None:
             raise _Rejected("jwt.unknown_issuer")
-        if "jku" in header and (entry.jwks_url is None or header["jku"] != entry.jwks_url):
+        # A pinned (inline) JWKS ignores jku (the CDS Hooks sandbox always sends one): it is never fetched. With a
+        # JWKS URL, a jku must name exactly that URL; keys are only ever fetched from the configured URL.
+        if "jku" in header and entry.jwks_url is not None and header["jku"] != entry.jwks_url:
             raise _Rejected("jwt.jku_not_allowed")
         key = self._key_for(entry, kid, alg)
         claims = self._verified_payload(token, key, alg)
@@ -461,14 +469,11 @@ def _read_bounded(response: requests.Response, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def audience_for(request_url_without_query: str, path: str, public_base_url: str | None) -> str:
-    """The ``aud`` a caller must use: behind a proxy the public URL differs from what the app sees.
-
-    ``path`` is the route inside the app (Flask's ``request.path``); ``public_base_url`` already includes
-    any prefix the proxy strips.
+def audience_for(path: str, public_base_url: str) -> str:
+    """The ``aud`` a caller must use: ``CDS_PUBLIC_BASE_URL`` + the route, never derived from the Host header
+    (which the caller controls). ``path`` is the route inside the app (Flask's ``request.path``);
+    ``public_base_url`` already includes any prefix a proxy strips.
     """
-    if not public_base_url:
-        return request_url_without_query
     return public_base_url.rstrip("/") + "/" + path.lstrip("/")
 
 
@@ -493,6 +498,11 @@ def check_bind_security(config: Config) -> str | None:
     service would accept unauthenticated calls from the network without ``allow_unauthenticated``.
     """
     if config.auth_enabled:
+        if not config.public_base_url:
+            raise ConfigError(
+                "CDS_PUBLIC_BASE_URL is required with CDS_TRUSTED_ISSUERS (it is the JWT audience); set it to the "
+                "URL EHRs call, e.g. https://cds.payer.example"
+            )
         return None
     if is_loopback_host(config.host):
         return (

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 DEFAULT_PLAN_PREFIXES: dict[str, str] = {"MCD-": "medicaid", "HIM-": "him", "COM-": "commercial"}
 DATABASE_FILE = Path("priorauth-cds") / "priorauth-cds.sqlite3"
@@ -63,6 +64,25 @@ def _int(name: str, value: str | None, default: int) -> int:
     return int(_float(name, value, float(default)))
 
 
+def _list(value: str | None) -> tuple[str, ...]:
+    """A comma-separated setting as a tuple of non-empty, stripped items."""
+    return tuple(item.strip() for item in (value or "").split(",") if item.strip())
+
+
+def issuer_settings(value: Any) -> tuple[Any, tuple[str, ...]]:
+    """(JWKS URL or inline JWKS, FHIR server allow-list) of one ``CDS_TRUSTED_ISSUERS`` value.
+
+    Accepted forms: ``"https://.../jwks.json"``, ``{"keys": [...]}``, and
+    ``{"jwks": <either of those>, "fhirServers": ["https://ehr.example/fhir", ...]}``.
+    """
+    if isinstance(value, dict) and "jwks" in value:
+        servers = value.get("fhirServers", [])
+        if not isinstance(servers, list) or not all(isinstance(s, str) and s for s in servers):
+            raise ConfigError("fhirServers must be a list of FHIR base URLs")
+        return value["jwks"], tuple(servers)
+    return value, ()
+
+
 def _json_object(name: str, value: str | None, default: dict[str, Any]) -> dict[str, Any]:
     if value is None or value.strip() == "":
         return dict(default)
@@ -82,8 +102,13 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 2
-    #: issuer -> JWKS URL (str) or inline JWKS (dict with "keys").
+    #: issuer -> JWKS URL (str), inline JWKS (dict with "keys"), or {"jwks": URL or inline JWKS,
+    #: "fhirServers": [base URL, ...]} (the FHIR servers the fallback may call for that issuer's tokens).
     trusted_issuers: Mapping[str, Any] = field(default_factory=dict)
+    #: Without issuers (development): FHIR servers the fallback may call besides loopback ones.
+    fhir_servers: tuple[str, ...] = ()
+    #: Proxy for the FHIR fallback and JWKS fetches (environment proxies and .netrc are never used).
+    http_proxy: str | None = None
     #: Run without JWT checks on a non-loopback bind (off: refuse to start).
     allow_unauthenticated: bool = False
     #: Public base URL (scheme://host[:port][/prefix]) used for the JWT ``aud`` behind a proxy.
@@ -102,7 +127,8 @@ class Config:
     max_resources_per_key: int = 10_000
     #: SQLite file (created 0600 with its folders) or PostgreSQL URL; see ``default_database_url``.
     database_url: str = field(default_factory=lambda: default_database_url(os.environ))
-    cors_origins: tuple[str, ...] = ("*",)
+    #: Allowed CORS origins; None: loopback origins without issuers, "*" with issuers.
+    cors_origins: tuple[str, ...] | None = None
     insurer_name: str = "Centene Health Plan"
     #: Card link to the policy document; the policy file's document_url when unset.
     policy_url: str | None = None
@@ -139,7 +165,9 @@ class Config:
                 "CDS_MAX_RESOURCES_PER_KEY", env.get("CDS_MAX_RESOURCES_PER_KEY"), cls.max_resources_per_key
             ),
             "database_url": env.get("DATABASE_URL") or default_database_url(env),
-            "cors_origins": tuple(o.strip() for o in (env.get("CDS_CORS_ORIGINS") or "*").split(",") if o.strip()),
+            "cors_origins": _list(env.get("CDS_CORS_ORIGINS")) or None,
+            "fhir_servers": _list(env.get("CDS_FHIR_SERVERS")),
+            "http_proxy": (env.get("CDS_HTTP_PROXY") or "").strip() or None,
             "insurer_name": env.get("CDS_INSURER_NAME") or cls.insurer_name,
             "policy_url": env.get("CDS_POLICY_URL") or None,
             "plan_prefixes": _json_object("CDS_PLAN_PREFIXES", env.get("CDS_PLAN_PREFIXES"), DEFAULT_PLAN_PREFIXES),
@@ -153,11 +181,29 @@ class Config:
 
     def validate(self) -> None:
         """Refuse settings that cannot work (checked once at start-up)."""
-        for issuer, keys in self.trusted_issuers.items():
+        from cds_service.egress import ServerRule  # late: egress imports this module
+
+        for issuer, value in self.trusted_issuers.items():
             if not isinstance(issuer, str) or not issuer:
                 raise ConfigError("CDS_TRUSTED_ISSUERS keys must be issuer strings")
+            keys, servers = issuer_settings(value)
             if not (isinstance(keys, str) or (isinstance(keys, dict) and isinstance(keys.get("keys"), list))):
                 raise ConfigError(f"issuer {issuer!r}: value must be a JWKS URL or an inline JWKS object")
+            for server in servers:
+                ServerRule.parse(server, f"issuer {issuer!r} fhirServers")
+        for server in self.fhir_servers:
+            ServerRule.parse(server, "CDS_FHIR_SERVERS")
+        if self.public_base_url is not None:
+            parts = urlsplit(self.public_base_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+                raise ConfigError(f"CDS_PUBLIC_BASE_URL is not an http(s) base URL: {self.public_base_url!r}")
+        if self.auth_enabled and not self.public_base_url:
+            raise ConfigError(
+                "CDS_PUBLIC_BASE_URL is required with CDS_TRUSTED_ISSUERS (the JWT audience never comes from the "
+                "Host header); set it to the URL EHRs call, e.g. https://cds.payer.example"
+            )
+        if not self.auth_enabled and self.cors_origins and "*" in self.cors_origins:
+            raise ConfigError("CDS_CORS_ORIGINS '*' is not allowed without JWT issuers; list the origins")
         for prefix, lob in self.plan_prefixes.items():
             if lob not in ("medicaid", "him", "commercial"):
                 raise ConfigError(f"CDS_PLAN_PREFIXES: {prefix!r} maps to unknown line of business {lob!r}")

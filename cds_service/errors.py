@@ -59,6 +59,13 @@ class AuthError(ServiceError):
     expose_detail = False
 
 
+class MisdirectedRequest(ServiceError):
+    """Development mode (no JWT issuers): the Host header does not name loopback (DNS-rebinding defence)."""
+
+    status = 421
+    code = "security"
+
+
 class UnknownService(ServiceError):
     """No CDS service has that id."""
 

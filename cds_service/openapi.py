@@ -359,7 +359,14 @@ UNAUTHORIZED = _outcome(
     "JWT missing, invalid, untrusted, expired or replayed (only when CDS_TRUSTED_ISSUERS is set); no detail."
 )
 UNKNOWN_SERVICE = _outcome("No CDS service has this id (checked before authentication and the body).")
-UNSUPPORTED_MEDIA_TYPE = _outcome("Content-Type is not application/json, application/fhir+json or another +json type.")
+UNSUPPORTED_MEDIA_TYPE = _outcome(
+    "Content-Type is not application/json, application/fhir+json or another +json type (or, without JWT issuers, "
+    "absent)."
+)
+MISDIRECTED = _outcome(
+    "Without JWT issuers (development mode): the Host header is not localhost, 127.0.0.1 or [::1] (nor the host of "
+    "CDS_PUBLIC_BASE_URL); a defence against DNS rebinding."
+)
 TOO_LARGE = _outcome("The body exceeds CDS_MAX_BODY_BYTES (5 MiB by default).")
 STORAGE_UNAVAILABLE = _outcome("The audit / feedback store could not be written; the call may be retried.")
 
@@ -479,6 +486,7 @@ def _hook_operation() -> JsonObject:
             ),
             "413": TOO_LARGE,
             "415": UNSUPPORTED_MEDIA_TYPE,
+            "421": MISDIRECTED,
             "500": INTERNAL_ERROR,
             "503": STORAGE_UNAVAILABLE,
         },
@@ -507,6 +515,7 @@ def _feedback_operation() -> JsonObject:
             "405": METHOD_NOT_ALLOWED,
             "413": TOO_LARGE,
             "415": UNSUPPORTED_MEDIA_TYPE,
+            "421": MISDIRECTED,
             "500": INTERNAL_ERROR,
             "503": STORAGE_UNAVAILABLE,
         },

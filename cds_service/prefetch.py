@@ -4,7 +4,9 @@ CDS Hooks 2.0 (https://cds-hooks.hl7.org/2.0/#prefetch-template) lets a client s
 with data, send ``null`` (queried, nothing found), send an OperationOutcome (could not query), or leave
 the key out. Keys that are missing, or that came back as an OperationOutcome or a value of the wrong
 shape, are fetched from ``fhirServer`` with the client's bearer token: in parallel, inside one time
-budget, with a byte cap, following same-origin ``next`` links only. Nothing here raises for bad data or
+budget, with a byte cap, following same-origin ``next`` links only — and only when ``fhirServer`` is
+on the call's allow-list (``egress.FhirAccess``: checked on the URL before any connection, and on the
+address actually connected to, so DNS cannot redirect a fetch to loopback or a private network). Nothing here raises for bad data or
 a bad server: every key ends with an origin and, when it failed, a short reason code (no token, no
 PHI) that is safe to log. Whether a failure means 412 or a degraded answer is the caller's decision.
 """
@@ -29,6 +31,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from cds_service.config import Config
+from cds_service.egress import FhirAccess, configure_session, fhir_access_for
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +235,13 @@ def gather(
     config: Config,
     session: requests.Session | None = None,
     keys: Iterable[str] | None = None,
+    fhir_access: FhirAccess | None = None,
 ) -> PrefetchOutcome:
-    """Resources for each template key (all, or ``keys``): prefetched when usable, else fetched."""
+    """Resources for each template key (all, or ``keys``): prefetched when usable, else fetched.
+
+    ``fhir_access`` is the call's FHIR allow-list (``egress.fhir_access_for`` with the verified JWT issuer);
+    by default the one of a call without a verified issuer.
+    """
     wanted = list(templates) if keys is None else list(keys)
     unknown = [key for key in wanted if key not in templates]
     if unknown:
@@ -243,7 +251,7 @@ def gather(
     failed: dict[str, str] = {}
 
     started = time.monotonic()
-    results = _fetch_keys(to_fetch, fhir_server, access_token, config, session) if to_fetch else {}
+    results = _fetch_keys(to_fetch, fhir_server, access_token, config, session, fhir_access) if to_fetch else {}
     fetch_seconds = time.monotonic() - started if to_fetch else 0.0
     for key, result in results.items():
         resources[key] = result.resources
@@ -292,16 +300,25 @@ def _log_outcome(outcome: PrefetchOutcome) -> None:
     )
 
 
+class AddressNotAllowed(urllib3.exceptions.NewConnectionError):
+    """The name resolved to an address the call's allow-list does not permit; closed before sending."""
+
+
 class _SocketWatch(HTTPAdapter):
-    """An adapter that remembers the sockets it opens, so the deadline can cut them.
+    """An adapter that checks the address each new socket reached and remembers it, so the deadline can cut it.
 
     A per-read timeout never fires while a server trickles its headers a byte at a time; shutting the
-    socket down from the caller's thread ends the worker's blocked read at once.
+    socket down from the caller's thread ends the worker's blocked read at once. The address check runs
+    on the connected socket (``getpeername``), before TLS or any request byte, so a DNS answer that changes
+    between the allow-list check and the connection (rebinding) cannot reach a disallowed address. With an
+    explicit proxy the socket goes to the proxy, which then resolves names: the check does not apply.
     """
 
-    def __init__(self, max_connections: int) -> None:
+    def __init__(self, max_connections: int, access: FhirAccess, proxied: bool = False) -> None:
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._access = access
+        self._proxied = proxied
         super().__init__(pool_connections=1, pool_maxsize=max_connections)
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **kwargs: Any) -> None:
@@ -309,11 +326,17 @@ class _SocketWatch(HTTPAdapter):
         watch = self
 
         class Http(urllib3.connection.HTTPConnection):
+            def _new_conn(self) -> socket.socket:
+                return watch._checked(self, super()._new_conn(), "http")
+
             def connect(self) -> None:
                 super().connect()
                 watch._remember(self.sock)
 
         class Https(urllib3.connection.HTTPSConnection):
+            def _new_conn(self) -> socket.socket:
+                return watch._checked(self, super()._new_conn(), "https")
+
             def connect(self) -> None:
                 super().connect()
                 watch._remember(self.sock)
@@ -325,6 +348,19 @@ class _SocketWatch(HTTPAdapter):
             ConnectionCls = Https
 
         self.poolmanager.pool_classes_by_scheme = {"http": HttpPool, "https": HttpsPool}
+
+    def _checked(self, connection: urllib3.connection.HTTPConnection, sock: socket.socket, scheme: str) -> socket.socket:
+        """The new socket if its peer address is allowed for ``connection.host``; otherwise closed, and refused."""
+        if self._proxied:
+            return sock
+        try:
+            peer = str(sock.getpeername()[0])
+        except OSError:
+            peer = ""
+        if not self._access.peer_allowed(scheme, connection.host, int(connection.port or 0), peer):
+            sock.close()
+            raise AddressNotAllowed(connection, "connected address not allowed for this FHIR server")
+        return sock
 
     def _remember(self, sock: socket.socket | None) -> None:
         if sock is not None:
@@ -348,6 +384,7 @@ def _fetch_keys(
     access_token: str | None,
     config: Config,
     session: requests.Session | None,
+    fhir_access: FhirAccess | None = None,
 ) -> dict[str, FetchResult]:
     """Fetch every target in parallel; whatever is unfinished when the budget ends is a timeout."""
     if not fhir_server:
@@ -355,17 +392,20 @@ def _fetch_keys(
     base = _base_url(fhir_server)
     if base is None:
         return {key: FetchResult([], "bad-fhir-server") for key in targets}
+    access = fhir_access if fhir_access is not None else fhir_access_for(config, None)
+    if not access.allows(base):
+        return {key: FetchResult([], "fhir-server-not-allowed") for key in targets}
     deadline = time.monotonic() + config.fhir_budget_seconds
     headers = _headers(access_token)
-    http = session if session is not None else requests.Session()
+    http = configure_session(session if session is not None else requests.Session(), config)
     workers = min(len(targets), _MAX_WORKERS)
-    watch = _SocketWatch(workers)
+    watch = _SocketWatch(workers, access, proxied=bool(http.proxies))
     http.mount("http://", watch)
     http.mount("https://", watch)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir-prefetch")
     try:
         futures: dict[Future[FetchResult], str] = {
-            pool.submit(_fetch_target, f"{base}/{target.url}", target, http, headers, config, deadline): key
+            pool.submit(_fetch_target, f"{base}/{target.url}", target, http, headers, config, deadline, access): key
             for key, target in targets.items()
         }
         done, _ = wait(futures, timeout=max(0.0, deadline - time.monotonic()) + _GRACE_SECONDS)
@@ -386,12 +426,14 @@ def fetch_reference(
     access_token: str | None,
     config: Config,
     session: requests.Session | None = None,
+    fhir_access: FhirAccess | None = None,
 ) -> FetchResult:
     """Read one ``Type/id`` (e.g. an order's requester who is not the user) within the FHIR budget."""
     match = _REFERENCE.fullmatch(reference)
     if not match:
         return FetchResult([], "bad-reference")
-    results = _fetch_keys({"reference": _target_for(reference)}, fhir_server, access_token, config, session)
+    results = _fetch_keys({"reference": _target_for(reference)}, fhir_server, access_token, config, session,
+                          fhir_access)
     return results["reference"]
 
 
@@ -431,10 +473,11 @@ def _fetch_target(
     headers: Mapping[str, str],
     config: Config,
     deadline: float,
+    access: FhirAccess,
 ) -> FetchResult:
     """One key's fetch, all pages; every failure becomes a reason code (this runs in a worker thread)."""
     try:
-        return FetchResult(_fetch_pages(url, target, session, headers, config, deadline))
+        return FetchResult(_fetch_pages(url, target, session, headers, config, deadline, access))
     except _FetchFailure as failure:
         return FetchResult([], failure.reason)
     except Exception as exc:  # noqa: BLE001 - a worker must hand back a result; the type is logged, not the URL
@@ -449,8 +492,9 @@ def _fetch_pages(
     headers: Mapping[str, str],
     config: Config,
     deadline: float,
+    access: FhirAccess,
 ) -> list[dict[str, Any]]:
-    """A read's resource, or a search's entries across ``next`` pages (same origin, no loops, capped)."""
+    """A read's resource, or a search's entries across ``next`` pages (same origin and allowed, no loops, capped)."""
     home = _origin(url)
     seen: set[str] = set()
     resources: list[dict[str, Any]] = []
@@ -475,6 +519,8 @@ def _fetch_pages(
         url = urljoin(url, next_link)
         if _origin(url) != home:
             raise _FetchFailure("cross-origin-next")
+        if not access.allows(url):
+            raise _FetchFailure("next-not-allowed")
     raise _FetchFailure("page-limit")
 
 
@@ -522,6 +568,8 @@ def _get(
     except requests.exceptions.SSLError as exc:
         raise _FetchFailure("tls-error") from exc
     except requests.exceptions.ConnectionError as exc:
+        if _caused_by(exc, AddressNotAllowed):
+            raise _FetchFailure("address-not-allowed") from exc
         raise _FetchFailure("connection-error") from exc
     except requests.exceptions.RequestException as exc:
         raise _FetchFailure("request-error") from exc
@@ -534,6 +582,22 @@ def _get(
         if not 200 <= status < 300:
             raise _FetchFailure(f"http-{status}")
         return status, _read_body(response, config.fhir_max_response_bytes, deadline)
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``kind`` is somewhere in the chain requests/urllib3 wrapped around a connection failure."""
+    seen: set[int] = set()
+    pending: list[Any] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kind):
+            return True
+        pending.extend([getattr(current, "reason", None), current.__cause__, current.__context__])
+        pending.extend(arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException))
+    return False
 
 
 def _read_body(response: requests.Response, max_bytes: int, deadline: float) -> bytes:

@@ -23,6 +23,7 @@ from fhir_mappings.record import build_record
 from . import cards as card_builder
 from .config import Config
 from .discovery import PREFETCH_TEMPLATES, REQUIRED_PREFETCH_KEYS, hook_of
+from .egress import fhir_access_for
 from .errors import PrefetchUnavailable, ProtocolError, UnknownService
 from .policy.engine import Policy, evaluate
 from .prefetch import gather
@@ -109,8 +110,13 @@ class HookHandler:
         self.session_factory = session_factory
         self.today = today or (lambda: datetime.now(timezone.utc).date())
 
-    def handle(self, service_id: str, payload: Any) -> HookOutcome:
-        """Answer one hook call; raises ServiceError subclasses for the web layer to map."""
+    def handle(self, service_id: str, payload: Any, *, issuer: str | None = None) -> HookOutcome:
+        """Answer one hook call; raises ServiceError subclasses for the web layer to map.
+
+        ``issuer`` is the ``iss`` of the caller's verified JWT: with JWT issuers configured, the FHIR fallback
+        only calls that issuer's ``fhirServers`` (none without a verified issuer); without issuers, loopback
+        servers and ``CDS_FHIR_SERVERS``.
+        """
         expected = hook_of(service_id)
         if expected is None:
             raise UnknownService(f"no CDS service '{service_id[:64]}'")
@@ -137,6 +143,7 @@ class HookHandler:
                 access_token=request.access_token,
                 config=self.config,
                 session=session,
+                fhir_access=fhir_access_for(self.config, issuer),
             )
         finally:
             session.close()
@@ -144,8 +151,11 @@ class HookHandler:
         missing = outcome.missing_required(REQUIRED_PREFETCH_KEYS)
         obtained = [k for k, origin in outcome.origin.items() if origin in ("prefetch", "fetched")]
         if missing or not obtained:
-            reasons = ", ".join(f"{k}: {outcome.failed.get(k, 'unavailable')}" for k in (missing or sorted(outcome.failed)))
-            raise PrefetchUnavailable(f"required data could not be obtained from prefetch or fhirServer ({reasons})")
+            # One generic reason for the client: per-key causes (refused, timeout, bad body ...) would let a caller
+            # probe hosts and ports through fhirServer. The reason codes (no URL, no port) go to the log.
+            reasons = ", ".join(f"{k}={outcome.failed.get(k, 'unavailable')}" for k in (missing or sorted(outcome.failed)))
+            log.warning("412: required data unavailable (%s)", reasons)
+            raise PrefetchUnavailable("required data could not be obtained from prefetch or fhirServer")
 
         resources, failed = _capped(outcome.resources, outcome.failed, self.config.max_resources_per_key)
         record = build_record(

@@ -175,13 +175,17 @@ def test_no_everolimus_order_gives_empty_cards(client: Any) -> None:
 
 
 def test_cors_preflight_and_headers(client: Any) -> None:
-    response = client.options(SIGN, headers={"Origin": "https://sandbox.cds-hooks.org",
+    """Development mode (no issuers): loopback origins only by default, never "*"."""
+    response = client.options(SIGN, headers={"Origin": "http://localhost:3000",
                                               "Access-Control-Request-Method": "POST"})
     assert response.status_code == 204
-    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert response.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
     assert "Authorization" in response.headers["Access-Control-Allow-Headers"]
     assert "Access-Control-Allow-Credentials" not in response.headers
-    assert client.get("/cds-services").headers["Access-Control-Allow-Origin"] == "*"
+    other = client.options(SIGN, headers={"Origin": "https://sandbox.cds-hooks.org",
+                                           "Access-Control-Request-Method": "POST"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+    assert "Access-Control-Allow-Origin" not in client.get("/cds-services").headers
 
 
 def test_cors_allowlist(tmp_path: Any) -> None:

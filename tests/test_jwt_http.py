@@ -20,7 +20,8 @@ KEY = ec_key("ES384")
 
 @pytest.fixture
 def secured(tmp_path: Path) -> Any:
-    config = Config(database_url=f"sqlite:///{tmp_path / 'jwt.sqlite3'}", trusted_issuers={ISSUER: jwks(KEY)})
+    config = Config(database_url=f"sqlite:///{tmp_path / 'jwt.sqlite3'}", trusted_issuers={ISSUER: jwks(KEY)},
+                    public_base_url="http://localhost")
     app = create_app(config)
     yield app.test_client()
     app.extensions["priorauth_cds"].store.dispose()

@@ -27,7 +27,8 @@ def _capture() -> tuple[io.StringIO, logging.Handler]:
 def test_request_log_has_hook_instance_and_no_secrets(tmp_path: Path) -> None:
     key = ec_key()
     issuer = "https://ehr.example"
-    app = create_app(Config(database_url=f"sqlite:///{tmp_path / 'l.sqlite3'}", trusted_issuers={issuer: jwks(key)}))
+    app = create_app(Config(database_url=f"sqlite:///{tmp_path / 'l.sqlite3'}", trusted_issuers={issuer: jwks(key)},
+                            public_base_url="http://localhost"))
     client = app.test_client()
     stream, handler = _capture()
     try:

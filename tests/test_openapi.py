@@ -284,7 +284,8 @@ def test_too_large_conforms(tmp_path: Path, path: str) -> None:
 @pytest.mark.parametrize("path", [SIGN, f"{SIGN}/feedback"])
 def test_unauthorized_conforms(tmp_path: Path, path: str) -> None:
     config = Config(database_url=f"sqlite:///{tmp_path / 'jwt.sqlite3'}",
-                    trusted_issuers={"https://ehr.example.org": jwks(ec_key("ES384"))})
+                    trusted_issuers={"https://ehr.example.org": jwks(ec_key("ES384"))},
+                    public_base_url="http://localhost")
     with running(config) as app:
         response = app.test_client().post(path, json=hook_request_example("everolimus-order-sign"))
         assert response.status_code == 401

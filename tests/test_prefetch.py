@@ -12,7 +12,7 @@ import re
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 from urllib.parse import parse_qsl, urlsplit
@@ -63,9 +63,14 @@ def run(
         prefetch=prefetch,
         fhir_server=fhir_server,
         access_token=token,
-        config=config or Config(),
+        config=_allowing_base(config or Config()),
         keys=keys,
     )
+
+
+def _allowing_base(config: Config) -> Config:
+    """Without JWT issuers only loopback FHIR servers are called: the fake one on ``BASE`` is listed."""
+    return config if config.fhir_servers else replace(config, fhir_servers=(BASE,))
 
 
 # ---------------------------------------------------------------- a fake FHIR server on top of responses
@@ -429,8 +434,8 @@ def test_failure_logs_hold_neither_token_nor_patient_id(fake: FakeFhir, caplog: 
 def test_fetch_reference_reads_one_resource(fake: FakeFhir) -> None:
     prac = {"resourceType": "Practitioner", "id": "p2"}
     fake.json(f"{BASE}/Practitioner/p2", prac)
-    assert fetch_reference("Practitioner/p2", fhir_server=BASE, access_token=TOKEN, config=Config()).resources == [prac]
-    bad = fetch_reference("Practitioner/a&b", fhir_server=BASE, access_token=TOKEN, config=Config())
+    assert fetch_reference("Practitioner/p2", fhir_server=BASE, access_token=TOKEN, config=_allowing_base(Config())).resources == [prac]
+    bad = fetch_reference("Practitioner/a&b", fhir_server=BASE, access_token=TOKEN, config=_allowing_base(Config()))
     assert bad.failure == "bad-reference" and len(fake.requests) == 1
 
 
