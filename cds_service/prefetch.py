@@ -4,9 +4,9 @@ CDS Hooks 2.0 (https://cds-hooks.hl7.org/2.0/#prefetch-template) lets a client s
 with data, send ``null`` (queried, nothing found), send an OperationOutcome (could not query), or leave
 the key out. Keys that are missing, or that came back as an OperationOutcome or a value of the wrong
 shape, are fetched from ``fhirServer`` with the client's bearer token: in parallel, inside one time
-budget, with a byte cap, following same-origin ``next`` links only. Nothing here raises for bad data or
-a bad server: every key ends with an origin and, when it failed, a short reason code (no token, no
-PHI) that is safe to log. Whether a failure means 412 or a degraded answer is the caller's decision.
+budget, with a byte cap per response and one shared by the whole call (``CDS_FHIR_MAX_CALL_BYTES``),
+following same-origin ``next`` links only. Nothing here raises for bad data or a bad server: every key
+ends with an origin and, when it failed, a short reason code (no token, no PHI) that is safe to log. Whether a failure means 412 or a degraded answer is the caller's decision.
 """
 
 from __future__ import annotations
@@ -292,6 +292,21 @@ def _log_outcome(outcome: PrefetchOutcome) -> None:
     )
 
 
+class _CallBudget:
+    """FHIR bytes left for one hook call, shared by its parallel key fetches (``CDS_FHIR_MAX_CALL_BYTES``)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._left = max_bytes
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> None:
+        """Charge ``size`` bytes; once the call's budget is spent every key still reading fails."""
+        with self._lock:
+            self._left -= size
+            if self._left < 0:
+                raise _FetchFailure("call-budget")
+
+
 class _SocketWatch(HTTPAdapter):
     """An adapter that remembers the sockets it opens, so the deadline can cut them.
 
@@ -363,9 +378,10 @@ def _fetch_keys(
     http.mount("http://", watch)
     http.mount("https://", watch)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir-prefetch")
+    budget = _CallBudget(config.fhir_max_call_bytes)
     try:
         futures: dict[Future[FetchResult], str] = {
-            pool.submit(_fetch_target, f"{base}/{target.url}", target, http, headers, config, deadline): key
+            pool.submit(_fetch_target, f"{base}/{target.url}", target, http, headers, config, deadline, budget): key
             for key, target in targets.items()
         }
         done, _ = wait(futures, timeout=max(0.0, deadline - time.monotonic()) + _GRACE_SECONDS)
@@ -431,10 +447,11 @@ def _fetch_target(
     headers: Mapping[str, str],
     config: Config,
     deadline: float,
+    budget: _CallBudget | None = None,
 ) -> FetchResult:
     """One key's fetch, all pages; every failure becomes a reason code (this runs in a worker thread)."""
     try:
-        return FetchResult(_fetch_pages(url, target, session, headers, config, deadline))
+        return FetchResult(_fetch_pages(url, target, session, headers, config, deadline, budget))
     except _FetchFailure as failure:
         return FetchResult([], failure.reason)
     except Exception as exc:  # noqa: BLE001 - a worker must hand back a result; the type is logged, not the URL
@@ -449,6 +466,7 @@ def _fetch_pages(
     headers: Mapping[str, str],
     config: Config,
     deadline: float,
+    budget: _CallBudget | None = None,
 ) -> list[dict[str, Any]]:
     """A read's resource, or a search's entries across ``next`` pages (same origin, no loops, capped)."""
     home = _origin(url)
@@ -458,7 +476,7 @@ def _fetch_pages(
         if url in seen:
             raise _FetchFailure("page-loop")
         seen.add(url)
-        status, body = _get(url, session, headers, config, deadline, absent_ok=target.is_read)
+        status, body = _get(url, session, headers, config, deadline, absent_ok=target.is_read, budget=budget)
         if status in (404, 410):
             return []
         resource = _parse(body)
@@ -509,6 +527,7 @@ def _get(
     deadline: float,
     *,
     absent_ok: bool,
+    budget: _CallBudget | None = None,
 ) -> tuple[int, bytes]:
     """(status, body) of a GET that cannot outlive the deadline; 404/410 pass when ``absent_ok``."""
     remaining = deadline - time.monotonic()
@@ -533,14 +552,19 @@ def _get(
             raise _FetchFailure("redirect")
         if not 200 <= status < 300:
             raise _FetchFailure(f"http-{status}")
-        return status, _read_body(response, config.fhir_max_response_bytes, deadline)
+        return status, _read_body(response, config.fhir_max_response_bytes, deadline, budget)
 
 
-def _read_body(response: requests.Response, max_bytes: int, deadline: float) -> bytes:
+def _read_body(
+    response: requests.Response, max_bytes: int, deadline: float, budget: _CallBudget | None = None
+) -> bytes:
     """The body, read as it arrives so a server trickling bytes or sending too many is cut off."""
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise _FetchFailure("too-large")
+    if budget is not None and declared.isdigit():
+        budget.take(int(declared))  # what it says it will send, charged up front
+        budget = None
     chunks: list[bytes] = []
     size = 0
     try:
@@ -553,6 +577,8 @@ def _read_body(response: requests.Response, max_bytes: int, deadline: float) -> 
             size += len(chunk)
             if size > max_bytes:
                 raise _FetchFailure("too-large")
+            if budget is not None:
+                budget.take(len(chunk))
             chunks.append(chunk)
     except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
         raise _FetchFailure("timeout") from exc
