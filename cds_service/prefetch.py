@@ -6,7 +6,8 @@ the key out. Keys that are missing, or that came back as an OperationOutcome or 
 shape, are fetched from ``fhirServer`` with the client's bearer token: in parallel, inside one time
 budget, with a byte cap per response and one shared by the whole call (``CDS_FHIR_MAX_CALL_BYTES``),
 following same-origin ``next`` links only. Nothing here raises for bad data or a bad server: every key
-ends with an origin and, when it failed, a short reason code (no token, no PHI) that is safe to log. Whether a failure means 412 or a degraded answer is the caller's decision.
+ends with an origin and, when it failed, a short reason code (no token, no PHI) that is safe to log.
+Whether a failure means 412 or a degraded answer is the caller's decision.
 """
 
 from __future__ import annotations
