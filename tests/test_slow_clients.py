@@ -94,7 +94,7 @@ def test_keepalive_and_pipelined_requests_still_work(slow_server: LiveServer) ->
             response = session.post(slow_server.url + HOOK_PATH, data=body,
                                     headers={"Content-Type": "application/json"}, timeout=10)
             assert response.status_code == 200
-    request = (f"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 2).encode()
+    request = ("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 2).encode()
     with socket.create_connection(("127.0.0.1", slow_server.port), timeout=10) as sock:
         sock.sendall(request)
         answer = b""
