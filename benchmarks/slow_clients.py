@@ -50,7 +50,7 @@ class SlowResult:
         if not self.latencies_ms:
             return None
         ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+        return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
     def summary(self) -> dict[str, Any]:
         ok = self.statuses.get("200", 0)

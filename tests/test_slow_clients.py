@@ -20,7 +20,7 @@ import requests
 from tests.conftest import LiveServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from slow_clients import HOOK_PATH, SAMPLE, run_slow_clients  # noqa: E402
+from slow_clients import HOOK_PATH, SAMPLE, run_slow_clients
 
 pytestmark = pytest.mark.server
 
