@@ -224,3 +224,73 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ----------------------------------------------------------------------------- bench.py section: worker models
+
+
+def compare_workers(duration: float, slow_seconds: float, idle: int = 100, trickle: int = 50) -> dict[str, Any]:
+    """For the buffered gthread worker (the default) and the old sync worker: closed-loop throughput,
+    open-loop latency at 50 req/s, and the slow-client run; one fresh server each, same body."""
+    sys.path.insert(0, str(HERE))
+    import tempfile
+
+    import inprocess
+    from http_bench import HOOK_PATH as PATH
+    from http_bench import run_load, start_server
+
+    body_file = Path(tempfile.mkdtemp(prefix="priorauth-bench-slow-")) / "sample.json"
+    body_file.write_bytes(SAMPLE.read_bytes())
+    out: dict[str, Any] = {"duration_s": duration, "slow_seconds": slow_seconds, "idle": idle, "trickle": trickle}
+    for model in ("sync", "buffered"):
+        server = start_server({"CDS_WORKER_CLASS": model})
+        try:
+            url = server.url + PATH
+            run_load(url, body_file, mode="closed", concurrency=2, requests=200, time_limit=30)  # warm-up
+            closed = run_load(url, body_file, mode="closed", concurrency=8, requests=100_000, time_limit=duration)
+            opened = run_load(url, body_file, mode="open", rate=50, requests=int(50 * duration),
+                              time_limit=duration + 5)
+            row: dict[str, Any] = {}
+            for name, res in (("closed8", closed), ("open50", opened)):
+                lat = res["latencies_ms"]
+                row[name] = {
+                    "ok": res["statuses"].get("200", 0),
+                    "sent": res["sent"],
+                    "rate": res["statuses"].get("200", 0) / res["elapsed_s"],
+                    "p50": inprocess.percentile(lat, 50) if lat else None,
+                    "p99": inprocess.percentile(lat, 99) if lat else None,
+                    "errors": res["errors"],
+                }
+            row["slow"] = run_slow_clients(server.url, idle=idle, trickle=trickle, seconds=slow_seconds).summary()
+            out[model] = row
+        finally:
+            server.stop()
+    return out
+
+
+def compare_section(data: dict[str, Any]) -> list[str]:
+    """Markdown lines for bench.py's results."""
+    import report
+
+    rows = []
+    for model in ("sync", "buffered"):
+        row = data[model]
+        slow = row["slow"]
+        rows.append([
+            "sync (before)" if model == "sync" else "buffered gthread (now)",
+            f"{row['closed8']['rate']:.0f} req/s, p99 {report.fmt(row['closed8']['p99'])}",
+            f"p50 {report.fmt(row['open50']['p50'])}, p99 {report.fmt(row['open50']['p99'])}",
+            f"{slow['ok']} / {slow['normal_requests']}",
+            report.fmt(slow["p99_ms"]),
+            str(slow["trickle_cuts"]),
+        ])
+    return [
+        f"The typical sample request (`{SAMPLE.name}`, prefetch included), 2 workers; a fresh server per model. "
+        f"Closed loop with 8 connections and open loop at 50 req/s for {data['duration_s']:.0f} s each; then "
+        f"{data['idle']} idle plus {data['trickle']} header-trickling connections for {data['slow_seconds']:.0f} s "
+        "while one client posts 10 requests a second on fresh connections (`benchmarks/slow_clients.py`). A "
+        "normal request that gets no answer within 10 s counts as failed.",
+        "",
+        *report.table(["worker model", "throughput (closed, 8 conn.)", "latency (open, 50 req/s)",
+                       "normal requests answered with slow clients", "their p99", "tricklers cut"], rows),
+    ]
