@@ -492,6 +492,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="shorter runs (about 2 minutes)")
     parser.add_argument("--skip-http", action="store_true", help="no gunicorn section")
     parser.add_argument("--skip-fallback", action="store_true", help="no FHIR fallback section")
+    parser.add_argument("--skip-workers", action="store_true", help="no sync-vs-buffered / slow-client section")
+    parser.add_argument("--only-workers", action="store_true",
+                        help="only the worker-model section (writes workers.md and workers.json)")
+    parser.add_argument("--slow-seconds", type=float, default=40.0, help="slow-client run per model (default 40)")
     parser.add_argument("--soak", type=int, default=None, help="requests in the memory soak (default 10000)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
     parser.add_argument(
@@ -508,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     soak = args.soak if args.soak is not None else (2000 if args.quick else 10_000)
     duration = 6.0 if args.quick else 15.0
 
+    if args.only_workers:
+        return workers_only(args, duration)
     info = report.machine()
     start_load = report.load_average()
     log(f"machine: {report.describe_machine(info)}")
@@ -536,6 +542,12 @@ def main(argv: list[str] | None = None) -> int:
         log("fallback: FHIR server on loopback, each query alone vs the whole hook ...")
         fb = section("fallback", lambda: fallback.run(TYPICAL_SIZE, rounds=8 if args.quick else 20))
 
+    workers = None
+    if not args.skip_workers:
+        import slow_clients
+
+        log(f"workers: sync vs buffered, then {args.slow_seconds:.0f} s of slow clients each ...")
+        workers = section("workers", lambda: slow_clients.compare_workers(duration, args.slow_seconds))
     end_load = report.load_average()
     loads = {
         "start": " / ".join(f"{x:.2f}" for x in start_load),
@@ -549,18 +561,51 @@ def main(argv: list[str] | None = None) -> int:
         sections += http_sections(web)
     if fb is not None:
         sections += fallback_sections(fb)
+    if workers is not None:
+        import slow_clients
+
+        sections += [("Worker model and slow clients", slow_clients.compare_section(workers))]
     command = "python benchmarks/bench.py" + (" --quick" if args.quick else "")
     found = targets(ip, web)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.md").write_text(report.markdown(info, found, sections, command, loads))
     (args.out / "latest.json").write_text(
-        json.dumps({**to_json(ip, web, fb, info), "conditions": loads}, indent=1, default=str) + "\n"
+        json.dumps({**to_json(ip, web, fb, info), "workers": workers, "conditions": loads}, indent=1, default=str)
+        + "\n"
     )
     report.plot_growth(ip["growth"], args.out / "latency-vs-chart-size.png", report.describe_machine(info))
     log("")
     for target in found:
         log(f"{target.verdict.strip('*'):5s} {target.name}: {target.measured} (target {target.bar})")
     log(f"\nwrote {args.out / 'latest.md'} in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def workers_only(args: argparse.Namespace, duration: float) -> int:
+    """The worker-model section alone: benchmarks/results/workers.md and workers.json."""
+    import slow_clients
+
+    info = report.machine()
+    share = report.wait_until_quiet(args.wait_quiet)
+    log(f"workers: sync vs buffered, then {args.slow_seconds:.0f} s of slow clients each ...")
+    with report.Interference() as seen:
+        data = slow_clients.compare_workers(duration, args.slow_seconds)
+    data["machine"] = report.describe_machine(info)
+    data["other_cpu_share"] = seen.share
+    lines = [
+        "# Worker model and slow clients",
+        "",
+        "Produced by `python benchmarks/bench.py --only-workers` on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {data['machine']}. CPU used by other processes during the run: {seen.share:.0%} of the machine"
+        f" (busy before start: {share:.0%}).",
+        "",
+        *slow_clients.compare_section(data),
+        "",
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "workers.md").write_text("\n".join(lines))
+    (args.out / "workers.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+    log("\n".join(lines))
     return 0
 
 

@@ -6,6 +6,8 @@ Every error body is a FHIR OperationOutcome; the mapping from exception to statu
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 import re
 import time
@@ -15,6 +17,7 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from . import metrics
 from .discovery import discovery_document, hook_of
 from .errors import (
     AuthError,
@@ -37,6 +40,11 @@ log = logging.getLogger("priorauth_cds.http")
 bp = Blueprint("cds", __name__)
 
 JSON_TYPES = ("application/json", "application/fhir+json")
+#: After a 413, read and discard at most this much of the rest of the body, for at most DRAIN_SECONDS, so an
+#: ordinary client that is still sending reads the answer instead of a connection reset; then close.
+DRAIN_BYTES = 1024 * 1024
+DRAIN_SECONDS = 1.0
+_PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -61,12 +69,43 @@ def _read_json_body() -> Any:
     limit = _services().config.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"request body exceeds {limit} bytes")
-    data = request.stream.read(limit + 1)
-    if len(data) > limit:
+    data = _read_at_most(limit + 1)
+    if len(data) > limit:  # whatever the framing (Content-Length or chunked): never truncated and parsed
         raise BodyTooLarge(f"request body exceeds {limit} bytes")
     if not data:
         raise ProtocolError("request body is empty")
     return parse_json(data)
+
+
+def _read_at_most(size: int) -> bytes:
+    """Up to ``size`` bytes of the body, looping over short reads (a chunked body arrives chunk by chunk)."""
+    stream = request.environ["wsgi.input"] if request.content_length is None else request.stream
+    parts: list[bytes] = []
+    got = 0
+    while got < size:
+        part = stream.read(min(size - got, 64 * 1024))
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def _drain() -> None:
+    """Read and discard what is left of the body, bounded in bytes and time (after a 413)."""
+    stream = request.environ.get("wsgi.input")
+    if stream is None:
+        return
+    deadline = time.monotonic() + DRAIN_SECONDS
+    drained = 0
+    try:
+        while drained < DRAIN_BYTES and time.monotonic() < deadline:
+            part = stream.read(min(64 * 1024, DRAIN_BYTES - drained))
+            if not part:
+                return
+            drained += len(part)
+    except Exception:  # noqa: BLE001 - a broken or stalled client: the connection is closed anyway
+        return
 
 
 def _authenticate() -> None:
@@ -96,6 +135,7 @@ def call_service(service_id: str) -> Response:
     _authenticate()
     payload = _read_json_body()
     outcome = _services().handler.handle(service_id, payload, issuer=g.get("issuer"))
+    g.decisions = outcome.decisions
     g.log_fields.update(
         hookInstance=outcome.hook_instance[:64],
         evaluated=outcome.evaluated,
@@ -122,6 +162,34 @@ def healthz() -> Response:
     """Liveness and storage readiness."""
     ok = _services().store.ping()
     return json_response({"status": "ok" if ok else "degraded", "storage": "ok" if ok else "unavailable"}, 200 if ok else 503)
+
+
+@bp.get("/metrics")
+def prometheus_metrics() -> Response:
+    """Prometheus text format; 404 unless CDS_METRICS is on, then loopback-only or bearer CDS_METRICS_TOKEN."""
+    config = _services().config
+    if not config.metrics:
+        raise UnknownService(f"no resource at {request.path[:100]}")
+    if config.metrics_token:
+        supplied = request.headers.get("Authorization", "")
+        expected = f"Bearer {config.metrics_token}"
+        if not hmac.compare_digest(supplied.encode(), expected.encode()):
+            response = Response(b"metrics need the bearer token\n", status=401, mimetype="text/plain")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
+    elif not _direct_loopback_client():
+        raise UnknownService(f"no resource at {request.path[:100]}")
+    return Response(metrics.exposition(), status=200, content_type=metrics.CONTENT_TYPE)
+
+
+def _direct_loopback_client() -> bool:
+    """A client on this host talking to us directly: loopback peer and no reverse-proxy header."""
+    if any(name in request.headers for name in _PROXY_HEADERS):
+        return False
+    try:
+        return ipaddress.ip_address((request.remote_addr or "").split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 @bp.get("/openapi.json")
@@ -191,6 +259,11 @@ def _finish(response: Response) -> Response:
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
         response.headers["Access-Control-Max-Age"] = "600"
     elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+    rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    metrics.record_request(rule, request.method, response.status_code)
+    service_id = (request.view_args or {}).get("service_id")
+    if request.endpoint == "cds.call_service" and hook_of(str(service_id)) is not None:
+        metrics.record_hook(str(service_id), elapsed / 1000, g.get("decisions", ()))
     log_event(
         log,
         "request",
@@ -210,11 +283,19 @@ def register_error_handlers(app: Any) -> None:
     def _service_error(error: ServiceError) -> Response:
         if error.status == 401:
             log_event(log, "auth.rejected", logging.WARNING)
+        if isinstance(error, BodyTooLarge):
+            return _too_large_response(error)
         return error_response(error)
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(error: RequestEntityTooLarge) -> Response:
-        return error_response(BodyTooLarge("request body too large"))
+        return _too_large_response(BodyTooLarge("request body too large"))
+
+    def _too_large_response(error: BodyTooLarge) -> Response:
+        _drain()
+        response = error_response(error)
+        response.headers["Connection"] = "close"
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:

@@ -24,14 +24,19 @@ from .errors import ServiceError
 
 log = logging.getLogger("priorauth_cds.cli")
 
-#: gunicorn worker model (benchmarks/bench.py measures it). A hook call is CPU-bound Python: threads in one
-#: worker would share one GIL, so one request per process, ``CDS_WORKERS`` processes (one per core), and the
-#: kernel's accept queue in front of them gives first-come-first-served order. On 2 cores, gthread (2 or 4
-#: threads) gave no better p99 and 10-30 % less closed-loop throughput. The cost: a call waiting on the FHIR
-#: fallback holds its worker for up to ``CDS_FHIR_BUDGET_SECONDS``.
-WORKER_CLASS = "sync"
-THREADS_PER_WORKER = 1
-#: Only used by threaded workers (sync workers close each connection after its answer).
+#: gunicorn worker model (benchmarks/bench.py and benchmarks/slow_clients.py measure it): gthread, subclassed in
+#: ``cds_service/server.py`` so that each request is buffered in the worker's event loop (no thread held) until its
+#: head and body are in, with a 408 for clients slower than CDS_HEADER_TIMEOUT_SECONDS / CDS_BODY_TIMEOUT_SECONDS.
+#: Sync workers let two idle TCP connections stall both default workers for 30 s; stock gthread still gives every
+#: new connection a thread that waits 5 s for data and then reads the head without a time limit. A hook call is
+#: CPU-bound Python, so throughput comes from the processes (CDS_WORKERS, one per core); the threads (CDS_THREADS)
+#: keep a call waiting on the FHIR fallback from blocking the worker. No new dependency (async workers would need
+#: gevent and its monkey-patching under a preloaded app). In production a TLS terminator / buffering proxy
+#: (nginx) sits in front anyway: README "Production topology".
+WORKER_CLASS = "cds_service.server.BufferedThreadWorker"
+#: Default threads per worker (``Config.threads``, CDS_THREADS).
+THREADS_PER_WORKER = Config.threads
+#: Seconds an idle kept-alive connection stays open.
 KEEPALIVE_SECONDS = 5
 
 EXIT_OK = 0
@@ -50,10 +55,12 @@ def _fail(message: str, code: int) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
 
+    from . import metrics
     from .app import create_app
     from .auth import check_bind_security
     from .logs import configure_logging, log_event
 
+    metrics_dir = metrics.private_multiprocess_dir()  # before anything imports prometheus_client
     try:
         config = Config.from_env(host=args.host, port=args.port, workers=args.workers)
         configure_logging(config.log_level)
@@ -62,14 +69,21 @@ def _serve(args: argparse.Namespace) -> int:
             log_event(log, "startup.warning", logging.WARNING, message=warning)
         app = create_app(config)  # loaded once in the master (preload): a bad policy fails here, before forking
     except ConfigError as exc:
+        metrics.remove_multiprocess_dir(metrics_dir)
         return _fail(f"refusing to start: {exc}", EXIT_USAGE)
     except ServiceError as exc:  # StorageError while creating the schema
+        metrics.remove_multiprocess_dir(metrics_dir)
         return _fail(f"refusing to start: {exc}", EXIT_USAGE)
     _warm_up(app)
     # Everything loaded so far lives as long as the workers: freeze it out of the cyclic GC, whose full pass over
     # it costs ~100 ms per worker (a latency spike), and whose header writes would unshare the forked pages.
     gc.collect()
     gc.freeze()
+    from .server import BufferedThreadWorker
+
+    BufferedThreadWorker.header_timeout = config.header_timeout_seconds
+    BufferedThreadWorker.body_timeout = config.body_timeout_seconds
+    BufferedThreadWorker.max_body_bytes = config.max_body_bytes
 
     class Server(BaseApplication):  # type: ignore[misc]
         """gunicorn with our settings; no config file, no control socket."""
@@ -78,14 +92,15 @@ def _serve(args: argparse.Namespace) -> int:
             settings: dict[str, Any] = {
                 "bind": [f"[{config.host}]:{config.port}" if ":" in config.host else f"{config.host}:{config.port}"],
                 "workers": config.workers,
-                "worker_class": WORKER_CLASS,
-                "threads": THREADS_PER_WORKER,
+                "worker_class": WORKER_CLASS if config.worker_class == "buffered" else "sync",
+                "threads": config.threads if config.worker_class == "buffered" else 1,
                 "preload_app": True,
                 "timeout": 30,
                 "graceful_timeout": 10,
                 "keepalive": KEEPALIVE_SECONDS,
                 "control_socket_disable": True,
                 "post_fork": lambda server, worker: app.extensions["priorauth_cds"].store.dispose(close=False),
+                "child_exit": lambda server, worker: metrics.worker_exited(worker.pid),
                 "loglevel": "warning",
             }
             for key, value in settings.items():
@@ -95,7 +110,10 @@ def _serve(args: argparse.Namespace) -> int:
         def load(self) -> Any:
             return app
 
-    Server().run()
+    try:
+        Server().run()
+    finally:
+        metrics.remove_multiprocess_dir(metrics_dir)
     return 0
 
 

@@ -122,6 +122,19 @@ class Config:
     fhir_connect_timeout_seconds: float = 1.0
     fhir_max_pages: int = 10
     fhir_max_response_bytes: int = 20 * 1024 * 1024
+    #: FHIR bytes one hook call may read across all keys and pages (fetched in parallel); past it the keys still
+    #: fetching fail with ``call-budget`` (their criteria stay unknown). Keeps a worker's RSS bounded.
+    fhir_max_call_bytes: int = 8 * 1024 * 1024
+    #: gunicorn threads per worker process (``cds_service/server.py``).
+    threads: int = 4
+    #: ``buffered`` (``cds_service/server.py``); ``sync`` only to compare in benchmarks (slow clients stall it).
+    worker_class: str = "buffered"
+    #: Seconds a client has to send its request head, and then its body (slow clients get a 408 and are closed).
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    #: Serve GET /metrics (Prometheus): to loopback clients without proxy headers, or with CDS_METRICS_TOKEN.
+    metrics: bool = False
+    metrics_token: str | None = field(default=None, repr=False)
     #: Resources read per prefetch key; a key with more is treated as unobtainable (its criteria stay unknown)
     #: so processing, which the FHIR budget does not bound, stays bounded too.
     max_resources_per_key: int = 10_000
@@ -161,6 +174,15 @@ class Config:
             "fhir_max_response_bytes": _int(
                 "CDS_FHIR_MAX_RESPONSE_BYTES", env.get("CDS_FHIR_MAX_RESPONSE_BYTES"), cls.fhir_max_response_bytes
             ),
+            "fhir_max_call_bytes": _int(
+                "CDS_FHIR_MAX_CALL_BYTES", env.get("CDS_FHIR_MAX_CALL_BYTES"), cls.fhir_max_call_bytes
+            ),
+            "threads": _int("CDS_THREADS", env.get("CDS_THREADS"), cls.threads),
+            "worker_class": (env.get("CDS_WORKER_CLASS") or cls.worker_class).strip().lower(),
+            "header_timeout_seconds": _float("CDS_HEADER_TIMEOUT_SECONDS", env.get("CDS_HEADER_TIMEOUT_SECONDS"), 10.0),
+            "body_timeout_seconds": _float("CDS_BODY_TIMEOUT_SECONDS", env.get("CDS_BODY_TIMEOUT_SECONDS"), 30.0),
+            "metrics": _bool(env.get("CDS_METRICS"), False),
+            "metrics_token": env.get("CDS_METRICS_TOKEN") or None,
             "max_resources_per_key": _int(
                 "CDS_MAX_RESOURCES_PER_KEY", env.get("CDS_MAX_RESOURCES_PER_KEY"), cls.max_resources_per_key
             ),
@@ -207,6 +229,8 @@ class Config:
         for prefix, lob in self.plan_prefixes.items():
             if lob not in ("medicaid", "him", "commercial"):
                 raise ConfigError(f"CDS_PLAN_PREFIXES: {prefix!r} maps to unknown line of business {lob!r}")
+        if self.worker_class not in ("buffered", "sync"):
+            raise ConfigError("CDS_WORKER_CLASS must be buffered or sync")
         if not 1 <= self.port <= 65535:
             raise ConfigError("CDS_PORT out of range")
 

@@ -4,11 +4,12 @@ CDS Hooks 2.0 (https://cds-hooks.hl7.org/2.0/#prefetch-template) lets a client s
 with data, send ``null`` (queried, nothing found), send an OperationOutcome (could not query), or leave
 the key out. Keys that are missing, or that came back as an OperationOutcome or a value of the wrong
 shape, are fetched from ``fhirServer`` with the client's bearer token: in parallel, inside one time
-budget, with a byte cap, following same-origin ``next`` links only — and only when ``fhirServer`` is
-on the call's allow-list (``egress.FhirAccess``: checked on the URL before any connection, and on the
-address actually connected to, so DNS cannot redirect a fetch to loopback or a private network). Nothing here raises for bad data or
-a bad server: every key ends with an origin and, when it failed, a short reason code (no token, no
-PHI) that is safe to log. Whether a failure means 412 or a degraded answer is the caller's decision.
+budget, with a byte cap per response and one shared by the whole call (``CDS_FHIR_MAX_CALL_BYTES``),
+following same-origin ``next`` links only — and only when ``fhirServer`` is on the call's allow-list
+(``egress.FhirAccess``: checked on the URL before any connection, and on the address actually connected to,
+so DNS cannot redirect a fetch to loopback or a private network). Nothing here raises for bad data or a bad
+server: every key ends with an origin and, when it failed, a short reason code (no token, no PHI) that is safe
+to log. Whether a failure means 412 or a degraded answer is the caller's decision.
 """
 
 from __future__ import annotations
@@ -304,6 +305,21 @@ class AddressNotAllowed(urllib3.exceptions.NewConnectionError):
     """The name resolved to an address the call's allow-list does not permit; closed before sending."""
 
 
+class _CallBudget:
+    """FHIR bytes left for one hook call, shared by its parallel key fetches (``CDS_FHIR_MAX_CALL_BYTES``)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._left = max_bytes
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> None:
+        """Charge ``size`` bytes; once the call's budget is spent every key still reading fails."""
+        with self._lock:
+            self._left -= size
+            if self._left < 0:
+                raise _FetchFailure("call-budget")
+
+
 class _SocketWatch(HTTPAdapter):
     """An adapter that checks the address each new socket reached and remembers it, so the deadline can cut it.
 
@@ -403,9 +419,12 @@ def _fetch_keys(
     http.mount("http://", watch)
     http.mount("https://", watch)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir-prefetch")
+    budget = _CallBudget(config.fhir_max_call_bytes)
     try:
         futures: dict[Future[FetchResult], str] = {
-            pool.submit(_fetch_target, f"{base}/{target.url}", target, http, headers, config, deadline, access): key
+            pool.submit(
+                _fetch_target, f"{base}/{target.url}", target, http, headers, config, deadline, access, budget
+            ): key
             for key, target in targets.items()
         }
         done, _ = wait(futures, timeout=max(0.0, deadline - time.monotonic()) + _GRACE_SECONDS)
@@ -474,10 +493,11 @@ def _fetch_target(
     config: Config,
     deadline: float,
     access: FhirAccess,
+    budget: _CallBudget | None = None,
 ) -> FetchResult:
     """One key's fetch, all pages; every failure becomes a reason code (this runs in a worker thread)."""
     try:
-        return FetchResult(_fetch_pages(url, target, session, headers, config, deadline, access))
+        return FetchResult(_fetch_pages(url, target, session, headers, config, deadline, access, budget))
     except _FetchFailure as failure:
         return FetchResult([], failure.reason)
     except Exception as exc:  # noqa: BLE001 - a worker must hand back a result; the type is logged, not the URL
@@ -493,6 +513,7 @@ def _fetch_pages(
     config: Config,
     deadline: float,
     access: FhirAccess,
+    budget: _CallBudget | None = None,
 ) -> list[dict[str, Any]]:
     """A read's resource, or a search's entries across ``next`` pages (same origin and allowed, no loops, capped)."""
     home = _origin(url)
@@ -502,7 +523,7 @@ def _fetch_pages(
         if url in seen:
             raise _FetchFailure("page-loop")
         seen.add(url)
-        status, body = _get(url, session, headers, config, deadline, absent_ok=target.is_read)
+        status, body = _get(url, session, headers, config, deadline, absent_ok=target.is_read, budget=budget)
         if status in (404, 410):
             return []
         resource = _parse(body)
@@ -555,6 +576,7 @@ def _get(
     deadline: float,
     *,
     absent_ok: bool,
+    budget: _CallBudget | None = None,
 ) -> tuple[int, bytes]:
     """(status, body) of a GET that cannot outlive the deadline; 404/410 pass when ``absent_ok``."""
     remaining = deadline - time.monotonic()
@@ -581,7 +603,7 @@ def _get(
             raise _FetchFailure("redirect")
         if not 200 <= status < 300:
             raise _FetchFailure(f"http-{status}")
-        return status, _read_body(response, config.fhir_max_response_bytes, deadline)
+        return status, _read_body(response, config.fhir_max_response_bytes, deadline, budget)
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
@@ -600,11 +622,16 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
-def _read_body(response: requests.Response, max_bytes: int, deadline: float) -> bytes:
+def _read_body(
+    response: requests.Response, max_bytes: int, deadline: float, budget: _CallBudget | None = None
+) -> bytes:
     """The body, read as it arrives so a server trickling bytes or sending too many is cut off."""
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise _FetchFailure("too-large")
+    if budget is not None and declared.isdigit():
+        budget.take(int(declared))  # what it says it will send, charged up front
+        budget = None
     chunks: list[bytes] = []
     size = 0
     try:
@@ -617,6 +644,8 @@ def _read_body(response: requests.Response, max_bytes: int, deadline: float) -> 
             size += len(chunk)
             if size > max_bytes:
                 raise _FetchFailure("too-large")
+            if budget is not None:
+                budget.take(len(chunk))
             chunks.append(chunk)
     except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
         raise _FetchFailure("timeout") from exc

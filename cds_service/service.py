@@ -21,6 +21,7 @@ from fhir_mappings.facts import build_facts, find_everolimus_orders
 from fhir_mappings.record import build_record
 
 from . import cards as card_builder
+from . import metrics
 from .config import Config
 from .discovery import PREFETCH_TEMPLATES, REQUIRED_PREFETCH_KEYS, hook_of
 from .egress import fhir_access_for
@@ -147,6 +148,7 @@ class HookHandler:
             )
         finally:
             session.close()
+        metrics.record_prefetch(outcome.origin, outcome.failed)
         started = timings.mark("prefetch", started)
         missing = outcome.missing_required(REQUIRED_PREFETCH_KEYS)
         obtained = [k for k, origin in outcome.origin.items() if origin in ("prefetch", "fetched")]

@@ -1,0 +1,228 @@
+"""The gunicorn worker ``priorauth-cds serve`` runs: gthread, with requests buffered before a thread sees them.
+
+Why (README "Production topology"): with sync workers each connection holds a whole worker process from
+accept to answer, so two idle TCP connections stalled the default two workers for 30 s. gunicorn's stock
+``gthread`` worker is better but still hands a new connection to a pool thread at once: the thread waits up to
+5 s for a first byte and then reads the request head with no time limit, so idle or header-trickling clients
+still use up every thread. This subclass keeps every connection in the worker's event loop (a selector, no
+thread) until the request head (and a body announced with ``Content-Length`` up to ``CDS_MAX_BODY_BYTES``) is
+complete, as nginx does, and closes connections whose head did not arrive within ``CDS_HEADER_TIMEOUT_SECONDS``
+(or whose body did not arrive within ``CDS_BODY_TIMEOUT_SECONDS``) with a 408. Only complete requests reach a
+thread; a thread's socket reads and writes (a chunked body, the answer) have a per-operation timeout.
+
+A hook call is CPU-bound Python, so the threads of one process share one GIL: throughput comes from the
+processes (one per core), the threads only keep a call that waits on the FHIR fallback from blocking the
+worker. Thread safety of the shared state was checked: the code-table memos (``fhir_mappings/codes.py``
+``_remember``) and the concept cache (``fhir_mappings/record.py`` ``_CONCEPTS``) are plain dicts whose readers
+use ``get`` and tolerate a miss, so a concurrent ``clear()`` only costs a recomputation; the JWT replay guard
+and the JWKS cache take locks; the store's engine pools connections per thread; Flask's request state is
+context-local. This worker speaks HTTP/1.1 only and does no TLS itself (a TLS terminator sits in front).
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import selectors
+import socket
+import time
+from functools import partial
+from typing import Any
+
+from gunicorn import http
+from gunicorn.workers.gthread import ThreadWorker
+
+#: Largest request head buffered (request line + headers); gunicorn's own limits then reject it with 400/431.
+MAX_HEAD_BYTES = 64 * 1024
+_HEAD_END = b"\r\n\r\n"
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,12})[ \t]*\r\n", re.IGNORECASE)
+_TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding:", re.IGNORECASE)
+_TIMEOUT_ANSWER = (
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 16\r\n\r\n"
+    b"request timeout\n"
+)
+
+
+class _Reading:
+    """A connection whose request is still arriving: bytes so far and the time it must be complete by."""
+
+    __slots__ = ("buf", "deadline", "need")
+
+    def __init__(self, deadline: float) -> None:
+        self.buf = bytearray()
+        self.deadline = deadline
+        #: Total bytes (head + body) to wait for once the head is in; None while the head is incomplete.
+        self.need: int | None = None
+
+
+class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
+    """gthread whose event loop buffers each request (head, and a Content-Length body) before a thread runs it."""
+
+    #: Set by the CLI from ``Config`` (class attributes: gunicorn builds the worker itself).
+    header_timeout = 10.0
+    body_timeout = 30.0
+    max_body_bytes = 5 * 1024 * 1024
+    #: Socket timeout for a thread's reads and writes (chunked bodies, the answer).
+    io_timeout = 10.0
+    #: Body bytes one worker may hold for connections still sending; past it, a body is read by its thread.
+    max_buffered_bytes = 64 * 1024 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reading: dict[Any, _Reading] = {}
+        self.buffered = 0
+
+    # ------------------------------------------------------------------ the event loop side
+
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            client_sock, client_addr = listener.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        from gunicorn.workers.gthread import TConn
+
+        conn = TConn(self.cfg, client_sock, client_addr, listener.getsockname())  # sets the socket non-blocking
+        self._start_reading(conn)
+
+    def on_client_socket_readable(self, conn: Any, client: Any) -> None:
+        """A kept-alive connection has a new request coming: buffer it like a new connection's."""
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        self._start_reading(conn)
+        self._read_some(conn, client)
+
+    def _start_reading(self, conn: Any) -> None:
+        self.reading[conn] = _Reading(time.monotonic() + self.header_timeout)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._read_some, conn))
+
+    def _read_some(self, conn: Any, client: Any) -> None:
+        state = self.reading.get(conn)
+        if state is None:
+            return
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client went away before its request was complete
+            self._drop(conn, answer=False)
+            return
+        state.buf += data
+        self._progress(conn, state)
+
+    def _progress(self, conn: Any, state: _Reading) -> None:
+        """Dispatch the connection once its head (and a Content-Length body worth buffering) is in."""
+        if state.need is None:
+            head_end = state.buf.find(_HEAD_END)
+            if head_end < 0:
+                if len(state.buf) > MAX_HEAD_BYTES:
+                    self._dispatch(conn)  # gunicorn's parser answers the over-long head with an error
+                return
+            state.need = self._body_to_buffer(bytes(state.buf[: head_end + 4]))
+            if state.need is None:
+                self._dispatch(conn)
+                return
+            state.need += head_end + 4
+            self.buffered += state.need
+            state.deadline = time.monotonic() + self.body_timeout
+        if len(state.buf) >= state.need:
+            self._dispatch(conn)
+
+    def _body_to_buffer(self, head: bytes) -> int | None:
+        """Body bytes to wait for before dispatching, or None to dispatch now (no body, chunked, too big)."""
+        if _TRANSFER_ENCODING.search(head):
+            return None
+        lengths = _CONTENT_LENGTH.findall(head)
+        if len(lengths) != 1:
+            return None  # none, or duplicated: gunicorn decides
+        length = int(lengths[0])
+        if length == 0 or length > self.max_body_bytes or self.buffered + length > self.max_buffered_bytes:
+            return None  # the app answers 413 to an over-limit body without reading all of it
+        return length
+
+    def _release(self, conn: Any) -> _Reading | None:
+        state = self.reading.pop(conn, None)
+        if state is not None:
+            if state.need is not None:
+                self.buffered -= state.need
+            try:
+                self.poller.unregister(conn.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+        return state
+
+    def _dispatch(self, conn: Any) -> None:
+        state = self._release(conn)
+        if state is None:
+            return
+        conn.early = bytes(state.buf)
+        conn.data_ready = True
+        self.enqueue_req(conn)
+
+    def _drop(self, conn: Any, *, answer: bool) -> None:
+        if self._release(conn) is None:
+            return
+        if answer:
+            try:
+                conn.sock.send(_TIMEOUT_ANSWER)
+            except OSError:
+                pass
+        self.nr_conns -= 1
+        conn.close()
+
+    def murder_pending(self) -> None:
+        """Runs once per event-loop turn (at least every second): cut requests that are too slow to arrive."""
+        super().murder_pending()
+        now = time.monotonic()
+        for conn in [c for c, state in self.reading.items() if state.deadline <= now]:
+            self._drop(conn, answer=True)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        super().set_accept_enabled(enabled)
+        if not enabled and not self.alive:  # stopping: requests still arriving are not waited for
+            for conn in list(self.reading):
+                self._drop(conn, answer=False)
+
+    # ------------------------------------------------------------------ the thread side
+
+    def handle(self, conn: Any) -> Any:
+        """Serve one buffered request (HTTP/1.1 only) in a pool thread; True keeps the connection alive."""
+        req = None
+        try:
+            conn.sock.settimeout(self.io_timeout)
+            conn.init()
+            conn.sock.settimeout(self.io_timeout)
+            early = getattr(conn, "early", b"")
+            if early:
+                conn.early = b""
+                conn.parser.unreader.unread(early)
+            req = next(conn.parser)
+            if not req:
+                return False
+            return self._keepalive_after(conn, self.handle_request(req, conn))
+        except (http.errors.NoMoreData, StopIteration, TimeoutError):
+            pass  # the client left, or stalled past the timeout mid-body or mid-answer
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                self.log.exception("Socket error processing request.")
+        except Exception as exc:  # noqa: BLE001 - gunicorn answers 400/431/500 and logs
+            self.handle_error(req, conn.sock, conn.client, exc)
+        return False
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        """As gthread, but a kept-alive connection's leftover (pipelined) bytes are buffered in the loop too."""
+        if not fs.cancelled() and fs.exception() is None and fs.result() and self.alive:
+            leftover = conn.parser.unreader.buf.getvalue()
+            if leftover:
+                conn.parser.unreader.buf = type(conn.parser.unreader.buf)()
+                conn.sock.setblocking(False)
+                self._start_reading(conn)
+                state = self.reading[conn]
+                state.buf += leftover
+                self._progress(conn, state)
+                return
+        super().finish_request(conn, fs)
