@@ -47,7 +47,7 @@ def _padded(total: int) -> bytes:
 def _raw_chunked(port: int, body: bytes, chunk: int = 8192) -> bytes:
     """POST ``body`` with Transfer-Encoding: chunked on a raw socket; the raw answer (head and body)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(f"POST {HOOK} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(f"POST {HOOK} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      "Transfer-Encoding: chunked\r\n\r\n".encode())
         try:
             for start in range(0, len(body), chunk):

@@ -52,7 +52,7 @@ def test_normal_requests_answered_while_slow_clients_hold_connections(slow_serve
 def test_trickled_head_gets_408_and_close(slow_server: LiveServer) -> None:
     with socket.create_connection(("127.0.0.1", slow_server.port), timeout=10) as sock:
         started = time.monotonic()
-        sock.sendall(f"POST {HOOK_PATH} HTTP/1.1\r\nHost: x\r\n".encode())
+        sock.sendall(f"POST {HOOK_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode())
         answer = b""
         while time.monotonic() - started < HEADER_TIMEOUT + 5:
             try:
@@ -78,7 +78,7 @@ def test_slow_body_with_content_length_is_cut(slow_server: LiveServer) -> None:
     """A Content-Length body is buffered by the event loop too; one that never completes is cut (408)."""
     body = SAMPLE.read_bytes()
     with socket.create_connection(("127.0.0.1", slow_server.port), timeout=10) as sock:
-        sock.sendall(f"POST {HOOK_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(f"POST {HOOK_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:100])
         started = time.monotonic()
         sock.settimeout(10)
@@ -94,7 +94,7 @@ def test_keepalive_and_pipelined_requests_still_work(slow_server: LiveServer) ->
             response = session.post(slow_server.url + HOOK_PATH, data=body,
                                     headers={"Content-Type": "application/json"}, timeout=10)
             assert response.status_code == 200
-    request = ("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 2).encode()
+    request = ("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 2).encode()
     with socket.create_connection(("127.0.0.1", slow_server.port), timeout=10) as sock:
         sock.sendall(request)
         answer = b""
