@@ -361,6 +361,10 @@ UNAUTHORIZED = _outcome(
 UNKNOWN_SERVICE = _outcome("No CDS service has this id (checked before authentication and the body).")
 UNSUPPORTED_MEDIA_TYPE = _outcome("Content-Type is not application/json, application/fhir+json or another +json type.")
 TOO_LARGE = _outcome("The body exceeds CDS_MAX_BODY_BYTES (5 MiB by default).")
+RATE_LIMITED = _outcome(
+    "More than CDS_RATE_LIMIT_PER_MINUTE calls (600 by default) from this JWT issuer (or client address without "
+    "JWT checks) in this worker; the Retry-After header gives the seconds to wait."
+)
 STORAGE_UNAVAILABLE = _outcome("The audit / feedback store could not be written; the call may be retried.")
 
 
@@ -479,6 +483,7 @@ def _hook_operation() -> JsonObject:
             ),
             "413": TOO_LARGE,
             "415": UNSUPPORTED_MEDIA_TYPE,
+            "429": RATE_LIMITED,
             "500": INTERNAL_ERROR,
             "503": STORAGE_UNAVAILABLE,
         },
@@ -503,10 +508,14 @@ def _feedback_operation() -> JsonObject:
                 "too many entries)."
             ),
             "401": UNAUTHORIZED,
-            "404": UNKNOWN_SERVICE,
+            "404": _outcome(
+                "No CDS service has this id, or a feedback entry names a card uuid this service did not issue "
+                "(nothing of the request is stored then)."
+            ),
             "405": METHOD_NOT_ALLOWED,
             "413": TOO_LARGE,
             "415": UNSUPPORTED_MEDIA_TYPE,
+            "429": RATE_LIMITED,
             "500": INTERNAL_ERROR,
             "503": STORAGE_UNAVAILABLE,
         },
