@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -229,9 +228,16 @@ def _evaluations(body: dict[str, Any]) -> list[tuple[Any, ...]]:
     return sorted(found)
 
 
-@cache
-def _baseline_text(name: str) -> str:
-    return json.dumps(dict(SAMPLES)[name])
+_BASELINES: dict[str, list[tuple[Any, ...]]] = {}
+
+
+def _baseline(client: Any, name: str, service: str) -> list[tuple[Any, ...]]:
+    """The evaluations of the untouched sample (computed once per sample)."""
+    if name not in _BASELINES:
+        response = client.post(f"/cds-services/{service}", data=json.dumps(dict(SAMPLES)[name]),
+                               content_type="application/json")
+        _BASELINES[name] = _evaluations(_check_shape(response))
+    return _BASELINES[name]
 
 
 @FUZZ
@@ -248,8 +254,7 @@ def test_mutated_drafts_and_prefetch_never_5xx(fuzz_client: Any, case: tuple[str
 def test_irrelevant_mutations_keep_the_evaluation(fuzz_client: Any, data: st.DataObject) -> None:
     name, base = data.draw(st.sampled_from(SAMPLES))
     service = SERVICE_FOR_HOOK[base["hook"]]
-    expected = _check_shape(fuzz_client.post(f"/cds-services/{service}", data=_baseline_text(name),
-                                             content_type="application/json"))
+    expected = _baseline(fuzz_client, name, service)
     body: Any = json.loads(json.dumps(base))
     for _ in range(data.draw(st.integers(1, 3))):
         holders = list(_dicts(body))
@@ -264,4 +269,4 @@ def test_irrelevant_mutations_keep_the_evaluation(fuzz_client: Any, data: st.Dat
     response = fuzz_client.post(f"/cds-services/{service}", data=_dumps(body).encode("utf-8", "surrogatepass"),
                                 content_type="application/json")
     assert response.status_code == 200, response.get_data(as_text=True)[:500]
-    assert _evaluations(_check_shape(response)) == _evaluations(expected)
+    assert _evaluations(_check_shape(response)) == expected
