@@ -67,7 +67,7 @@ from tests.scenarios import request_for, scenario
 print(json.dumps(request_for(scenario(sys.argv[1]))))
 EOF
 
-env -u CDS_TRUSTED_ISSUERS -u CDS_HOST -u CDS_PORT DATABASE_URL="sqlite:///$WORK/load.sqlite3" \
+env -u CDS_TRUSTED_ISSUERS -u CDS_HOST -u CDS_PORT DATABASE_URL="sqlite:///$WORK/load.sqlite3" CDS_RATE_LIMIT_PER_MINUTE=0 \
   "$PYTHON" -m cds_service serve --host 127.0.0.1 --port "$PORT" --workers "$LOAD_WORKERS" \
   >"$WORK/server.log" 2>&1 &
 SERVER=$!

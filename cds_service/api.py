@@ -25,7 +25,9 @@ from .errors import (
     MethodNotAllowed,
     MisdirectedRequest,
     ProtocolError,
+    RateLimited,
     ServiceError,
+    UnknownCard,
     UnknownService,
     UnsupportedMediaType,
     operation_outcome,
@@ -52,7 +54,16 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 
 def error_response(error: ServiceError) -> Response:
-    return Response(orjson.dumps(outcome_for(error)), status=error.status, mimetype="application/fhir+json")
+    response = Response(orjson.dumps(outcome_for(error)), status=error.status, mimetype="application/fhir+json")
+    if isinstance(error, RateLimited):
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
+
+
+def _route() -> str:
+    """The URL rule that matched (``/cds-services/<service_id>``), never the raw path, for logs."""
+    rule = request.url_rule
+    return rule.rule if rule is not None else "(no route)"
 
 
 def _services() -> Any:
@@ -121,6 +132,22 @@ def _authenticate() -> None:
     g.issuer = claims.get("iss")
 
 
+def _rate_limit() -> None:
+    """One token from the caller's bucket: the verified issuer, or the client address without JWT checks."""
+    services = _services()
+    limiter = services.limiter
+    if limiter is None or not limiter.enabled:
+        return
+    caller = f"iss:{g.get('issuer')}" if services.verifier is not None else f"addr:{request.remote_addr}"
+    wait = limiter.check(caller)
+    if wait:
+        g.log_fields["rate_limited"] = True
+        raise RateLimited(
+            f"more than {services.config.rate_limit_per_minute} calls per minute; retry after {wait} s",
+            retry_after=wait,
+        )
+
+
 @bp.get("/cds-services")
 def discovery() -> Response:
     """CDS Hooks discovery: the services, their prefetch templates and CRD extensions."""
@@ -133,6 +160,7 @@ def call_service(service_id: str) -> Response:
     if hook_of(service_id) is None:
         raise UnknownService(f"no CDS service '{service_id[:64]}'")
     _authenticate()
+    _rate_limit()
     payload = _read_json_body()
     outcome = _services().handler.handle(service_id, payload, issuer=g.get("issuer"))
     g.decisions = outcome.decisions
@@ -151,8 +179,19 @@ def feedback(service_id: str) -> Response:
     if hook_of(service_id) is None:
         raise UnknownService(f"no CDS service '{service_id[:64]}'")
     _authenticate()
+    _rate_limit()
     items = parse_feedback(_read_json_body())
-    stored = _services().store.record_feedback(service_id, items)  # hookInstance is not part of feedback bodies
+    store = _services().store
+    unknown = store.unknown_cards(service_id, [item.card for item in items])
+    if unknown:
+        index = next(i for i, item in enumerate(items) if item.card == unknown[0])
+        g.log_fields.update(feedback_items=len(items), feedback_unknown_cards=len(unknown))
+        raise UnknownCard(
+            f"feedback[{index}].card: no card with this uuid was issued by service '{service_id}'"
+            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
+            expression=[f"feedback[{index}].card"],
+        )
+    stored = store.record_feedback(service_id, items)  # hookInstance is not part of feedback bodies
     g.log_fields.update(feedback_items=len(items), feedback_new=stored)
     return json_response({"received": len(items), "stored": stored})
 
@@ -243,6 +282,9 @@ def _start() -> Response | None:
     g.started = time.perf_counter()
     g.log_fields = {}
     _check_dev_host()
+    services = _services()
+    if services.config.retention_days:
+        services.store.purge_if_due(services.config.retention_days)  # at most once a day per worker
     if request.method == "OPTIONS":
         return Response(status=204)
     return None
@@ -268,7 +310,7 @@ def _finish(response: Response) -> Response:
         log,
         "request",
         method=request.method,
-        path=request.path[:200],
+        route=_route(),
         status=response.status_code,
         ms=round(elapsed, 2),
         **g.get("log_fields", {}),
@@ -282,7 +324,7 @@ def register_error_handlers(app: Any) -> None:
     @app.errorhandler(ServiceError)
     def _service_error(error: ServiceError) -> Response:
         if error.status == 401:
-            log_event(log, "auth.rejected", logging.WARNING)
+            log_event(log, "auth.rejected", logging.WARNING, route=_route())
         if isinstance(error, BodyTooLarge):
             return _too_large_response(error)
         return error_response(error)
@@ -313,6 +355,6 @@ def register_error_handlers(app: Any) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
-        log.error("unexpected error", exc_info=error, extra={"fields": {"path": request.path[:200]}})
+        log.error("unexpected error", exc_info=error, extra={"fields": {"route": _route()}})
         body = operation_outcome("exception", "internal error")
         return Response(orjson.dumps(body), status=500, mimetype="application/fhir+json")

@@ -19,6 +19,7 @@ from .auth import JwtVerifier
 from .config import Config
 from .logs import configure_logging, log_event
 from .policy.engine import Policy, load_policy
+from .ratelimit import RateLimiter
 from .service import HookHandler
 from .store import Store
 
@@ -35,6 +36,7 @@ class Services:
     verifier: JwtVerifier | None
     tables: CodeTables
     policy: Policy
+    limiter: RateLimiter | None = None
 
 
 def load_policy_for(tables: CodeTables) -> Policy:
@@ -56,7 +58,10 @@ def create_app(config: Config | None = None, *, store: Store | None = None, **ha
     app = Flask("priorauth_cds")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["priorauth_cds"] = Services(config, store, handler, verifier, tables, policy)
+    limiter = RateLimiter(config.rate_limit_per_minute)
+    app.extensions["priorauth_cds"] = Services(config, store, handler, verifier, tables, policy, limiter)
+    if config.retention_days:
+        store.purge_if_due(config.retention_days)  # at start-up, then once a day per worker (api.py)
     app.register_blueprint(bp)
     if config.benchmark_floor:
         from .floor import floor

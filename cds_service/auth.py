@@ -34,8 +34,9 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from cds_service.config import Config, ConfigError, issuer_settings
 from cds_service.egress import configure_session
 from cds_service.errors import AuthError
+from cds_service.logs import log_event
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("priorauth_cds.auth")
 
 #: Asymmetric signature algorithms CDS Hooks clients may use; ``none`` and every HMAC are absent on purpose.
 ALLOWED_ALGORITHMS: frozenset[str] = frozenset(
@@ -335,15 +336,10 @@ class JwtVerifier:
         try:
             claims = self._verify(authorization_header, audience, context)
         except _Rejected as rejected:
-            log.warning(
-                "JWT rejected: %s (iss=%s kid=%s)",
-                rejected.reason,
-                _safe(context.iss),
-                _safe(context.kid),
-                extra={"auth_reason": rejected.reason},
-            )
+            fields = {"reason": rejected.reason, "iss": _safe(context.iss), "kid": _safe(context.kid)}
+            log.warning("auth.jwt_rejected", extra={"fields": fields, "auth_reason": rejected.reason})
             raise AuthError() from None
-        log.debug("JWT accepted (iss=%s kid=%s)", _safe(context.iss), _safe(context.kid))
+        log_event(log, "auth.jwt_accepted", logging.DEBUG, iss=_safe(context.iss), kid=_safe(context.kid))
         return claims
 
     def _verify(self, authorization_header: str | None, audience: str, context: _LogContext) -> dict[str, Any]:
@@ -426,7 +422,7 @@ class JwtVerifier:
         try:
             keys = self._fetch_jwks(entry.jwks_url)
         except _Rejected as failure:
-            log.warning("JWKS fetch failed: %s (url=%s)", failure.reason, _safe(entry.jwks_url))
+            log_event(log, "auth.jwks_fetch_failed", logging.WARNING, reason=failure.reason, url=_safe(entry.jwks_url))
             return
         entry.keys = keys
         entry.fetched_at = self._clock()

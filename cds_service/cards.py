@@ -458,7 +458,8 @@ def suggestions_for(item: EvaluatedOrder) -> list[Suggestion]:
         if fix.kind == "switch-to-generic" and fix.rxcui and not consolidates:
             suggestion = switch_to_generic(item.draft, fix)
             if mg_over:  # never silently keep an over-limit regimen
-                suggestion.label = _clip(f"{suggestion.label} (dose still over: {mg_over[0]})", 80)
+                label = _clip(f"{suggestion.label} (dose still over: {mg_over[0]})", 80)
+                suggestion = suggestion.model_copy(update={"label": label})
             out.append(suggestion)
         elif fix.kind == "change-strength" and fix.rxcui:
             out.append(change_strength(item.draft, fix))
@@ -470,7 +471,7 @@ def suggestions_for(item: EvaluatedOrder) -> list[Suggestion]:
 # ----------------------------------------------------------------------------- coverage information
 
 
-def coverage_decision(ev: OrderEvaluation, hook: str) -> CoverageDecision:
+def coverage_decision(ev: OrderEvaluation, hook: str, assertion_id: str | None = None) -> CoverageDecision:
     """CRD values for a decision: PA is always needed under CP.PHAR.63; coverage depends on the criteria."""
     covered = "covered" if ev.decision is Decision.MET else "conditional"
     pathway = ev.pathway or "(no diagnosis documented)"
@@ -482,7 +483,7 @@ def coverage_decision(ev: OrderEvaluation, hook: str) -> CoverageDecision:
         or f"Not addressed by {ev.policy}; refer to {ev.refer_to or 'the off-label use policy'}",
     }
     return CoverageDecision(
-        assertion_id=str(uuid.uuid4()),
+        assertion_id=assertion_id or str(uuid.uuid4()),
         order_ref=ev.order_ref,
         covered=covered,
         pa_needed="auth-needed",
@@ -535,8 +536,12 @@ def render(
     crd_configuration: Mapping[str, Any],
     today: date,
     policy_url: str | None = None,
+    assertion_ids: Mapping[str, str] | None = None,
 ) -> Rendered:
-    """All cards and system actions for the evaluated orders, honouring the CRD configuration."""
+    """All cards and system actions for the evaluated orders, honouring the CRD configuration.
+
+    ``assertion_ids`` (order_ref -> id) are reused instead of new ids: a retried call cites what was stored.
+    """
     show_coverage = crd_configuration.get("coverage-info") is not False
     show_alternatives = crd_configuration.get("therapy-alternatives-req") is not False
     out = Rendered()
@@ -544,7 +549,8 @@ def render(
     for item in items:
         ev = item.evaluation
         # Without an active Coverage there is no plan to speak for: no coverage assertion at all (the card says why).
-        decision = coverage_decision(ev, hook) if item.coverage_ref else None
+        reused = (assertion_ids or {}).get(ev.order_ref)
+        decision = coverage_decision(ev, hook, reused) if item.coverage_ref else None
         if decision is not None:
             out.assertions.append(decision)
         if show_coverage:

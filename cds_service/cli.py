@@ -1,4 +1,4 @@
-"""Command line: ``serve`` (gunicorn), ``evaluate`` (no server) and ``samples`` (load a FHIR server).
+"""Command line: ``serve`` (gunicorn), ``evaluate`` (no server), ``samples`` (load a FHIR server), ``purge``.
 
 Exit codes, the same for every command (README "Command line"): 0 done; 1 the request was refused (the
 service rejected the hook request, or the FHIR server refused or could not be reached); 2 usage, unreadable
@@ -102,6 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
                 "post_fork": lambda server, worker: app.extensions["priorauth_cds"].store.dispose(close=False),
                 "child_exit": lambda server, worker: metrics.worker_exited(worker.pid),
                 "loglevel": "warning",
+                "logger_class": "cds_service.gunicorn_logging.GunicornJsonLogger",  # gunicorn's own lines as JSON too
             }
             for key, value in settings.items():
                 if key in self.cfg.settings:
@@ -120,6 +121,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _warm_up(app: Any) -> None:
     """Evaluate the documented example once in the master, so lazily built validators are shared by every
     forked worker and the first real call is not ~20x slower than the rest. Nothing is stored."""
+    from .logs import log_event
     from .openapi import hook_request_example
     from .service import HookHandler
 
@@ -128,7 +130,7 @@ def _warm_up(app: Any) -> None:
     try:
         handler.handle("everolimus-order-sign", hook_request_example("everolimus-order-sign"))
     except ServiceError as exc:  # the example is ours; a failure here is worth a line, not a refusal to start
-        log.warning("warm-up request failed: %s", type(exc).__name__)
+        log_event(log, "startup.warm_up_failed", logging.WARNING, error_type=type(exc).__name__)
 
 
 def _version() -> str:
@@ -233,6 +235,44 @@ def _evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------- purge
+
+
+PURGE_LABELS = {
+    "feedback": "feedback",
+    "coverage_assertions": "coverage assertions",
+    "issued_cards": "issued cards",
+    "jwt_replay": "expired JWT replay entries",
+}
+
+
+def _purge(args: argparse.Namespace) -> int:
+    """Apply CDS_RETENTION_DAYS (or --days) to the database now; one "N kind" line per kind on stdout."""
+    from .store import Store
+
+    try:
+        config = Config.from_env()
+        days = config.retention_days if args.days is None else args.days
+        if days < 0:
+            return _fail("--days must be 0 or more", EXIT_USAGE)
+        store = Store(config.database_url)
+    except ConfigError as exc:
+        return _fail(f"bad configuration: {exc}", EXIT_USAGE)
+    except ServiceError as exc:
+        return _fail(f"cannot use DATABASE_URL: {exc}", EXIT_USAGE)
+    try:
+        counts = store.purge(days)
+    except ServiceError as exc:  # StorageError: nothing was deleted (one transaction)
+        return _fail(f"purge failed, nothing deleted: {exc}", EXIT_REFUSED)
+    finally:
+        store.dispose()
+    for key, label in PURGE_LABELS.items():
+        print(f"{counts[key]} {label} deleted", file=sys.stdout)
+    if days == 0:
+        print(f"{PROG}: retention 0: feedback, assertions and issued cards are kept forever", file=sys.stderr)
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- samples
 
 
@@ -317,6 +357,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="record the coverage assertions in DATABASE_URL and keep their coverage-assertion-id in the output",
     )
+    purge = commands.add_parser(
+        "purge",
+        help="delete stored rows older than CDS_RETENTION_DAYS",
+        description="Delete feedback, coverage assertions and issued-card rows older than the retention "
+        "(CDS_RETENTION_DAYS, default 365; 0 keeps them forever) and every expired JWT replay entry, in one "
+        "transaction; prints how many rows of each kind were deleted.",
+    )
+    purge.add_argument("--days", type=int, help="retention in days for this run (default: CDS_RETENTION_DAYS)")
     samples = commands.add_parser("samples", help="list the sample bundles, or load their patients on a FHIR server")
     samples.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"samples folder (default {DEFAULT_DIR})")
     sample_commands = samples.add_subparsers(dest="samples_command", metavar="SUBCOMMAND", required=True)
@@ -344,6 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "samples":
             return _samples(args)
+        if args.command == "purge":
+            return _purge(args)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `priorauth-cds samples list | head`: the reader left; no traceback, no retry

@@ -83,6 +83,19 @@ def issuer_settings(value: Any) -> tuple[Any, tuple[str, ...]]:
     return value, ()
 
 
+def _count(name: str, value: str | None, default: int) -> int:
+    """A whole number >= 0 (0 means "off" / "forever" for the settings that use it)."""
+    if value is None or value.strip() == "":
+        return default
+    try:
+        parsed = int(value.strip())
+    except ValueError:
+        raise ConfigError(f"{name} is not a whole number: {value!r}") from None
+    if parsed < 0:
+        raise ConfigError(f"{name} must be 0 or more")
+    return parsed
+
+
 def _json_object(name: str, value: str | None, default: dict[str, Any]) -> dict[str, Any]:
     if value is None or value.strip() == "":
         return dict(default)
@@ -147,6 +160,11 @@ class Config:
     policy_url: str | None = None
     plan_prefixes: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PLAN_PREFIXES))
     log_level: str = "INFO"
+    #: Hook and feedback calls per minute per verified JWT issuer (per client address without JWT checks), per
+    #: worker process; 0 turns the limit off.
+    rate_limit_per_minute: int = 600
+    #: Days feedback, coverage assertions, issued-card rows and expired replay rows are kept; 0 keeps them forever.
+    retention_days: int = 365
     #: Expose POST /benchmark/floor (parse-only baseline for benchmarks/). Off in production.
     benchmark_floor: bool = False
 
@@ -195,6 +213,10 @@ class Config:
             "plan_prefixes": _json_object("CDS_PLAN_PREFIXES", env.get("CDS_PLAN_PREFIXES"), DEFAULT_PLAN_PREFIXES),
             "log_level": (env.get("CDS_LOG_LEVEL") or "INFO").upper(),
             "benchmark_floor": _bool(env.get("CDS_BENCHMARK_FLOOR"), False),
+            "rate_limit_per_minute": _count(
+                "CDS_RATE_LIMIT_PER_MINUTE", env.get("CDS_RATE_LIMIT_PER_MINUTE"), cls.rate_limit_per_minute
+            ),
+            "retention_days": _count("CDS_RETENTION_DAYS", env.get("CDS_RETENTION_DAYS"), cls.retention_days),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         config = cls(**values)
@@ -231,6 +253,8 @@ class Config:
                 raise ConfigError(f"CDS_PLAN_PREFIXES: {prefix!r} maps to unknown line of business {lob!r}")
         if self.worker_class not in ("buffered", "sync"):
             raise ConfigError("CDS_WORKER_CLASS must be buffered or sync")
+        if self.rate_limit_per_minute < 0 or self.retention_days < 0:
+            raise ConfigError("CDS_RATE_LIMIT_PER_MINUTE and CDS_RETENTION_DAYS must be 0 or more")
         if not 1 <= self.port <= 65535:
             raise ConfigError("CDS_PORT out of range")
 

@@ -73,6 +73,24 @@ class UnknownService(ServiceError):
     code = "not-found"
 
 
+class UnknownCard(ServiceError):
+    """Feedback names a card uuid this service never issued (or issued for another service)."""
+
+    status = 404
+    code = "not-found"
+
+
+class RateLimited(ServiceError):
+    """The caller (JWT issuer, or client address without JWT checks) exceeded CDS_RATE_LIMIT_PER_MINUTE."""
+
+    status = 429
+    code = "throttled"
+
+    def __init__(self, detail: str = "", *, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class MethodNotAllowed(ServiceError):
     """The route exists but not for this HTTP method."""
 

@@ -1,7 +1,10 @@
 """Structured JSON logs: one object per line with hookInstance, service, decision and timings.
 
 Nothing that could carry PHI or credentials is ever passed to the logger (no bodies, no tokens,
-no JWTs, no patient ids); ``JsonFormatter`` only serialises the explicit ``fields`` extra.
+no JWTs, no patient ids); ``JsonFormatter`` only serialises the explicit ``fields`` extra. Every module
+logs under ``priorauth_cds.*`` with ``log_event``; requests are named by their route (URL rule), never
+their raw path. gunicorn's own lines go through ``GunicornJsonLogger`` (JSON, text arguments withheld, no
+access log: the service's ``request`` event is the access log), werkzeug's through the same handler.
 """
 
 from __future__ import annotations
@@ -36,16 +39,37 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class ThirdPartyJsonFormatter(JsonFormatter):
+    """For library loggers (gunicorn, werkzeug): numbers (pids, counts) are kept in the event, text arguments
+    (request URIs with their query strings, addresses) are withheld and only counted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        args = record.args if isinstance(record.args, tuple) else ((record.args,) if record.args else ())
+        if args and not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+            record = logging.makeLogRecord({**record.__dict__, "args": None,
+                                            "fields": {"args_withheld": len(args)}})
+        return super().format(record)
+
+
+def _json_handler(formatter: logging.Formatter) -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    handler._priorauth = True  # type: ignore[attr-defined]
+    return handler
+
+
 def configure_logging(level: str = "INFO") -> None:
-    """Route the service's loggers to stderr as JSON lines (idempotent)."""
+    """Route the service's loggers (and werkzeug's) to stderr as JSON lines (idempotent)."""
     root = logging.getLogger("priorauth_cds")
     root.setLevel(level)
     if not any(getattr(h, "_priorauth", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        handler._priorauth = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+        root.addHandler(_json_handler(JsonFormatter()))
         root.propagate = False
+    werkzeug = logging.getLogger("werkzeug")  # only the development server logs here; its lines name raw paths
+    werkzeug.setLevel(logging.WARNING)
+    if not any(getattr(h, "_priorauth", False) for h in werkzeug.handlers):
+        werkzeug.addHandler(_json_handler(ThirdPartyJsonFormatter()))
+        werkzeug.propagate = False
 
 
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:

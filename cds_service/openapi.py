@@ -368,6 +368,10 @@ MISDIRECTED = _outcome(
     "CDS_PUBLIC_BASE_URL); a defence against DNS rebinding."
 )
 TOO_LARGE = _outcome("The body exceeds CDS_MAX_BODY_BYTES (5 MiB by default).")
+RATE_LIMITED = _outcome(
+    "More than CDS_RATE_LIMIT_PER_MINUTE calls (600 by default) from this JWT issuer (or client address without "
+    "JWT checks) in this worker; the Retry-After header gives the seconds to wait."
+)
 STORAGE_UNAVAILABLE = _outcome("The audit / feedback store could not be written; the call may be retried.")
 
 
@@ -487,6 +491,7 @@ def _hook_operation() -> JsonObject:
             "413": TOO_LARGE,
             "415": UNSUPPORTED_MEDIA_TYPE,
             "421": MISDIRECTED,
+            "429": RATE_LIMITED,
             "500": INTERNAL_ERROR,
             "503": STORAGE_UNAVAILABLE,
         },
@@ -511,11 +516,15 @@ def _feedback_operation() -> JsonObject:
                 "too many entries)."
             ),
             "401": UNAUTHORIZED,
-            "404": UNKNOWN_SERVICE,
+            "404": _outcome(
+                "No CDS service has this id, or a feedback entry names a card uuid this service did not issue "
+                "(nothing of the request is stored then)."
+            ),
             "405": METHOD_NOT_ALLOWED,
             "413": TOO_LARGE,
             "415": UNSUPPORTED_MEDIA_TYPE,
             "421": MISDIRECTED,
+            "429": RATE_LIMITED,
             "500": INTERNAL_ERROR,
             "503": STORAGE_UNAVAILABLE,
         },

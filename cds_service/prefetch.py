@@ -33,8 +33,9 @@ from requests.adapters import HTTPAdapter
 
 from cds_service.config import Config
 from cds_service.egress import FhirAccess, configure_session, fhir_access_for
+from cds_service.logs import log_event
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("priorauth_cds.prefetch")
 
 ORIGIN_PREFETCH = "prefetch"
 ORIGIN_FETCHED = "fetched"
@@ -292,12 +293,13 @@ def _plan(
 
 def _log_outcome(outcome: PrefetchOutcome) -> None:
     """Keys, origins and reason codes only: no URLs (they hold patient ids), no tokens."""
-    log.info(
-        "prefetch gathered: %s; failed: %s; notes: %s; fetch %.3fs",
-        ", ".join(f"{k}={v}" for k, v in sorted(outcome.origin.items())),
-        ", ".join(f"{k}={v}" for k, v in sorted(outcome.failed.items())) or "none",
-        ", ".join(f"{k}={v}" for k, v in sorted(outcome.notes.items())) or "none",
-        outcome.fetch_seconds,
+    log_event(
+        log,
+        "prefetch.summary",
+        origins=dict(sorted(outcome.origin.items())),
+        failed=dict(sorted(outcome.failed.items())),
+        notes=dict(sorted(outcome.notes.items())),
+        fetch_s=round(outcome.fetch_seconds, 3),
     )
 
 
@@ -501,7 +503,7 @@ def _fetch_target(
     except _FetchFailure as failure:
         return FetchResult([], failure.reason)
     except Exception as exc:  # noqa: BLE001 - a worker must hand back a result; the type is logged, not the URL
-        log.warning("prefetch fetch failed unexpectedly: %s", type(exc).__name__)
+        log_event(log, "prefetch.fetch_failed", logging.WARNING, error_type=type(exc).__name__)
         return FetchResult([], "fetch-error")
 
 

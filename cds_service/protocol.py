@@ -26,6 +26,10 @@ MAX_SUMMARY_CHARS = 139  # "SHALL be less than 140 characters"
 
 #: No control characters (they cannot be logged or stored safely, and no real id has them).
 PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+#: Deepest nesting of objects and arrays read in a request. Real FHIR resources stay under 20 levels; deeper
+#: input is refused (400) before it reaches code that recurses over it or echoes it (serialisers stop at 255).
+MAX_NESTING = 100
+
 #: FHIR R4 id datatype.
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
@@ -129,10 +133,35 @@ def _describe(error: ValidationError) -> tuple[str, list[str]]:
     return f"invalid '{path}': {message}"[:300], [path] if path else []
 
 
+def nesting_depth(value: Any, limit: int = MAX_NESTING) -> int:
+    """How deeply objects and arrays nest in a JSON value (a scalar is 0), counting no further than ``limit + 1``.
+
+    Iterative, so a deep value cannot exhaust the interpreter's stack while being measured.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, depth) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
 def parse_hook_request(payload: Any, expected_hook: str) -> HookRequest:
     """Validate a decoded body as a request for ``expected_hook``; ProtocolError otherwise."""
     if not isinstance(payload, dict):
         raise ProtocolError("request body must be a JSON object")
+    if nesting_depth(payload) > MAX_NESTING:
+        raise ProtocolError(f"request body nests objects and arrays more than {MAX_NESTING} levels deep")
     hook = payload.get("hook")
     if isinstance(hook, str) and hook and hook != expected_hook:
         raise ProtocolError(f"this service answers '{expected_hook}', not '{hook[:64]}'", expression=["hook"])

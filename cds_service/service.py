@@ -36,7 +36,7 @@ log = logging.getLogger("priorauth_cds.service")
 class AssertionSink(Protocol):
     """Where coverage assertions go (the audit store); tests may pass a list-backed fake."""
 
-    def record_assertions(self, assertions: list[Any]) -> None: ...
+    def record_assertions(self, assertions: list[Any]) -> Any: ...
 
 
 @dataclass
@@ -190,16 +190,21 @@ class HookHandler:
                 )
             )
         started = timings.mark("evaluate", started)
-        rendered = card_builder.render(
-            items,
-            hook=request.hook,
-            insurer=self.config.insurer_name,
-            crd_configuration=request.crd_configuration(),
-            today=today,
-            policy_url=self.config.policy_url or self.policy.document_url,
-        )
-        if self.store is not None and rendered.assertions:
-            self.store.record_assertions(self._audit_rows(request, service_id, items, rendered))
+        # A retried call (same hookInstance) cites the assertion the first call stored for each order.
+        lookup = getattr(self.store, "assertion_ids_for", None)
+        known_ids = lookup(request.hookInstance, [i.evaluation.order_ref for i in items]) if lookup else {}
+        rendered = self._render(items, request, today, known_ids)
+        if self.store is not None:
+            stored_ids = self._record(request, service_id, items, rendered)
+            if any(stored_ids.get(d.order_ref, d.assertion_id) != d.assertion_id for d in rendered.assertions):
+                # A concurrent retry stored its assertion first: answer with that id, as every retry will.
+                rendered = self._render(items, request, today, {**known_ids, **stored_ids})
+                self.store.record_response(  # type: ignore[attr-defined]  # the new cards' uuids
+                    service_id=service_id,
+                    hook_instance=request.hookInstance,
+                    card_uuids=[card.uuid for card in rendered.cards],
+                    assertions=[],
+                )
         timings.mark("render", started)
         response = HookResponse(cards=rendered.cards, systemActions=rendered.system_actions)
         return HookOutcome(
@@ -208,6 +213,43 @@ class HookHandler:
             len(items),
             [i.evaluation.decision.value for i in items],
             timings,
+        )
+
+    def _render(
+        self, items: list[card_builder.EvaluatedOrder], request: HookRequest, today: date, ids: dict[str, str]
+    ) -> card_builder.Rendered:
+        return card_builder.render(
+            items,
+            hook=request.hook,
+            insurer=self.config.insurer_name,
+            crd_configuration=request.crd_configuration(),
+            today=today,
+            policy_url=self.config.policy_url or self.policy.document_url,
+            assertion_ids=ids,
+        )
+
+    def _record(
+        self,
+        request: HookRequest,
+        service_id: str,
+        items: list[card_builder.EvaluatedOrder],
+        rendered: card_builder.Rendered,
+    ) -> dict[str, str]:
+        """Store the issued card uuids and the coverage assertions; order_ref -> stored assertion id."""
+        assert self.store is not None
+        rows = self._audit_rows(request, service_id, items, rendered) if rendered.assertions else []
+        record_response = getattr(self.store, "record_response", None)
+        if record_response is None:  # a plain AssertionSink (tests): assertions only
+            if rows:
+                self.store.record_assertions(rows)
+            return {}
+        return dict(
+            record_response(
+                service_id=service_id,
+                hook_instance=request.hookInstance,
+                card_uuids=[card.uuid for card in rendered.cards],
+                assertions=rows,
+            )
         )
 
     def _audit_rows(

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +54,10 @@ from sqlalchemy.types import TypeDecorator
 from cds_service.config import ConfigError
 from cds_service.errors import StorageError
 from cds_service.feedback import FeedbackItem
+from cds_service.logs import log_event
 from cds_service.policy.results import OrderEvaluation
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("priorauth_cds.store")
 
 #: How long a SQLite connection waits for another worker's write lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -126,6 +127,31 @@ assertions_table = Table(
     Column("pa_needed", Text),
     Column("doc_needed", Text),
     Index("ix_coverage_assertions_hook_instance", "hook_instance"),
+    Index("ix_coverage_assertions_created_at", "created_at"),
+)
+
+#: One row per (hookInstance, order): a retried hook call finds the assertion it already made (and its id).
+assertion_keys_table = Table(
+    "coverage_assertion_keys",
+    metadata,
+    Column("hook_instance", Text, nullable=False),
+    Column("order_ref", Text, nullable=False),
+    Column("assertion_id", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("hook_instance", "order_ref", name="pk_coverage_assertion_keys"),
+    Index("ix_coverage_assertion_keys_created_at", "created_at"),
+)
+
+#: Every card uuid this service sent; feedback is accepted only for these.
+issued_cards_table = Table(
+    "issued_cards",
+    metadata,
+    Column("card_uuid", Text, nullable=False),
+    Column("service_id", Text, nullable=False),
+    Column("hook_instance", Text),
+    Column("issued_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("card_uuid", name="pk_issued_cards"),
+    Index("ix_issued_cards_issued_at", "issued_at"),
 )
 
 replay_table = Table(
@@ -136,6 +162,11 @@ replay_table = Table(
     Column("expires_at", UTCDateTime, nullable=False),
     PrimaryKeyConstraint("issuer", "jti", name="pk_jwt_replay"),
     Index("ix_jwt_replay_expires_at", "expires_at"),
+)
+
+#: Indexes added to tables that existed before them; created at start-up on an older database.
+LATER_INDEXES = (
+    next(index for index in assertions_table.indexes if index.name == "ix_coverage_assertions_created_at"),
 )
 
 
@@ -226,6 +257,23 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def _private_sidecars(path: Path) -> None:
+    """The ``-wal``/``-shm`` files no more readable than the database file itself (SQLite copies its mode; this
+    holds even where it does not, e.g. a file whose mode was narrowed after the sidecars were made)."""
+    try:
+        allowed = path.stat().st_mode & 0o777
+    except OSError:
+        return
+    for suffix in ("-wal", "-shm", "-journal"):
+        sidecar = path.with_name(path.name + suffix)
+        try:
+            mode = sidecar.stat().st_mode & 0o777
+            if mode & ~allowed:
+                os.chmod(sidecar, mode & allowed)
+        except OSError:  # absent (checkpointed away) or not ours: nothing to narrow
+            continue
+
+
 def _sqlite_on_begin(connection: Connection) -> None:
     """Writers lock at BEGIN, so two workers never both read then fail to upgrade; readers don't lock."""
     readonly = connection.get_execution_options().get(_READONLY_OPTION, False)
@@ -258,8 +306,13 @@ def _make_engine(url: URL) -> Engine:
             url, hide_parameters=True, poolclass=StaticPool, connect_args={"check_same_thread": False}
         )
     else:
-        _prepare_sqlite_file(Path(str(url.database)))
+        path = Path(str(url.database))
+        _prepare_sqlite_file(path)
         engine = create_engine(url, hide_parameters=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "connect", lambda *_: _private_sidecars(path))
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
@@ -320,12 +373,14 @@ def _log_failure(operation: str, exc: BaseException) -> None:
     """Name the failure without its text: SQLAlchemy messages embed SQL, and driver messages may echo data."""
     original = getattr(exc, "orig", None)
     sqlstate = getattr(original, "sqlstate", None) or getattr(original, "sqlite_errorname", None)
-    logger.warning(
-        "storage %s failed: %s%s%s",
-        operation,
-        type(exc).__name__,
-        f" / {type(original).__name__}" if original is not None else "",
-        f" ({sqlstate})" if sqlstate else "",
+    log_event(
+        logger,
+        "storage.failed",
+        logging.WARNING,
+        operation=operation,
+        error_type=type(exc).__name__,
+        driver_error=type(original).__name__ if original is not None else None,
+        sqlstate=sqlstate,
     )
 
 
@@ -342,7 +397,10 @@ class Store:
         # One shared in-memory connection must not interleave two threads' transactions.
         self._lock: AbstractContextManager[Any] = threading.Lock() if _is_memory_sqlite(self._url) else nullcontext()
         self._last_purge = float("-inf")
+        self._last_retention_purge = float("-inf")
         self._create_schema()
+        if self._dialect == "sqlite" and not _is_memory_sqlite(self._url):
+            _private_sidecars(Path(str(self._url.database)))
         if not _is_memory_sqlite(self._url):
             # Hold no connection: an app built before gunicorn forks must not hand one socket to every worker.
             self._engine.dispose()
@@ -379,6 +437,9 @@ class Store:
                     if self._dialect == "postgresql":
                         connection.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
                     metadata.create_all(connection)
+                    # An older database has the tables but not the indexes added since: create those too.
+                    for index in LATER_INDEXES:
+                        index.create(connection, checkfirst=True)
                 return
             except StorageError:
                 if attempt == SCHEMA_CREATE_ATTEMPTS:
@@ -403,13 +464,123 @@ class Store:
         with self._transaction("feedback read", readonly=True) as connection:
             return [dict(row._mapping) for row in connection.execute(query)]
 
-    def record_assertions(self, assertions: Sequence[CoverageAssertion]) -> None:
-        """Store a response's assertions in one transaction; re-recording an id is a no-op (retry-safe)."""
-        if not assertions:
-            return
-        rows = [_assertion_row(assertion) for assertion in assertions]
+    def record_assertions(self, assertions: Sequence[CoverageAssertion]) -> dict[str, str]:
+        """Store a response's assertions in one transaction; returns order_ref -> the stored assertion id."""
+        return self.record_response(service_id=None, hook_instance=None, card_uuids=(), assertions=assertions)
+
+    def record_response(
+        self,
+        *,
+        service_id: str | None,
+        hook_instance: str | None,
+        card_uuids: Sequence[str],
+        assertions: Sequence[CoverageAssertion],
+    ) -> dict[str, str]:
+        """Record what one hook answer issued: its card uuids and its coverage assertions, in one transaction.
+
+        One assertion per (hookInstance, order): a retried call (same hookInstance) stores nothing new for an
+        order already asserted, and the returned map (order_ref -> assertion id) gives the id stored the first
+        time, so the client sees one stable ``coverage-assertion-id``. Re-recording an id is a no-op too.
+        """
+        now = _utcnow()
+        ids: dict[str, str] = {}
+        if not assertions and not card_uuids:
+            return ids
         with self._transaction("assertion write") as connection:
-            connection.execute(self._insert_ignoring_duplicates(assertions_table).values(rows))
+            for assertion in assertions:
+                ids[assertion.order_ref] = self._record_assertion(connection, assertion)
+            if card_uuids and service_id is not None:
+                rows = [
+                    {"card_uuid": card, "service_id": service_id, "hook_instance": hook_instance, "issued_at": now}
+                    for card in sorted(set(card_uuids))
+                ]
+                connection.execute(self._insert_ignoring_duplicates(issued_cards_table).values(rows))
+        return ids
+
+    def _record_assertion(self, connection: Connection, assertion: CoverageAssertion) -> str:
+        if assertion.hook_instance is not None:
+            key = {
+                "hook_instance": assertion.hook_instance,
+                "order_ref": assertion.order_ref,
+                "assertion_id": assertion.assertion_id,
+                "created_at": assertion.created_at,
+            }
+            claimed = connection.execute(self._insert_ignoring_duplicates(assertion_keys_table).values(key)).rowcount
+            if claimed != 1:  # a retry: the first call's assertion stands
+                existing = connection.execute(
+                    select(assertion_keys_table.c.assertion_id).where(
+                        (assertion_keys_table.c.hook_instance == assertion.hook_instance)
+                        & (assertion_keys_table.c.order_ref == assertion.order_ref)
+                    )
+                ).scalar_one()
+                return str(existing)
+        connection.execute(self._insert_ignoring_duplicates(assertions_table).values(_assertion_row(assertion)))
+        return assertion.assertion_id
+
+    def assertion_ids_for(self, hook_instance: str, order_refs: Sequence[str]) -> dict[str, str]:
+        """order_ref -> assertion id already stored for this hookInstance (a retried call reuses them)."""
+        if not order_refs:
+            return {}
+        query = select(assertion_keys_table.c.order_ref, assertion_keys_table.c.assertion_id).where(
+            (assertion_keys_table.c.hook_instance == hook_instance)
+            & assertion_keys_table.c.order_ref.in_(sorted(set(order_refs)))
+        )
+        with self._transaction("assertion read", readonly=True) as connection:
+            return {str(row.order_ref): str(row.assertion_id) for row in connection.execute(query)}
+
+    def unknown_cards(self, service_id: str, card_uuids: Sequence[str]) -> list[str]:
+        """The uuids among ``card_uuids`` this service never issued (in the order given, once each)."""
+        wanted = list(dict.fromkeys(card_uuids))
+        if not wanted:
+            return []
+        query = select(issued_cards_table.c.card_uuid).where(
+            (issued_cards_table.c.service_id == service_id) & issued_cards_table.c.card_uuid.in_(wanted)
+        )
+        with self._transaction("issued card read", readonly=True) as connection:
+            known = {str(row.card_uuid) for row in connection.execute(query)}
+        return [card for card in wanted if card not in known]
+
+    def purge(self, retention_days: int, *, now: datetime | None = None) -> dict[str, int]:
+        """Delete what is older than ``retention_days`` (0 keeps it forever) and every expired replay row.
+
+        Returns rows deleted per kind: ``feedback``, ``coverage_assertions`` (with their retry keys),
+        ``issued_cards``, ``jwt_replay``. One transaction, so a failure deletes nothing.
+        """
+        now = now or _utcnow()
+        counts = {"feedback": 0, "coverage_assertions": 0, "issued_cards": 0, "jwt_replay": 0}
+        with self._transaction("purge") as connection:
+            if retention_days > 0:
+                cutoff = now - timedelta(days=retention_days)
+                counts["feedback"] = int(
+                    connection.execute(delete(feedback_table).where(feedback_table.c.received_at < cutoff)).rowcount
+                )
+                counts["coverage_assertions"] = int(
+                    connection.execute(delete(assertions_table).where(assertions_table.c.created_at < cutoff)).rowcount
+                )
+                connection.execute(delete(assertion_keys_table).where(assertion_keys_table.c.created_at < cutoff))
+                counts["issued_cards"] = int(
+                    connection.execute(
+                        delete(issued_cards_table).where(issued_cards_table.c.issued_at < cutoff)
+                    ).rowcount
+                )
+            counts["jwt_replay"] = int(
+                connection.execute(delete(replay_table).where(replay_table.c.expires_at < now)).rowcount
+            )
+        self._last_retention_purge = time.monotonic()
+        return counts
+
+    def purge_if_due(self, retention_days: int, interval_seconds: float = 86_400.0) -> dict[str, int] | None:
+        """``purge`` at most once per interval per process (the opportunistic retention); never raises."""
+        clock = time.monotonic()
+        if clock - self._last_retention_purge < interval_seconds:
+            return None
+        self._last_retention_purge = clock
+        try:
+            counts = self.purge(retention_days)
+        except StorageError:
+            return None  # logged by _transaction; the next interval tries again
+        log_event(logger, "storage.purge", retention_days=retention_days, **counts)
+        return counts
 
     def get_assertion(self, assertion_id: str) -> dict[str, Any] | None:
         """One audited assertion by id (criteria as a list of {id, status}), or None."""

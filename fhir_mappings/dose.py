@@ -9,6 +9,7 @@ the other, so the answer is the largest daily total of any sequence.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -94,7 +95,7 @@ def daily_dose(dosage_instructions: Sequence[Any] | None, product: Product | Non
     strength = product.strength_mg if product is not None else None
     groups: dict[object, list[Any]] = {}
     for dosage in dosages:
-        groups.setdefault(get(dosage, "sequence"), []).append(dosage)
+        groups.setdefault(_sequence(get(dosage, "sequence")), []).append(dosage)
     mg_totals: list[float | None] = []
     tablet_totals: list[float | None] = []
     for members in groups.values():
@@ -102,6 +103,16 @@ def daily_dose(dosage_instructions: Sequence[Any] | None, product: Product | Non
         mg_totals.append(_sum([m for m, _ in per_member]))
         tablet_totals.append(_sum([t for _, t in per_member]))
     return Dose(_max(mg_totals), _max(tablet_totals))
+
+
+def _sequence(value: Any) -> object:
+    """The grouping key of a Dosage.sequence: an integer or text as sent, anything else counts as absent."""
+    return value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+
+
+def _finite(value: float | None) -> float | None:
+    """Arithmetic on extreme (but finite) inputs, e.g. a 1e-300 day period, is unreadable rather than infinite."""
+    return value if value is None or math.isfinite(value) else None
 
 
 def _sum(values: list[float | None]) -> float | None:
@@ -118,8 +129,8 @@ def _one_daily(dosage: Any, strength: float | None) -> tuple[float | None, float
     if per_day is None:
         return None, None
     return (
-        round(mg * per_day, 6) if mg is not None else None,
-        round(tablets * per_day, 6) if tablets is not None else None,
+        _finite(round(mg * per_day, 6)) if mg is not None else None,
+        _finite(round(tablets * per_day, 6)) if tablets is not None else None,
     )
 
 
@@ -186,7 +197,7 @@ def _from_repeat(repeat: Any) -> float | None:
         count = frequency if frequency is not None else float(events or 1)
         if count <= 0:
             return None
-        return count / (period * days)
+        return _finite(count / (period * days)) if period * days > 0 else None
     if frequency is not None:
         return None  # a frequency with no period says nothing about days
     if events or weekdays:

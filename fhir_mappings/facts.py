@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from typing import Any
 
 from .codes import CodeTables, IngredientForm
@@ -19,6 +19,7 @@ from .dose import administrations_per_day, daily_dose
 from .model import Facts, Finding, LineOfBusiness, Product
 from .normalize import (
     MedicationConcept,
+    add_days,
     choice,
     codings,
     concept_texts,
@@ -714,12 +715,11 @@ def _medication_end(rtype: str, resource: Any, start: date, evaluation_date: dat
     """Exclusive end of a course: period end (inclusive in FHIR, so +1 day), supply x fills, or 'still on'."""
     kind, value = choice(resource, "effective")
     if kind == "Period" and get(value, "end") is not None:
-        end = to_date(get(value, "end"), end=True)
-        return end + timedelta(days=1) if end is not None else None
+        return add_days(to_date(get(value, "end"), end=True), 1)
     if rtype == "MedicationRequest":
         supply = _supply_days(get(resource, "dispenseRequest"))
         if supply is not None:
-            return start + timedelta(days=math.ceil(supply))
+            return add_days(start, math.ceil(supply))
     if resource.status == "active":
         return evaluation_date
     return None

@@ -9,10 +9,11 @@ real-world shapes listed in ``shared/external/SOURCES.md`` (single objects where
 from __future__ import annotations
 
 import calendar
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -97,18 +98,33 @@ def _choice_fields(model: type, prefix: str) -> tuple[str, ...]:
     return fields
 
 
+#: Largest magnitude read as a number: beyond it a value is no plausible dose, count or duration, and arithmetic
+#: on it could overflow to infinity (1e308 x 3), so it counts as unreadable.
+MAX_NUMBER = 1e12
+
+
 def to_float(value: Any) -> float | None:
-    """A FHIR decimal/integer (Decimal, int, float or numeric string) as float; None otherwise."""
+    """A FHIR decimal/integer (Decimal, int, float or numeric string) as a finite float within ``MAX_NUMBER``;
+    None otherwise (including 1e308, 10**400, NaN and infinities)."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, (int, float, Decimal)):
-        return float(value)
-    if isinstance(value, str):
+    if isinstance(value, (int, float, Decimal, str)):
         try:
-            return float(value)
-        except ValueError:
+            number = float(value)
+        except (ValueError, OverflowError):
             return None
+        return number if math.isfinite(number) and abs(number) <= MAX_NUMBER else None
     return None
+
+
+def add_days(day: date | None, days: float) -> date | None:
+    """``day`` plus whole ``days``; None past the calendar's range (year 9999) or for an unreadable count."""
+    if day is None or not math.isfinite(days):
+        return None
+    try:
+        return day + timedelta(days=days)
+    except OverflowError:
+        return None
 
 
 def to_date(value: Any, *, end: bool = False) -> date | None:
@@ -167,8 +183,22 @@ def codings(concept: Any) -> list[Code]:
             code, system, display = getattr(coding, "code", None), getattr(coding, "system", None), getattr(
                 coding, "display", None
             )
-        out.append(Code(system, str(code) if code is not None else None, display))
+        out.append(Code(_text(system), _code_text(code), _text(display)))
     return out
+
+
+def _text(value: Any) -> str | None:
+    """A string member, or None for anything else (an object where a string belongs is ignored)."""
+    return value if isinstance(value, str) else None
+
+
+def _code_text(value: Any) -> str | None:
+    """A code as text: strings, and integers some systems send unquoted; anything else is ignored."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
 
 
 def system_codes(concept: Any) -> list[tuple[Any, str | None]]:
@@ -191,7 +221,7 @@ def system_codes(concept: Any) -> list[tuple[Any, str | None]]:
             code, system = coding.get("code"), coding.get("system")
         else:
             code, system = get(coding, "code"), get(coding, "system")
-        out.append((system, str(code) if code is not None else None))
+        out.append((_text(system), _code_text(code)))
     return out
 
 

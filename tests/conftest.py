@@ -8,8 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
@@ -28,6 +28,33 @@ def private_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
         os.environ.pop("XDG_DATA_HOME", None)
     else:
         os.environ["XDG_DATA_HOME"] = previous
+
+
+@pytest.fixture
+def service_log() -> Iterator[Callable[[], str]]:
+    """The service's log lines (JSON, as configured) written during the test, as one text: ``service_log()``.
+
+    Every module logs under the ``priorauth_cds`` logger, which does not propagate to the root logger (so
+    pytest's ``caplog`` does not see it); this attaches a JSON handler to it for the test.
+    """
+    import io
+    import logging
+
+    from cds_service.logs import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.setLevel(logging.DEBUG)
+    root = logging.getLogger("priorauth_cds")
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield stream.getvalue
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
 
 
 @pytest.fixture

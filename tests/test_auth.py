@@ -107,9 +107,19 @@ def world(mock: responses.RequestsMock) -> World:
 
 
 @pytest.fixture
-def auth_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="cds_service.auth")
-    return caplog
+def auth_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    # The service's loggers do not propagate to the root logger caplog listens on: attach its handler.
+    from cds_service.logs import JsonFormatter
+
+    logger = logging.getLogger("priorauth_cds.auth")
+    propagate = logger.propagate
+    logger.addHandler(caplog.handler)
+    logger.propagate = False  # caplog's handler is on the root logger too: count each record once
+    caplog.handler.setFormatter(JsonFormatter())  # the fields (reason, iss, kid) as the service writes them
+    caplog.set_level(logging.DEBUG, logger="priorauth_cds.auth")
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.propagate = propagate
 
 
 def reasons(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -28,6 +28,8 @@ import requests
 from cds_service.store import Store
 from tests.conftest import LiveServer
 from tests.scenarios import SAMPLE_DIR
+from tests.issued import issue_cards
+from tests.scenarios import request_for, scenario
 
 pytestmark = pytest.mark.server
 
@@ -59,8 +61,12 @@ class Acknowledged:
             return len(self.cards) + len(self.assertions)
 
 
+#: Card uuids registered as issued before the burst (feedback is accepted only for issued cards).
+ISSUED: list[str] = []
+
+
 def feedback_item() -> dict[str, Any]:
-    return {"card": str(uuid.uuid4()), "outcome": "overridden",
+    return {"card": ISSUED.pop(), "outcome": "overridden",
             "overrideReason": {"reason": {"code": "patient-preference", "system": "http://example.org/override",
                                           "display": "Patient preference"}},
             "outcomeTimestamp": "2026-11-27T12:00:00Z"}
@@ -183,7 +189,9 @@ def database_url(kind: str, tmp_path: Path) -> str:
 ])
 def test_acknowledged_writes_survive_sigkill_of_master_and_workers(tmp_path: Path, kind: str) -> None:
     url = database_url(kind, tmp_path)
-    server = LiveServer(url)
+    ISSUED[:] = [str(uuid.uuid4()) for _ in range(6_000)]
+    issue_cards(url, *ISSUED)
+    server = LiveServer(url, {"CDS_RATE_LIMIT_PER_MINUTE": "0"})
     server.start(tmp_path / "server.log")
     try:
         acks = run_burst_and_kill(server)

@@ -83,7 +83,8 @@ def groups(folder: Path) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     database = tmp_path_factory.mktemp("fhir-examples") / "examples.sqlite3"
-    app = create_app(Config(database_url=f"sqlite:///{database}", max_body_bytes=MAX_BODY_BYTES))
+    app = create_app(Config(database_url=f"sqlite:///{database}", max_body_bytes=MAX_BODY_BYTES,
+                            rate_limit_per_minute=0))  # thousands of example calls: no 429
     app.config["TESTING"] = True
     yield app
     app.extensions["priorauth_cds"].store.dispose()

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.issued import issue_cards
 from tests.scenarios import SAMPLE_DIR, evaluations, external_dir, external_params
 
 SIGN = "/cds-services/everolimus-order-sign"
@@ -211,6 +212,7 @@ def test_feedback_is_validated_and_idempotent(client: Any, app: Any) -> None:
     item = {"card": "9368d37b-283f-44a0-93ea-547cebab93ed", "outcome": "accepted",
             "acceptedSuggestions": [{"id": "e56e1945-20b3-4393-8503-a1a20fd73152"}],
             "outcomeTimestamp": "2026-11-27T10:00:00Z"}
+    issue_cards(app.extensions["priorauth_cds"].store, item["card"])
     first = client.post(f"{SIGN}/feedback", json={"feedback": [item]})
     again = client.post(f"{SIGN}/feedback", json={"feedback": [item]})
     assert first.status_code == 200 and again.status_code == 200

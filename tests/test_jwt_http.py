@@ -10,6 +10,7 @@ import pytest
 
 from cds_service.app import create_app
 from cds_service.config import Config
+from tests.issued import issue_cards
 from tests.jwt_helpers import bearer, cds_claims, ec_key, jwks, raw_token
 from tests.scenarios import request_for, scenario
 
@@ -77,6 +78,7 @@ def test_replayed_token_is_rejected(secured: Any) -> None:
 
 def test_feedback_needs_a_token_too(secured: Any) -> None:
     body = {"feedback": [{"card": "c1", "outcome": "accepted", "outcomeTimestamp": "2026-11-27T10:00:00Z"}]}
+    issue_cards(secured.application.extensions["priorauth_cds"].store, "c1")
     assert secured.post(f"{SIGN}/feedback", json=body).status_code == 401
     token = _token(f"{SIGN}/feedback")
     assert secured.post(f"{SIGN}/feedback", json=body, headers={"Authorization": bearer(token)}).status_code == 200

@@ -29,6 +29,7 @@ from cds_service.config import Config
 from cds_service.discovery import SERVICES
 from cds_service.errors import StorageError
 from cds_service.openapi import hook_request_example, openapi_document
+from tests.issued import issue_cards
 from tests.jwt_helpers import ec_key, jwks
 from tests.scenarios import request_for, scenario_params
 
@@ -233,6 +234,8 @@ def test_documented_example_gets_an_evaluation(client: FlaskClient, service_id: 
 def test_feedback_responses_conform(client: FlaskClient) -> None:
     path = f"{SIGN}/feedback"
     body = feedback_body()
+    assert_documented("POST", path, client.post(path, json=body))  # a card this service never issued: 404
+    issue_cards(client.application.extensions["priorauth_cds"].store, body["feedback"][0]["card"])
     first = client.post(path, json=body)
     assert first.status_code == 200 and first.get_json() == {"received": 1, "stored": 1}
     assert_documented("POST", path, first)
@@ -297,10 +300,13 @@ def test_storage_failures_conform(api: Flask, client: FlaskClient, monkeypatch: 
         raise StorageError("storage unavailable")
 
     store = api.extensions["priorauth_cds"].store
+    body = feedback_body()
+    issue_cards(store, body["feedback"][0]["card"])
     monkeypatch.setattr(store, "record_assertions", fail)
+    monkeypatch.setattr(store, "record_response", fail)
     monkeypatch.setattr(store, "record_feedback", fail)
     hook = client.post(SIGN, json=hook_request_example("everolimus-order-sign"))
-    feedback = client.post(f"{SIGN}/feedback", json=feedback_body())
+    feedback = client.post(f"{SIGN}/feedback", json=body)
     assert (hook.status_code, feedback.status_code) == (503, 503)
     assert_documented("POST", SIGN, hook)
     assert_documented("POST", f"{SIGN}/feedback", feedback)

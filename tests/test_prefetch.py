@@ -7,14 +7,13 @@ where timing does (parallelism, slow or trickling servers, bodies without a leng
 from __future__ import annotations
 
 import json
-import logging
 import re
 import socket
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -421,14 +420,14 @@ def test_declared_size_over_the_byte_cap_fails(fake: FakeFhir) -> None:
     assert run(["conditions"]).resources == {"conditions": conditions}  # the same answer fits the default cap
 
 
-def test_failure_logs_hold_neither_token_nor_patient_id(fake: FakeFhir, caplog: pytest.LogCaptureFixture) -> None:
+def test_failure_logs_hold_neither_token_nor_patient_id(fake: FakeFhir, service_log: Callable[[], str]) -> None:
     fake.json(f"{BASE}/Patient/pid-7731", dict(PATIENT, id="pid-7731"))
     fake.raw(f"{BASE}/Condition?patient=pid-7731", b"oops pid-7731", status=500)
-    with caplog.at_level(logging.DEBUG, logger="cds_service.prefetch"):
-        result = run(["conditions", "patient"], context={"patientId": "pid-7731", "userId": "Practitioner/p"})
+    result = run(["conditions", "patient"], context={"patientId": "pid-7731", "userId": "Practitioner/p"})
     assert result.failed == {"conditions": "http-500"} and result.origin["patient"] == "fetched"
-    assert "conditions=http-500" in caplog.text
-    assert TOKEN not in caplog.text and "pid-7731" not in caplog.text
+    summary = [json.loads(line) for line in service_log().splitlines() if '"prefetch.summary"' in line]
+    assert summary and summary[-1]["failed"] == {"conditions": "http-500"}
+    assert TOKEN not in service_log() and "pid-7731" not in service_log()
 
 
 def test_fetch_reference_reads_one_resource(fake: FakeFhir) -> None:

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from tests.conftest import LiveServer, free_port
+from tests.issued import issue_cards
 from tests.scenarios import evaluations, request_for, scenario
 
 pytestmark = pytest.mark.server
@@ -57,6 +58,7 @@ def test_feedback_and_assertions_survive_restart(tmp_path: Path, kill: bool) -> 
         server.start(tmp_path / "server.log")
         try:
             item = _feedback_item()
+            issue_cards(database_url, item["card"])
             response = requests.post(f"{server.url}/cds-services/everolimus-order-sign/feedback",
                                      json={"feedback": [item]}, timeout=5)
             assert response.status_code == 200 and response.json()["stored"] == 1

@@ -7,7 +7,6 @@ Get a server with ``export PRIORAUTH_TEST_POSTGRES_URL="$(bash .ci/postgres.sh)"
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import sys
 import textwrap
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -271,7 +270,8 @@ def test_empty_feedback_list_stores_nothing(store: Store) -> None:
 
 
 def test_assertions_round_trip(store: Store) -> None:
-    store.record_assertions([assertion("a-1"), assertion("a-2", decision="met", coverage_ref=None, criteria=())])
+    store.record_assertions([assertion("a-1"), assertion("a-2", decision="met", coverage_ref=None, criteria=(),
+                                                         order_ref="MedicationRequest/draft-2")])
     first = store.get_assertion("a-1")
     assert first is not None
     assert first["criteria"] == [{"id": "I.A.1", "status": "met"}, {"id": "I.A.2", "status": "unknown"}]
@@ -301,14 +301,15 @@ def test_recording_an_assertion_again_keeps_the_first(store: Store) -> None:
     assert stored is not None and stored["decision"] == "met"
 
 
-def test_assertions_are_written_in_one_transaction(store: Store, caplog: pytest.LogCaptureFixture) -> None:
-    broken = assertion("a-2", decision=None, patient_ref="Patient/secret-patient")  # NOT NULL violation
-    with caplog.at_level(logging.DEBUG), pytest.raises(StorageError) as raised:
+def test_assertions_are_written_in_one_transaction(store: Store, service_log: Callable[[], str]) -> None:
+    broken = assertion("a-2", decision=None, patient_ref="Patient/secret-patient",  # NOT NULL violation
+                       order_ref="MedicationRequest/draft-2")
+    with pytest.raises(StorageError) as raised:
         store.record_assertions([assertion("a-1"), broken])
     assert raised.value.status == 503 and raised.value.detail == GENERIC_FAILURE
     assert store.get_assertion("a-1") is None
-    assert "INSERT" not in caplog.text and "secret-patient" not in caplog.text
-    assert "IntegrityError" in caplog.text
+    assert "INSERT" not in service_log() and "secret-patient" not in service_log()
+    assert "IntegrityError" in service_log()
 
 
 def test_assertion_requires_an_aware_timestamp() -> None:
@@ -559,27 +560,28 @@ def test_unsupported_database_url_is_a_config_error_without_the_password(url: st
 
 
 def test_unopenable_sqlite_file_is_a_generic_storage_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, service_log: Callable[[], str]
 ) -> None:
     monkeypatch.setattr(store_module, "SCHEMA_CREATE_ATTEMPTS", 1)
     missing = tmp_path / "store.sqlite3"  # missing folders are created now, so: a file that is no database
     missing.write_bytes(b"not a database, not even empty" * 100)
-    with caplog.at_level(logging.DEBUG), pytest.raises(StorageError) as raised:
+    with pytest.raises(StorageError) as raised:
         Store(f"sqlite:///{missing}")
     assert raised.value.detail == GENERIC_FAILURE
-    assert str(missing) not in caplog.text
+    assert "storage.failed" in service_log() and str(missing) not in service_log()
 
 
 @pytest.mark.postgres
 def test_postgres_login_failure_leaks_no_password(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, service_log: Callable[[], str]
 ) -> None:
     base = os.environ.get(POSTGRES_ENV)
     if not base:
         pytest.skip(f"{POSTGRES_ENV} is not set; export it from `bash .ci/postgres.sh` to run PostgreSQL tests")
     monkeypatch.setattr(store_module, "SCHEMA_CREATE_ATTEMPTS", 1)
     wrong = normalize_database_url(base).set(password="Wr0ngSecretPassword")
-    with caplog.at_level(logging.DEBUG), pytest.raises(StorageError) as raised:
+    with pytest.raises(StorageError) as raised:
         Store(wrong.render_as_string(hide_password=False))
     assert raised.value.detail == GENERIC_FAILURE
-    assert "Wr0ngSecretPassword" not in caplog.text and "Wr0ngSecretPassword" not in str(raised.value)
+    assert "storage.failed" in service_log()
+    assert "Wr0ngSecretPassword" not in service_log() and "Wr0ngSecretPassword" not in str(raised.value)
