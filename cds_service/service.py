@@ -22,6 +22,7 @@ from fhir_mappings.record import build_record
 
 from . import cards as card_builder
 from . import metrics
+from .logs import log_event
 from .config import Config
 from .discovery import PREFETCH_TEMPLATES, REQUIRED_PREFETCH_KEYS, hook_of
 from .egress import fhir_access_for
@@ -156,7 +157,7 @@ class HookHandler:
             # One generic reason for the client: per-key causes (refused, timeout, bad body ...) would let a caller
             # probe hosts and ports through fhirServer. The reason codes (no URL, no port) go to the log.
             reasons = ", ".join(f"{k}={outcome.failed.get(k, 'unavailable')}" for k in (missing or sorted(outcome.failed)))
-            log.warning("412: required data unavailable (%s)", reasons)
+            log_event(log, "prefetch.unavailable", logging.WARNING, reasons=reasons)
             raise PrefetchUnavailable("required data could not be obtained from prefetch or fhirServer")
 
         resources, failed = _capped(outcome.resources, outcome.failed, self.config.max_resources_per_key)

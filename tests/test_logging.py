@@ -80,7 +80,7 @@ def test_new_events_name_routes_and_hold_no_phi_or_secrets(tmp_path: Path) -> No
     key = ec_key()
     issuer = "https://ehr.example"
     app = create_app(Config(database_url=f"sqlite:///{tmp_path / 'l2.sqlite3'}", trusted_issuers={issuer: jwks(key)},
-                            rate_limit_per_minute=2))
+                            public_base_url="http://localhost", rate_limit_per_minute=2))
     client = app.test_client()
     stream, handler = _capture()
     request: dict[str, Any] = request_for(scenario("A-brand-without-combination"), token="SECRET-ACCESS-TOKEN-123")

@@ -191,7 +191,7 @@ def test_rate_limit_is_per_verified_issuer(tmp_path: Path) -> None:
     key_a, key_b = ec_key(), ec_key()
     issuers = {"https://ehr-a.example": jwks(key_a), "https://ehr-b.example": jwks(key_b)}
     app = create_app(Config(database_url=f"sqlite:///{tmp_path / 'i.sqlite3'}", trusted_issuers=issuers,
-                            rate_limit_per_minute=1))
+                            public_base_url="http://localhost", rate_limit_per_minute=1))
     client = app.test_client()
 
     def call(key: Any, issuer: str) -> int:

@@ -160,8 +160,9 @@ def check_shape(raw: Any, text: str, source: str) -> str | None:
 
 if __name__ == "__main__":  # python -m cds_service.policy.schema  -> rewrites docs/policy-pack.schema.json
     import json
+    import sys
     from pathlib import Path
 
     target = Path(__file__).resolve().parents[2] / "docs" / "policy-pack.schema.json"
     target.write_text(json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {target}")
+    sys.stdout.write(f"wrote {target}\n")
