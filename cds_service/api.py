@@ -200,7 +200,9 @@ def feedback(service_id: str) -> Response:
 def healthz() -> Response:
     """Liveness and storage readiness."""
     ok = _services().store.ping()
-    return json_response({"status": "ok" if ok else "degraded", "storage": "ok" if ok else "unavailable"}, 200 if ok else 503)
+    return json_response(
+        {"status": "ok" if ok else "degraded", "storage": "ok" if ok else "unavailable"}, 200 if ok else 503
+    )
 
 
 @bp.get("/metrics")

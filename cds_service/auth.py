@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import jwt
@@ -67,7 +67,7 @@ class InMemoryReplayGuard:
     """Single-process replay guard (tests, one worker). Thread-safe; forgets entries once they expire."""
 
     def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
-        self._clock = clock or (lambda: datetime.now(timezone.utc))
+        self._clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.Lock()
         self._expiry: dict[tuple[str, str], datetime] = {}
         self._heap: list[tuple[datetime, tuple[str, str]]] = []
@@ -76,7 +76,7 @@ class InMemoryReplayGuard:
         """Record the pair; False if it is already recorded and still live."""
         key = (issuer, jti)
         if expires_at.tzinfo is None:  # naive datetimes are taken as UTC rather than failing to compare
-            expires_at = expires_at.replace(tzinfo=timezone.utc)
+            expires_at = expires_at.replace(tzinfo=UTC)
         with self._lock:
             now = self._clock()
             self._purge(now)
@@ -156,6 +156,7 @@ def _parse_jwk(jwk: Any) -> _Key | None:
         return None
     if alg is not None and alg not in ALLOWED_ALGORITHMS:
         return None
+    loaded: Any
     try:
         if kty == "EC":
             loaded = ECAlgorithm.from_jwk(jwk)
@@ -180,7 +181,7 @@ def _parse_jwk(jwk: Any) -> _Key | None:
 def parse_jwks(document: Any) -> dict[str, list[_Key]]:
     """Usable keys of a JWKS document by kid (a kid may name several keys, e.g. one EC and one RSA)."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise ValueError("not a JWKS document")
+        raise ValueError("not a JWKS document")  # noqa: TRY004 - callers catch ValueError for any unusable JWKS
     keys: dict[str, list[_Key]] = {}
     for jwk in document["keys"]:
         parsed = _parse_jwk(jwk)
@@ -207,9 +208,7 @@ def _number(claims: Mapping[str, Any], name: str, *, required: bool) -> float | 
     return number
 
 
-def check_claims(
-    claims: Mapping[str, Any], *, audience: str, now: float, leeway: float, max_lifetime: float
-) -> None:
+def check_claims(claims: Mapping[str, Any], *, audience: str, now: float, leeway: float, max_lifetime: float) -> None:
     """Validate aud, exp, iat, nbf, lifetime and jti presence (signature and iss are checked before this)."""
     exp = _number(claims, "exp", required=True)
     iat = _number(claims, "iat", required=True)
@@ -367,7 +366,7 @@ class JwtVerifier:
         check_claims(
             claims, audience=audience, now=now, leeway=leeway, max_lifetime=self._config.jwt_max_lifetime_seconds
         )
-        expires_at = datetime.fromtimestamp(float(claims["exp"]) + leeway, tz=timezone.utc)
+        expires_at = datetime.fromtimestamp(float(claims["exp"]) + leeway, tz=UTC)
         if not self._guard.claim(issuer, claims["jti"], expires_at):
             raise _Rejected("jwt.replayed")
         return claims

@@ -234,17 +234,23 @@ def detail_for(item: EvaluatedOrder) -> str:
     ev = item.evaluation
     if ev.pathway is None:
         parts = [
-            (f"**{ev.policy}** (everolimus): no diagnosis is documented — no problem-list Condition and no reason on "
-            f"the order. Line of business: {_lob_label(item)}."),
-            ("\nDocument the condition everolimus treats (a coded problem-list entry or the order's reason). "
-            f"{ev.policy} covers:"),
+            (
+                f"**{ev.policy}** (everolimus): no diagnosis is documented — no problem-list Condition and no reason on "
+                f"the order. Line of business: {_lob_label(item)}."
+            ),
+            (
+                "\nDocument the condition everolimus treats (a coded problem-list entry or the order's reason). "
+                f"{ev.policy} covers:"
+            ),
         ]
         parts += [f"- **{pid}** {title}" for pid, title, _ in ev.diagnosis_options]
         parts.append("Other uses are reviewed under the line of business's off-label use policy.")
     else:
         parts = [
-            (f"**{ev.policy}** (everolimus), pathway **{ev.pathway}** — {ev.pathway_title}. "
-            f"Line of business: {_lob_label(item)}.")
+            (
+                f"**{ev.policy}** (everolimus), pathway **{ev.pathway}** — {ev.pathway_title}. "
+                f"Line of business: {_lob_label(item)}."
+            )
         ]
         if ev.referral_reason:
             parts.append(

@@ -174,4 +174,3 @@ def proxies(config: Config) -> dict[str, str]:
 def new_session(config: Config) -> requests.Session:
     """A ``requests`` session configured by ``configure_session``."""
     return configure_session(requests.Session(), config)
-

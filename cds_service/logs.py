@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -23,7 +23,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "event": record.getMessage(),
@@ -46,8 +46,7 @@ class ThirdPartyJsonFormatter(JsonFormatter):
     def format(self, record: logging.LogRecord) -> str:
         args = record.args if isinstance(record.args, tuple) else ((record.args,) if record.args else ())
         if args and not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
-            record = logging.makeLogRecord({**record.__dict__, "args": None,
-                                            "fields": {"args_withheld": len(args)}})
+            record = logging.makeLogRecord({**record.__dict__, "args": None, "fields": {"args_withheld": len(args)}})
         return super().format(record)
 
 

@@ -116,8 +116,9 @@ def failure_class(reason: str | None) -> str:
 
 
 def record_request(route: str, method: str, status: int) -> None:
-    _m().requests.labels(route=route, method=method if method.isalpha() and len(method) <= 10 else "other",
-                    status=str(status)).inc()
+    _m().requests.labels(
+        route=route, method=method if method.isalpha() and len(method) <= 10 else "other", status=str(status)
+    ).inc()
 
 
 def record_hook(service: str, seconds: float, decisions: Iterable[str]) -> None:

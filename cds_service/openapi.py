@@ -57,8 +57,8 @@ def _without_titles(node: JsonObject) -> JsonObject:
 def _renamed(mapping: Mapping[str, str]) -> Callable[[JsonObject], JsonObject]:
     def visit(node: JsonObject) -> JsonObject:
         ref = node.get("$ref")
-        if isinstance(ref, str) and ref.startswith(SCHEMAS) and ref[len(SCHEMAS):] in mapping:
-            return {**node, "$ref": SCHEMAS + mapping[ref[len(SCHEMAS):]]}
+        if isinstance(ref, str) and ref.startswith(SCHEMAS) and ref[len(SCHEMAS) :] in mapping:
+            return {**node, "$ref": SCHEMAS + mapping[ref[len(SCHEMAS) :]]}
         return node
 
     return visit
@@ -119,7 +119,7 @@ def response_schemas() -> dict[str, JsonObject]:
     hook_response["required"] = ["cards"]
     hook_response["properties"]["cards"].pop("minItems", None)  # the one empty member kept: "cards": []
     hook_response["description"] = (
-        "CDS Hooks 2.0 response. No member is ever null or empty except the top-level \"cards\": []. "
+        'CDS Hooks 2.0 response. No member is ever null or empty except the top-level "cards": []. '
         "By default, per evaluated everolimus order: one evaluation card carrying "
         "extension['priorauth-cds.evaluation'], one suggestions card when there are one-click fixes, and one "
         "systemActions update echoing the draft with the Da Vinci CRD ext-coverage-information extension; the "
@@ -233,8 +233,11 @@ def request_schemas() -> dict[str, JsonObject]:
 
 def feedback_schemas() -> dict[str, JsonObject]:
     """The feedback request (prefixed where a name would collide with the response models) and its answer."""
-    rename = {"Coding": "FeedbackCoding", "OverrideReason": "FeedbackOverrideReason",
-              "AcceptedSuggestion": "FeedbackAcceptedSuggestion"}
+    rename = {
+        "Coding": "FeedbackCoding",
+        "OverrideReason": "FeedbackOverrideReason",
+        "AcceptedSuggestion": "FeedbackAcceptedSuggestion",
+    }
     schemas = model_schemas([FeedbackRequest], "validation", rename=rename)
     schemas["FeedbackResponse"] = {
         "type": "object",
@@ -314,8 +317,14 @@ def hand_written_schemas() -> dict[str, JsonObject]:
             "examples": [
                 {
                     "resourceType": "OperationOutcome",
-                    "issue": [{"severity": "error", "code": "invalid", "diagnostics": "missing required member 'hook'",
-                               "expression": ["hook"]}],
+                    "issue": [
+                        {
+                            "severity": "error",
+                            "code": "invalid",
+                            "diagnostics": "missing required member 'hook'",
+                            "expression": ["hook"],
+                        }
+                    ],
                 }
             ],
         },
@@ -422,8 +431,13 @@ def hook_request_example(service_id: str) -> JsonObject:
         "status": "draft",
         "intent": "order",
         "medicationCodeableConcept": {
-            "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "845507",
-                        "display": "everolimus 10 MG Oral Tablet"}]
+            "coding": [
+                {
+                    "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                    "code": "845507",
+                    "display": "everolimus 10 MG Oral Tablet",
+                }
+            ]
         },
         "subject": {"reference": "Patient/example-patient"},
         "dosageInstruction": [{"text": "10 mg by mouth once daily"}],
@@ -441,27 +455,46 @@ def hook_request_example(service_id: str) -> JsonObject:
         "status": "active",
         "beneficiary": {"reference": "Patient/example-patient"},
         "payor": [{"display": "Centene Health Plan"}],
-        "class": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/coverage-class",
-                                        "code": "plan"}]}, "value": "MCD-EXAMPLE"}],
+        "class": [
+            {
+                "type": {
+                    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/coverage-class", "code": "plan"}]
+                },
+                "value": "MCD-EXAMPLE",
+            }
+        ],
     }
     condition = {
         "resourceType": "Condition",
         "id": "example-condition",
-        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                                       "code": "active"}]},
-        "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
-                                           "code": "confirmed"}]},
-        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "254837009",
-                             "display": "Malignant tumor of breast"}]},
+        "clinicalStatus": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]
+        },
+        "verificationStatus": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]
+        },
+        "code": {
+            "coding": [
+                {"system": "http://snomed.info/sct", "code": "254837009", "display": "Malignant tumor of breast"}
+            ]
+        },
         "subject": {"reference": "Patient/example-patient"},
     }
     prefetch: JsonObject = {key: _searchset([]) for key in PREFETCH_TEMPLATES if key not in ("patient", "practitioner")}
-    prefetch["patient"] = {"resourceType": "Patient", "id": "example-patient", "gender": "female",
-                           "birthDate": "1968-11-20"}
+    prefetch["patient"] = {
+        "resourceType": "Patient",
+        "id": "example-patient",
+        "gender": "female",
+        "birthDate": "1968-11-20",
+    }
     prefetch["coverage"] = _searchset([coverage])
     prefetch["conditions"] = _searchset([condition])
-    return {"hook": hook, "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea", "context": context,
-            "prefetch": prefetch}
+    return {
+        "hook": hook,
+        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "context": context,
+        "prefetch": prefetch,
+    }
 
 
 def _hook_operation() -> JsonObject:
@@ -499,9 +532,16 @@ def _hook_operation() -> JsonObject:
 
 
 def _feedback_operation() -> JsonObject:
-    example = {"feedback": [{"card": "9368d37b-283f-44a0-93ea-547cebab93ed", "outcome": "overridden",
-                             "overrideReason": {"userComment": "documented in outside records"},
-                             "outcomeTimestamp": "2021-12-11T10:05:31Z"}]}
+    example = {
+        "feedback": [
+            {
+                "card": "9368d37b-283f-44a0-93ea-547cebab93ed",
+                "outcome": "overridden",
+                "overrideReason": {"userComment": "documented in outside records"},
+                "outcomeTimestamp": "2021-12-11T10:05:31Z",
+            }
+        ]
+    }
     return {
         "operationId": "sendFeedback",
         "summary": "CDS Hooks 2.0 feedback on cards (idempotent: a repeated entry is not stored twice)",
@@ -539,8 +579,11 @@ def _paths() -> JsonObject:
                 "operationId": "discovery",
                 "summary": "CDS Hooks discovery: services, prefetch templates, Da Vinci CRD extensions",
                 "tags": ["cds-hooks"],
-                "responses": {"200": _ok("The services.", "Discovery"), "405": METHOD_NOT_ALLOWED,
-                              "500": INTERNAL_ERROR},
+                "responses": {
+                    "200": _ok("The services.", "Discovery"),
+                    "405": METHOD_NOT_ALLOWED,
+                    "500": INTERNAL_ERROR,
+                },
             },
             "options": _preflight("Discovery"),
         },
@@ -573,8 +616,11 @@ def _paths() -> JsonObject:
                 "operationId": "openapi",
                 "summary": "This document",
                 "tags": ["operations"],
-                "responses": {"200": _ok("The OpenAPI document.", "OpenApiDocument"), "405": METHOD_NOT_ALLOWED,
-                              "500": INTERNAL_ERROR},
+                "responses": {
+                    "200": _ok("The OpenAPI document.", "OpenApiDocument"),
+                    "405": METHOD_NOT_ALLOWED,
+                    "500": INTERNAL_ERROR,
+                },
             },
             "options": _preflight("OpenApi"),
         },

@@ -19,9 +19,10 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, TypeGuard
+from typing import Any, TypeGuard
 from urllib.parse import quote, urljoin, urlsplit
 
 import orjson
@@ -261,8 +262,9 @@ def gather(
         if result.failure:
             failed[key] = result.failure
 
-    outcome = PrefetchOutcome(resources=resources, origin=origin, failed=failed, fetch_seconds=fetch_seconds,
-                              notes=notes)
+    outcome = PrefetchOutcome(
+        resources=resources, origin=origin, failed=failed, fetch_seconds=fetch_seconds, notes=notes
+    )
     _log_outcome(outcome)
     return outcome
 
@@ -367,7 +369,9 @@ class _SocketWatch(HTTPAdapter):
 
         self.poolmanager.pool_classes_by_scheme = {"http": HttpPool, "https": HttpsPool}
 
-    def _checked(self, connection: urllib3.connection.HTTPConnection, sock: socket.socket, scheme: str) -> socket.socket:
+    def _checked(
+        self, connection: urllib3.connection.HTTPConnection, sock: socket.socket, scheme: str
+    ) -> socket.socket:
         """The new socket if its peer address is allowed for ``connection.host``; otherwise closed, and refused."""
         if self._proxied:
             return sock
@@ -453,8 +457,9 @@ def fetch_reference(
     match = _REFERENCE.fullmatch(reference)
     if not match:
         return FetchResult([], "bad-reference")
-    results = _fetch_keys({"reference": _target_for(reference)}, fhir_server, access_token, config, session,
-                          fhir_access)
+    results = _fetch_keys(
+        {"reference": _target_for(reference)}, fhir_server, access_token, config, session, fhir_access
+    )
     return results["reference"]
 
 

@@ -62,12 +62,14 @@ class DraftOrdersBundle(_Tolerant):
         if value is None:
             return []
         if not isinstance(value, list):
-            raise ValueError("entry must be an array")
+            raise ValueError("entry must be an array")  # noqa: TRY004 - pydantic validators report ValueError
         for item in value:
             if not isinstance(item, dict):
-                raise ValueError("each entry must be an object")
+                raise ValueError("each entry must be an object")  # noqa: TRY004 - pydantic validators report ValueError
             resource = item.get("resource")
-            if resource is not None and not (isinstance(resource, dict) and isinstance(resource.get("resourceType"), str)):
+            if resource is not None and not (
+                isinstance(resource, dict) and isinstance(resource.get("resourceType"), str)
+            ):
                 raise ValueError("entry.resource must be a FHIR resource")
         return value
 
@@ -267,6 +269,6 @@ def _prune(value: Any) -> Any:
 
 def to_json(response: HookResponse) -> dict[str, Any]:
     """The response body: pruned of null/empty members, keeping ``"cards": []``."""
-    body = _prune(response.model_dump(mode="json", exclude_none=True))
+    body: dict[str, Any] = _prune(response.model_dump(mode="json", exclude_none=True))
     body["cards"] = body.get("cards", [])
     return body

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timezone
-from typing import Any, Callable, Protocol
+from datetime import UTC, date, datetime
+from typing import Any, Protocol
 
 import requests
 
@@ -22,11 +23,11 @@ from fhir_mappings.record import build_record
 
 from . import cards as card_builder
 from . import metrics
-from .logs import log_event
 from .config import Config
 from .discovery import PREFETCH_TEMPLATES, REQUIRED_PREFETCH_KEYS, hook_of
 from .egress import fhir_access_for
 from .errors import PrefetchUnavailable, ProtocolError, UnknownService
+from .logs import log_event
 from .policy.engine import Policy, evaluate
 from .prefetch import gather
 from .protocol import FHIR_ID, HookRequest, HookResponse, parse_hook_request, to_json
@@ -110,7 +111,7 @@ class HookHandler:
         self.policy = policy
         self.store = store
         self.session_factory = session_factory
-        self.today = today or (lambda: datetime.now(timezone.utc).date())
+        self.today = today or (lambda: datetime.now(UTC).date())
 
     def handle(self, service_id: str, payload: Any, *, issuer: str | None = None) -> HookOutcome:
         """Answer one hook call; raises ServiceError subclasses for the web layer to map.
@@ -129,7 +130,9 @@ class HookHandler:
         in_scope = _in_scope(request, find_everolimus_orders(drafts, self.tables))
         for order_id in in_scope:
             if not FHIR_ID.fullmatch(order_id):
-                raise ProtocolError("a draft everolimus MedicationRequest has an invalid FHIR id", expression=["context.draftOrders"])
+                raise ProtocolError(
+                    "a draft everolimus MedicationRequest has an invalid FHIR id", expression=["context.draftOrders"]
+                )
         started = timings.mark("parse", started)
         if not in_scope:
             return HookOutcome(to_json(HookResponse()), request.hookInstance, 0, [], timings)
@@ -156,7 +159,9 @@ class HookHandler:
         if missing or not obtained:
             # One generic reason for the client: per-key causes (refused, timeout, bad body ...) would let a caller
             # probe hosts and ports through fhirServer. The reason codes (no URL, no port) go to the log.
-            reasons = ", ".join(f"{k}={outcome.failed.get(k, 'unavailable')}" for k in (missing or sorted(outcome.failed)))
+            reasons = ", ".join(
+                f"{k}={outcome.failed.get(k, 'unavailable')}" for k in (missing or sorted(outcome.failed))
+            )
             log_event(log, "prefetch.unavailable", logging.WARNING, reasons=reasons)
             raise PrefetchUnavailable("required data could not be obtained from prefetch or fhirServer")
 
@@ -263,7 +268,7 @@ class HookHandler:
         from .store import CoverageAssertion
 
         rows = []
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         by_order = {item.evaluation.order_ref: item for item in items}
         for decision in rendered.assertions:
             item = by_order[decision.order_ref]

@@ -180,8 +180,10 @@ def codings(concept: Any) -> list[Code]:
         if isinstance(coding, dict):
             code, system, display = coding.get("code"), coding.get("system"), coding.get("display")
         else:  # a model (``get`` on a non-dict is getattr)
-            code, system, display = getattr(coding, "code", None), getattr(coding, "system", None), getattr(
-                coding, "display", None
+            code, system, display = (
+                getattr(coding, "code", None),
+                getattr(coding, "system", None),
+                getattr(coding, "display", None),
             )
         out.append(Code(_text(system), _code_text(code), _text(display)))
     return out
