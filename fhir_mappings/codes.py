@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -18,7 +18,11 @@ from typing import TypeVar
 
 from .model import LineOfBusiness, ProductFamily
 
+#: Tables every policy shares (code systems, coverage, routes, specialties, receptor tests). A policy pack's own
+#: tables (products, indications, companions, its tags) live in the pack folder and are read first.
 TABLES_DIR = Path(__file__).with_name("tables")
+#: The package's default pack (CP.PHAR.63) tables, for callers that ask for "the" code tables.
+DEFAULT_PACK_TABLES = Path(__file__).resolve().parent.parent / "cds_service" / "policies" / "cp-phar-63" / "tables"
 
 DOSE_FORMS = frozenset({"tablet", "tablet-for-suspension"})
 RESULTS = frozenset({"positive", "negative", "equivocal"})
@@ -212,8 +216,10 @@ _TABLET = re.compile(r"\btab(?:let)?s?\b", re.IGNORECASE)
 class CodeTables:
     """Every code table, indexed for per-request lookups (dicts; prefixes by progressive shortening)."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    def __init__(self, directory: Path | Sequence[Path]) -> None:
+        #: Folders searched in order: a pack's own tables first, then the shared ones.
+        self.directories: tuple[Path, ...] = (directory,) if isinstance(directory, Path) else tuple(directory)
+        self.directory = self.directories[0]
         #: Memoised text and code lookups (the tables never change after loading); bounded, see ``_remember``.
         self._text_products: dict[str, TextProduct] = {}
         self._text_ingredients: dict[str, frozenset[str]] = {}
@@ -231,10 +237,18 @@ class CodeTables:
     # -- loading ---------------------------------------------------------------------------
 
     def _path(self, name: str) -> Path:
-        path = self.directory / name
-        if not path.is_file():
+        for directory in self.directories:
+            path = directory / name
+            if path.is_file():
+                return path
+        raise CodeTableError(f"missing code table {name}")
+
+    def _all_paths(self, name: str) -> list[Path]:
+        """Every folder's copy of a table whose rows add up (tags.csv: the pack's and the shared ones)."""
+        paths = [d / name for d in self.directories if (d / name).is_file()]
+        if not paths:
             raise CodeTableError(f"missing code table {name}")
-        return path
+        return paths
 
     def _system(self, name: str, where: str) -> str:
         if name not in self.system_names:
@@ -261,12 +275,13 @@ class CodeTables:
 
     def _load_tags(self) -> None:
         self._vocabulary: dict[str, set[str]] = {kind: set() for kind in TAG_KINDS}
-        for line, row in _rows(self._path("tags.csv"), ("kind", "tag")):
-            if row["kind"] not in TAG_KINDS:
-                raise CodeTableError(f"tags.csv:{line}: unknown kind {row['kind']!r}")
-            if not re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", row["tag"]):
-                raise CodeTableError(f"tags.csv:{line}: malformed tag {row['tag']!r}")
-            self._vocabulary[row["kind"]].add(row["tag"])
+        for path in self._all_paths("tags.csv"):
+            for line, row in _rows(path, ("kind", "tag")):
+                if row["kind"] not in TAG_KINDS:
+                    raise CodeTableError(f"{path}:{line}: unknown kind {row['kind']!r}")
+                if not re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", row["tag"]):
+                    raise CodeTableError(f"{path}:{line}: malformed tag {row['tag']!r}")
+                self._vocabulary[row["kind"]].add(row["tag"])
         #: Vocabularies the policy engine validates its file against.
         self.diagnosis_tags = frozenset(self._vocabulary["diagnosis"])
         self.ingredient_tags = frozenset(self._vocabulary["ingredient"])
@@ -723,11 +738,33 @@ def _remember(memo: dict[K, V], key: K, value: V) -> V:
     return value
 
 
-@lru_cache(maxsize=4)
-def _load(directory: Path) -> CodeTables:
-    return CodeTables(directory)
+def table_file(name: str, pack: Path | None = None) -> Path:
+    """The file a table is read from for a pack (default CP.PHAR.63): the pack's own, else the shared one."""
+    for directory in (pack or DEFAULT_PACK_TABLES, TABLES_DIR):
+        if (directory / name).is_file():
+            return directory / name
+    raise CodeTableError(f"missing code table {name}")
 
 
-def load_code_tables(path: Path | None = None) -> CodeTables:
-    """The code tables of ``path`` (default: the package's own), parsed and checked once per process."""
-    return _load((path or TABLES_DIR).resolve())
+def table_names(pack: Path | None = None) -> list[str]:
+    """Every table name a pack reads (its own and the shared ones)."""
+    return sorted({p.name for d in (pack or DEFAULT_PACK_TABLES, TABLES_DIR) for p in d.glob("*.csv")})
+
+
+@lru_cache(maxsize=16)
+def _load(directories: tuple[Path, ...]) -> CodeTables:
+    return CodeTables(directories)
+
+
+def load_code_tables(path: Path | None = None, *, pack: Path | None = None) -> CodeTables:
+    """A pack's code tables over the shared ones, parsed and checked once per process.
+
+    ``pack`` is a pack's tables folder (default: the package's CP.PHAR.63); ``path`` replaces the shared folder
+    when it holds every table itself (tests pass a copied, edited folder).
+    """
+    if path is not None and pack is None:
+        resolved = path.resolve()
+        if (resolved / "products.csv").is_file():
+            return _load((resolved,))
+        return _load((DEFAULT_PACK_TABLES.resolve(), resolved))
+    return _load(((pack or DEFAULT_PACK_TABLES).resolve(), (path or TABLES_DIR).resolve()))

@@ -21,14 +21,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-TABLES = Path(__file__).resolve().parent.parent / "fhir_mappings" / "tables"
+ROOT = Path(__file__).resolve().parent.parent
+TABLES = ROOT / "fhir_mappings" / "tables"
+#: Every policy pack's tables are checked too (each pack folder under cds_service/policies has tables/).
+PACK_TABLES = sorted((ROOT / "cds_service" / "policies").glob("*/tables"))
 ICD_TABLES = ("conditions.csv", "receptor_status.csv")
 
 
 def icd_rows(tables: Path) -> Iterator[tuple[str, int, dict[str, str]]]:
     """(file, line, row) of every ICD-10-CM row in the tables that carry ICD-10-CM codes."""
     for name in ICD_TABLES:
-        with (tables / name).open(encoding="utf-8", newline="") as handle:
+        candidates = [d / name for d in (tables, *PACK_TABLES) if (d / name).is_file()]
+        if not candidates:
+            continue
+        with candidates[0].open(encoding="utf-8", newline="") as handle:
             for line, row in enumerate(csv.DictReader(handle), start=2):
                 if row.get("system") == "icd-10-cm":
                     yield name, line, row

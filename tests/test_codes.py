@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from fhir_mappings.codes import TABLES_DIR, CodeTableError, CodeTables, load_code_tables, normalize_icd10cm
+from fhir_mappings.codes import (
+    DEFAULT_PACK_TABLES,
+    TABLES_DIR,
+    CodeTableError,
+    CodeTables,
+    load_code_tables,
+    normalize_icd10cm,
+    table_file,
+    table_names,
+)
 from fhir_mappings.model import LineOfBusiness, ProductFamily
 from tests.shared_data import shared_path
 
@@ -23,8 +32,20 @@ REFERENCE_SYSTEM = {
 
 
 def read(name: str) -> list[dict[str, str]]:
-    with (TABLES_DIR / name).open(encoding="utf-8", newline="") as handle:
+    with table_file(name).open(encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def merge_tables(directory: Path) -> None:
+    """The default pack's tables and the shared ones in one folder (tags.csv rows added up), to edit in a test."""
+    shutil.copytree(TABLES_DIR, directory)
+    for path in DEFAULT_PACK_TABLES.glob("*.csv"):
+        target = directory / path.name
+        if target.exists():  # tags.csv: both declare tags
+            rows = path.read_text(encoding="utf-8").splitlines()[1:]
+            target.write_text(target.read_text(encoding="utf-8").rstrip("\n") + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
+        else:
+            shutil.copy(path, target)
 
 
 def reference_rows() -> dict[tuple[str, str], dict[str, str]]:
@@ -48,9 +69,10 @@ def tables() -> CodeTables:
 def test_tables_load_once_and_are_cached() -> None:
     assert load_code_tables() is load_code_tables()
     assert load_code_tables(TABLES_DIR) is load_code_tables()
+    assert load_code_tables(pack=DEFAULT_PACK_TABLES) is load_code_tables()
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in TABLES_DIR.glob("*.csv")))
+@pytest.mark.parametrize("name", table_names())
 def test_every_row_names_a_source(name: str) -> None:
     rows = read(name)
     assert rows, f"{name} is empty"
@@ -111,7 +133,7 @@ def test_no_unverified_reference_code_is_used() -> None:
 )
 def test_bad_condition_rows_fail_at_load(tmp_path: Path, mutate, message: str) -> None:  # type: ignore[no-untyped-def]
     directory = tmp_path / "tables"
-    shutil.copytree(TABLES_DIR, directory)
+    merge_tables(directory)
     path = directory / "conditions.csv"
     rows = path.read_text(encoding="utf-8").splitlines()
     mutate(rows)
@@ -122,7 +144,7 @@ def test_bad_condition_rows_fail_at_load(tmp_path: Path, mutate, message: str) -
 
 def test_bad_family_and_missing_source_fail_at_load(tmp_path: Path) -> None:
     directory = tmp_path / "tables"
-    shutil.copytree(TABLES_DIR, directory)
+    merge_tables(directory)
     products = directory / "products.csv"
     text = products.read_text(encoding="utf-8")
     products.write_text(text.replace(",afinitor,", ",afinitr,", 1), encoding="utf-8")
@@ -138,7 +160,7 @@ def test_bad_family_and_missing_source_fail_at_load(tmp_path: Path) -> None:
 
 def test_missing_table_fails_at_load(tmp_path: Path) -> None:
     directory = tmp_path / "tables"
-    shutil.copytree(TABLES_DIR, directory)
+    merge_tables(directory)
     (directory / "possible.csv").unlink()
     with pytest.raises(CodeTableError, match="missing code table possible.csv"):
         CodeTables(directory)
@@ -386,7 +408,7 @@ def test_ingredient_codes_and_groups(tables: CodeTables) -> None:
 
 def test_name_matching_is_data(tmp_path: Path) -> None:
     directory = tmp_path / "tables"
-    shutil.copytree(TABLES_DIR, directory)
+    merge_tables(directory)
     with (directory / "ingredient_synonyms.csv").open("a", encoding="utf-8") as handle:
         handle.write("Examplex,letrozole,test synonym\n")
     assert CodeTables(directory).ingredient_tags_in_text("Examplex 2.5 mg") == {"letrozole"}

@@ -1,18 +1,18 @@
-"""fhir_mappings/tables/drug_products.csv: RxNorm SCD/SBD concepts for companion and history drugs, with form."""
+"""cds_service/policies/cp-phar-63/tables/drug_products.csv: RxNorm SCD/SBD concepts for companion and history drugs, with form."""
 
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
-TABLES = Path(__file__).resolve().parent.parent / "fhir_mappings" / "tables"
+from fhir_mappings.codes import table_file
+
 HEADER = ["rxcui", "tty", "display", "ingredient", "strength", "dose_form", "route", "release", "source"]
 ROUTES = {"oral", "intramuscular", "subcutaneous", "intravenous", "injection"}
 RELEASES = {"long-acting", "short-acting", ""}
 
 
 def _read(name: str) -> tuple[list[str], list[dict[str, str]]]:
-    with open(TABLES / name, newline="", encoding="utf-8") as fh:
+    with open(table_file(name), newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         return list(reader.fieldnames or []), list(reader)
 

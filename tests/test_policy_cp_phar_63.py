@@ -1,4 +1,4 @@
-"""CP.PHAR.63 as encoded in cds_service/policies/cp-phar-63.yaml: every criterion, pathway selection, durations.
+"""CP.PHAR.63 as encoded in cds_service/policies/cp-phar-63/policy.yaml: every criterion, pathway selection, durations.
 
 Facts are built by hand (``make_facts``) so these tests pin the policy file, not the FHIR mapping. The
 status table drives every criterion id of the loaded policy to each status it can take; a coverage test

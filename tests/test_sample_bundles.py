@@ -1,7 +1,7 @@
 """The sample requests in sample_bundles/ against the evaluations expected.json says CP.PHAR.63 calls for.
 
 Each sample is a complete CDS Hooks request (prefetch filled, no fhirServer). Its expectation was reasoned from
-the policy text and cds_service/policies/cp-phar-63.yaml, not recorded from the service, so a failure here is
+the policy text and cds_service/policies/cp-phar-63/policy.yaml, not recorded from the service, so a failure here is
 either a service regression or a sample whose reasoning needs another look. Besides the evaluation, every
 response is held to the CDS Hooks / CRD shape rules a user of these files relies on, and the CLI must print the
 same evaluations as the handler.
@@ -28,7 +28,7 @@ from cds_service.config import Config
 from cds_service.discovery import SERVICES
 from cds_service.policy.engine import load_policy
 from cds_service.service import HookHandler
-from fhir_mappings.codes import TABLES_DIR, load_code_tables
+from fhir_mappings.codes import load_code_tables, table_file
 from tests.scenarios import ROOT, SAMPLE_DIR, evaluations
 from tests.shared_data import shared_path
 
@@ -232,17 +232,17 @@ def _reference_index() -> tuple[set[tuple[str, str]], dict[tuple[str, str], set[
                 displays.setdefault((system, code), set()).add(display)
 
     for name in ("conditions", "condition_status", "receptor_status", "receptor_values", "specialties"):
-        with (TABLES_DIR / f"{name}.csv").open(encoding="utf-8") as handle:
+        with table_file(f"{name}.csv").open(encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
                 add(row["system"], row["code"], row.get("display"))
-    with (TABLES_DIR / "coverage.csv").open(encoding="utf-8") as handle:
+    with table_file("coverage.csv").open(encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             add(row["system"], row["prefix"])
     for name, code_column, display_column in (("products", "rxcui", "display"), ("ingredients", "rxcui", "name"),
                                               ("drug_products", "rxcui", "display"),
                                               ("receptor_tests", "loinc", "display")):
         system = "loinc" if name == "receptor_tests" else "rxnorm"
-        with (TABLES_DIR / f"{name}.csv").open(encoding="utf-8") as handle:
+        with table_file(f"{name}.csv").open(encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
                 add(system, row[code_column], row[display_column])
     with shared_path("reference", "codes.csv").open(encoding="utf-8") as handle:
@@ -266,7 +266,7 @@ def _codings(value: Any) -> Iterator[dict[str, Any]]:
 
 
 def test_clinical_codes_come_from_our_tables_or_the_shared_reference() -> None:
-    with (TABLES_DIR / "systems.csv").open(encoding="utf-8") as handle:
+    with table_file("systems.csv").open(encoding="utf-8") as handle:
         short_names = {row["uri"]: row["name"] for row in csv.DictReader(handle)}
     known, displays = _reference_index()
     problems = []

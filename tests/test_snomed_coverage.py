@@ -1,4 +1,4 @@
-"""SNOMED CT coverage of the indication value sets (fhir_mappings/tables/conditions.csv).
+"""SNOMED CT coverage of the indication value sets (cds_service/policies/cp-phar-63/tables/conditions.csv).
 
 Every indication value set covers the SNOMED concepts EHRs commonly send (metastasis by site, stage-bearing
 concepts, transplant status); each row keeps a public source; a Condition coded in SNOMED CT, ICD-10-CM or
@@ -16,7 +16,7 @@ import pytest
 
 from cds_service.policy.engine import Policy, evaluate, load_policy
 from cds_service.policy.results import OrderEvaluation, Status
-from fhir_mappings.codes import TABLES_DIR, CodeTables, load_code_tables
+from fhir_mappings.codes import CodeTables, load_code_tables, table_file
 from fhir_mappings.facts import build_facts
 from fhir_mappings.model import Facts
 from fhir_mappings.record import build_record
@@ -64,7 +64,7 @@ def policy(tables: CodeTables) -> Policy:
 
 
 def snomed_rows() -> list[dict[str, str]]:
-    with (TABLES_DIR / "conditions.csv").open(encoding="utf-8", newline="") as handle:
+    with table_file("conditions.csv").open(encoding="utf-8", newline="") as handle:
         return [row for row in csv.DictReader(handle) if row["system"] == "snomed"]
 
 

@@ -38,7 +38,9 @@ __all__ = [
     "parse_policy",
 ]
 
-DEFAULT_POLICY = "cp-phar-63.yaml"
+#: The package's default policy pack: a folder with policy.yaml and tables/ (docs/policy-format.md).
+DEFAULT_PACK = "cp-phar-63"
+POLICY_FILE = "policy.yaml"
 
 #: Pathway kinds: how the engine selects a pathway and what its decision can be.
 INDICATION = "indication"  # I.A ... I.H: applies when the member has or may have a diagnosis it names
@@ -594,11 +596,14 @@ def _default_vocabulary() -> Vocabulary:
 def load_policy(path: Path | str | None = None, vocabulary: Vocabulary | None = None) -> Policy:
     """Read, check and compile a policy file (default: the packaged CP.PHAR.63) against the tag vocabularies."""
     if path is None:
-        resource = resources.files("cds_service").joinpath("policies", DEFAULT_POLICY)
-        text, source = resource.read_text(encoding="utf-8"), f"cds_service/policies/{DEFAULT_POLICY}"
+        resource = resources.files("cds_service").joinpath("policies", DEFAULT_PACK, POLICY_FILE)
+        text, source = resource.read_text(encoding="utf-8"), f"cds_service/policies/{DEFAULT_PACK}/{POLICY_FILE}"
     else:
+        target = Path(path)
+        if target.is_dir():  # a policy pack folder
+            target = target / POLICY_FILE
         try:
-            text, source = Path(path).read_text(encoding="utf-8"), str(path)
+            text, source = target.read_text(encoding="utf-8"), str(target)
         except (OSError, UnicodeDecodeError) as exc:
             raise PolicyError(f"{path}: cannot read policy file: {exc}") from exc
     return parse_policy(text, vocabulary if vocabulary is not None else _default_vocabulary(), source)
