@@ -138,7 +138,7 @@ def _undocumented(ev: OrderEvaluation) -> list[CriterionResult]:
     return [c for c in ev.criteria if c.status is Status.UNKNOWN and c.review is None and c.id not in ordered]
 
 
-def _action_words(criterion: CriterionResult) -> str:
+def _action_words(criterion: CriterionResult, drug: str) -> str:
     """What to do about a criterion not met as ordered, in a few words: its fixes, its numbers, else its text."""
     words = []
     for c in criterion.walk():
@@ -146,7 +146,7 @@ def _action_words(criterion: CriterionResult) -> str:
             continue
         for fix in c.fixes:
             if fix.kind == "switch-to-generic":
-                words.append("use generic everolimus")
+                words.append(f"use generic {drug}")
             elif fix.kind == "add-companion" and fix.display:
                 words.append(f"add {fix.display.split()[0].rstrip(',')}")
             elif fix.kind == "change-strength" and fix.display:
@@ -157,7 +157,7 @@ def _action_words(criterion: CriterionResult) -> str:
         deepest = [c for c in _failing_leaves(criterion) if not c.children]
         remedy = deepest[0].remedy if deepest else None
         if remedy:
-            remedy = remedy.rstrip(".").replace(" with everolimus", "")
+            remedy = remedy.rstrip(".").replace(f" with {drug}", "")
             words.append(remedy[:1].lower() + remedy[1:])
     return ", ".join(dict.fromkeys(words)) or f"{criterion.id} not met ({_short(criterion.text)})"
 
@@ -177,33 +177,34 @@ def _gap_words(criterion: CriterionResult) -> list[str]:
 def summary_for(evaluation: OrderEvaluation) -> str:
     """One actionable line under 140 characters, naming the real gap."""
     pathway = evaluation.pathway
+    drug = evaluation.drug[:1].upper() + evaluation.drug[1:]
     if pathway is None:
-        return "Everolimus PA: no diagnosis on file; document the condition being treated (see covered indications)"
+        return _clip(f"{drug} PA: no diagnosis on file; document the condition being treated (see covered indications)")
     if evaluation.decision is Decision.MET:
         months = f", approvable for {evaluation.approval_months} months" if evaluation.approval_months else ""
-        return _clip(f"Everolimus meets {evaluation.policy} {pathway}{months}: submit PA with chart notes")
+        return _clip(f"{drug} meets {evaluation.policy} {pathway}{months}: submit PA with chart notes")
     if evaluation.decision is Decision.REFER:
         where = evaluation.refer_to or "the plan's off-label policy"
         if evaluation.referral_reason:
             return _clip(
-                f"Everolimus tablets for oral suspension are non-formulary for this plan: request PA under {where}"
+                f"{(evaluation.product_words or drug).capitalize()} is non-formulary for this plan: request PA under {where}"
             )
-        return _clip(f"Everolimus is not covered by {evaluation.policy} criteria here: request PA under {where}")
+        return _clip(f"{drug} is not covered by {evaluation.policy} criteria here: request PA under {where}")
     failing = _not_met_as_ordered(evaluation)
     if evaluation.decision is Decision.NOT_MET or failing:
-        head = f"Everolimus PA would be denied as ordered ({pathway}): "
+        head = f"{drug} PA would be denied as ordered ({pathway}): "
         if evaluation.decision is not Decision.NOT_MET:
-            head = f"Everolimus PA ({pathway}) as ordered: "
-        return _phrases(head, [_action_words(c) for c in failing])
+            head = f"{drug} PA ({pathway}) as ordered: "
+        return _phrases(head, [_action_words(c, evaluation.drug) for c in failing])
     if evaluation.diagnosis_options:
         names = [short for _, _, short in evaluation.diagnosis_options]
         listed = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
-        return _clip(f"Everolimus PA: document which diagnosis is treated ({listed})")
+        return _clip(f"{drug} PA: document which diagnosis is treated ({listed})")
     unknown = _undocumented(evaluation)
     if not unknown and _payer_review(evaluation):
-        return _clip(f"Everolimus PA ({pathway}): submit PA; the payer reviews the documented exception")
+        return _clip(f"{drug} PA ({pathway}): submit PA; the payer reviews the documented exception")
     gaps = [g for c in unknown for g in _gap_words(c)]
-    return _phrases(f"Everolimus PA ({pathway}): document ", gaps, " to approve")
+    return _phrases(f"{drug} PA ({pathway}): document ", gaps, " to approve")
 
 
 def _criterion_lines(criterion: CriterionResult, depth: int = 0) -> list[str]:
@@ -235,11 +236,11 @@ def detail_for(item: EvaluatedOrder) -> str:
     if ev.pathway is None:
         parts = [
             (
-                f"**{ev.policy}** (everolimus): no diagnosis is documented — no problem-list Condition and no reason on "
+                f"**{ev.policy}** ({ev.drug}): no diagnosis is documented — no problem-list Condition and no reason on "
                 f"the order. Line of business: {_lob_label(item)}."
             ),
             (
-                "\nDocument the condition everolimus treats (a coded problem-list entry or the order's reason). "
+                f"\nDocument the condition {ev.drug} treats (a coded problem-list entry or the order's reason). "
                 f"{ev.policy} covers:"
             ),
         ]
@@ -248,7 +249,7 @@ def detail_for(item: EvaluatedOrder) -> str:
     else:
         parts = [
             (
-                f"**{ev.policy}** (everolimus), pathway **{ev.pathway}** — {ev.pathway_title}. "
+                f"**{ev.policy}** ({ev.drug}), pathway **{ev.pathway}** — {ev.pathway_title}. "
                 f"Line of business: {_lob_label(item)}."
             )
         ]
@@ -368,7 +369,7 @@ def switch_to_generic(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
         ]
         if not order["contained"]:
             order.pop("contained")
-    display = fix.display or "everolimus (generic)"
+    display = fix.display or "generic of the same strength and form"
     order["medicationCodeableConcept"] = _medication_concept(fix.rxcui, display)
     ref = f"{order.get('resourceType', 'MedicationRequest')}/{order.get('id')}"
     return Suggestion(
@@ -411,7 +412,7 @@ def add_companion(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
     return Suggestion(
         label=_clip(f"Add {display}" + (f" ({fix.sig})" if fix.sig else ""), 80),
         isRecommended=True,
-        actions=[Action(type="create", description=f"Order {display} with the everolimus order", resource=order)],
+        actions=[Action(type="create", description=f"Order {display} with the draft it completes", resource=order)],
     )
 
 
@@ -420,7 +421,7 @@ def change_strength(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
     order: dict[str, Any] = deep_copy_json(dict(draft))
     order.pop("medicationReference", None)
     order.pop("contained", None)
-    display = fix.display or "everolimus"
+    display = fix.display or "the same drug"
     order["medicationCodeableConcept"] = _medication_concept(fix.rxcui, display)
     count = fix.frequency_per_day or 1
     mg = fix.dose_mg or 0
@@ -586,7 +587,7 @@ def render(
             fix_cards.append(
                 Card(
                     summary=_clip(
-                        f"Fix the everolimus order for {ev.policy} in one click ({_plural(len(suggestions), 'change')})"
+                        f"Fix the {ev.drug} order for {ev.policy} in one click ({_plural(len(suggestions), 'change')})"
                     ),
                     indicator="warning",
                     source=Source(label=insurer, topic=TOPIC_ALTERNATIVES),

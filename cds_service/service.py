@@ -1,7 +1,7 @@
 """One hook call from decoded request to response body: pure orchestration, no Flask.
 
 ``HookHandler.handle`` is what the HTTP route, the CLI (``priorauth-cds evaluate FILE``) and the tests
-call. It finds the everolimus orders in scope (nothing else is fetched when there is none), gathers
+call. It finds the orders of the policy's drug in scope (nothing else is fetched when there is none), gathers
 prefetch with FHIR fallback, builds the typed record and the facts, evaluates the policy, renders
 cards and records each coverage assertion.
 """
@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import requests
 
 from fhir_mappings.codes import CodeTables
-from fhir_mappings.facts import build_facts, find_everolimus_orders
+from fhir_mappings.facts import build_facts, find_drug_orders
 from fhir_mappings.record import build_record
 
 from . import cards as card_builder
@@ -86,12 +86,12 @@ def _unavailable_keys(
     return frozenset(failed) | frozenset(lied)
 
 
-def _in_scope(request: HookRequest, everolimus_ids: list[str]) -> list[str]:
+def _in_scope(request: HookRequest, order_ids: list[str]) -> list[str]:
     """order-sign: every everolimus draft; order-select: only the selected ones."""
     if request.hook != "order-select":
-        return everolimus_ids
+        return order_ids
     selected = {s.split("/")[-1] for s in request.context.selections or [] if isinstance(s, str)}
-    return [order_id for order_id in everolimus_ids if order_id in selected]
+    return [order_id for order_id in order_ids if order_id in selected]
 
 
 class HookHandler:
@@ -127,11 +127,12 @@ class HookHandler:
         started = time.perf_counter()
         request = parse_hook_request(payload, expected)
         drafts = request.context.draftOrders.resources()
-        in_scope = _in_scope(request, find_everolimus_orders(drafts, self.tables))
+        in_scope = _in_scope(request, find_drug_orders(drafts, self.tables))
         for order_id in in_scope:
             if not FHIR_ID.fullmatch(order_id):
                 raise ProtocolError(
-                    "a draft everolimus MedicationRequest has an invalid FHIR id", expression=["context.draftOrders"]
+                    "a draft MedicationRequest of the policy's drug has an invalid FHIR id",
+                    expression=["context.draftOrders"],
                 )
         started = timings.mark("parse", started)
         if not in_scope:

@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
-from .model import LineOfBusiness, ProductFamily
+from .model import LineOfBusiness
 
 #: Tables every policy shares (code systems, coverage, routes, specialties, receptor tests). A policy pack's own
 #: tables (products, indications, companions, its tags) live in the pack folder and are read first.
@@ -37,12 +37,12 @@ class CodeTableError(ValueError):
 
 @dataclass(frozen=True)
 class ProductRow:
-    """One everolimus RxNorm concept and what the policy needs to know about it."""
+    """One RxNorm concept of the drug and what the policy needs to know about it."""
 
     rxcui: str
     tty: str
     display: str
-    family: ProductFamily | None
+    family: str | None
     is_brand: bool
     strength_mg: float | None
     dose_form: str | None
@@ -52,21 +52,21 @@ class ProductRow:
 
 @dataclass(frozen=True)
 class ProductName:
-    """A text token that marks an order as everolimus (and, for brands, which product)."""
+    """A text token that marks an order as the drug (and, for brands, which product)."""
 
     text: str
     is_brand: bool
-    family: ProductFamily | None
+    family: str | None
     dose_form: str | None
 
 
 @dataclass(frozen=True)
 class TextProduct:
-    """What the words of a medication name say about the everolimus product."""
+    """What the words of a medication name say about the product of the drug."""
 
-    is_everolimus: bool
+    is_drug: bool
     is_brand: bool | None
-    family: ProductFamily | None
+    family: str | None
     strength_mg: float | None
     dose_form: str | None
 
@@ -164,13 +164,12 @@ def _float(value: str, where: str) -> float | None:
         raise CodeTableError(f"{where}: not a number: {value!r}") from exc
 
 
-def _family(value: str, where: str) -> ProductFamily | None:
+def _family(value: str, where: str) -> str | None:
     if not value:
         return None
-    try:
-        return ProductFamily(value)
-    except ValueError as exc:
-        raise CodeTableError(f"{where}: unknown product family {value!r}") from exc
+    if not re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", value):
+        raise CodeTableError(f"{where}: malformed product family {value!r}")
+    return value
 
 
 def _dose_form(value: str, where: str) -> str | None:
@@ -321,6 +320,15 @@ class CodeTables:
                 generic_rxcui=row["generic_rxcui"] or None,
                 generic_available=_bool(row["generic_available"], where),
             )
+        drugs = set()
+        for line, row in _rows(self._path(name), ("rxcui", "drug")):
+            drugs.add(row["drug"])
+        if len(drugs) != 1 or not next(iter(drugs)):
+            raise CodeTableError(f"{name}: a pack orders one drug: the drug column must hold one ingredient tag")
+        #: The ingredient tag of the drug this pack's policy covers (products.csv "drug"), e.g. an mTOR inhibitor.
+        self.drug_tag: str = drugs.pop()
+        #: The product families of that drug (products.csv "family").
+        self.families = frozenset(p.family for p in self.products.values() if p.family is not None)
         for rxcui, product in self.products.items():
             if product.generic_rxcui and product.generic_rxcui not in self.products:
                 raise CodeTableError(f"{name}: {rxcui} names generic {product.generic_rxcui} that is not in the table")
@@ -431,8 +439,8 @@ class CodeTables:
         self._form_word_patterns = {
             f.tag: _words_pattern(f.words) for forms in self.ingredient_forms.values() for f in forms
         }
-        #: Ingredients whose orders' dosage is read (everolimus for the dose, form-specific ones for the form).
-        self.dosage_read_tags = frozenset({"everolimus"}) | frozenset(self.ingredient_forms)
+        #: Ingredients whose orders' dosage is read (the drug for the dose, form-specific ones for the form).
+        self.dosage_read_tags = frozenset({self.drug_tag}) | frozenset(self.ingredient_forms)
 
     def ingredient_label(self, tag: str) -> str:
         """ "ripretinib (Qinlock)": the ingredient's name and, when the tables know one, its brand."""
@@ -566,7 +574,7 @@ class CodeTables:
             return None
         return self._generic_by_strength_form.get((strength_mg, dose_form))
 
-    def family_for(self, strength_mg: float | None, dose_form: str | None) -> ProductFamily | None:
+    def family_for(self, strength_mg: float | None, dose_form: str | None) -> str | None:
         """The one family whose generics have this strength and/or form; None when none or several do."""
         if strength_mg is None and dose_form is None:
             return None
@@ -578,10 +586,10 @@ class CodeTables:
         return families.pop() if len(families) == 1 else None
 
     def text_product(self, text: str) -> TextProduct:
-        """Read a medication name: everolimus or a brand, brand or not, strength and dose form.
+        """Read a medication name: the drug or a brand, brand or not, strength and dose form.
 
-        A brand token that fixes its product (Disperz, Zortress) decides the family; otherwise the strength
-        and form do (generics count as the brand they share both with); "Afinitor" alone means its tablets.
+        A brand token that fixes its product (one naming a single product family) decides the family; otherwise the strength
+        and form do (generics count as the brand they share both with); a brand alone means its plain tablets.
         """
         known = self._text_products.get(text)
         if known is None:
@@ -607,7 +615,7 @@ class CodeTables:
         return TextProduct(True, bool(brands), family, strength, form)
 
     def ingredient_tags_for_code(self, rxcui: str | None) -> frozenset[str]:
-        """Ingredient tag of an RxNorm code: an ingredient row, or an everolimus product row."""
+        """Ingredient tag of an RxNorm code: an ingredient row, or a product row of the drug."""
         if not rxcui:
             return frozenset()
         tag = self.ingredient_by_rxcui.get(rxcui.strip())
@@ -617,7 +625,7 @@ class CodeTables:
         if drug is not None:
             return frozenset({drug.ingredient})
         if rxcui.strip() in self.products:
-            return frozenset({"everolimus"})
+            return frozenset({self.drug_tag})
         return frozenset()
 
     def ingredient_tags_in_text(self, text: str) -> frozenset[str]:
@@ -625,8 +633,8 @@ class CodeTables:
         known = self._text_ingredients.get(text)
         if known is None:
             tags = {self._ingredient_names[_key(m)] for m in self._iter(self._ingredient_pattern, text)}
-            if self.text_product(text).is_everolimus:
-                tags.add("everolimus")
+            if self.text_product(text).is_drug:
+                tags.add(self.drug_tag)
             known = _remember(self._text_ingredients, text, frozenset(tags))
         return known
 

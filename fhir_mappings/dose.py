@@ -1,6 +1,6 @@
 """Daily amount of a medication order from its FHIR Dosage: mg per day and tablets per day.
 
-The policy limits everolimus to 20 mg, 2 Afinitor tablets or 4 Afinitor Disperz tablets a day, so a
+The policy limits the daily dose (mg per day, tablets per day per product family), so a
 wrong number is worse than none: anything this module cannot read with certainty is ``None`` (the
 policy then asks for it) and nothing is guessed. Dosages that share a ``sequence`` are taken together
 (FHIR R4 Dosage.sequence: "the same sequence number ... concurrent"), different sequences one after

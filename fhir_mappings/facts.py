@@ -1,4 +1,4 @@
-"""PatientRecord + one everolimus draft order -> the ``Facts`` CP.PHAR.63 is evaluated on.
+"""PatientRecord + one draft order of the pack's drug -> the ``Facts`` its policy is evaluated on.
 
 Each fact carries the references of the resources that show it. What the record cannot show stays
 absent or ``None`` (the policy then reports it as unknown); nothing here knows what a code means --
@@ -63,7 +63,7 @@ SUPPLY_UNIT_DAYS: dict[str, float] = {
     "year": 365,
     "years": 365,
 }
-#: Order of preference when an order carries several everolimus RxNorm codings.
+#: Order of preference when an order carries several RxNorm codings of the drug.
 TTY_RANK = {"SBD": 0, "SCD": 0, "BPCK": 1, "GPCK": 1, "SBDF": 2, "SCDF": 2, "SCDC": 3, "IN": 4}
 
 
@@ -74,8 +74,8 @@ class OrderNotFound(LookupError):
 # ----------------------------------------------------------------------------- scoping
 
 
-def find_everolimus_orders(draft_orders: Sequence[Any], tables: CodeTables) -> list[str]:
-    """Ids of the draft MedicationRequests that order everolimus, by RxNorm code or by name (raw dicts)."""
+def find_drug_orders(draft_orders: Sequence[Any], tables: CodeTables) -> list[str]:
+    """Ids of the draft MedicationRequests that order the pack's drug, by RxNorm code or by name (raw dicts)."""
     ids: list[str] = []
     for resource in iter_bundle(list(draft_orders)):
         rid = resource.get("id")
@@ -83,18 +83,18 @@ def find_everolimus_orders(draft_orders: Sequence[Any], tables: CodeTables) -> l
             continue
         if resource.get("status") == "entered-in-error":
             continue
-        if is_everolimus(medication_concept(resource), tables):
+        if is_requested_drug(medication_concept(resource), tables):
             ids.append(rid)
     return ids
 
 
-def is_everolimus(concept: MedicationConcept, tables: CodeTables) -> bool:
+def is_requested_drug(concept: MedicationConcept, tables: CodeTables) -> bool:
     for coding in concept.codes:
-        if tables.system_name(coding.system) == "rxnorm" and "everolimus" in tables.ingredient_tags_for_code(
+        if tables.system_name(coding.system) == "rxnorm" and tables.drug_tag in tables.ingredient_tags_for_code(
             coding.code
         ):
             return True
-    return tables.text_product(concept.text).is_everolimus
+    return tables.text_product(concept.text).is_drug
 
 
 def form_tags(
@@ -234,7 +234,7 @@ def build_facts(
     specialties, requester_ref = _specialties(record, order, user_ref, tables)
     co_medications, co_unknown_form = _co_medications(record, order_ref, tables)
     history, history_unknown_form = _history(record, evaluation_date, tables)
-    days, days_evidence, previous_mg = _everolimus_exposure(record, evaluation_date, tables)
+    days, days_evidence, previous_mg = _drug_exposure(record, evaluation_date, tables)
     lob, lob_evidence, coverage_ref = _line_of_business(record, order, plan_prefixes, tables)
     return Facts(
         order_ref=order_ref,
@@ -256,8 +256,8 @@ def build_facts(
         co_medications_form_unknown=co_unknown_form,
         medication_history=history,
         history_form_unknown=history_unknown_form,
-        everolimus_days=days,
-        everolimus_evidence=days_evidence,
+        days_on_drug=days,
+        drug_evidence=days_evidence,
         previous_mg_per_day=previous_mg,
         generic_exception=_generic_exception(record, order, order_ref, tables),
         line_of_business=lob,
@@ -271,7 +271,7 @@ def build_facts(
 
 
 def resolve_product(concept: MedicationConcept, tables: CodeTables) -> Product:
-    """The everolimus product of an order: its RxNorm row refined by its words, or its words alone."""
+    """The product of the drug an order asks for: its RxNorm row refined by its words, or its words alone."""
     coded = [
         (coding, row)
         for coding in concept.codes
@@ -283,7 +283,7 @@ def resolve_product(concept: MedicationConcept, tables: CodeTables) -> Product:
         coding, row = coded[0]
         strength = row.strength_mg if row.strength_mg is not None else words.strength_mg
         form = row.dose_form or words.dose_form
-        family = row.family or tables.family_for(strength, form) or (words.family if words.is_everolimus else None)
+        family = row.family or tables.family_for(strength, form) or (words.family if words.is_drug else None)
         generic_concept = row.tty in ("IN", "SCDF", "SCDC")
         is_brand: bool | None = row.is_brand or bool(generic_concept and words.is_brand)
         rxcui: str | None = coding.code
@@ -677,10 +677,10 @@ def _history(
     return found.freeze(), unknown_form.freeze()
 
 
-def _everolimus_exposure(
+def _drug_exposure(
     record: PatientRecord, evaluation_date: date, tables: CodeTables
 ) -> tuple[int, tuple[str, ...], float | None]:
-    """Days on everolimus before the evaluation date (union of periods), their evidence, and the latest mg/day."""
+    """Days on the drug before the evaluation date (union of periods), their evidence, and the latest mg/day."""
     medications = dict(record.medications)
     spans: list[tuple[date, date]] = []
     evidence: list[str] = []
@@ -689,7 +689,7 @@ def _everolimus_exposure(
         if resource.status in NOT_HISTORY_STATUS:
             continue
         concept = medication_concept(resource, medications)
-        if "everolimus" not in medication_tags(concept, tables):
+        if tables.drug_tag not in medication_tags(concept, tables):
             continue
         start = _medication_start(resource)
         if start is None or start >= evaluation_date:
@@ -757,7 +757,7 @@ def _supply_days(dispense: Any) -> float | None:
 
 
 def _generic_exception(record: PatientRecord, order: Any, order_ref: str, tables: CodeTables) -> Finding | None:
-    """Dispense-as-written with a stated reason, or a current allergy / intolerance to everolimus."""
+    """Dispense-as-written with a stated reason, or a current allergy / intolerance to the drug."""
     evidence: list[str] = []
     starts: list[date] = []
     substitution = get(order, "substitution")
@@ -772,7 +772,7 @@ def _generic_exception(record: PatientRecord, order: Any, order_ref: str, tables
         if status_code(allergy.verificationStatus) in EXCLUDED_VERIFICATION:
             continue
         concept = MedicationConcept(tuple(codings(allergy.code)), tuple(concept_texts(allergy.code)))
-        if "everolimus" in medication_tags(concept, tables):
+        if tables.drug_tag in medication_tags(concept, tables):
             evidence.append(f"AllergyIntolerance/{allergy.id}")
             start = _condition_start(allergy)
             if start is not None:
@@ -846,8 +846,8 @@ __all__ = [
     "OrderNotFound",
     "build_facts",
     "diagnosis_words",
-    "find_everolimus_orders",
-    "is_everolimus",
+    "find_drug_orders",
+    "is_requested_drug",
     "medication_tags",
     "requested_months",
     "resolve_product",

@@ -13,14 +13,6 @@ from datetime import date
 from enum import Enum
 
 
-class ProductFamily(str, Enum):
-    """The policy's three products; generics count as the brand whose strength and form they share."""
-
-    AFINITOR = "afinitor"  # 2.5 / 5 / 7.5 / 10 mg tablets
-    AFINITOR_DISPERZ = "afinitor-disperz"  # 2 / 3 / 5 mg tablets for oral suspension
-    ZORTRESS = "zortress"  # 0.25 / 0.5 / 0.75 / 1 mg tablets
-
-
 class LineOfBusiness(str, Enum):
     MEDICAID = "medicaid"
     HIM = "him"
@@ -37,11 +29,11 @@ class Finding:
 
 @dataclass(frozen=True)
 class Product:
-    """The everolimus product a draft order asks for, resolved through the product table."""
+    """The product of the requested drug a draft order asks for, resolved through the pack's product table."""
 
     rxcui: str | None  # the RxNorm code on the order (None when coded only by text)
     display: str
-    family: ProductFamily | None  # None when the order is everolimus but the product is undeterminable
+    family: str | None  # the product family (products.csv); None when the drug is ordered but the product is unclear
     is_brand: bool | None  # None when undeterminable
     strength_mg: float | None
     dose_form: str | None  # "tablet" | "tablet-for-suspension"
@@ -60,7 +52,7 @@ class Dose:
 
 @dataclass(frozen=True)
 class Facts:
-    """Everything the policy may ask about one everolimus draft order.
+    """Everything the policy may ask about one draft order of the requested drug.
 
     Tag vocabularies (keys of the mappings) are the ``tag`` columns of the code tables in
     ``fhir_mappings/tables/``; the policy engine checks at start-up that every tag it uses exists.
@@ -97,13 +89,13 @@ class Facts:
     #: policy names in one form only (octreotide LAR): such an order may or may not be that form.
     co_medications_form_unknown: Mapping[str, Finding] = field(default_factory=dict)
     history_form_unknown: Mapping[str, Finding] = field(default_factory=dict)
-    #: Days of everolimus received before evaluation_date (0 when none), and the resources showing it.
-    everolimus_days: int = 0
-    everolimus_evidence: tuple[str, ...] = ()
-    #: The most recent prior everolimus daily dose, for "dose increase" (continued therapy).
+    #: Days of the requested drug received before evaluation_date (0 when none), and the resources showing it.
+    days_on_drug: int = 0
+    drug_evidence: tuple[str, ...] = ()
+    #: The most recent prior daily dose of the requested drug, for "dose increase" (continued therapy).
     previous_mg_per_day: float | None = None
     #: Documented reason not to use the generic: substitution.allowedBoolean=false with a reason, or a
-    #: recorded intolerance / allergy to everolimus.
+    #: recorded intolerance / allergy to the requested drug.
     generic_exception: Finding | None = None
     line_of_business: LineOfBusiness | None = None
     line_of_business_evidence: tuple[str, ...] = ()

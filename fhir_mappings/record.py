@@ -104,7 +104,7 @@ KEEP: dict[str, frozenset[str]] = {
     ),
     "Medication": frozenset({"code", "form"}),
 }
-#: What is read of an order or statement for a medication other than everolimus (tags and start date only).
+#: What is read of an order or statement for a medication other than the drug (tags and start date only).
 KEEP_OTHER_MEDICATION = frozenset(
     {"status", "intent", "medication", "subject", "authoredOn", "effective", "dispenseRequest", "contained"}
 )
@@ -156,9 +156,9 @@ class PatientRecord:
     allergies: tuple[AllergyIntolerance, ...] = ()
     #: Medications referenced by the kept orders/statements, by "Medication/<id>".
     medications: Mapping[str, Medication] = field(default_factory=dict)
-    #: Draft MedicationRequests of the request whose medication the tables know (everolimus or an ingredient).
+    #: Draft MedicationRequests of the request whose medication the tables know (the drug or an ingredient).
     draft_orders: tuple[MedicationRequest, ...] = ()
-    #: Everolimus drafts that failed validation, kept as repaired dicts so the order can still be evaluated.
+    #: Drafts of the drug that failed validation, kept as repaired dicts so the order can still be evaluated.
     unvalidated_drafts: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     dropped: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()
@@ -311,7 +311,7 @@ class _Builder:
     def _drafts(
         self, draft_raws: list[dict[str, Any]], medications_raw: Mapping[str, dict[str, Any]]
     ) -> tuple[list[MedicationRequest], dict[str, dict[str, Any]]]:
-        """Drafts whose medication the tables know; an everolimus draft that fails validation is kept raw."""
+        """Drafts whose medication the tables know; a draft of the drug that fails validation is kept raw."""
         typed: list[MedicationRequest] = []
         unvalidated: dict[str, dict[str, Any]] = {}
         seen: set[str] = set()
@@ -327,7 +327,7 @@ class _Builder:
             model, data = self._validate(raw, MedicationRequest, lean=not tags & self.tables.dosage_read_tags)
             if model is not None:
                 typed.append(model)
-            elif "everolimus" in tags and data is not None:
+            elif self.tables.drug_tag in tags and data is not None:
                 unvalidated[rid] = data
         return typed, unvalidated
 
@@ -408,14 +408,14 @@ class _Builder:
     def _allergy_relevant(self, resource: dict[str, Any]) -> bool:
         concept = resource.get("code")
         text = " | ".join(concept_texts(concept)) if concept is not None else ""
-        return "everolimus" in self._concept_tags(codings(concept), text)
+        return self.tables.drug_tag in self._concept_tags(codings(concept), text)
 
     # -- validation --------------------------------------------------------------------------
 
     def _validate_all(
         self, rtype: str, raws: list[dict[str, Any]], lean: frozenset[str] = frozenset()
     ) -> tuple[Any, ...]:
-        """Validate each raw entry; ids in ``lean`` are pruned to what a non-everolimus medication needs."""
+        """Validate each raw entry; ids in ``lean`` are pruned to what a medication other than the drug needs."""
         model_cls = MODELS[rtype]
         out = []
         for raw in raws:
@@ -580,7 +580,7 @@ def _intern_one(item: Any, slot: _Slot, references: dict[bytes, BaseModel]) -> A
 def _prune(raw: dict[str, Any], lean: bool = False) -> dict[str, Any]:
     """Keep resourceType, id and the elements the facts read (with their primitive extensions).
 
-    ``lean`` is for orders and statements of medications other than everolimus: only their tags and
+    ``lean`` is for orders and statements of medications other than the drug: only their tags and
     start date are read, so their dosage and supply are not validated at all.
     """
     rtype = raw.get("resourceType", "")

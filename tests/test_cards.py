@@ -46,7 +46,7 @@ def _evaluation(decision: Decision, statuses: dict[str, Status], **extra: Any) -
     )
     return OrderEvaluation(order_ref="MedicationRequest/o1", policy="CP.PHAR.63", policy_version="02.25",
                            pathway="I.A", pathway_title="Breast Cancer", decision=decision, criteria=criteria,
-                           line_of_business="medicaid", approval_months=6, evaluation_date="2026-11-20", **extra)
+                           line_of_business="medicaid", approval_months=6, evaluation_date="2026-11-20", drug="everolimus", **extra)
 
 
 NOT_MET = _evaluation(Decision.NOT_MET, {"I.A.1": Status.MET, "I.A.7": Status.NOT_MET, "I.A.8": Status.NOT_MET,

@@ -19,7 +19,7 @@ from fhir_mappings.codes import (
     table_file,
     table_names,
 )
-from fhir_mappings.model import LineOfBusiness, ProductFamily
+from fhir_mappings.model import LineOfBusiness
 from tests.shared_data import shared_path
 
 REFERENCE_SYSTEM = {
@@ -147,9 +147,15 @@ def test_bad_family_and_missing_source_fail_at_load(tmp_path: Path) -> None:
     merge_tables(directory)
     products = directory / "products.csv"
     text = products.read_text(encoding="utf-8")
-    products.write_text(text.replace(",afinitor,", ",afinitr,", 1), encoding="utf-8")
-    with pytest.raises(CodeTableError, match="unknown product family"):
+    products.write_text(text.replace(",afinitor,", ",Afinitor Tabs,", 1), encoding="utf-8")
+    with pytest.raises(CodeTableError, match="malformed product family"):
         CodeTables(directory)
+    # A well-formed family the policy file does not declare is refused when the policy is loaded over the tables.
+    products.write_text(text.replace(",afinitor,", ",afinitr,", 1), encoding="utf-8")
+    from cds_service.policy.engine import PolicyError, load_policy
+
+    with pytest.raises(PolicyError, match="differ from products.csv families"):
+        load_policy(vocabulary=CodeTables(directory))
     products.write_text(text, encoding="utf-8")
     coverage = directory / "coverage.csv"
     lines = coverage.read_text(encoding="utf-8").splitlines()
@@ -284,13 +290,13 @@ def test_product_family_rules(row: dict[str, str], tables: CodeTables) -> None:
     product = tables.product(row["rxcui"])
     assert product is not None and product.strength_mg is not None
     if product.dose_form == "tablet-for-suspension":
-        expected = ProductFamily.AFINITOR_DISPERZ
+        expected = "afinitor-disperz"
     elif product.strength_mg in (2.5, 5.0, 7.5, 10.0):
-        expected = ProductFamily.AFINITOR
+        expected = "afinitor"
     else:
         assert product.strength_mg in (0.25, 0.5, 0.75, 1.0)
-        expected = ProductFamily.ZORTRESS
-    assert product.family is expected
+        expected = "zortress"
+    assert product.family == expected
     assert product.is_brand is (product.tty == "SBD")
     generic = tables.product(product.generic_rxcui)
     assert generic is not None and generic.tty == "SCD"
@@ -307,33 +313,33 @@ def test_disperz_sbds_named_afinitor_are_disperz(tables: CodeTables) -> None:
         product = tables.product(rxcui)
         assert product is not None
         assert product.display.endswith("[Afinitor]")
-        assert product.family is ProductFamily.AFINITOR_DISPERZ and product.is_brand
+        assert product.family == "afinitor-disperz" and product.is_brand
 
 
 def test_form_only_and_ingredient_concepts(tables: CodeTables) -> None:
     assert tables.product("141704").family is None  # type: ignore[union-attr]
     assert tables.product("845506").family is None  # type: ignore[union-attr]  # oral tablet: Afinitor or Zortress
-    assert tables.product("1869513").family is ProductFamily.AFINITOR_DISPERZ  # type: ignore[union-attr]
-    assert tables.product("977430").family is ProductFamily.ZORTRESS  # type: ignore[union-attr]
+    assert tables.product("1869513").family == "afinitor-disperz"  # type: ignore[union-attr]
+    assert tables.product("977430").family == "zortress"  # type: ignore[union-attr]
     assert tables.product("123") is None
 
 
 @pytest.mark.parametrize(
     "text,is_brand,family,strength,form",
     [
-        ("everolimus 10 MG Oral Tablet [Afinitor]", True, ProductFamily.AFINITOR, 10.0, "tablet"),
+        ("everolimus 10 MG Oral Tablet [Afinitor]", True, "afinitor", 10.0, "tablet"),
         (
             "everolimus 2 MG Tablet for Oral Suspension [Afinitor]",
             True,
-            ProductFamily.AFINITOR_DISPERZ,
+            "afinitor-disperz",
             2.0,
             "tablet-for-suspension",
         ),
-        ("Afinitor Disperz 3 mg", True, ProductFamily.AFINITOR_DISPERZ, 3.0, "tablet-for-suspension"),
-        ("AFINITOR", True, ProductFamily.AFINITOR, None, None),
-        ("Zortress 0.75mg tab", True, ProductFamily.ZORTRESS, 0.75, "tablet"),
-        ("Torpenz 7.5 mg tablets", True, ProductFamily.AFINITOR, 7.5, "tablet"),
-        ("everolimus 0.5 MG Oral Tablet", False, ProductFamily.ZORTRESS, 0.5, "tablet"),
+        ("Afinitor Disperz 3 mg", True, "afinitor-disperz", 3.0, "tablet-for-suspension"),
+        ("AFINITOR", True, "afinitor", None, None),
+        ("Zortress 0.75mg tab", True, "zortress", 0.75, "tablet"),
+        ("Torpenz 7.5 mg tablets", True, "afinitor", 7.5, "tablet"),
+        ("everolimus 0.5 MG Oral Tablet", False, "zortress", 0.5, "tablet"),
         ("everolimus 5 mg", False, None, 5.0, None),  # Afinitor 5 mg tablet or Disperz 5 mg: undecidable
         ("everolimus tablet", False, None, None, "tablet"),
     ],
@@ -342,18 +348,18 @@ def test_text_product(
     tables: CodeTables,
     text: str,
     is_brand: bool,
-    family: ProductFamily | None,
+    family: str | None,
     strength: float | None,
     form: str | None,
 ) -> None:
     found = tables.text_product(text)
-    assert found.is_everolimus
+    assert found.is_drug
     assert (found.is_brand, found.family, found.strength_mg, found.dose_form) == (is_brand, family, strength, form)
 
 
 @pytest.mark.parametrize("text", ["temsirolimus 25 MG", "sirolimus 1 MG Oral Tablet", "everolimusX", ""])
 def test_text_product_not_everolimus(tables: CodeTables, text: str) -> None:
-    assert not tables.text_product(text).is_everolimus
+    assert not tables.text_product(text).is_drug
 
 
 # ----------------------------------------------------------------------------- ingredients

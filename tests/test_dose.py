@@ -8,7 +8,7 @@ import pytest
 from fhir.resources.R4B.dosage import Dosage
 
 from fhir_mappings.dose import administrations_per_day, daily_dose
-from fhir_mappings.model import Dose, Product, ProductFamily
+from fhir_mappings.model import Dose, Product
 
 GTS = "http://terminology.hl7.org/CodeSystem/v3-GTSAbbreviation"
 
@@ -17,7 +17,7 @@ def product(strength: float | None) -> Product:
     return Product(
         rxcui=None,
         display="everolimus",
-        family=ProductFamily.AFINITOR,
+        family="afinitor",
         is_brand=False,
         strength_mg=strength,
         dose_form="tablet",

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from fhir_mappings.codes import CodeTables, load_code_tables
-from fhir_mappings.facts import OrderNotFound, build_facts, find_everolimus_orders, requested_months
-from fhir_mappings.model import Dose, Facts, Finding, LineOfBusiness, ProductFamily
+from fhir_mappings.facts import OrderNotFound, build_facts, find_drug_orders, requested_months
+from fhir_mappings.model import Dose, Facts, Finding, LineOfBusiness
 from fhir_mappings.record import build_record
 from tests.scenarios import scenario
 
@@ -29,7 +29,7 @@ def tables() -> CodeTables:
 
 def scenario_facts(name: str, tables: CodeTables) -> Facts:
     data = scenario(name)
-    (order_id,) = find_everolimus_orders(data["draftOrders"], tables)
+    (order_id,) = find_drug_orders(data["draftOrders"], tables)
     record = build_record(
         {"chart": data["resources"]}, data["draftOrders"], tables, patient_id=data["patientId"], user_ref=data["userId"]
     )
@@ -45,7 +45,7 @@ def test_scenario_a_brand_without_combination(tables: CodeTables) -> None:
     assert facts.order_ref == "MedicationRequest/bea-order-7"
     assert facts.evaluation_date == date(2026, 11, 20)
     product = facts.product
-    assert (product.rxcui, product.family, product.is_brand) == ("845512", ProductFamily.AFINITOR, True)
+    assert (product.rxcui, product.family, product.is_brand) == ("845512", "afinitor", True)
     assert (product.generic_rxcui, product.generic_available) == ("845507", True)
     assert product.generic_display == "everolimus 10 MG Oral Tablet"
     assert facts.dose == Dose(10.0, 1.0)
@@ -61,7 +61,7 @@ def test_scenario_a_brand_without_combination(tables: CodeTables) -> None:
     assert facts.line_of_business is LineOfBusiness.MEDICAID
     assert facts.line_of_business_evidence == ("Coverage/bea-cov",) and facts.coverage_ref == "Coverage/bea-cov"
     assert facts.requested_months == 3
-    assert facts.everolimus_days == 0 and facts.previous_mg_per_day is None and facts.generic_exception is None
+    assert facts.days_on_drug == 0 and facts.previous_mg_per_day is None and facts.generic_exception is None
 
 
 def test_scenario_a_generic_with_exemestane(tables: CodeTables) -> None:
@@ -94,7 +94,7 @@ def test_scenario_f_tsc_seizures_generic_suspension(tables: CodeTables) -> None:
     facts = scenario_facts("F-tsc-seizures-generic-suspension", tables)
     product = facts.product
     assert (product.family, product.is_brand, product.dose_form) == (
-        ProductFamily.AFINITOR_DISPERZ,
+        "afinitor-disperz",
         False,
         "tablet-for-suspension",
     )
@@ -107,7 +107,7 @@ def test_scenario_f_tsc_seizures_generic_suspension(tables: CodeTables) -> None:
 def test_scenario_g_kidney_brand_zortress(tables: CodeTables) -> None:
     facts = scenario_facts("G-kidney-brand-zortress", tables)
     product = facts.product
-    assert (product.family, product.is_brand, product.generic_rxcui) == (ProductFamily.ZORTRESS, True, "977438")
+    assert (product.family, product.is_brand, product.generic_rxcui) == ("zortress", True, "977438")
     assert facts.dose == Dose(1.5, 2.0)
     assert set(facts.diagnoses) == {"kidney-transplant"}
     assert set(facts.specialties) == {"nephrology"}
@@ -132,8 +132,8 @@ def test_scenario_i_other_diagnosis(tables: CodeTables) -> None:
 
 def test_scenario_ii_continued_same_dose(tables: CodeTables) -> None:
     facts = scenario_facts("II-continued-same-dose", tables)
-    assert facts.everolimus_days == 120
-    assert facts.everolimus_evidence == ("MedicationStatement/sage-ms-7",)
+    assert facts.days_on_drug == 120
+    assert facts.drug_evidence == ("MedicationStatement/sage-ms-7",)
     assert facts.previous_mg_per_day == 10.0
     assert facts.dose.mg_per_day == 10.0
     assert "exemestane" in facts.co_medications
@@ -141,7 +141,7 @@ def test_scenario_ii_continued_same_dose(tables: CodeTables) -> None:
 
 def test_scenario_without_everolimus(tables: CodeTables) -> None:
     data = scenario("none-no-everolimus-order")
-    assert find_everolimus_orders(data["draftOrders"], tables) == []
+    assert find_drug_orders(data["draftOrders"], tables) == []
 
 
 # ----------------------------------------------------------------------------- helpers for unit cases
@@ -219,7 +219,7 @@ def facts_for(
 # ----------------------------------------------------------------------------- scoping
 
 
-def test_find_everolimus_orders(tables: CodeTables) -> None:
+def test_find_drug_orders(tables: CodeTables) -> None:
     by_text = draft("text", medicationCodeableConcept={"text": "Afinitor Disperz 2 mg"})
     by_ndc = draft(
         "ndc",
@@ -242,8 +242,8 @@ def test_find_everolimus_orders(tables: CodeTables) -> None:
         "resourceType": "Bundle",
         "entry": [{"resource": r} for r in (draft("coded"), by_text, by_ndc, contained, other, voided, nutrition)],
     }
-    assert find_everolimus_orders([bundle], tables) == ["coded", "text", "ndc", "contained"]
-    assert find_everolimus_orders([], tables) == []
+    assert find_drug_orders([bundle], tables) == ["coded", "text", "ndc", "contained"]
+    assert find_drug_orders([], tables) == []
 
 
 def test_unknown_order_raises(tables: CodeTables) -> None:
@@ -298,12 +298,12 @@ def test_evaluation_date_and_age(
         (
             {"coding": [{"system": RXNORM, "code": "1310144"}]},
             "1310144",
-            ProductFamily.AFINITOR_DISPERZ,
+            "afinitor-disperz",
             True,
             3.0,
             "1308430",
         ),
-        ({"text": "Afinitor 5 mg tablet"}, None, ProductFamily.AFINITOR, True, 5.0, "845515"),
+        ({"text": "Afinitor 5 mg tablet"}, None, "afinitor", True, 5.0, "845515"),
         (
             {
                 "coding": [
@@ -315,7 +315,7 @@ def test_evaluation_date_and_age(
                 ]
             },
             None,
-            ProductFamily.ZORTRESS,
+            "zortress",
             True,
             0.5,
             "977434",
@@ -323,7 +323,7 @@ def test_evaluation_date_and_age(
         (
             {"coding": [{"system": RXNORM, "code": "141704"}], "text": "everolimus 7.5 mg tablet"},
             "141704",
-            ProductFamily.AFINITOR,
+            "afinitor",
             False,
             7.5,
             "1119400",
@@ -331,12 +331,12 @@ def test_evaluation_date_and_age(
         (
             {"coding": [{"system": RXNORM, "code": "141704"}], "text": "Afinitor 10 mg"},
             "141704",
-            ProductFamily.AFINITOR,
+            "afinitor",
             True,
             10.0,
             None,
         ),
-        ({"coding": [{"system": RXNORM, "code": "845508"}]}, "845508", ProductFamily.AFINITOR, False, 10.0, "845507"),
+        ({"coding": [{"system": RXNORM, "code": "845508"}]}, "845508", "afinitor", False, 10.0, "845507"),
         ({"text": "everolimus"}, None, None, False, None, None),
     ],
 )
@@ -344,7 +344,7 @@ def test_product_resolution(
     tables: CodeTables,
     concept: dict[str, Any],
     rxcui: str | None,
-    family: ProductFamily | None,
+    family: str | None,
     is_brand: bool,
     strength: float | None,
     generic: str | None,
@@ -641,7 +641,7 @@ def test_medication_history(tables: CodeTables) -> None:
 # ----------------------------------------------------------------------------- everolimus exposure
 
 
-def test_everolimus_days_and_previous_dose(tables: CodeTables) -> None:
+def test_days_on_drug_and_previous_dose(tables: CodeTables) -> None:
     chart = [
         med(
             "MedicationStatement",
@@ -675,15 +675,15 @@ def test_everolimus_days_and_previous_dose(tables: CodeTables) -> None:
     ]
     facts = facts_for(tables, chart)
     # 2026-01-01 .. 2026-01-30 inclusive, then 60 days from 2026-01-20 (to 2026-03-21): one span of 79 days.
-    assert facts.everolimus_days == 79
-    assert set(facts.everolimus_evidence) == {"MedicationStatement/course1", "MedicationRequest/course2"}
+    assert facts.days_on_drug == 79
+    assert set(facts.drug_evidence) == {"MedicationStatement/course1", "MedicationRequest/course2"}
     assert facts.previous_mg_per_day == 5.0  # course2: one 5 mg tablet a day
 
 
 def test_active_everolimus_runs_to_the_evaluation_date(tables: CodeTables) -> None:
     chart = [med("MedicationRequest", "rx", "845507", "active", authoredOn="2026-10-21")]
     facts = facts_for(tables, chart)
-    assert facts.everolimus_days == 30 and facts.previous_mg_per_day is None
+    assert facts.days_on_drug == 30 and facts.previous_mg_per_day is None
 
 
 # ----------------------------------------------------------------------------- generic exception

@@ -25,7 +25,7 @@ from cds_service.policy.engine import (
     notes_for,
 )
 from cds_service.policy.results import CriterionResult, Decision, Fix, OrderEvaluation, Status
-from fhir_mappings.model import Dose, Facts, Finding, LineOfBusiness, Product, ProductFamily
+from fhir_mappings.model import Dose, Facts, Finding, LineOfBusiness, Product
 
 MET, NOT_MET, UNKNOWN = Status.MET, Status.NOT_MET, Status.UNKNOWN
 MEDICAID, HIM, COMMERCIAL = LineOfBusiness.MEDICAID, LineOfBusiness.HIM, LineOfBusiness.COMMERCIAL
@@ -135,7 +135,7 @@ def policy() -> Policy:
 def _product(
     rxcui: str | None,
     display: str,
-    family: ProductFamily | None,
+    family: str | None,
     brand: bool | None,
     mg: float | None,
     form: str | None,
@@ -149,7 +149,7 @@ def _product(
 GENERIC_10 = _product(
     "845507",
     "everolimus 10 MG Oral Tablet",
-    ProductFamily.AFINITOR,
+    "afinitor",
     False,
     10,
     "tablet",
@@ -159,7 +159,7 @@ GENERIC_10 = _product(
 BRAND_10 = _product(
     "845512",
     "everolimus 10 MG Oral Tablet [Afinitor]",
-    ProductFamily.AFINITOR,
+    "afinitor",
     True,
     10,
     "tablet",
@@ -170,7 +170,7 @@ BRAND_NO_GENERIC = replace(BRAND_10, generic_available=False, generic_rxcui=None
 DISPERZ_GENERIC_5 = _product(
     "1308432",
     "everolimus 5 MG Tablet for Oral Suspension",
-    ProductFamily.AFINITOR_DISPERZ,
+    "afinitor-disperz",
     False,
     5,
     "tablet-for-suspension",
@@ -180,7 +180,7 @@ DISPERZ_GENERIC_5 = _product(
 DISPERZ_BRAND_5 = _product(
     "1310147",
     "everolimus 5 MG Tablet for Oral Suspension [Afinitor Disperz]",
-    ProductFamily.AFINITOR_DISPERZ,
+    "afinitor-disperz",
     True,
     5,
     "tablet-for-suspension",
@@ -190,7 +190,7 @@ DISPERZ_BRAND_5 = _product(
 ZORTRESS_GENERIC_075 = _product(
     "977438",
     "everolimus 0.75 MG Oral Tablet",
-    ProductFamily.ZORTRESS,
+    "zortress",
     False,
     0.75,
     "tablet",
@@ -200,7 +200,7 @@ ZORTRESS_GENERIC_075 = _product(
 ZORTRESS_BRAND_075 = _product(
     "977440",
     "everolimus 0.75 MG Oral Tablet [Zortress]",
-    ProductFamily.ZORTRESS,
+    "zortress",
     True,
     0.75,
     "tablet",
@@ -209,9 +209,9 @@ ZORTRESS_BRAND_075 = _product(
 )
 UNKNOWN_PRODUCT = _product(None, "everolimus", None, None, None, None, None, None, False)
 BRANDS = {
-    ProductFamily.AFINITOR: BRAND_10,
-    ProductFamily.AFINITOR_DISPERZ: DISPERZ_BRAND_5,
-    ProductFamily.ZORTRESS: ZORTRESS_BRAND_075,
+    "afinitor": BRAND_10,
+    "afinitor-disperz": DISPERZ_BRAND_5,
+    "zortress": ZORTRESS_BRAND_075,
 }
 
 
@@ -256,8 +256,8 @@ def make_facts(
         requester_ref="PractitionerRole/r1",
         co_medications=_found(co, "MedicationRequest"),
         medication_history=_found(history, "MedicationStatement", history_start),
-        everolimus_days=days,
-        everolimus_evidence=("MedicationStatement/everolimus",) if days else (),
+        days_on_drug=days,
+        drug_evidence=("MedicationStatement/everolimus",) if days else (),
         previous_mg_per_day=previous,
         generic_exception=Finding(("AllergyIntolerance/generic",)) if exception else None,
         line_of_business=lob,
@@ -347,7 +347,7 @@ def age_rows(cid: str, years: int) -> None:
     rows(cid, (MET, {"age": years}), (NOT_MET, {"age": years - 1}), (UNKNOWN, {"age": None}))
 
 
-def generic_rows(cid: str, family: ProductFamily) -> None:
+def generic_rows(cid: str, family: str) -> None:
     brand = BRANDS[family]
     rows(
         cid,
@@ -356,7 +356,7 @@ def generic_rows(cid: str, family: ProductFamily) -> None:
         (UNKNOWN, {"product": brand, "exception": True}),
         (UNKNOWN, {"product": UNKNOWN_PRODUCT}),
     )
-    if family is ProductFamily.AFINITOR:
+    if family == "afinitor":
         rows(cid, (MET, {"product": BRAND_NO_GENERIC}))
 
 
@@ -382,7 +382,7 @@ def dose_rows(prefix: str) -> None:
     rows(f"{prefix}.b", (UNKNOWN, {}))
 
 
-AFINITOR = ProductFamily.AFINITOR
+AFINITOR = "afinitor"
 
 # I.A Breast cancer
 product_rows("I.A.1", ZORTRESS_GENERIC_075)
@@ -506,7 +506,7 @@ specialty_rows("I.F.3", met="neurology", other="nephrology")
 rows("I.F.3", (MET, {"specialties": ("oncology",)}))
 age_rows("I.F.4", 2)
 rows("I.F.5", (MET, {}), (UNKNOWN, {"co": ()}))
-generic_rows("I.F.6", ProductFamily.AFINITOR_DISPERZ)
+generic_rows("I.F.6", "afinitor-disperz")
 
 # I.G Prophylaxis of organ rejection
 LIVER = {
@@ -521,7 +521,7 @@ specialty_rows("I.G.3", met="nephrology", other="oncology")
 rows("I.G.3", (MET, {"specialties": ("transplant",)}), (MET, {"specialties": ("hepatology",)}))
 age_rows("I.G.4", 18)
 rows("I.G.5", (MET, {}), (MET, LIVER), (UNKNOWN, {"history": ()}))
-generic_rows("I.G.6", ProductFamily.ZORTRESS)
+generic_rows("I.G.6", "zortress")
 rows(
     "I.G.7",
     (MET, {}),

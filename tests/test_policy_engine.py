@@ -28,7 +28,7 @@ from cds_service.policy.predicates import (
     not_status,
 )
 from cds_service.policy.results import Decision, Fix, Status
-from fhir_mappings.model import Dose, Facts, Finding, LineOfBusiness, Product, ProductFamily
+from fhir_mappings.model import Dose, Facts, Finding, LineOfBusiness, Product
 
 MET, NOT_MET, UNKNOWN = Status.MET, Status.NOT_MET, Status.UNKNOWN
 STATUSES = (MET, NOT_MET, UNKNOWN)
@@ -43,13 +43,14 @@ VOCAB = PolicyVocabulary(
         {"er-positive", "er-negative", "pr-positive", "pr-negative", "her2-positive", "her2-negative", "hr-positive"}
     ),
 )
-ENV = CompileEnv(VOCAB)
+FAMILIES = {"afinitor": "Afinitor", "afinitor-disperz": "Afinitor Disperz", "zortress": "Zortress"}
+ENV = CompileEnv(VOCAB, families=FAMILIES)
 
 PRODUCTS = {
     MET: Product(
         "845507",
         "everolimus 10 MG Oral Tablet",
-        ProductFamily.AFINITOR,
+        "afinitor",
         False,
         10.0,
         "tablet",
@@ -60,7 +61,7 @@ PRODUCTS = {
     NOT_MET: Product(
         "977438",
         "everolimus 0.75 MG Oral Tablet",
-        ProductFamily.ZORTRESS,
+        "zortress",
         False,
         0.75,
         "tablet",
@@ -221,7 +222,7 @@ def test_generic_exception_evidence_and_fix_on_unknown() -> None:
     brand = Product(
         "845512",
         "everolimus 10 MG Oral Tablet [Afinitor]",
-        ProductFamily.AFINITOR,
+        "afinitor",
         True,
         10.0,
         "tablet",
@@ -250,6 +251,7 @@ def base_policy() -> dict[str, Any]:
             "title": "Test policy",
             "lines_of_business": ["commercial", "him", "medicaid"],
         },
+        "drug": {"tag": "everolimus", "name": "everolimus", "families": dict(FAMILIES)},
         "referrals": {"off-label": {"text": "Off-label", "commercial": "C.1", "him": "H.1", "medicaid": "M.1"}},
         "pathways": [
             {

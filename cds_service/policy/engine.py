@@ -3,12 +3,12 @@
 Pure and fast: no I/O, no shared state; the policy is compiled once by ``load_policy`` and every
 request calls ``evaluate(policy, facts)``. Selection rules (documented in docs/policy-format.md):
 
-* continued therapy (II.A) when everolimus has been received for at least its ``therapy_days_at_least``
+* continued therapy (II.A) when the drug has been received for at least its ``therapy_days_at_least``
   and the member has or may have a diagnosis of an indication pathway; without one, II.B (refer);
 * otherwise every indication pathway (I.A ... I.H) the member has or may have a diagnosis for is
   evaluated and the best decision wins (met > incomplete > not-met), ties going to the firmer diagnosis
   link (has > may have), then to policy order; no such pathway -> I.I (refer);
-* a non-formulary rule (HIM and brand Afinitor Disperz) refers whatever the pathway, and a pathway
+* a non-formulary rule (a product family for one line of business) refers whatever the pathway, and a pathway
   whose approval table refers for the member's line of business (I.F for HIM) refers too.
 """
 
@@ -189,7 +189,7 @@ def select_pathway(policy: Policy, facts: Facts) -> Selection:
         is not None
     ]
     for continued in policy.of_kind(CONTINUED):
-        if continued.therapy_days is not None and facts.everolimus_days >= continued.therapy_days:
+        if continued.therapy_days is not None and facts.days_on_drug >= continued.therapy_days:
             if ranked:
                 return Selection(run_pathway(continued, facts))
             return Selection(run_pathway(policy.of_kind(CONTINUED_OTHER)[0], facts))
@@ -275,6 +275,7 @@ def evaluate(policy: Policy, facts: Facts) -> OrderEvaluation:
             evaluation_date=facts.evaluation_date.isoformat(),
             notes=notes_for(policy, facts),
             diagnosis_options=options,
+            drug=policy.drug.name,
         )
     referred, refer_to = _referral(policy, result, facts)
     formulary = _non_formulary(policy, facts)
@@ -294,4 +295,6 @@ def evaluate(policy: Policy, facts: Facts) -> OrderEvaluation:
         notes=notes_for(policy, facts),
         diagnosis_options=options,
         referral_reason=reason,
+        drug=policy.drug.name,
+        product_words=(policy.drug.non_formulary_words if reason else None),
     )

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from fhir_mappings.model import LineOfBusiness, ProductFamily
+from fhir_mappings.model import LineOfBusiness
 
 from .predicates import CompileEnv, PolicyError, Predicate, Vocabulary, check_tags, compile_predicate
 from .schema import check_shape, line_of
@@ -45,8 +45,8 @@ POLICY_FILE = "policy.yaml"
 #: Pathway kinds: how the engine selects a pathway and what its decision can be.
 INDICATION = "indication"  # I.A ... I.H: applies when the member has or may have a diagnosis it names
 INITIAL_OTHER = "initial-other"  # I.I: no indication pathway applies -> refer
-CONTINUED = "continued"  # II.A: everolimus for long enough and an indication pathway's diagnosis
-CONTINUED_OTHER = "continued-other"  # II.B: everolimus for long enough, no such diagnosis -> refer
+CONTINUED = "continued"  # II.A: the drug for long enough and an indication pathway's diagnosis
+CONTINUED_OTHER = "continued-other"  # II.B: the drug for long enough, no such diagnosis -> refer
 NOT_AUTHORIZED = "not-authorized"  # III: listed for the reader; never selected
 KINDS = (INDICATION, INITIAL_OTHER, CONTINUED, CONTINUED_OTHER, NOT_AUTHORIZED)
 REFERRAL_KINDS = (INITIAL_OTHER, CONTINUED_OTHER, NOT_AUTHORIZED)
@@ -116,12 +116,22 @@ class NonFormularyRule:
     """A product not on one line of business's formulary: brand requests are referred, generics noted."""
 
     line_of_business: LineOfBusiness
-    family: ProductFamily
+    family: str
     refer_to: str
     text: str
     #: "refer": generics of the product are referred too; "evaluate": they are evaluated, with ``generic_note``.
     generics: str = "evaluate"
     generic_note: str = ""
+
+
+@dataclass(frozen=True)
+class DrugInfo:
+    """The one drug a pack covers (policy file ``drug``): its ingredient tag, card word and product families."""
+
+    tag: str
+    name: str
+    families: Mapping[str, str]
+    non_formulary_words: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,7 +155,7 @@ class Pathway:
     diagnoses: tuple[str, ...] = ()
     #: Diagnosis tags that only suggest the pathway (a parent code such as TSC): a possible link.
     suggested_by: tuple[str, ...] = ()
-    #: Continued-therapy pathways: days of everolimus on record that make them apply.
+    #: Continued-therapy pathways: days of the drug on record that make them apply.
     therapy_days: int | None = None
     approval: Mapping[LineOfBusiness, Approval] = field(default_factory=dict)
     referral: Referral | None = None
@@ -170,6 +180,7 @@ class Policy:
     non_formulary: tuple[NonFormularyRule, ...] = ()
     source: str = ""
     label_notes: tuple[LabelNote, ...] = ()
+    drug: DrugInfo = field(default_factory=lambda: DrugInfo("drug", "drug", {}))
     #: Where a reader finds the policy document (card link), and the payer's page for this policy.
     document_url: str | None = None
 
@@ -446,7 +457,7 @@ def _referrals(raw: Any, lines: Sequence[LineOfBusiness]) -> dict[str, Referral]
     return out
 
 
-def _non_formulary(raw: Any) -> tuple[NonFormularyRule, ...]:
+def _non_formulary(raw: Any, families: Mapping[str, str]) -> tuple[NonFormularyRule, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -465,10 +476,9 @@ def _non_formulary(raw: Any) -> tuple[NonFormularyRule, ...]:
             raise PolicyError(f"{where}: generics must be refer or evaluate")
         if generics == "evaluate" and "generic_note" not in entry:
             raise PolicyError(f"{where}: generics: evaluate needs a generic_note")
-        try:
-            family = ProductFamily(entry["family"])
-        except ValueError as exc:
-            raise PolicyError(f"{where}: unknown product family {entry['family']!r}") from exc
+        family = str(entry["family"])
+        if family not in families:
+            raise PolicyError(f"{where}: unknown product family {family!r} (declared: {sorted(families)})")
         rules.append(
             NonFormularyRule(
                 _line(entry["line_of_business"], where),
@@ -530,8 +540,8 @@ def _parse(raw_document: Any, vocabulary: Vocabulary, source: str) -> Policy:
     raw = _mapping(
         raw_document,
         source,
-        ("policy", "provisional_tags", "referrals", "non_formulary", "label_notes", "pathways"),
-        ("policy", "referrals", "pathways"),
+        ("policy", "drug", "provisional_tags", "referrals", "non_formulary", "label_notes", "pathways"),
+        ("policy", "drug", "referrals", "pathways"),
     )
     header = _mapping(
         raw["policy"],
@@ -548,7 +558,8 @@ def _parse(raw_document: Any, vocabulary: Vocabulary, source: str) -> Policy:
     if len(set(lines)) != len(lines):
         raise PolicyError("policy.lines_of_business: listed twice")
 
-    env = CompileEnv(vocabulary, _provisional(raw.get("provisional_tags")), _anchors(raw))
+    drug = _drug(raw.get("drug"), vocabulary)
+    env = CompileEnv(vocabulary, _provisional(raw.get("provisional_tags")), _anchors(raw), drug.families)
     referrals = _referrals(raw["referrals"], lines)
     if not isinstance(raw["pathways"], list) or not raw["pathways"]:
         raise PolicyError("pathways: expected a non-empty list")
@@ -562,10 +573,36 @@ def _parse(raw_document: Any, vocabulary: Vocabulary, source: str) -> Policy:
         lines_of_business=lines,
         pathways=pathways,
         referrals=referrals,
-        non_formulary=_non_formulary(raw.get("non_formulary")),
+        non_formulary=_non_formulary(raw.get("non_formulary"), drug.families),
+        drug=drug,
         source=source,
         label_notes=_label_notes(raw.get("label_notes"), env),
         document_url=_text(header["document_url"], "policy", "document_url") if "document_url" in header else None,
+    )
+
+
+def _drug(raw: Any, vocabulary: Vocabulary) -> DrugInfo:
+    """The ``drug`` block, checked against the code tables when they say which drug and families they hold."""
+    entry = _mapping(raw, "drug", ("tag", "name", "families", "non_formulary_words"), ("tag", "name", "families"))
+    tag = _text(entry["tag"], "drug", "tag")
+    families = _mapping(
+        entry["families"],
+        "drug.families",
+        [str(k) for k in entry["families"]] if isinstance(entry["families"], Mapping) else (),
+    )
+    labels = {str(k): _text(v, "drug.families", str(k)) for k, v in families.items()}
+    table_drug = getattr(vocabulary, "drug_tag", None)
+    if table_drug is not None and table_drug != tag:
+        raise PolicyError(f"drug.tag {tag!r} is not the drug of the pack's products.csv ({table_drug!r})")
+    table_families = getattr(vocabulary, "families", None)
+    if table_families is not None and set(labels) != set(table_families):
+        raise PolicyError(f"drug.families {sorted(labels)} differ from products.csv families {sorted(table_families)}")
+    words = entry.get("non_formulary_words")
+    return DrugInfo(
+        tag,
+        _text(entry["name"], "drug", "name"),
+        labels,
+        _text(words, "drug", "non_formulary_words") if words else None,
     )
 
 

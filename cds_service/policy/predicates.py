@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from fhir_mappings.model import Facts, Finding, ProductFamily
+from fhir_mappings.model import Facts, Finding
 
 from .results import Fix, Status
 
@@ -74,6 +74,8 @@ class CompileEnv:
     provisional: Mapping[str, frozenset[str]] = field(default_factory=dict)
     #: Pathway id -> (diagnosis tags that make it apply, tags that only suggest it), for ``indication_of``.
     anchors: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
+    #: The pack's product families -> their names (policy file ``drug.families``).
+    families: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -296,7 +298,7 @@ def _product_in(p: Params, env: CompileEnv) -> Predicate:
     names = p.strings("families")
     assert names is not None
     try:
-        families = frozenset(ProductFamily(n) for n in names)
+        families = frozenset(_family(env, n, p.where) for n in names)
     except ValueError as exc:
         raise PolicyError(f"{p.where}: {exc}") from exc
 
@@ -669,26 +671,26 @@ def _tag_names(env: CompileEnv, tags: Iterable[str]) -> dict[str, str]:
 
 
 def _continued_therapy_days(p: Params, env: CompileEnv) -> Predicate:
-    """Met with at least ``days`` of everolimus on record; fewer is unknown (the benefit's claims may show more)."""
+    """Met with at least ``days`` of the drug on record; fewer is unknown (the benefit's claims may show more)."""
     days = p.number("days")
     assert days is not None
 
     def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
-        if facts.everolimus_days >= days:
-            return Outcome(MET, facts.everolimus_evidence)
-        return Outcome(UNKNOWN, facts.everolimus_evidence)
+        if facts.days_on_drug >= days:
+            return Outcome(MET, facts.drug_evidence)
+        return Outcome(UNKNOWN, facts.drug_evidence)
 
     return fn
 
 
-FAMILY_LABELS = {
-    ProductFamily.AFINITOR: "Afinitor",
-    ProductFamily.AFINITOR_DISPERZ: "Afinitor Disperz",
-    ProductFamily.ZORTRESS: "Zortress",
-}
+def _family(env: CompileEnv, name: str, where: str) -> str:
+    """A product family the pack declares (policy file ``drug.families``)."""
+    if name not in env.families:
+        raise PolicyError(f"{where}: unknown product family {name!r} (declared: {sorted(env.families)})")
+    return name
 
 
-def _strengths(env: CompileEnv, family: ProductFamily) -> list[tuple[float, str, str]]:
+def _strengths(env: CompileEnv, family: str) -> list[tuple[float, str, str]]:
     """(strength, generic RxCUI, display) of each generic strength of a family, largest first."""
     products = getattr(env.vocabulary, "products", {})
     rows = [
@@ -724,12 +726,13 @@ def _dose_within(p: Params, env: CompileEnv) -> Predicate:
     """
     max_mg = p.number("max_mg_per_day", required=False)
     max_tablets = p.number("max_tablets_per_day", required=False)
-    family_name = p.string("family", required=False, choices=[f.value for f in ProductFamily])
+    family_name = p.string("family", required=False, choices=list(env.families))
     if (max_mg is None) == (max_tablets is None):
         raise PolicyError(f"{p.where}: give exactly one of max_mg_per_day, max_tablets_per_day")
     if (max_tablets is None) != (family_name is None):
         raise PolicyError(f"{p.where}: max_tablets_per_day needs a family (and only it)")
-    family = ProductFamily(family_name) if family_name else None
+    family = family_name or None
+    label = env.families.get(family, family) if family else None
     limit = max_mg if max_mg is not None else max_tablets
     assert limit is not None
     strengths = _strengths(env, family) if family is not None else []
@@ -751,7 +754,7 @@ def _dose_within(p: Params, env: CompileEnv) -> Predicate:
         if family is None:
             return Outcome(NOT_MET, order, note=f"{amount:g} mg/day exceeds {limit:g} mg/day")
         fix = _fewer_tablets(facts.dose.mg_per_day, limit, strengths)
-        note = f"{amount:g} {FAMILY_LABELS[family]} tablets/day exceeds {limit:g} tablets/day"
+        note = f"{amount:g} {label} tablets/day exceeds {limit:g} tablets/day"
         return Outcome(NOT_MET, order, (fix,) if fix else (), note=note)
 
     return fn
@@ -761,7 +764,7 @@ def _dose_compare(increase: bool) -> Callable[[Params, CompileEnv], Predicate]:
     def build(p: Params, env: CompileEnv) -> Predicate:
         def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
             new, old = facts.dose.mg_per_day, facts.previous_mg_per_day
-            evidence = _merge(((facts.order_ref,), facts.everolimus_evidence))
+            evidence = _merge(((facts.order_ref,), facts.drug_evidence))
             if new is None or old is None:
                 return Outcome(UNKNOWN, evidence)
             return Outcome(MET if (new > old) == increase else NOT_MET, evidence)

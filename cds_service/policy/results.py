@@ -94,6 +94,9 @@ class OrderEvaluation:
     diagnosis_options: tuple[tuple[str, str, str], ...] = ()  # (id, title, short title)
     #: Why the order is referred when the reason is not its criteria (a product non-formulary for the plan).
     referral_reason: str | None = None
+    #: The drug as cards name it (policy file ``drug.name``), and the product when it is non-formulary.
+    drug: str = "the drug"
+    product_words: str | None = None
 
     def all_criteria(self) -> Iterator[CriterionResult]:
         for criterion in self.criteria:

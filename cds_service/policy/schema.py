@@ -30,6 +30,15 @@ class Header(_Strict):
     document_url: str | None = Field(default=None, description="Link to the policy document shown on cards")
 
 
+class Drug(_Strict):
+    """The one drug a pack covers: which orders it evaluates, the word cards use, its product families."""
+
+    tag: str = Field(min_length=1, description="Ingredient tag of the drug (tables/products.csv 'drug' column)")
+    name: str = Field(min_length=1, description="The drug as cards name it, e.g. a generic name")
+    families: dict[str, str] = Field(min_length=1, description="Product family (products.csv) -> its name")
+    non_formulary_words: str | None = Field(default=None, description="How a non-formulary card names the product")
+
+
 class ProvisionalTags(_Strict):
     """Tags the file may read although the code tables do not define them yet (always absent until they do)."""
 
@@ -106,6 +115,7 @@ class PolicyFile(_Strict):
     """A drug policy as data: header, referral tables, formulary rules, label notes and pathways."""
 
     policy: Header
+    drug: Drug
     provisional_tags: ProvisionalTags | None = None
     referrals: dict[str, ReferralTable]
     non_formulary: list[NonFormulary] | None = None
