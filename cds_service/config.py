@@ -157,6 +157,8 @@ class Config:
             keys, servers = issuer_settings(value)
             if not (isinstance(keys, str) or (isinstance(keys, dict) and isinstance(keys.get("keys"), list))):
                 raise ConfigError(f"issuer {issuer!r}: value must be a JWKS URL or an inline JWKS object")
+            if isinstance(keys, str) and not _is_http_url(keys):
+                raise ConfigError(f"issuer {issuer!r}: the JWKS URL must be an http(s) URL")
             for server in servers:
                 ServerRule.parse(server, f"issuer {issuer!r} fhirServers")
         for server in self.fhir_servers:
@@ -186,6 +188,14 @@ class Config:
     def auth_enabled(self) -> bool:
         """JWT checks run whenever at least one issuer is trusted."""
         return bool(self.trusted_issuers)
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        return False
 
 
 # ----------------------------------------------------------------------------- parsing one variable
