@@ -7,6 +7,10 @@ is ignored and nothing is fetched), require ``typ`` (when present) to be ``JWT``
 and remember every ``jti`` until the token expires so a captured token cannot be replayed — across worker
 processes, via the injected ``ReplayGuard``.
 
+A JWKS URL is fetched and cached by ``JwksClient``, a ``jwt.PyJWKClient`` subclass that fetches through our
+``requests`` session (its docstring says what PyJWKClient covers and what is kept here); inline JWKS are parsed
+once at start-up.
+
 Every rejection raises ``AuthError`` (the client learns nothing more) and is logged at WARNING with a reason
 code such as ``jwt.expired``; logs carry the claimed issuer and key id, never the token or other claim values.
 """
@@ -22,9 +26,10 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import jwt
 import requests
@@ -133,17 +138,6 @@ class _Key:
         return self.kty == "RSA" and alg[:2] in ("RS", "PS")
 
 
-@dataclass
-class _IssuerKeys:
-    """The cached key set of one issuer and the bookkeeping that rate-limits refetching it."""
-
-    jwks_url: str | None
-    keys: dict[str, list[_Key]] = field(default_factory=dict)
-    fetched_at: float | None = None
-    attempted_at: float | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
 def _parse_jwk(jwk: Any) -> _Key | None:
     """A verification key from one JWK, or None when it is unusable for us (wrong use, type, size or alg)."""
     if not isinstance(jwk, dict) or not isinstance(jwk.get("kid"), str) or not jwk["kid"]:
@@ -188,6 +182,126 @@ def parse_jwks(document: Any) -> dict[str, list[_Key]]:
         if parsed is not None:
             keys.setdefault(parsed.kid, []).append(parsed)
     return keys
+
+
+class JwksFetchError(jwt.PyJWKClientConnectionError):
+    """A JWKS fetch that yielded no usable key set; ``reason`` is the logged code (``jwks.timeout``, ...)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class JwksClient(jwt.PyJWKClient):
+    """The key set of one issuer whose ``CDS_TRUSTED_ISSUERS`` entry is a JWKS URL: a ``jwt.PyJWKClient``.
+
+    Why a subclass, and what is ours (checked against PyJWT 2.15's ``jwks_client.py``):
+
+    * Kept from PyJWKClient: the endpoint (http(s) only, refused at construction as PyJWT >= 2.13 does), the
+      request headers and timeout, and ``fetch_data`` as the one fetch hook.
+    * ``fetch_data`` is overridden. PyJWKClient fetches with ``urllib.request``, whose default opener honours
+      ``HTTP(S)_PROXY`` from the environment, cannot be given ``CDS_HTTP_PROXY`` alone, and ``json.load``s a body
+      of any size. Ours goes through the verifier's ``requests`` session (``egress.configure_session``: no
+      environment proxies, no ``.netrc``, only ``CDS_HTTP_PROXY``), refuses redirects and any status but 200,
+      and stops reading at ``MAX_JWKS_BYTES``.
+    * PyJWKClient's caches are off (``cache_jwk_set=False, cache_keys=False``) and the cache here is kept,
+      because they lack what the verifier relies on: (1) on expiry PyJWKClient drops the set before refetching,
+      so a JWKS outage locks every caller out, where we keep the last good keys until the URL answers again;
+      (2) its cooldown only follows successful fetches and only guards unknown-``kid`` refreshes, so while the
+      endpoint fails every request would hit it, where we allow one attempt per ``min_refresh`` seconds,
+      failures included; (3) its LRU key cache never expires, so a key removed from the JWKS would stay valid;
+      (4) it times with ``time.monotonic``, not the verifier's injectable clock; (5) it returns one ``PyJWK`` per
+      ``kid`` with the ``alg`` inferred (RS256 for any RSA key), where a kid may name an EC and an RSA key and a
+      key without ``alg`` serves every algorithm of its type. Keys are vetted by ``parse_jwks`` (allow-listed
+      algorithms, RSA >= 2048 bits, known curves, ``use``/``key_ops``, public halves only).
+
+    ``get_signing_key``/``get_jwk_set`` (inherited) would bypass that cache and vetting: the verifier calls
+    ``candidates`` only. Thread-safe: one lock per issuer around refresh and lookup.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        session: requests.Session,
+        *,
+        timeout: float,
+        clock: Callable[[], float],
+        min_refresh_seconds: float,
+        cache_seconds: float,
+    ) -> None:
+        if urlsplit(uri).scheme.lower() not in ("http", "https"):  # PyJWT >= 2.13 refuses it too; older ones do not
+            raise jwt.PyJWKClientError(f"Invalid JWKS URI scheme: {uri!r}")
+        super().__init__(
+            uri, cache_keys=False, cache_jwk_set=False, headers={"Accept": "application/json"}, timeout=timeout
+        )
+        self._session = session
+        self._clock = clock
+        self._min_refresh = min_refresh_seconds
+        self._cache_seconds = cache_seconds
+        self._keys: dict[str, list[_Key]] = {}
+        self._fetched_at: float | None = None
+        self._attempted_at: float | None = None
+        self._lock = threading.Lock()
+
+    def fetch_data(self) -> dict[str, Any]:
+        """GET the JWKS document: 200, JSON object with a ``keys`` list, bounded size, no redirects."""
+        try:
+            with self._session.get(
+                self.uri, timeout=self.timeout, headers=self.headers, allow_redirects=False, stream=True
+            ) as response:
+                if response.status_code != 200:
+                    raise JwksFetchError(f"jwks.http_{response.status_code}")
+                body = _read_bounded(response, MAX_JWKS_BYTES)
+        except requests.Timeout:
+            raise JwksFetchError("jwks.timeout") from None
+        except requests.RequestException as exc:
+            raise JwksFetchError(f"jwks.unreachable.{type(exc).__name__}") from None
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError, UnicodeDecodeError):
+            raise JwksFetchError("jwks.not_jwks") from None
+        if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+            raise JwksFetchError("jwks.not_jwks")
+        return document
+
+    def candidates(self, kid: str) -> list[_Key]:
+        """The usable keys named ``kid``: refetched when the cache is stale or ``kid`` is unknown (rate-limited)."""
+        with self._lock:
+            if self._is_stale() or (kid not in self._keys and self._may_fetch()):
+                self._refresh()
+            found = self._keys.get(kid)
+            if not found:
+                raise _Rejected("jwt.jwks_unavailable" if self._fetched_at is None else "jwt.unknown_kid")
+            return found
+
+    def _is_stale(self) -> bool:
+        """No keys yet, or older than the cache lifetime — and a fetch is allowed now."""
+        if self._fetched_at is not None and self._clock() - self._fetched_at < self._cache_seconds:
+            return False
+        return self._may_fetch()
+
+    def _may_fetch(self) -> bool:
+        """At most one JWKS request per ``min_refresh_seconds``, failed ones included, whatever callers send us."""
+        if self._attempted_at is None:
+            return True
+        elapsed = self._clock() - self._attempted_at
+        return elapsed < 0 or elapsed >= self._min_refresh
+
+    def _refresh(self) -> None:
+        """Refetch; on failure keep the keys we had (if any) so a JWKS outage does not lock callers out.
+
+        The trade-off: a key removed from the JWKS stays usable until the JWKS URL answers again.
+        """
+        self._attempted_at = self._clock()
+        try:
+            keys = parse_jwks(self.fetch_data())
+            if not keys:
+                raise JwksFetchError("jwks.no_usable_keys")
+        except JwksFetchError as failure:
+            log_event(log, "auth.jwks_fetch_failed", logging.WARNING, reason=failure.reason, url=_safe(self.uri))
+            return
+        self._keys = keys
+        self._fetched_at = self._clock()
 
 
 def _number(claims: Mapping[str, Any], name: str, *, required: bool) -> float | None:
@@ -311,23 +425,35 @@ class JwtVerifier:
         self._guard = replay_guard
         self._session = configure_session(session or requests.Session(), config)
         self._clock = clock
-        self._min_refresh = jwks_min_refresh_seconds
-        self._cache_seconds = jwks_cache_seconds
-        self._issuers = {issuer: self._issuer_keys(issuer, value) for issuer, value in config.trusted_issuers.items()}
+        self._issuers = {
+            issuer: self._issuer_keys(issuer, value, jwks_min_refresh_seconds, jwks_cache_seconds)
+            for issuer, value in config.trusted_issuers.items()
+        }
 
-    @staticmethod
-    def _issuer_keys(issuer: str, value: Any) -> _IssuerKeys:
-        """Cache entry for one configured issuer; inline JWKS are parsed once, here (bad ones stop start-up)."""
+    def _issuer_keys(
+        self, issuer: str, value: Any, min_refresh: float, cache_seconds: float
+    ) -> JwksClient | dict[str, list[_Key]]:
+        """A ``JwksClient`` for a JWKS URL; an inline (pinned) JWKS is parsed once, here (bad ones stop start-up)."""
         value, _ = issuer_settings(value)
         if isinstance(value, str) and value:
-            return _IssuerKeys(jwks_url=value)
+            try:
+                return JwksClient(
+                    value,
+                    self._session,
+                    timeout=self._config.jwks_timeout_seconds,
+                    clock=self._clock,
+                    min_refresh_seconds=min_refresh,
+                    cache_seconds=cache_seconds,
+                )
+            except jwt.PyJWKClientError:
+                raise ConfigError(f"issuer {issuer!r}: the JWKS URL must be http(s)") from None
         try:
             keys = parse_jwks(value)
         except ValueError:
             raise ConfigError(f"issuer {issuer!r}: value must be a JWKS URL or an inline JWKS object") from None
         if not keys:
             raise ConfigError(f"issuer {issuer!r}: inline JWKS has no usable signature key with a kid")
-        return _IssuerKeys(jwks_url=None, keys=keys, fetched_at=math.inf)
+        return keys
 
     def verify(self, authorization_header: str | None, audience: str) -> dict[str, Any]:
         """The verified claims of the request's bearer JWT; raises ``AuthError`` for any problem."""
@@ -357,9 +483,17 @@ class JwtVerifier:
             raise _Rejected("jwt.unknown_issuer")
         # A pinned (inline) JWKS ignores jku (the CDS Hooks sandbox always sends one): it is never fetched. With a
         # JWKS URL, a jku must name exactly that URL; keys are only ever fetched from the configured URL.
-        if "jku" in header and entry.jwks_url is not None and header["jku"] != entry.jwks_url:
-            raise _Rejected("jwt.jku_not_allowed")
-        key = self._key_for(entry, kid, alg)
+        if isinstance(entry, JwksClient):
+            if "jku" in header and header["jku"] != entry.uri:
+                raise _Rejected("jwt.jku_not_allowed")
+            candidates = entry.candidates(kid)
+        else:
+            candidates = entry.get(kid) or []
+            if not candidates:
+                raise _Rejected("jwt.unknown_kid")
+        key = next((key for key in candidates if key.fits(alg)), None)
+        if key is None:
+            raise _Rejected("jwt.key_mismatch")
         claims = self._verified_payload(token, key, alg)
         now = self._clock()
         leeway = self._config.jwt_leeway_seconds
@@ -383,74 +517,6 @@ class JwtVerifier:
             raise _Rejected("jwt.malformed")
         return claims
 
-    def _key_for(self, entry: _IssuerKeys, kid: str, alg: str) -> _Key:
-        """The issuer's key named ``kid`` that fits ``alg``, refetching the JWKS (rate-limited) when unknown."""
-        with entry.lock:
-            if entry.jwks_url is not None and self._is_stale(entry):
-                self._refresh(entry)
-            if kid not in entry.keys and entry.jwks_url is not None and self._may_fetch(entry):
-                self._refresh(entry)
-            candidates = entry.keys.get(kid)
-            if not candidates:
-                raise _Rejected("jwt.jwks_unavailable" if entry.fetched_at is None else "jwt.unknown_kid")
-        for key in candidates:
-            if key.fits(alg):
-                return key
-        raise _Rejected("jwt.key_mismatch")
-
-    def _is_stale(self, entry: _IssuerKeys) -> bool:
-        """No keys yet, or older than the cache lifetime — and a fetch is allowed now."""
-        if entry.fetched_at is not None and self._clock() - entry.fetched_at < self._cache_seconds:
-            return False
-        return self._may_fetch(entry)
-
-    def _may_fetch(self, entry: _IssuerKeys) -> bool:
-        """At most one JWKS request per issuer per ``jwks_min_refresh_seconds``, whatever callers send us."""
-        if entry.attempted_at is None:
-            return True
-        elapsed = self._clock() - entry.attempted_at
-        return elapsed < 0 or elapsed >= self._min_refresh
-
-    def _refresh(self, entry: _IssuerKeys) -> None:
-        """Refetch the JWKS; on failure keep the keys we had (if any) so a JWKS outage does not lock callers out.
-
-        The trade-off: a key removed from the JWKS stays usable until the JWKS URL answers again.
-        """
-        assert entry.jwks_url is not None
-        entry.attempted_at = self._clock()
-        try:
-            keys = self._fetch_jwks(entry.jwks_url)
-        except _Rejected as failure:
-            log_event(log, "auth.jwks_fetch_failed", logging.WARNING, reason=failure.reason, url=_safe(entry.jwks_url))
-            return
-        entry.keys = keys
-        entry.fetched_at = self._clock()
-
-    def _fetch_jwks(self, url: str) -> dict[str, list[_Key]]:
-        """GET the issuer's JWKS: 200, JSON, bounded size, no redirects (keys come only from the listed URL)."""
-        try:
-            with self._session.get(
-                url,
-                timeout=self._config.jwks_timeout_seconds,
-                headers={"Accept": "application/json"},
-                allow_redirects=False,
-                stream=True,
-            ) as response:
-                if response.status_code != 200:
-                    raise _Rejected(f"jwks.http_{response.status_code}")
-                body = _read_bounded(response, MAX_JWKS_BYTES)
-        except requests.Timeout:
-            raise _Rejected("jwks.timeout") from None
-        except requests.RequestException as exc:
-            raise _Rejected(f"jwks.unreachable.{type(exc).__name__}") from None
-        try:
-            keys = parse_jwks(json.loads(body))
-        except (ValueError, RecursionError, UnicodeDecodeError):
-            raise _Rejected("jwks.not_jwks") from None
-        if not keys:
-            raise _Rejected("jwks.no_usable_keys")
-        return keys
-
 
 def _read_bounded(response: requests.Response, limit: int) -> bytes:
     """The response body, refusing more than ``limit`` bytes."""
@@ -459,7 +525,7 @@ def _read_bounded(response: requests.Response, limit: int) -> bytes:
     for chunk in response.iter_content(chunk_size=65536):
         size += len(chunk)
         if size > limit:
-            raise _Rejected("jwks.too_large")
+            raise JwksFetchError("jwks.too_large")
         chunks.append(chunk)
     return b"".join(chunks)
 

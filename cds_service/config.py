@@ -1,18 +1,39 @@
 """Service configuration: one frozen object, read from environment variables with embedded defaults.
 
-Every setting is listed in the README's configuration table; ``Config.from_env()`` is the only place
-that reads the environment, so tests build ``Config(...)`` directly.
+Two classes, on purpose:
+
+* ``Settings`` (a ``pydantic_settings.BaseSettings`` model) is the environment parsed: one field per variable of
+  the README's configuration table, each with the exact variable name as its alias (case-sensitive, as the
+  environment is). Parsing is strict: an integer setting is digits only (``2.9``, ``8080.9``, ``1e3``, ``8080x``
+  and ``two`` are refused, not truncated), a number is a finite decimal, a boolean is one of
+  true/false/1/0/yes/no/on/off, lists are comma-separated, ``CDS_TRUSTED_ISSUERS`` / ``CDS_PLAN_PREFIXES`` are
+  JSON objects. A blank variable counts as unset. No ``.env`` file and no secrets directory are read.
+* ``Config`` stays a frozen dataclass with the same attributes and defaults as before, so tests and callers
+  build ``Config(database_url=..., trusted_issuers=...)`` by field name, without any environment, and nothing
+  is parsed or validated there (``Config.validate`` runs in ``from_env``, as it always did).
+
+``Config.from_env(environ=None, **overrides)`` is the only place that reads the environment: it parses
+``environ`` (``os.environ`` by default) through ``Settings``, with the non-None keyword overrides (the CLI flags)
+on top, parsed the same way; every refusal is a ``ConfigError`` naming the variable.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
+
+from pydantic import BeforeValidator, Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_PLAN_PREFIXES: dict[str, str] = {"MCD-": "medicaid", "HIM-": "him", "COM-": "commercial"}
 DATABASE_FILE = Path("priorauth-cds") / "priorauth-cds.sqlite3"
@@ -37,38 +58,6 @@ class ConfigError(ValueError):
     """A setting has a value the service cannot run with; raised at start-up, never per request."""
 
 
-def _bool(value: str | None, default: bool) -> bool:
-    if value is None or value.strip() == "":
-        return default
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"not a boolean: {value!r}")
-
-
-def _float(name: str, value: str | None, default: float) -> float:
-    if value is None or value.strip() == "":
-        return default
-    try:
-        parsed = float(value)
-    except ValueError as exc:
-        raise ConfigError(f"{name} is not a number: {value!r}") from exc
-    if parsed <= 0:
-        raise ConfigError(f"{name} must be positive")
-    return parsed
-
-
-def _int(name: str, value: str | None, default: int) -> int:
-    return int(_float(name, value, float(default)))
-
-
-def _list(value: str | None) -> tuple[str, ...]:
-    """A comma-separated setting as a tuple of non-empty, stripped items."""
-    return tuple(item.strip() for item in (value or "").split(",") if item.strip())
-
-
 def issuer_settings(value: Any) -> tuple[Any, tuple[str, ...]]:
     """(JWKS URL or inline JWKS, FHIR server allow-list) of one ``CDS_TRUSTED_ISSUERS`` value.
 
@@ -81,31 +70,6 @@ def issuer_settings(value: Any) -> tuple[Any, tuple[str, ...]]:
             raise ConfigError("fhirServers must be a list of FHIR base URLs")
         return value["jwks"], tuple(servers)
     return value, ()
-
-
-def _count(name: str, value: str | None, default: int) -> int:
-    """A whole number >= 0 (0 means "off" / "forever" for the settings that use it)."""
-    if value is None or value.strip() == "":
-        return default
-    try:
-        parsed = int(value.strip())
-    except ValueError:
-        raise ConfigError(f"{name} is not a whole number: {value!r}") from None
-    if parsed < 0:
-        raise ConfigError(f"{name} must be 0 or more")
-    return parsed
-
-
-def _json_object(name: str, value: str | None, default: dict[str, Any]) -> dict[str, Any]:
-    if value is None or value.strip() == "":
-        return dict(default)
-    try:
-        parsed = json.loads(value)
-    except ValueError as exc:
-        raise ConfigError(f"{name} is not JSON: {exc}") from exc
-    if not isinstance(parsed, dict):
-        raise ConfigError(f"{name} must be a JSON object")
-    return parsed
 
 
 @dataclass(frozen=True)
@@ -170,55 +134,15 @@ class Config:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
-        """Read ``CDS_*`` and ``DATABASE_URL``; keyword overrides win (used by the CLI flags)."""
+        """Read ``CDS_*`` and ``DATABASE_URL`` through ``Settings``; non-None keyword overrides win (CLI flags)."""
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {
-            "host": env.get("CDS_HOST") or cls.host,
-            "port": _int("CDS_PORT", env.get("CDS_PORT"), cls.port),
-            "workers": _int("CDS_WORKERS", env.get("CDS_WORKERS"), cls.workers),
-            "trusted_issuers": _json_object("CDS_TRUSTED_ISSUERS", env.get("CDS_TRUSTED_ISSUERS"), {}),
-            "allow_unauthenticated": _bool(env.get("CDS_ALLOW_UNAUTHENTICATED"), False),
-            "public_base_url": (env.get("CDS_PUBLIC_BASE_URL") or "").rstrip("/") or None,
-            "jwt_leeway_seconds": _int("CDS_JWT_LEEWAY_SECONDS", env.get("CDS_JWT_LEEWAY_SECONDS"), 30),
-            "jwt_max_lifetime_seconds": _int(
-                "CDS_JWT_MAX_LIFETIME_SECONDS", env.get("CDS_JWT_MAX_LIFETIME_SECONDS"), 3600
-            ),
-            "max_body_bytes": _int("CDS_MAX_BODY_BYTES", env.get("CDS_MAX_BODY_BYTES"), cls.max_body_bytes),
-            "fhir_budget_seconds": _float("CDS_FHIR_BUDGET_SECONDS", env.get("CDS_FHIR_BUDGET_SECONDS"), 3.0),
-            "fhir_connect_timeout_seconds": _float(
-                "CDS_FHIR_CONNECT_TIMEOUT_SECONDS", env.get("CDS_FHIR_CONNECT_TIMEOUT_SECONDS"), 1.0
-            ),
-            "fhir_max_pages": _int("CDS_FHIR_MAX_PAGES", env.get("CDS_FHIR_MAX_PAGES"), 10),
-            "fhir_max_response_bytes": _int(
-                "CDS_FHIR_MAX_RESPONSE_BYTES", env.get("CDS_FHIR_MAX_RESPONSE_BYTES"), cls.fhir_max_response_bytes
-            ),
-            "fhir_max_call_bytes": _int(
-                "CDS_FHIR_MAX_CALL_BYTES", env.get("CDS_FHIR_MAX_CALL_BYTES"), cls.fhir_max_call_bytes
-            ),
-            "threads": _int("CDS_THREADS", env.get("CDS_THREADS"), cls.threads),
-            "worker_class": (env.get("CDS_WORKER_CLASS") or cls.worker_class).strip().lower(),
-            "header_timeout_seconds": _float("CDS_HEADER_TIMEOUT_SECONDS", env.get("CDS_HEADER_TIMEOUT_SECONDS"), 10.0),
-            "body_timeout_seconds": _float("CDS_BODY_TIMEOUT_SECONDS", env.get("CDS_BODY_TIMEOUT_SECONDS"), 30.0),
-            "metrics": _bool(env.get("CDS_METRICS"), False),
-            "metrics_token": env.get("CDS_METRICS_TOKEN") or None,
-            "max_resources_per_key": _int(
-                "CDS_MAX_RESOURCES_PER_KEY", env.get("CDS_MAX_RESOURCES_PER_KEY"), cls.max_resources_per_key
-            ),
-            "database_url": env.get("DATABASE_URL") or default_database_url(env),
-            "cors_origins": _list(env.get("CDS_CORS_ORIGINS")) or None,
-            "fhir_servers": _list(env.get("CDS_FHIR_SERVERS")),
-            "http_proxy": (env.get("CDS_HTTP_PROXY") or "").strip() or None,
-            "insurer_name": env.get("CDS_INSURER_NAME") or cls.insurer_name,
-            "policy_url": env.get("CDS_POLICY_URL") or None,
-            "plan_prefixes": _json_object("CDS_PLAN_PREFIXES", env.get("CDS_PLAN_PREFIXES"), DEFAULT_PLAN_PREFIXES),
-            "log_level": (env.get("CDS_LOG_LEVEL") or "INFO").upper(),
-            "benchmark_floor": _bool(env.get("CDS_BENCHMARK_FLOOR"), False),
-            "rate_limit_per_minute": _count(
-                "CDS_RATE_LIMIT_PER_MINUTE", env.get("CDS_RATE_LIMIT_PER_MINUTE"), cls.rate_limit_per_minute
-            ),
-            "retention_days": _count("CDS_RETENTION_DAYS", env.get("CDS_RETENTION_DAYS"), cls.retention_days),
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        given = {name: value for name, value in overrides.items() if value is not None}
+        variables = environment_variables()
+        settings = Settings.from_environ(env, **{variables[k]: v for k, v in given.items() if k in variables})
+        values = settings.model_dump()
+        if values["database_url"] is None:
+            values["database_url"] = default_database_url(env)
+        values.update({k: v for k, v in given.items() if k not in variables})  # settings with no variable
         config = cls(**values)
         config.validate()
         return config
@@ -233,6 +157,8 @@ class Config:
             keys, servers = issuer_settings(value)
             if not (isinstance(keys, str) or (isinstance(keys, dict) and isinstance(keys.get("keys"), list))):
                 raise ConfigError(f"issuer {issuer!r}: value must be a JWKS URL or an inline JWKS object")
+            if isinstance(keys, str) and not _is_http_url(keys):
+                raise ConfigError(f"issuer {issuer!r}: the JWKS URL must be an http(s) URL")
             for server in servers:
                 ServerRule.parse(server, f"issuer {issuer!r} fhirServers")
         for server in self.fhir_servers:
@@ -262,3 +188,222 @@ class Config:
     def auth_enabled(self) -> bool:
         """JWT checks run whenever at least one issuer is trusted."""
         return bool(self.trusted_issuers)
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        return False
+
+
+# ----------------------------------------------------------------------------- parsing one variable
+# Each parser takes the variable's text (or, from an override, an already typed value) and raises ValueError
+# with a short reason; ``Settings.from_environ`` turns that into a ConfigError naming the variable.
+
+_WHOLE = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _whole_number(minimum: int) -> Callable[[Any], int]:
+    """Digits only (an optional sign): ``2.9``, ``1e3``, ``1_000`` or ``8080x`` are refused, never truncated."""
+
+    def parse(value: Any) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str) and _WHOLE.fullmatch(value.strip()):
+            number = int(value.strip())
+        else:
+            raise ValueError(f"not a whole number: {_shown(value)}")
+        if number < minimum:
+            raise ValueError("must be positive" if minimum == 1 else f"must be {minimum} or more")
+        return number
+
+    return parse
+
+
+def _positive_number(value: Any) -> float:
+    """A finite decimal number above 0 (``1.5``, ``3``, ``2e-1``)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+        number = float(value.strip())
+    else:
+        raise ValueError(f"not a number: {_shown(value)}")
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError("must be a positive number")
+    return number
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"not a boolean (true/false, 1/0, yes/no, on/off): {_shown(value)}")
+
+
+def _comma_list(value: Any) -> tuple[str, ...]:
+    """Comma-separated items, stripped, empty ones dropped."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        return dict(value)
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"is not JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError("must be a JSON object")  # noqa: TRY004 - pydantic reports ValueError, not TypeError
+    return parsed
+
+
+def _text(value: Any) -> str | None:
+    """A string setting; blank is unset."""
+    text = "" if value is None else str(value).strip()
+    return text or None
+
+
+def _base_url(value: Any) -> str | None:
+    return (_text(value) or "").rstrip("/") or None
+
+
+def _shown(value: Any) -> str:
+    return repr(value)[:80]
+
+
+Positive = Annotated[int, BeforeValidator(_whole_number(1))]
+Count = Annotated[int, BeforeValidator(_whole_number(0))]
+Seconds = Annotated[float, BeforeValidator(_positive_number)]
+Flag = Annotated[bool, BeforeValidator(_boolean)]
+Items = Annotated[tuple[str, ...], BeforeValidator(_comma_list)]
+JsonObject = Annotated[dict[str, Any], BeforeValidator(_json_object)]
+Text = Annotated[str | None, BeforeValidator(_text)]
+
+
+def _var(name: str, default: Any = None, *, factory: Callable[[], Any] | None = None) -> Any:
+    """A field read from the environment variable ``name`` (exactly, case-sensitive)."""
+    if factory is not None:
+        return Field(default_factory=factory, validation_alias=name)
+    return Field(default=default, validation_alias=name)
+
+
+# The Settings source for an explicit environment mapping (``Config.from_env(environ)``); os.environ otherwise.
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("priorauth_cds_environ", default=None)
+
+
+class _EnvironSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping, with every value handed to the field's own
+    parser as text: no JSON decoding by the source (lists are comma-separated), and a blank value is unset."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls, case_sensitive=True)
+        self.env_vars = {name: value for name, value in environ.items() if isinstance(value, str) and value.strip()}
+
+    def prepare_field_value(self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool) -> Any:
+        return value
+
+
+class Settings(BaseSettings):
+    """The environment, parsed: one field per variable of the README configuration table (alias = its name).
+
+    Field names and types are those of ``Config``; ``database_url`` is None when ``DATABASE_URL`` is unset
+    (``Config.from_env`` then derives it from ``XDG_DATA_HOME``/``HOME`` of the same environment).
+    """
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+
+    host: Annotated[str, BeforeValidator(_text)] = _var("CDS_HOST", Config.host)
+    port: Positive = _var("CDS_PORT", Config.port)
+    workers: Positive = _var("CDS_WORKERS", Config.workers)
+    threads: Positive = _var("CDS_THREADS", Config.threads)
+    header_timeout_seconds: Seconds = _var("CDS_HEADER_TIMEOUT_SECONDS", Config.header_timeout_seconds)
+    body_timeout_seconds: Seconds = _var("CDS_BODY_TIMEOUT_SECONDS", Config.body_timeout_seconds)
+    worker_class: Annotated[str, BeforeValidator(lambda v: str(v).strip().lower())] = _var(
+        "CDS_WORKER_CLASS", Config.worker_class
+    )
+    trusted_issuers: JsonObject = _var("CDS_TRUSTED_ISSUERS", factory=dict)
+    fhir_servers: Items = _var("CDS_FHIR_SERVERS", ())
+    http_proxy: Text = _var("CDS_HTTP_PROXY")
+    allow_unauthenticated: Flag = _var("CDS_ALLOW_UNAUTHENTICATED", Config.allow_unauthenticated)
+    public_base_url: Annotated[str | None, BeforeValidator(_base_url)] = _var("CDS_PUBLIC_BASE_URL")
+    jwt_leeway_seconds: Positive = _var("CDS_JWT_LEEWAY_SECONDS", Config.jwt_leeway_seconds)
+    jwt_max_lifetime_seconds: Positive = _var("CDS_JWT_MAX_LIFETIME_SECONDS", Config.jwt_max_lifetime_seconds)
+    max_body_bytes: Positive = _var("CDS_MAX_BODY_BYTES", Config.max_body_bytes)
+    fhir_budget_seconds: Seconds = _var("CDS_FHIR_BUDGET_SECONDS", Config.fhir_budget_seconds)
+    fhir_connect_timeout_seconds: Seconds = _var(
+        "CDS_FHIR_CONNECT_TIMEOUT_SECONDS", Config.fhir_connect_timeout_seconds
+    )
+    fhir_max_pages: Positive = _var("CDS_FHIR_MAX_PAGES", Config.fhir_max_pages)
+    fhir_max_response_bytes: Positive = _var("CDS_FHIR_MAX_RESPONSE_BYTES", Config.fhir_max_response_bytes)
+    fhir_max_call_bytes: Positive = _var("CDS_FHIR_MAX_CALL_BYTES", Config.fhir_max_call_bytes)
+    max_resources_per_key: Positive = _var("CDS_MAX_RESOURCES_PER_KEY", Config.max_resources_per_key)
+    database_url: Text = _var("DATABASE_URL")
+    cors_origins: Annotated[tuple[str, ...] | None, BeforeValidator(lambda v: _comma_list(v) or None)] = _var(
+        "CDS_CORS_ORIGINS"
+    )
+    policy_url: Text = _var("CDS_POLICY_URL")
+    insurer_name: Annotated[str, BeforeValidator(_text)] = _var("CDS_INSURER_NAME", Config.insurer_name)
+    plan_prefixes: JsonObject = _var("CDS_PLAN_PREFIXES", factory=lambda: dict(DEFAULT_PLAN_PREFIXES))
+    log_level: Annotated[str, BeforeValidator(lambda v: str(v).strip().upper())] = _var(
+        "CDS_LOG_LEVEL", Config.log_level
+    )
+    benchmark_floor: Flag = _var("CDS_BENCHMARK_FLOOR", Config.benchmark_floor)
+    rate_limit_per_minute: Count = _var("CDS_RATE_LIMIT_PER_MINUTE", Config.rate_limit_per_minute)
+    retention_days: Count = _var("CDS_RETENTION_DAYS", Config.retention_days)
+    metrics: Flag = _var("CDS_METRICS", Config.metrics)
+    metrics_token: Annotated[str | None, BeforeValidator(lambda v: v or None)] = Field(
+        default=None, validation_alias="CDS_METRICS_TOKEN", repr=False
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword values (CLI overrides, keyed by variable name) over the environment; no .env, no secrets dir."""
+        environ = _ENVIRON.get()
+        return init_settings, _EnvironSource(settings_cls, os.environ if environ is None else environ)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], **values: Any) -> Settings:
+        """Parse ``environ`` (``values``, keyed by variable name, win); ``ConfigError`` names each bad variable."""
+        with _reading(environ):
+            try:
+                return cls(**values)
+            except ValidationError as exc:
+                raise ConfigError("; ".join(_explain(error) for error in exc.errors())) from None
+
+
+@contextmanager
+def _reading(environ: Mapping[str, str]) -> Iterator[None]:
+    token = _ENVIRON.set(environ)
+    try:
+        yield
+    finally:
+        _ENVIRON.reset(token)
+
+
+def _explain(error: Any) -> str:
+    """``CDS_PORT: not a whole number: '2.9'`` from one pydantic error (its loc is the variable name)."""
+    location = ".".join(str(part) for part in error.get("loc", ())) or "configuration"
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"{location}: {message}"
+
+
+def environment_variables() -> dict[str, str]:
+    """``Config`` field name -> the environment variable it is read from (every variable the service reads)."""
+    return {name: str(info.validation_alias) for name, info in Settings.model_fields.items()}

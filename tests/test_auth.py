@@ -558,3 +558,16 @@ def test_bind_security_is_silent_when_issuers_are_trusted() -> None:
 def test_issuers_without_public_base_url_refuse_to_start() -> None:
     with pytest.raises(ConfigError, match="CDS_PUBLIC_BASE_URL"):
         check_bind_security(Config(host="0.0.0.0", trusted_issuers={ISSUER: JWKS_URL}))
+
+
+def test_url_issuers_use_a_pyjwkclient_without_its_caches(world: World) -> None:
+    from jwt import PyJWKClient
+
+    from cds_service.auth import JwksClient
+
+    client = JwksClient(JWKS_URL, requests.Session(), timeout=1.5, clock=world.clock, min_refresh_seconds=REFRESH,
+                        cache_seconds=600)
+    assert isinstance(client, PyJWKClient)
+    assert client.jwk_set_cache is None  # our cache keeps old keys through an outage and rate-limits failures
+    assert client.fetch_data() == ISSUER_JWKS
+    assert world.mock.calls[-1].request.headers["Accept"] == "application/json"

@@ -506,3 +506,48 @@ def test_cors_with_issuers_is_star_without_credentials_by_default(make_client: A
 def test_public_base_url_must_be_an_http_base_url(url: str) -> None:
     with pytest.raises(ConfigError, match="CDS_PUBLIC_BASE_URL"):
         Config.from_env({"CDS_PUBLIC_BASE_URL": url})
+
+
+def _jwks_verifier(config: Config) -> JwtVerifier:
+    return JwtVerifier(config, InMemoryReplayGuard())
+
+
+def _jwks_token(key: Any, issuer: str) -> str:
+    return bearer(key.sign(cds_claims(issuer, f"{PUBLIC}{SIGN}", time.time())))
+
+
+def test_jwks_fetch_ignores_environment_proxies_and_netrc(recorder: Recorder, tmp_path: Path, monkeypatch: Any) -> None:
+    """JWKS keys come through our session (a PyJWKClient subclass), not urllib: no HTTP(S)_PROXY, no .netrc."""
+    dead = f"http://127.0.0.1:{_closed_port()}"
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, dead)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / ".netrc").write_text("default login leaked password hunter2\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    recorder.jwks = jwks(KEY_A)
+    verifier = _jwks_verifier(Config(trusted_issuers={ISSUER_A: f"{recorder.origin}/.well-known/jwks.json"},
+                                     public_base_url=PUBLIC))
+    assert verifier.verify(_jwks_token(KEY_A, ISSUER_A), f"{PUBLIC}{SIGN}")["iss"] == ISSUER_A
+    assert [(path, headers.get("authorization")) for path, headers in recorder.requests] == [
+        ("/.well-known/jwks.json", None)]
+    assert recorder.requests[0][1]["accept"] == "application/json"
+
+
+def test_jwks_fetch_uses_the_explicit_proxy(recorder: Recorder) -> None:
+    recorder.jwks = jwks(KEY_A)
+    jwks_url = "http://127.0.0.1:9/.well-known/jwks.json"
+    verifier = _jwks_verifier(Config(trusted_issuers={ISSUER_A: jwks_url}, public_base_url=PUBLIC,
+                                     http_proxy=recorder.origin))
+    assert verifier.verify(_jwks_token(KEY_A, ISSUER_A), f"{PUBLIC}{SIGN}")["iss"] == ISSUER_A
+    assert [path for path, _ in recorder.requests] == [jwks_url]
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://a.example/jwks.json", "jwks.json", "https://"])
+def test_jwks_url_must_be_http(url: str) -> None:
+    with pytest.raises(ConfigError, match="JWKS URL"):
+        Config.from_env({"CDS_TRUSTED_ISSUERS": json.dumps({ISSUER_A: url}), "CDS_PUBLIC_BASE_URL": PUBLIC})
+    with pytest.raises(ConfigError, match="JWKS URL"):
+        _jwks_verifier(Config(trusted_issuers={ISSUER_A: "file:///etc/passwd"}, public_base_url=PUBLIC))
