@@ -424,10 +424,20 @@ class Store:
             raise StorageError(GENERIC_FAILURE) from None
 
     def _insert_ignoring_duplicates(self, table: Table) -> Insert:
-        """``INSERT ... ON CONFLICT DO NOTHING`` in the current dialect; its rowcount is the rows inserted."""
-        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        # SQLAlchemy keeps an INSERT's rowcount only when asked (psycopg reports it, the result drops it).
-        return dialect_insert(table).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
+        """``INSERT ... ON CONFLICT DO NOTHING`` in the current dialect; its rowcount is the rows inserted.
+
+        Built once per table and executed with parameters (never ``.values(rows)``): the same statement object lets
+        SQLAlchemy reuse its compiled form instead of rebuilding and recompiling it inside the write lock on every
+        call (a profile found that cost 12-21 % of a hook call's server CPU).
+        """
+        cache: dict[str, Insert] = self.__dict__.setdefault("_insert_cache", {})
+        statement = cache.get(table.name)
+        if statement is None:
+            dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+            # SQLAlchemy keeps an INSERT's rowcount only when asked (psycopg reports it, the result drops it).
+            statement = dialect_insert(table).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
+            cache[table.name] = statement
+        return statement
 
     def _create_schema(self) -> None:
         """Create missing tables; workers starting together are serialised (advisory lock / BEGIN IMMEDIATE)."""
@@ -494,7 +504,7 @@ class Store:
                     {"card_uuid": card, "service_id": service_id, "hook_instance": hook_instance, "issued_at": now}
                     for card in sorted(set(card_uuids))
                 ]
-                connection.execute(self._insert_ignoring_duplicates(issued_cards_table).values(rows))
+                connection.execute(self._insert_ignoring_duplicates(issued_cards_table), rows)
         return ids
 
     def _record_assertion(self, connection: Connection, assertion: CoverageAssertion) -> str:
@@ -505,7 +515,7 @@ class Store:
                 "assertion_id": assertion.assertion_id,
                 "created_at": assertion.created_at,
             }
-            claimed = connection.execute(self._insert_ignoring_duplicates(assertion_keys_table).values(key)).rowcount
+            claimed = connection.execute(self._insert_ignoring_duplicates(assertion_keys_table), key).rowcount
             if claimed != 1:  # a retry: the first call's assertion stands
                 existing = connection.execute(
                     select(assertion_keys_table.c.assertion_id).where(
@@ -514,7 +524,7 @@ class Store:
                     )
                 ).scalar_one()
                 return str(existing)
-        connection.execute(self._insert_ignoring_duplicates(assertions_table).values(_assertion_row(assertion)))
+        connection.execute(self._insert_ignoring_duplicates(assertions_table), _assertion_row(assertion))
         return assertion.assertion_id
 
     def assertion_ids_for(self, hook_instance: str, order_refs: Sequence[str]) -> dict[str, str]:
