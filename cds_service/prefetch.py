@@ -19,7 +19,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
@@ -239,6 +239,7 @@ def gather(
     session: requests.Session | None = None,
     keys: Iterable[str] | None = None,
     fhir_access: FhirAccess | None = None,
+    session_factory: Callable[[], requests.Session] | None = None,
 ) -> PrefetchOutcome:
     """Resources for each template key (all, or ``keys``): prefetched when usable, else fetched.
 
@@ -254,7 +255,16 @@ def gather(
     failed: dict[str, str] = {}
 
     started = time.monotonic()
-    results = _fetch_keys(to_fetch, fhir_server, access_token, config, session, fhir_access) if to_fetch else {}
+    results: dict[str, FetchResult] = {}
+    if to_fetch:
+        # A session (and its connection pools) only when something must be fetched: complete prefetch costs none.
+        own = session is None and session_factory is not None
+        http = session_factory() if own and session_factory is not None else session
+        try:
+            results = _fetch_keys(to_fetch, fhir_server, access_token, config, http, fhir_access)
+        finally:
+            if own and http is not None:
+                http.close()
     fetch_seconds = time.monotonic() - started if to_fetch else 0.0
     for key, result in results.items():
         resources[key] = result.resources

@@ -139,20 +139,16 @@ class HookHandler:
             return HookOutcome(to_json(HookResponse()), request.hookInstance, 0, [], timings)
 
         context = request.context.as_dict()
-        session = self.session_factory()
-        try:
-            outcome = gather(
-                templates=PREFETCH_TEMPLATES,
-                context=context,
-                prefetch=request.prefetch,
-                fhir_server=request.fhirServer,
-                access_token=request.access_token,
-                config=self.config,
-                session=session,
-                fhir_access=fhir_access_for(self.config, issuer),
-            )
-        finally:
-            session.close()
+        outcome = gather(
+            templates=PREFETCH_TEMPLATES,
+            context=context,
+            prefetch=request.prefetch,
+            fhir_server=request.fhirServer,
+            access_token=request.access_token,
+            config=self.config,
+            session_factory=self.session_factory,
+            fhir_access=fhir_access_for(self.config, issuer),
+        )
         metrics.record_prefetch(outcome.origin, outcome.failed)
         started = timings.mark("prefetch", started)
         missing = outcome.missing_required(REQUIRED_PREFETCH_KEYS)
