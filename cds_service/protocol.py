@@ -162,7 +162,10 @@ def parse_hook_request(payload: Any, expected_hook: str) -> HookRequest:
     """Validate a decoded body as a request for ``expected_hook``; ProtocolError otherwise."""
     if not isinstance(payload, dict):
         raise ProtocolError("request body must be a JSON object")
-    if nesting_depth(payload) > MAX_NESTING:
+    # What the answer echoes (the draft orders, in systemActions and suggestions) must serialise again, so the
+    # request minus its prefetch is held to MAX_NESTING. Prefetch is read, never echoed, and walking a
+    # 5,000-resource prefetch in Python cost more than the whole evaluation.
+    if nesting_depth({key: value for key, value in payload.items() if key != "prefetch"}) > MAX_NESTING:
         raise ProtocolError(f"request body nests objects and arrays more than {MAX_NESTING} levels deep")
     hook = payload.get("hook")
     if isinstance(hook, str) and hook and hook != expected_hook:

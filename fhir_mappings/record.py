@@ -427,7 +427,20 @@ class _Builder:
     def _validate(
         self, raw: dict[str, Any], model_cls: type[M], lean: bool = False
     ) -> tuple[M | None, dict[str, Any] | None]:
-        """(model, repaired data); model None when even the repaired data does not validate."""
+        """(model, repaired data); model None when even the repaired data does not validate.
+
+        A resource nested deeper than Python's recursion allows (prefetch is not depth-checked at the door, to
+        keep large charts cheap) is dropped like any other invalid entry.
+        """
+        try:
+            return self._validate_once(raw, model_cls, lean)
+        except RecursionError:
+            self.dropped.append(f"{raw.get('resourceType', '?')}/{raw.get('id')}: nested too deeply")
+            return None, None
+
+    def _validate_once(
+        self, raw: dict[str, Any], model_cls: type[M], lean: bool = False
+    ) -> tuple[M | None, dict[str, Any] | None]:
         rtype = raw.get("resourceType", "?")
         label = f"{rtype}/{raw.get('id')}"
         data, notes = repair(_prune(raw, lean))

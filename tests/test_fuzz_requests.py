@@ -270,3 +270,23 @@ def test_irrelevant_mutations_keep_the_evaluation(fuzz_client: Any, data: st.Dat
                                 content_type="application/json")
     assert response.status_code == 200, response.get_data(as_text=True)[:500]
     assert _evaluations(_check_shape(response)) == expected
+
+
+@pytest.mark.parametrize("depth", [150, 400, 900])
+def test_deeply_nested_prefetch_resource_is_dropped_not_a_500(tmp_path: Path, depth: int) -> None:
+    """Prefetch is not depth-checked at the door (a 5,000-resource chart would pay for it); a resource nested past
+    what Python can copy is dropped as invalid and the order is still evaluated."""
+    client = create_app(Config(database_url=f"sqlite:///{tmp_path / 'd.sqlite3'}")).test_client()
+    request = json.loads((SAMPLE_DIR / "I.A-brand-without-exemestane.json").read_text(encoding="utf-8"))
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(depth):
+        node["x"] = {}
+        node = node["x"]
+    condition = request["prefetch"]["conditions"]["entry"][0]["resource"]
+    condition["code"]["coding"][0]["extension"] = [deep]
+    response = client.post(
+        "/cds-services/everolimus-order-sign", data=json.dumps(request), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 200
+    assert response.get_json()["cards"]
