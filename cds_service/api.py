@@ -18,7 +18,7 @@ from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import metrics
-from .discovery import discovery_document, hook_of
+from .discovery import discovery_document
 from .errors import (
     AuthError,
     BodyTooLarge,
@@ -151,18 +151,19 @@ def _rate_limit() -> None:
 @bp.get("/cds-services")
 def discovery() -> Response:
     """CDS Hooks discovery: the services, their prefetch templates and CRD extensions."""
-    return json_response(discovery_document())
+    return json_response(discovery_document(_services().registry))
 
 
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
     """Answer an order-sign / order-select call."""
-    if hook_of(service_id) is None:
+    handler = _services().handler_for(service_id)
+    if handler is None:
         raise UnknownService(f"no CDS service '{service_id[:64]}'")
     _authenticate()
     _rate_limit()
     payload = _read_json_body()
-    outcome = _services().handler.handle(service_id, payload, issuer=g.get("issuer"))
+    outcome = handler.handle(service_id, payload, issuer=g.get("issuer"))
     g.decisions = outcome.decisions
     g.log_fields.update(
         hookInstance=outcome.hook_instance[:64],
@@ -176,7 +177,7 @@ def call_service(service_id: str) -> Response:
 @bp.post("/cds-services/<service_id>/feedback")
 def feedback(service_id: str) -> Response:
     """Store CDS Hooks feedback on cards (idempotent)."""
-    if hook_of(service_id) is None:
+    if _services().registry.hook_of(service_id) is None:
         raise UnknownService(f"no CDS service '{service_id[:64]}'")
     _authenticate()
     _rate_limit()
@@ -236,7 +237,7 @@ def _direct_loopback_client() -> bool:
 @bp.get("/openapi.json")
 def openapi() -> Response:
     """The OpenAPI 3.1 description of this API (built once per process)."""
-    return json_response(openapi_document())
+    return json_response(openapi_document(_services().registry))
 
 
 # ----------------------------------------------------------------------------- CORS, logging, errors
@@ -306,7 +307,7 @@ def _finish(response: Response) -> Response:
     rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
     metrics.record_request(rule, request.method, response.status_code)
     service_id = (request.view_args or {}).get("service_id")
-    if request.endpoint == "cds.call_service" and hook_of(str(service_id)) is not None:
+    if request.endpoint == "cds.call_service" and _services().registry.hook_of(str(service_id)) is not None:
         metrics.record_hook(str(service_id), elapsed / 1000, g.get("decisions", ()))
     log_event(
         log,

@@ -7,12 +7,12 @@ so a misconfiguration is a failed deploy rather than wrong answers.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask
 
-from fhir_mappings.codes import CodeTables, load_code_tables
+from fhir_mappings.codes import CodeTables
 
 from .api import bp, register_error_handlers
 from .auth import JwtVerifier
@@ -20,6 +20,7 @@ from .config import Config
 from .logs import configure_logging, log_event
 from .policy.engine import Policy, load_policy
 from .ratelimit import RateLimiter
+from .registry import Registry, default_registry, load_registry
 from .service import HookHandler
 from .store import Store
 
@@ -28,7 +29,11 @@ log = logging.getLogger("priorauth_cds.app")
 
 @dataclass
 class Services:
-    """What the blueprint reads from ``app.extensions["priorauth_cds"]``."""
+    """What the blueprint reads from ``app.extensions["priorauth_cds"]``.
+
+    ``handler``, ``tables`` and ``policy`` are the default pack's (CP.PHAR.63); ``handlers`` holds one handler per
+    service id of every pack in ``registry``, which is what requests are dispatched through.
+    """
 
     config: Config
     store: Store
@@ -37,6 +42,12 @@ class Services:
     tables: CodeTables
     policy: Policy
     limiter: RateLimiter | None = None
+    registry: Registry = field(default_factory=default_registry)
+    handlers: dict[str, HookHandler] = field(default_factory=dict)
+
+    def handler_for(self, service_id: str) -> HookHandler | None:
+        """The handler of the pack that declares ``service_id``; None for an unknown id."""
+        return self.handlers.get(service_id)
 
 
 def load_policy_for(tables: CodeTables) -> Policy:
@@ -49,17 +60,25 @@ def create_app(config: Config | None = None, *, store: Store | None = None, **ha
     config = config or Config.from_env()
     config.validate()  # also for a Config built in code: issuers need CDS_PUBLIC_BASE_URL, no CORS "*" in dev mode
     configure_logging(config.log_level)
-    tables = load_code_tables()
-    policy = load_policy_for(tables)
+    registry = load_registry(config.policy_dirs)  # every pack, checked: a broken one is a failed start
     store = store or Store(config.database_url)
     verifier = JwtVerifier(config, replay_guard=store) if config.auth_enabled else None
-    handler = HookHandler(config, tables, policy, store=store, **handler_options)
+    pack_handlers = {
+        pack.name: HookHandler(config, pack.tables, pack.policy, store=store, **handler_options)
+        for pack in registry.packs
+    }
+    handlers = {service.id: pack_handlers[pack.name] for pack in registry.packs for service in pack.services}
+    default = registry.default
+    handler = pack_handlers[default.name]
+    tables, policy = default.tables, default.policy
 
     app = Flask("priorauth_cds")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     limiter = RateLimiter(config.rate_limit_per_minute)
-    app.extensions["priorauth_cds"] = Services(config, store, handler, verifier, tables, policy, limiter)
+    app.extensions["priorauth_cds"] = Services(
+        config, store, handler, verifier, tables, policy, limiter, registry=registry, handlers=handlers
+    )
     if config.retention_days:
         store.purge_if_due(config.retention_days)  # at start-up, then once a day per worker (api.py)
     app.register_blueprint(bp)
@@ -68,5 +87,11 @@ def create_app(config: Config | None = None, *, store: Store | None = None, **ha
 
         app.register_blueprint(floor)
     register_error_handlers(app)
-    log_event(log, "app.ready", auth="jwt" if verifier else "none", issuers=len(config.trusted_issuers))
+    log_event(
+        log,
+        "app.ready",
+        auth="jwt" if verifier else "none",
+        issuers=len(config.trusted_issuers),
+        packs=[pack.name for pack in registry.packs],
+    )
     return app

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from .config import Config, ConfigError
 from .errors import ServiceError
+from .policy.predicates import PolicyError
 
 log = logging.getLogger("priorauth_cds.cli")
 
@@ -68,7 +69,7 @@ def _serve(args: argparse.Namespace) -> int:
         if warning:
             log_event(log, "startup.warning", logging.WARNING, message=warning)
         app = create_app(config)  # loaded once in the master (preload): a bad policy fails here, before forking
-    except ConfigError as exc:
+    except (ConfigError, PolicyError) as exc:  # a bad setting, or a pack that fails validation ("file:line: ...")
         metrics.remove_multiprocess_dir(metrics_dir)
         return _fail(f"refusing to start: {exc}", EXIT_USAGE)
     except ServiceError as exc:  # StorageError while creating the schema
@@ -126,11 +127,14 @@ def _warm_up(app: Any) -> None:
     from .service import HookHandler
 
     services = app.extensions["priorauth_cds"]
-    handler = HookHandler(services.config, services.tables, services.policy, store=None)
-    try:
-        handler.handle("everolimus-order-sign", hook_request_example("everolimus-order-sign"))
-    except ServiceError as exc:  # the example is ours; a failure here is worth a line, not a refusal to start
-        log_event(log, "startup.warm_up_failed", logging.WARNING, error_type=type(exc).__name__)
+    hooks = {service.id: service.hook for service in services.registry.services}
+    for pack in services.registry.packs:  # every pack: its own tables and policy
+        handler = HookHandler(services.config, pack.tables, pack.policy, store=None)
+        service_id = pack.service_for("order-sign").id
+        try:
+            handler.handle(service_id, hook_request_example(service_id, hooks))
+        except ServiceError as exc:  # the example is ours; a failure here is worth a line, not a refusal to start
+            log_event(log, "startup.warm_up_failed", logging.WARNING, error_type=type(exc).__name__, pack=pack.name)
 
 
 def _version() -> str:
@@ -185,12 +189,9 @@ def _read_input(name: str) -> bytes:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from fhir_mappings.codes import load_code_tables
-
-    from .discovery import SERVICES
     from .errors import outcome_for
-    from .policy.engine import load_policy
     from .protocol import parse_json
+    from .registry import load_registry
     from .service import HookHandler
 
     source = "standard input" if args.file == "-" else args.file
@@ -210,13 +211,22 @@ def _evaluate(args: argparse.Namespace) -> int:
     except ServiceError as exc:  # StorageError: the database exists but cannot be opened or written
         return _fail(f"cannot use DATABASE_URL: {exc}", EXIT_USAGE)
     try:
-        tables = load_code_tables()
-        handler = HookHandler(config, tables, load_policy(vocabulary=tables), store=store)
+        try:
+            registry = load_registry(config.policy_dirs)
+        except (ConfigError, PolicyError) as exc:
+            return _fail(f"cannot load the policy packs: {exc}", EXIT_USAGE)
+        if args.service is not None and registry.pack_of(args.service) is None:
+            known = ", ".join(service.id for service in registry.services)
+            return _fail(f"unknown --service {args.service!r} (services: {known})", EXIT_USAGE)
         try:
             payload = parse_json(raw)
             hook = payload.get("hook") if isinstance(payload, dict) else None
-            default = next((sid for sid, s in SERVICES.items() if s["hook"] == hook), "everolimus-order-sign")
-            body = handler.handle(args.service or default, payload).body
+            default = registry.default
+            by_hook = next((s.id for s in default.services if s.hook == hook), default.services[0].id)
+            service_id = args.service or by_hook
+            pack = registry.pack_of(service_id) or default
+            handler = HookHandler(config, pack.tables, pack.policy, store=store)
+            body = handler.handle(service_id, payload).body
         except ServiceError as exc:
             outcome = outcome_for(exc)
             if args.json:
@@ -349,8 +359,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the raw CDS Hooks response (or OperationOutcome)")
     evaluate.add_argument(
         "--service",
-        choices=("everolimus-order-sign", "everolimus-order-select"),
-        help="service id (default: from the request's hook)",
+        metavar="SERVICE_ID",
+        help="service id from discovery, of any loaded pack (default: the default pack's service for the request's "
+        "hook, e.g. everolimus-order-sign)",
     )
     evaluate.add_argument(
         "--store",

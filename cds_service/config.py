@@ -122,6 +122,8 @@ class Config:
     insurer_name: str = "Centene Health Plan"
     #: Card link to the policy document; the policy file's document_url when unset.
     policy_url: str | None = None
+    #: Extra policy-pack folders (each a pack folder or a folder of pack folders) loaded besides the packaged ones.
+    policy_dirs: tuple[str, ...] = ()
     plan_prefixes: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PLAN_PREFIXES))
     log_level: str = "INFO"
     #: Hook and feedback calls per minute per verified JWT issuer (per client address without JWT checks), per
@@ -352,6 +354,7 @@ class Settings(BaseSettings):
         "CDS_CORS_ORIGINS"
     )
     policy_url: Text = _var("CDS_POLICY_URL")
+    policy_dirs: Items = _var("CDS_POLICY_DIRS", ())
     insurer_name: Annotated[str, BeforeValidator(_text)] = _var("CDS_INSURER_NAME", Config.insurer_name)
     plan_prefixes: JsonObject = _var("CDS_PLAN_PREFIXES", factory=lambda: dict(DEFAULT_PLAN_PREFIXES))
     log_level: Annotated[str, BeforeValidator(lambda v: str(v).strip().upper())] = _var(

@@ -7,7 +7,11 @@ the key out; the service then fetches it itself when the token can be filled fro
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 #: key -> FHIR query; what the policy reads on every call.
 PREFETCH_TEMPLATES: dict[str, str] = {
@@ -52,25 +56,30 @@ CRD_CONFIGURATION_OPTIONS: list[dict[str, Any]] = [
     },
 ]
 
-SERVICES: dict[str, dict[str, Any]] = {
-    "everolimus-order-sign": {
-        "hook": "order-sign",
-        "title": "Everolimus prior-authorization check (CP.PHAR.63)",
-        "description": (
-            "Checks draft everolimus orders (Afinitor, Afinitor Disperz, Zortress and generics) against the "
-            "payer's clinical policy CP.PHAR.63 when the order is signed, returns what is missing with one-click "
-            "fixes, and records a Da Vinci CRD coverage-information assertion on each evaluated order."
-        ),
-    },
-    "everolimus-order-select": {
-        "hook": "order-select",
-        "title": "Everolimus prior-authorization preview (CP.PHAR.63)",
-        "description": (
-            "Previews the CP.PHAR.63 criteria for selected everolimus orders while the prescriber is still "
-            "choosing, so the order can be fixed before it is signed."
-        ),
-    },
-}
+
+class _DefaultServices(Mapping[str, dict[str, Any]]):
+    """The packaged packs' services, id -> {hook, title, description}; read from the packs on first use."""
+
+    def _services(self) -> dict[str, dict[str, Any]]:
+        from .registry import default_registry  # late: the registry loads the packs (and imports this module's users)
+
+        return {
+            s.id: {"hook": s.hook, "title": s.title, "description": s.description} for s in default_registry().services
+        }
+
+    def __getitem__(self, service_id: str) -> dict[str, Any]:
+        return self._services()[service_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._services())
+
+    def __len__(self) -> int:
+        return len(self._services())
+
+
+#: The packaged packs' services (id -> hook, title, description); the services of a running app are those of
+#: its registry (``app.extensions["priorauth_cds"].registry``), which adds the ``CDS_POLICY_DIRS`` packs.
+SERVICES: Mapping[str, dict[str, Any]] = _DefaultServices()
 
 USAGE_REQUIREMENTS = (
     "Send draft MedicationRequests coded with RxNorm. Prefetch (or FHIR read access with fhirAuthorization) "
@@ -79,22 +88,29 @@ USAGE_REQUIREMENTS = (
 )
 
 
-def hook_of(service_id: str) -> str | None:
-    """The hook a service answers, or None for an unknown id."""
-    service = SERVICES.get(service_id)
-    return service["hook"] if service else None
+def hook_of(service_id: str, registry: Registry | None = None) -> str | None:
+    """The hook a service answers (in ``registry``, default: the packaged packs), or None for an unknown id."""
+    if registry is None:
+        from .registry import default_registry
+
+        registry = default_registry()
+    return registry.hook_of(service_id)
 
 
-def discovery_document() -> dict[str, Any]:
-    """The ``GET /cds-services`` body."""
+def discovery_document(registry: Registry | None = None) -> dict[str, Any]:
+    """The ``GET /cds-services`` body: every pack's services (default: the packaged packs)."""
+    if registry is None:
+        from .registry import default_registry
+
+        registry = default_registry()
     services = []
-    for service_id, service in SERVICES.items():
+    for service in registry.services:
         services.append(
             {
-                "hook": service["hook"],
-                "title": service["title"],
-                "description": service["description"],
-                "id": service_id,
+                "hook": service.hook,
+                "title": service.title,
+                "description": service.description,
+                "id": service.id,
                 "prefetch": dict(PREFETCH_TEMPLATES),
                 "usageRequirements": USAGE_REQUIREMENTS,
                 "extension": {

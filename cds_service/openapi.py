@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
@@ -23,6 +23,9 @@ from . import __version__
 from .discovery import CRD_VERSION, PREFETCH_TEMPLATES, SERVICES
 from .feedback import FeedbackRequest
 from .protocol import ORDER_HOOKS, HookRequest, HookResponse
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"
@@ -249,7 +252,7 @@ def feedback_schemas() -> dict[str, JsonObject]:
     return schemas
 
 
-def hand_written_schemas() -> dict[str, JsonObject]:
+def hand_written_schemas(services: Mapping[str, str] | None = None) -> dict[str, JsonObject]:
     """Bodies no pydantic model describes: errors, discovery, health and this document itself."""
     configuration_option = {
         "type": "object",
@@ -269,7 +272,7 @@ def hand_written_schemas() -> dict[str, JsonObject]:
             "hook": {"type": "string", "enum": list(ORDER_HOOKS)},
             "title": {"type": "string"},
             "description": {"type": "string"},
-            "id": {"type": "string", "enum": list(SERVICES)},
+            "id": {"type": "string", "enum": list(_hooks(services))},
             "prefetch": {
                 "type": "object",
                 "description": "Prefetch key -> FHIR query template (CDS Hooks 2.0 tokens only).",
@@ -395,14 +398,14 @@ def _json_request_body(schema_name: str, examples: Mapping[str, JsonObject] | No
     }
 
 
-def _service_id_parameter() -> JsonObject:
+def _service_id_parameter(services: Mapping[str, str]) -> JsonObject:
     return {
         "name": "service_id",
         "in": "path",
         "required": True,
         "description": "A service id from discovery; any other id is a 404 OperationOutcome.",
         "schema": {"type": "string", "minLength": 1},
-        "examples": {service_id: {"value": service_id} for service_id in SERVICES},
+        "examples": {service_id: {"value": service_id} for service_id in services},
     }
 
 
@@ -422,9 +425,9 @@ def _searchset(resources: list[JsonObject]) -> JsonObject:
     return bundle
 
 
-def hook_request_example(service_id: str) -> JsonObject:
+def hook_request_example(service_id: str, services: Mapping[str, str] | None = None) -> JsonObject:
     """A complete request for a service: a generic everolimus 10 mg draft for a Medicaid patient with breast cancer."""
-    hook = SERVICES[service_id]["hook"]
+    hook = _hooks(services)[service_id]
     order = {
         "resourceType": "MedicationRequest",
         "id": "everolimus-order",
@@ -497,14 +500,14 @@ def hook_request_example(service_id: str) -> JsonObject:
     }
 
 
-def _hook_operation() -> JsonObject:
+def _hook_operation(services: Mapping[str, str]) -> JsonObject:
     return {
         "operationId": "callService",
         "summary": "Call a CDS service (order-sign / order-select)",
         "tags": ["cds-hooks"],
         "security": [{SECURITY_SCHEME: []}, {}],
         "requestBody": _json_request_body(
-            "HookRequest", {service_id: hook_request_example(service_id) for service_id in SERVICES}
+            "HookRequest", {service_id: hook_request_example(service_id, services) for service_id in services}
         ),
         "responses": {
             "200": _ok(
@@ -571,8 +574,8 @@ def _feedback_operation() -> JsonObject:
     }
 
 
-def _paths() -> JsonObject:
-    service_id = _service_id_parameter()
+def _paths(services: Mapping[str, str]) -> JsonObject:
+    service_id = _service_id_parameter(services)
     return {
         "/cds-services": {
             "get": {
@@ -589,7 +592,7 @@ def _paths() -> JsonObject:
         },
         "/cds-services/{service_id}": {
             "parameters": [service_id],
-            "post": _hook_operation(),
+            "post": _hook_operation(services),
             "options": _preflight("Service"),
         },
         "/cds-services/{service_id}/feedback": {
@@ -627,9 +630,23 @@ def _paths() -> JsonObject:
     }
 
 
+def _hooks(services: Mapping[str, str] | None) -> Mapping[str, str]:
+    """service id -> hook: ``services`` as given, else the packaged packs' services."""
+    if services is not None:
+        return services
+    return {service_id: service["hook"] for service_id, service in SERVICES.items()}
+
+
+def openapi_document(registry: Registry | None = None) -> dict[str, Any]:
+    """The OpenAPI document for every service of ``registry`` (default: the packaged packs); built once per
+    process and registry and shared, so callers must not mutate it."""
+    services = _hooks(None) if registry is None else {s.id: s.hook for s in registry.services}
+    return _document(tuple(services.items()))
+
+
 @cache
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI document; built once per process and shared, so callers must not mutate it."""
+def _document(service_items: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    services = dict(service_items)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -643,9 +660,11 @@ def openapi_document() -> dict[str, Any]:
             {"name": "operations", "description": "Health and API description."},
             {"name": "cors", "description": "Preflight answered for any path."},
         ],
-        "paths": _paths(),
+        "paths": _paths(services),
         "components": {
-            "schemas": _merge(response_schemas(), request_schemas(), feedback_schemas(), hand_written_schemas()),
+            "schemas": _merge(
+                response_schemas(), request_schemas(), feedback_schemas(), hand_written_schemas(services)
+            ),
             "securitySchemes": {
                 SECURITY_SCHEME: {
                     "type": "http",

@@ -24,7 +24,7 @@ from fhir_mappings.record import build_record
 from . import cards as card_builder
 from . import metrics
 from .config import Config
-from .discovery import PREFETCH_TEMPLATES, REQUIRED_PREFETCH_KEYS, hook_of
+from .discovery import PREFETCH_TEMPLATES, REQUIRED_PREFETCH_KEYS, SERVICES
 from .egress import fhir_access_for
 from .errors import PrefetchUnavailable, ProtocolError, UnknownService
 from .logs import log_event
@@ -109,6 +109,11 @@ class HookHandler:
         self.config = config
         self.tables = tables
         self.policy = policy
+        #: service id -> hook of the services this handler answers: its policy pack's (the packaged ones for a
+        #: policy without a ``services`` block).
+        self.hooks: dict[str, str] = {s.id: s.hook for s in policy.services} or {
+            service_id: service["hook"] for service_id, service in SERVICES.items()
+        }
         self.store = store
         self.session_factory = session_factory
         self.today = today or (lambda: datetime.now(UTC).date())
@@ -120,7 +125,7 @@ class HookHandler:
         only calls that issuer's ``fhirServers`` (none without a verified issuer); without issuers, loopback
         servers and ``CDS_FHIR_SERVERS``.
         """
-        expected = hook_of(service_id)
+        expected = self.hooks.get(service_id)
         if expected is None:
             raise UnknownService(f"no CDS service '{service_id[:64]}'")
         timings = Timings()

@@ -268,8 +268,13 @@ class CodeTables:
 
     def _load_systems(self) -> None:
         self.systems: dict[str, str] = {}
-        for line, row in _rows(self._path("systems.csv"), ("uri", "name")):
-            self.systems[row["uri"]] = row["name"]
+        # The shared systems, plus any a pack adds in its own systems.csv (e.g. a local code system it needs).
+        for path in reversed(self._all_paths("systems.csv")):
+            for line, row in _rows(path, ("uri", "name")):
+                if self.systems.setdefault(row["uri"], row["name"]) != row["name"]:
+                    raise CodeTableError(
+                        f"{path}:{line}: {row['uri']} already names system {self.systems[row['uri']]!r}"
+                    )
         self.system_names = frozenset(self.systems.values()) | {"text", "her2-ihc-score"}
 
     def _load_tags(self) -> None:

@@ -79,10 +79,9 @@ def test_version_is_the_package_version() -> None:
 
 
 def test_unknown_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(["evaluate", str(SAMPLE), "--service", "nope"])
-    assert exited.value.code == 2
-    assert "invalid choice" in capsys.readouterr().err
+    # Service ids come from the loaded packs (CDS_POLICY_DIRS adds some), so they are checked after loading them.
+    assert main(["evaluate", str(SAMPLE), "--service", "nope"]) == 2
+    assert "unknown --service 'nope'" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- evaluate

@@ -33,6 +33,7 @@ __all__ = [
     "PolicyVocabulary",
     "ReferTo",
     "Referral",
+    "ServiceInfo",
     "UpTo",
     "load_policy",
     "parse_policy",
@@ -134,6 +135,20 @@ class DrugInfo:
     non_formulary_words: str | None = None
 
 
+#: The hooks a pack answers, one service each (policy file ``services``).
+HOOKS = ("order-sign", "order-select")
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    """One CDS Hooks service of a pack (policy file ``services``): its id, hook and discovery texts."""
+
+    id: str
+    hook: str
+    title: str
+    description: str
+
+
 @dataclass(frozen=True)
 class LabelNote:
     """A labeled limitation of use: shown as information when ``when`` is met (or may be); never a criterion."""
@@ -181,6 +196,8 @@ class Policy:
     source: str = ""
     label_notes: tuple[LabelNote, ...] = ()
     drug: DrugInfo = field(default_factory=lambda: DrugInfo("drug", "drug", {}))
+    #: The pack's CDS Hooks services (file ``services``), order-sign first; empty when the file has none.
+    services: tuple[ServiceInfo, ...] = ()
     #: Where a reader finds the policy document (card link), and the payer's page for this policy.
     document_url: str | None = None
 
@@ -540,7 +557,7 @@ def _parse(raw_document: Any, vocabulary: Vocabulary, source: str) -> Policy:
     raw = _mapping(
         raw_document,
         source,
-        ("policy", "drug", "provisional_tags", "referrals", "non_formulary", "label_notes", "pathways"),
+        ("policy", "drug", "services", "provisional_tags", "referrals", "non_formulary", "label_notes", "pathways"),
         ("policy", "drug", "referrals", "pathways"),
     )
     header = _mapping(
@@ -575,10 +592,30 @@ def _parse(raw_document: Any, vocabulary: Vocabulary, source: str) -> Policy:
         referrals=referrals,
         non_formulary=_non_formulary(raw.get("non_formulary"), drug.families),
         drug=drug,
+        services=_services(raw["services"]) if "services" in raw else (),
         source=source,
         label_notes=_label_notes(raw.get("label_notes"), env),
         document_url=_text(header["document_url"], "policy", "document_url") if "document_url" in header else None,
     )
+
+
+def _services(raw: Any) -> tuple[ServiceInfo, ...]:
+    """The ``services`` block: one service per hook, in hook order (order-sign, order-select)."""
+    entry = _mapping(raw, "services", HOOKS, HOOKS)
+    services = []
+    for hook in HOOKS:
+        item = _mapping(entry[hook], f"services.{hook}", ("id", "title", "description"), ("id", "title", "description"))
+        services.append(
+            ServiceInfo(
+                _text(item["id"], f"services.{hook}", "id"),
+                hook,
+                _text(item["title"], f"services.{hook}", "title"),
+                " ".join(_text(item["description"], f"services.{hook}", "description").split()),
+            )
+        )
+    if services[0].id == services[1].id:
+        raise PolicyError(f"services: order-sign and order-select share the id {services[0].id!r}")
+    return tuple(services)
 
 
 def _drug(raw: Any, vocabulary: Vocabulary) -> DrugInfo:

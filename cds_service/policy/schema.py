@@ -39,6 +39,21 @@ class Drug(_Strict):
     non_formulary_words: str | None = Field(default=None, description="How a non-formulary card names the product")
 
 
+class Service(_Strict):
+    """One CDS Hooks service of the pack, as discovery lists it."""
+
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$", examples=["everolimus-order-sign"])
+    title: str = Field(min_length=1)
+    description: str = Field(min_length=1)
+
+
+class Services(_Strict):
+    """The pack's two services: one per hook (ids must be unique across every pack the service loads)."""
+
+    order_sign: Service = Field(alias="order-sign")
+    order_select: Service = Field(alias="order-select")
+
+
 class ProvisionalTags(_Strict):
     """Tags the file may read although the code tables do not define them yet (always absent until they do)."""
 
@@ -116,6 +131,7 @@ class PolicyFile(_Strict):
 
     policy: Header
     drug: Drug
+    services: Services | None = Field(default=None, description="The pack's CDS Hooks services (required to serve it)")
     provisional_tags: ProvisionalTags | None = None
     referrals: dict[str, ReferralTable]
     non_formulary: list[NonFormulary] | None = None
