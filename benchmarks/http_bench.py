@@ -71,6 +71,8 @@ def start_server(extra_env: dict[str, str] | None = None, timeout: float = 60.0)
     env = dict(
         os.environ,
         CDS_BENCHMARK_FLOOR="1",
+        # One client address sends everything here: the per-caller rate limit would answer 429s, not the service.
+        CDS_RATE_LIMIT_PER_MINUTE="0",
         DATABASE_URL=f"sqlite:///{workdir / 'bench.sqlite3'}",
         CDS_HOST="127.0.0.1",
         CDS_PORT=str(port),
