@@ -14,9 +14,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .model import LineOfBusiness
+from .normalize import codings, concept_texts
 
 #: Tables every policy shares (code systems, coverage, routes, specialties, receptor tests). A policy pack's own
 #: tables (products, indications, companions, its tags) live in the pack folder and are read first.
@@ -297,10 +298,12 @@ class CodeTables:
     def _load_products(self) -> None:
         self.products: dict[str, ProductRow] = {}
         name = "products.csv"
+        drugs: set[str] = set()
         for line, row in _rows(
             self._path(name),
             (
                 "rxcui",
+                "drug",
                 "tty",
                 "display",
                 "family",
@@ -312,6 +315,7 @@ class CodeTables:
             ),
         ):
             where = f"{name}:{line}"
+            drugs.add(row["drug"])
             if row["rxcui"] in self.products:
                 raise CodeTableError(f"{where}: duplicate rxcui {row['rxcui']}")
             self.products[row["rxcui"]] = ProductRow(
@@ -325,9 +329,6 @@ class CodeTables:
                 generic_rxcui=row["generic_rxcui"] or None,
                 generic_available=_bool(row["generic_available"], where),
             )
-        drugs = set()
-        for line, row in _rows(self._path(name), ("rxcui", "drug")):
-            drugs.add(row["drug"])
         if len(drugs) != 1 or not next(iter(drugs)):
             raise CodeTableError(f"{name}: a pack orders one drug: the drug column must hold one ingredient tag")
         #: The ingredient tag of the drug this pack's policy covers (products.csv "drug"), e.g. an mTOR inhibitor.
@@ -378,6 +379,10 @@ class CodeTables:
             if not row["name"]:
                 raise CodeTableError(f"{where}: no name")
             names[row["name"].lower()] = tag
+        self._ingredient_display: dict[str, str] = {}
+        for text, tag in names.items():  # the ingredient's own name, before any synonym is added
+            self._ingredient_display.setdefault(tag, text)
+        self._ingredient_brands: dict[str, list[str]] = {}
         for line, row in _rows(self._path("ingredient_synonyms.csv"), ("text", "tag")):
             where = f"ingredient_synonyms.csv:{line}"
             (tag,) = self._tags(row["tag"], ("ingredient",), where)
@@ -385,15 +390,10 @@ class CodeTables:
                 raise CodeTableError(f"{where}: {tag} has no row in ingredients.csv")
             if names.setdefault(row["text"].lower(), tag) != tag:
                 raise CodeTableError(f"{where}: {row['text']!r} already names another ingredient")
+            if row["text"][:1].isupper():  # brand names are capitalised; generic synonyms are not
+                self._ingredient_brands.setdefault(tag, []).append(row["text"])
         self._ingredient_names = names
         self._ingredient_pattern = _words_pattern(names)
-        self._ingredient_display: dict[str, str] = {}
-        self._ingredient_brands: dict[str, list[str]] = {}
-        for text, tag in names.items():
-            self._ingredient_display.setdefault(tag, text)
-        for line, row in _rows(self._path("ingredient_synonyms.csv"), ("text", "tag")):
-            if row["text"][:1].isupper():  # brand names are capitalised; generic synonyms are not
-                self._ingredient_brands.setdefault(row["tag"], []).append(row["text"])
 
     def _load_drug_forms(self) -> None:
         self.drug_products: dict[str, DrugProduct] = {}
@@ -669,6 +669,22 @@ class CodeTables:
             out.extend(self._condition_prefix.get((system, candidate), ()))
             candidate = candidate[:-1].rstrip(".")
         return out
+
+    def diagnosis_words(self, concept: Any) -> frozenset[str]:
+        """Diagnosis tags named in a concept's text and displays, unless its code already speaks: an ICD-10-CM code
+        (the tables cover the policy's ICD-10-CM categories whole, so one they leave out was left out on purpose) or
+        any code the tables list. A text-only problem, a local code or a SNOMED concept the tables lack is read by
+        its words, as a suggestion only. Works on validated models and raw dicts alike."""
+        if any(
+            self.system_name(c.system) == "icd-10-cm"
+            or self.condition_code_relevant(self.system_name(c.system), c.code)
+            for c in codings(concept)
+        ):
+            return frozenset()
+        tags: set[str] = set()
+        for text in concept_texts(concept):
+            tags |= self.condition_tags_in_text(text)
+        return frozenset(tags)
 
     def condition_tags_in_text(self, text: str) -> frozenset[str]:
         """Diagnosis tags a free-text problem name suggests (never confirms); negated mentions are ignored."""

@@ -353,23 +353,6 @@ def _condition_start(condition: Any) -> date | None:
     return to_date(get(condition, "recordedDate"))
 
 
-def diagnosis_words(concept: Any, tables: CodeTables) -> frozenset[str]:
-    """Diagnosis tags named in a concept's text and displays, unless its code already speaks: an ICD-10-CM code
-    (the tables cover the policy's ICD-10-CM categories whole, so one they leave out was left out on purpose) or
-    any code the tables list. A text-only problem, a local code or a SNOMED concept the tables lack is read by
-    its words, as a suggestion only."""
-    if any(
-        tables.system_name(c.system) == "icd-10-cm"
-        or tables.condition_code_relevant(tables.system_name(c.system), c.code)
-        for c in codings(concept)
-    ):
-        return frozenset()
-    tags: set[str] = set()
-    for text in concept_texts(concept):
-        tags |= tables.condition_tags_in_text(text)
-    return frozenset(tags)
-
-
 @dataclass
 class _DiagnosisFindings:
     confirmed: dict[str, Finding]
@@ -394,7 +377,7 @@ def _diagnoses(record: PatientRecord, order: Any, order_ref: str, tables: CodeTa
                 for tag in match.tags:
                     target.add(tag, ref, start)
                 tagged = True
-        for tag in diagnosis_words(condition.code, tables):
+        for tag in tables.diagnosis_words(condition.code):
             possible.add(tag, ref, start)
             tagged = True
         for stage in items(condition, "stage"):
@@ -411,7 +394,7 @@ def _diagnoses(record: PatientRecord, order: Any, order_ref: str, tables: CodeTa
             for match in tables.condition_matches(tables.system_name(coding.system), coding.code):
                 for tag in match.tags:
                     (possible if match.possible else confirmed).add(tag, order_ref, None)
-        for tag in diagnosis_words(concept, tables):
+        for tag in tables.diagnosis_words(concept):
             possible.add(tag, order_ref, None)
     for reference in items(order, "reasonReference"):
         display = get(reference, "display")
@@ -845,7 +828,6 @@ def requested_months(order: Any) -> int | None:
 __all__ = [
     "OrderNotFound",
     "build_facts",
-    "diagnosis_words",
     "find_drug_orders",
     "is_requested_drug",
     "medication_tags",

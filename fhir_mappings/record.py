@@ -391,10 +391,7 @@ class _Builder:
             for system, code in system_codes(concept)
         ):
             return True
-        code = resource.get("code")
-        if any(self.tables.system_name(system) == "icd-10-cm" for system, _ in system_codes(code)):
-            return False  # an ICD-10-CM code the tables leave out was left out on purpose (facts.diagnosis_words)
-        return any(self.tables.condition_tags_in_text(text) for text in concept_texts(code))
+        return bool(self.tables.diagnosis_words(resource.get("code")))
 
     def _observation_relevant(self, resource: dict[str, Any]) -> bool:
         concepts = [resource.get("code")] + [get(component, "code") for component in items(resource, "component")]

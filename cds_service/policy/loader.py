@@ -622,11 +622,9 @@ def _drug(raw: Any, vocabulary: Vocabulary) -> DrugInfo:
     """The ``drug`` block, checked against the code tables when they say which drug and families they hold."""
     entry = _mapping(raw, "drug", ("tag", "name", "families", "non_formulary_words"), ("tag", "name", "families"))
     tag = _text(entry["tag"], "drug", "tag")
-    families = _mapping(
-        entry["families"],
-        "drug.families",
-        [str(k) for k in entry["families"]] if isinstance(entry["families"], Mapping) else (),
-    )
+    families = entry["families"]  # shape (a non-empty mapping of text) already checked by schema.check_shape
+    if not isinstance(families, Mapping) or not families:
+        raise PolicyError("drug.families: expected a non-empty mapping of family -> name")
     labels = {str(k): _text(v, "drug.families", str(k)) for k, v in families.items()}
     table_drug = getattr(vocabulary, "drug_tag", None)
     if table_drug is not None and table_drug != tag:
