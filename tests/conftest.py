@@ -8,14 +8,19 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from sqlalchemy import create_engine, text
 
 from cds_service.app import create_app
 from cds_service.config import Config
+from cds_service.store import normalize_database_url
+
+POSTGRES_ENV = "PRIORAUTH_TEST_POSTGRES_URL"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -144,3 +149,25 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     server.start(folder / "server.log")
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database per test: a SQLite file, or a private schema on the test PostgreSQL (storage tests)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.sqlite3'}"
+        return
+    base = os.environ.get(POSTGRES_ENV)
+    if not base:
+        pytest.skip(f"{POSTGRES_ENV} is not set; export it from `bash .ci/postgres.sh` to run PostgreSQL tests")
+    schema = f"test_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(normalize_database_url(base))
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = normalize_database_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

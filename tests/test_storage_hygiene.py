@@ -35,28 +35,6 @@ SELECT = "/cds-services/everolimus-order-select"
 SAMPLE = json.loads((SAMPLE_DIR / "I.A-brand-without-exemestane.json").read_text())
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh database per test: a SQLite file, or a private schema on the test PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'hygiene.sqlite3'}"
-        return
-    base = os.environ.get(POSTGRES_ENV)
-    if not base:
-        pytest.skip(f"{POSTGRES_ENV} is not set; export it from `bash .ci/postgres.sh` to run PostgreSQL tests")
-    schema = f"test_{uuid.uuid4().hex[:16]}"
-    admin = create_engine(normalize_database_url(base))
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = normalize_database_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
 @pytest.fixture
 def app(database_url: str) -> Iterator[Any]:
     app = create_app(Config(database_url=database_url, rate_limit_per_minute=0))
