@@ -81,6 +81,16 @@ class ConditionMatch:
 
 
 @dataclass(frozen=True)
+class CodeRow:
+    """One coded concept of a table, for value sets a questionnaire offers (system is the table's system name)."""
+
+    system: str
+    code: str
+    display: str
+    tags: frozenset[str]
+
+
+@dataclass(frozen=True)
 class PossibleRule:
     """If every tag in ``if_all`` is present, the ``then`` tags are possible diagnoses."""
 
@@ -394,6 +404,11 @@ class CodeTables:
                 self._ingredient_brands.setdefault(tag, []).append(row["text"])
         self._ingredient_names = names
         self._ingredient_pattern = _words_pattern(names)
+        #: Ingredient codes with their tags and groups, in table order (answer lists of questionnaires).
+        self.ingredient_codes: list[CodeRow] = [
+            CodeRow("rxnorm", rxcui, self._ingredient_display.get(tag, tag), self.with_groups((tag,)))
+            for rxcui, tag in self.ingredient_by_rxcui.items()
+        ]
 
     def _load_drug_forms(self) -> None:
         self.drug_products: dict[str, DrugProduct] = {}
@@ -475,6 +490,8 @@ class CodeTables:
     def _load_conditions(self) -> None:
         self._condition_exact: dict[tuple[str, str], list[ConditionMatch]] = {}
         self._condition_prefix: dict[tuple[str, str], list[ConditionMatch]] = {}
+        #: Confirmed diagnosis codes in table order: what a questionnaire may offer as answers.
+        self.condition_codes: list[CodeRow] = []
         for line, row in _rows(self._path("conditions.csv"), ("system", "code", "match", "tags", "certainty")):
             where = f"conditions.csv:{line}"
             system = self._system(row["system"], where)
@@ -482,6 +499,8 @@ class CodeTables:
             if row["certainty"] not in ("confirmed", "possible"):
                 raise CodeTableError(f"{where}: certainty must be confirmed or possible")
             match = ConditionMatch(self._tags(row["tags"], ("diagnosis",), where), row["certainty"] == "possible")
+            if not match.possible:
+                self.condition_codes.append(CodeRow(system, row["code"], row.get("display") or row["code"], match.tags))
             if row["match"] == "exact":
                 self._condition_exact.setdefault((system, code), []).append(match)
             elif row["match"] == "prefix":
@@ -565,6 +584,19 @@ class CodeTables:
             self.coverage_prefixes[(self._system(row["system"], where), row["prefix"])] = lob
 
     # -- lookups ---------------------------------------------------------------------------
+
+    def system_uri(self, name: str) -> str | None:
+        """The canonical URI of a table system name ("icd-10-cm" -> http://hl7.org/fhir/sid/icd-10-cm)."""
+        for uri, known in self.systems.items():
+            if known == name:
+                return uri
+        return None
+
+    def codes_for(self, kind: str, tags: Iterable[str]) -> list[CodeRow]:
+        """The table codes carrying any of ``tags``: kind "diagnosis" (conditions) or "ingredient"."""
+        wanted = frozenset(tags)
+        rows = self.condition_codes if kind == "diagnosis" else self.ingredient_codes
+        return [row for row in rows if row.tags & wanted]
 
     def system_name(self, uri: str | None) -> str | None:
         """Short name of a code system URI ("icd-10-cm", "snomed" ...), None when not one we read."""

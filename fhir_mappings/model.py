@@ -28,6 +28,45 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class AnswerValue:
+    """One answer of a QuestionnaireResponse item, read into the forms the policy compares."""
+
+    boolean: bool | None = None
+    date: date | None = None
+    number: float | None = None  # a quantity's value (its unit in ``unit``)
+    unit: str | None = None
+    system: str | None = None  # a coding's system, by table name ("icd-10-cm", "rxnorm", "snomed")
+    code: str | None = None
+    display: str | None = None
+    #: Tags the coding carries in the code tables (diagnosis, ingredient with its groups, receptor result).
+    tags: frozenset[str] = frozenset()
+
+    def words(self) -> str:
+        """The answer as a reader would say it ("yes", "2011-04-02", "C50.911 Malignant neoplasm ...")."""
+        if self.boolean is not None:
+            return "yes" if self.boolean else "no"
+        if self.date is not None:
+            return self.date.isoformat()
+        if self.number is not None:
+            return f"{self.number:g} {self.unit or ''}".strip()
+        return " ".join(part for part in (self.code, self.display) if part) or "(no value)"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A clinician's answer to one questionnaire item (DTR information-origin manual or override)."""
+
+    link_id: str
+    source: str  # "QuestionnaireResponse/<id>"
+    origin: str  # "manual" | "override"
+    values: tuple[AnswerValue, ...] = ()
+    author: str | None = None  # "Practitioner/<id>" when the response names one
+
+    def words(self) -> str:
+        return ", ".join(v.words() for v in self.values)
+
+
+@dataclass(frozen=True)
 class Product:
     """The product of the requested drug a draft order asks for, resolved through the pack's product table."""
 
@@ -106,3 +145,6 @@ class Facts:
     #: another patient's data). What they would have shown is missing, not absent: criteria that would be
     #: decided by absence (a diagnosis, a companion drug, an intolerance) stay unknown instead.
     unavailable: frozenset[str] = frozenset()
+    #: Clinician answers (DTR QuestionnaireResponse items, manual or override) by questionnaire linkId: each
+    #: decides the test it answers unless coded chart data contradicts it (see cds_service.policy.questions).
+    answers: Mapping[str, Answer] = field(default_factory=dict)

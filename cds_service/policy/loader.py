@@ -79,6 +79,10 @@ class Criterion:
     remedy: str
     predicate: Predicate = field(repr=False, compare=False)
     children: tuple[Criterion, ...] = ()
+    #: The leaf tests of its own predicate (``questions.Leaf``): what a DTR questionnaire asks about it.
+    leaves: tuple[Any, ...] = field(default=(), repr=False, compare=False)
+    #: "any" (a or b) or "all" (i, ii and iii) when the criterion is decided by its sub-items.
+    sub_items: str | None = None
 
     def walk(self) -> Iterator[Criterion]:
         yield self
@@ -340,7 +344,7 @@ class _Builder:
             raise PolicyError(f"{cid}: predicate reads sub_items but the criterion has none")
         if children and not compiled.uses_sub_items:
             raise PolicyError(f"{cid}: has sub-items but its predicate never reads them (use sub_items)")
-        return Criterion(cid, text, remedy, compiled.fn, children)
+        return Criterion(cid, text, remedy, compiled.fn, children, compiled.leaves, compiled.sub_items)
 
 
 # ----------------------------------------------------------------------------- pathways
@@ -576,7 +580,9 @@ def _parse(raw_document: Any, vocabulary: Vocabulary, source: str) -> Policy:
         raise PolicyError("policy.lines_of_business: listed twice")
 
     drug = _drug(raw.get("drug"), vocabulary)
-    env = CompileEnv(vocabulary, _provisional(raw.get("provisional_tags")), _anchors(raw), drug.families)
+    env = CompileEnv(
+        vocabulary, _provisional(raw.get("provisional_tags")), _anchors(raw), drug.families, drug_name=drug.name
+    )
     referrals = _referrals(raw["referrals"], lines)
     if not isinstance(raw["pathways"], list) or not raw["pathways"]:
         raise PolicyError("pathways: expected a non-empty list")

@@ -12,7 +12,7 @@ follow Kleene logic. docs/policy-format.md is the reader's guide to every name h
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
 from fhir_mappings.model import Facts, Finding
@@ -76,6 +76,8 @@ class CompileEnv:
     anchors: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
     #: The pack's product families -> their names (policy file ``drug.families``).
     families: Mapping[str, str] = field(default_factory=dict)
+    #: The drug as questionnaires name it (policy file ``drug.name``).
+    drug_name: str = "the drug"
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,10 @@ class Compiled:
 
     fn: Predicate
     uses_sub_items: bool = False
+    #: The leaf tests inside, in order, with what a DTR questionnaire asks about each (``questions.Leaf``).
+    leaves: tuple[Any, ...] = ()
+    #: "any" or "all" for ``{sub_items: ...}``: how the criterion's sub-items combine.
+    sub_items: str | None = None
 
 
 # ----------------------------------------------------------------------------- Kleene combination
@@ -850,11 +856,17 @@ def _sub_items(params: Any, where: str) -> Compiled:
         raise PolicyError(f"{where}: sub_items must be 'any' (a or b) or 'all' (i, ii, and iii), got {params!r}")
     combine = combine_any if params == "any" else combine_all
     # Sub-items show their own notes; the parent criterion does not repeat them.
-    return Compiled(lambda facts, subs: combine(subs)._replace(note=None), uses_sub_items=True)
+    return Compiled(lambda facts, subs: combine(subs)._replace(note=None), uses_sub_items=True, sub_items=params)
 
 
 def compile_predicate(spec: Any, where: str, env: CompileEnv) -> Compiled:
-    """Check one predicate spec (recursively) and return its callable; raise PolicyError on any mistake."""
+    """Check one predicate spec (recursively) and return its callable; raise PolicyError on any mistake.
+
+    ``where`` names each leaf test uniquely ("I.A.2.all_of[1]"): it is the linkId of the questionnaire items
+    that ask about it, and the leaf reads the clinician's answers to them (``questions.answerable``).
+    """
+    from . import questions  # late: questions builds on this module
+
     name, params = _split(spec, where)
     if name == "sub_items":
         return _sub_items(params, where)
@@ -863,19 +875,24 @@ def compile_predicate(spec: Any, where: str, env: CompileEnv) -> Compiled:
         fns = tuple(c.fn for c in parts)
         combine = combine_all if name == "all_of" else combine_any
         return Compiled(
-            lambda facts, subs: combine([f(facts, subs) for f in fns]), any(c.uses_sub_items for c in parts)
+            lambda facts, subs: combine([f(facts, subs) for f in fns]),
+            any(c.uses_sub_items for c in parts),
+            tuple(leaf for c in parts for leaf in c.leaves),
         )
     if name == "not":
         inner = compile_predicate(params, f"{where}.not", env)
-        return Compiled(lambda facts, subs: negate(inner.fn(facts, subs)), inner.uses_sub_items)
+        return Compiled(lambda facts, subs: negate(inner.fn(facts, subs)), inner.uses_sub_items, inner.leaves)
     if name == "conditional":
         if not isinstance(params, Mapping) or set(params) != {"if", "then"}:
             raise PolicyError(f"{where}: conditional needs exactly 'if' and 'then'")
         cond = compile_predicate(params["if"], f"{where}.if", env)
         then = compile_predicate(params["then"], f"{where}.then", env)
+        asked_if = tuple(q.link_id for leaf in cond.leaves for q in leaf.questions)
+        then_leaves = tuple(replace(leaf, enabled_by=leaf.enabled_by or asked_if) for leaf in then.leaves)
         return Compiled(
             lambda facts, subs: implies(cond.fn(facts, subs), then.fn(facts, subs)),
             cond.uses_sub_items or then.uses_sub_items,
+            cond.leaves + then_leaves,
         )
     builder = LEAVES.get(name)
     if builder is None:
@@ -883,4 +900,5 @@ def compile_predicate(spec: Any, where: str, env: CompileEnv) -> Compiled:
     p = Params(params, where, name)
     fn = builder(p, env)
     p.done()
-    return Compiled(fn)
+    leaf = questions.leaf(name, params, where, env, fn)
+    return Compiled(questions.answerable(leaf), leaves=(leaf,))

@@ -1,0 +1,227 @@
+"""The payer's draft answers, from the chart the service saw at order-sign (DTR ``auto-server`` prefill).
+
+An item is prefilled only when the chart decides its test from data on record, and each answer cites that data
+(``answer-evidence`` extensions with the resource references). Everything else is left for the clinician. The
+answers are computed at order-sign time, stored with the coverage assertion, and turned into the package's
+QuestionnaireResponse when the DTR client asks for it: the payer never needs the chart again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from fhir_mappings.codes import CodeRow, CodeTables, normalize_icd10cm
+from fhir_mappings.model import Facts, Finding
+from fhir_mappings.record import PatientRecord
+
+from ..policy.loader import Pathway
+from ..policy.predicates import HR_NEGATIVE, HR_NEGATIVE_COMBINED, HR_POSITIVE, Outcome
+from ..policy.questions import NEGATIVE, POSITIVE, Leaf, Question
+from ..policy.results import Status
+from .questionnaire import coding, leaves_of, value_set_rows
+
+INFORMATION_ORIGIN = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/information-origin"
+ANSWER_EVIDENCE = "https://priorauth-cds.org/fhir/StructureDefinition/answer-evidence"
+DTR_QR_PROFILE = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/dtr-questionnaireresponse"
+QR_COVERAGE = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/qr-coverage"
+QR_CONTEXT = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/qr-context"
+INTENDED_USE = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/intendedUse"
+CRD_TEMP = "http://hl7.org/fhir/us/davinci-crd/CodeSystem/temp"
+
+#: linkId -> answers (FHIR QuestionnaireResponse.item.answer JSON), per pathway id.
+Prefill = dict[str, list[dict[str, Any]]]
+
+
+def _answer(value: Mapping[str, Any], evidence: Iterable[str]) -> dict[str, Any]:
+    extensions: list[dict[str, Any]] = [
+        {"url": INFORMATION_ORIGIN, "extension": [{"url": "source", "valueCode": "auto-server"}]}
+    ]
+    extensions += [{"url": ANSWER_EVIDENCE, "valueReference": {"reference": ref}} for ref in dict.fromkeys(evidence)]
+    return {"extension": extensions, **value}
+
+
+def _decided(outcome: Outcome) -> bool:
+    return outcome.status is not Status.UNKNOWN and bool(outcome.evidence)
+
+
+def _row_for(system: str | None, code: str | None, rows: Sequence[CodeRow]) -> CodeRow | None:
+    """The value-set row a chart code falls under: the same code, or the ICD-10-CM category above it."""
+    if not system or not code:
+        return None
+    wanted = normalize_icd10cm(code) if system == "icd-10-cm" else code
+    best: CodeRow | None = None
+    for row in rows:
+        if row.system != system:
+            continue
+        row_code = normalize_icd10cm(row.code) if system == "icd-10-cm" else row.code
+        if row_code == wanted:
+            return row
+        if system == "icd-10-cm" and wanted.startswith(row_code) and (best is None or len(row.code) > len(best.code)):
+            best = row
+    return best
+
+
+def _condition_codings(
+    refs: Iterable[str], record: PatientRecord, rows: Sequence[CodeRow], tables: CodeTables
+) -> Iterator[tuple[CodeRow, str]]:
+    conditions = {f"Condition/{c.id}": c for c in record.conditions}
+    for ref in refs:
+        condition = conditions.get(ref)
+        if condition is None or condition.code is None:
+            continue
+        for c in condition.code.coding or ():
+            row = _row_for(tables.system_name(c.system), c.code, rows)
+            if row is not None:
+                yield row, ref
+
+
+def _medication_answers(
+    found: Mapping[str, Finding], rows: Sequence[CodeRow], tables: CodeTables
+) -> list[dict[str, Any]]:
+    out = []
+    for row in rows:
+        own = tables.ingredient_by_rxcui.get(row.code)
+        finding = found.get(own) if own else None
+        if finding is not None:
+            out.append(_answer({"valueCoding": coding(row, tables)}, finding.evidence))
+    return out
+
+
+def _receptor_answer(part: str, facts: Facts) -> dict[str, Any] | None:
+    found = facts.receptors
+    tags: tuple[str, ...]
+    if part.endswith("/hormone-receptor"):
+        positive = [t for t in HR_POSITIVE if t in found]
+        negative = [HR_NEGATIVE_COMBINED] if HR_NEGATIVE_COMBINED in found else []
+        if not negative and all(t in found for t in HR_NEGATIVE):
+            negative = list(HR_NEGATIVE)
+        result, tags = (
+            (POSITIVE, tuple(positive)) if positive else (NEGATIVE, tuple(negative)) if negative else (None, ())
+        )
+    elif "her2-positive" in found:
+        result, tags = POSITIVE, ("her2-positive",)
+    elif "her2-negative" in found:
+        result, tags = NEGATIVE, ("her2-negative",)
+    else:
+        result, tags = None, ()
+    if result is None:
+        return None
+    _, code, display = result  # SNOMED CT qualifier values
+    evidence = [ref for t in tags for ref in found[t].evidence]
+    value = {"valueCoding": {"system": "http://snomed.info/sct", "code": code, "display": display}}
+    return _answer(value, evidence)
+
+
+def _question_answers(
+    leaf: Leaf, question: Question, chart: Outcome, facts: Facts, record: PatientRecord, tables: CodeTables
+) -> list[dict[str, Any]]:
+    name = leaf.name
+    if question.kind == "boolean":
+        if name == "generic_if_available":
+            exception = facts.generic_exception
+            return [_answer({"valueBoolean": True}, exception.evidence)] if exception else []
+        if name == "documented" or not _decided(chart):
+            return []
+        return [_answer({"valueBoolean": chart.status is Status.MET}, chart.evidence)]
+    if question.kind == "date":
+        if name == "age_at_least" and record.patient is not None and record.patient.birthDate is not None:
+            born = record.patient.birthDate
+            return [_answer({"valueDate": born.isoformat()}, facts.age_evidence or (f"Patient/{record.patient.id}",))]
+        return []
+    if question.kind == "quantity":
+        if facts.previous_mg_per_day is None:
+            return []
+        system, code, unit = question.unit or ("http://unitsofmeasure.org", "mg/d", "mg/day")
+        quantity = {"value": facts.previous_mg_per_day, "unit": unit, "system": system, "code": code}
+        return [_answer({"valueQuantity": quantity}, facts.drug_evidence)]
+    if question.options:
+        answer = _receptor_answer(question.link_id, facts)
+        return [answer] if answer else []
+    rows = value_set_rows(question, tables)
+    if question.value_set and question.value_set[0] == "diagnosis":
+        if not _decided(chart):
+            return []
+        seen: dict[str, dict[str, Any]] = {}
+        for row, ref in _condition_codings(chart.evidence, record, rows, tables):
+            seen.setdefault(row.code, _answer({"valueCoding": coding(row, tables)}, [ref]))
+        return list(seen.values())[: None if question.repeats else 1]
+    found = facts.medication_history if name.startswith("history") else facts.co_medications
+    answers = _medication_answers(found, rows, tables)
+    return answers if question.repeats else answers[:1]
+
+
+def prefill(pathway: Pathway, facts: Facts, record: PatientRecord, tables: CodeTables) -> Prefill:
+    """What the chart answers for the pathway's questionnaire (facts read without any clinician answers)."""
+    chart_facts = facts if not facts.answers else _without_answers(facts)
+    out: Prefill = {}
+    for leaf in leaves_of(pathway):
+        if not leaf.questions:
+            continue
+        chart = leaf.fn(chart_facts, ())
+        for question in leaf.questions:
+            answers = _question_answers(leaf, question, chart, chart_facts, record, tables)
+            if answers:
+                out[question.link_id] = answers
+    return out
+
+
+def _without_answers(facts: Facts) -> Facts:
+    from dataclasses import replace
+
+    return replace(facts, answers={})
+
+
+# ----------------------------------------------------------------------------- the draft response
+
+
+def _response_items(
+    items: Sequence[Mapping[str, Any]], answers: Mapping[str, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for item in items:
+        if item.get("type") == "display":
+            continue
+        link_id = item["linkId"]
+        children = _response_items(item.get("item") or [], answers)
+        entry: dict[str, Any] = {"linkId": link_id, "text": item.get("text")}
+        if item.get("type") == "group":
+            if children:
+                out.append({**entry, "item": children})
+            continue
+        if link_id in answers:
+            entry["answer"] = answers[link_id]
+            out.append(entry)
+    return out
+
+
+def draft_response(
+    questionnaire: Mapping[str, Any],
+    answers: Mapping[str, list[dict[str, Any]]],
+    *,
+    patient_ref: str,
+    order_ref: str,
+    coverage_ref: str | None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The package's one in-progress QuestionnaireResponse (DTR profile): prefilled answers, the rest open."""
+    extensions: list[dict[str, Any]] = []
+    if coverage_ref:
+        extensions.append({"url": QR_COVERAGE, "valueReference": {"reference": coverage_ref}})
+    extensions += [
+        {"url": QR_CONTEXT, "valueReference": {"reference": order_ref}},
+        {"url": INTENDED_USE, "valueCodeableConcept": {"coding": [{"system": CRD_TEMP, "code": "withpa"}]}},
+    ]
+    return {
+        "resourceType": "QuestionnaireResponse",
+        "id": str(uuid.uuid4()),
+        "meta": {"profile": [DTR_QR_PROFILE]},
+        "extension": extensions,
+        "questionnaire": f"{questionnaire['url']}|{questionnaire['version']}",
+        "status": "in-progress",
+        "subject": {"reference": patient_ref},
+        "authored": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
+        "item": _response_items(questionnaire.get("item") or [], answers),
+    }

@@ -1,0 +1,429 @@
+"""What a questionnaire asks for each test of the policy file, and how a clinician's answer decides that test.
+
+One table (``ASKS``) serves both directions of Da Vinci DTR, so the questionnaire and the decision can never
+drift apart: ``cds_service.dtr.questionnaire`` turns a criterion's leaf tests into Questionnaire items, and the
+compiled predicate of each leaf test (``compile_predicate``) reads the answers to those items from
+``Facts.answers``.
+
+Only what a chart can decide is asked. What the order itself fixes (the product, the dose) is not: the card's
+suggestions fix the order instead. Neither is what only the payer can settle (a label change).
+
+How an answer counts (``settle``):
+
+* the chart leaves the test unknown -> the answer decides it;
+* the chart agrees -> unchanged, with the answer added to the evidence;
+* the chart decided it without evidence (nothing on record, e.g. no companion order) -> the answer decides it,
+  and the note says so;
+* the chart decided it from coded data (a birth date, a receptor result) and the answer contradicts it -> the
+  chart's data stands and the note says that the answer contradicts it, so the prescriber corrects one or the
+  other. A questionnaire answer never silently overrides coded chart data.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from fhir_mappings.model import Answer, Facts
+
+from .predicates import (
+    HR_NEGATIVE,
+    HR_NEGATIVE_COMBINED,
+    HR_POSITIVE,
+    CompileEnv,
+    Outcome,
+    Predicate,
+    combine_all,
+    not_status,
+)
+from .results import Status
+
+MET, NOT_MET, UNKNOWN = Status.MET, Status.NOT_MET, Status.UNKNOWN
+
+#: SNOMED CT qualifier values for a receptor result (fhir_mappings/tables/receptor_values.csv, sourced there).
+POSITIVE = ("snomed", "10828004", "Positive")
+NEGATIVE = ("snomed", "260385009", "Negative")
+#: UCUM milligram per day, for the previous-dose question.
+MG_PER_DAY = ("http://unitsofmeasure.org", "mg/d", "mg/day")
+
+
+@dataclass(frozen=True)
+class Question:
+    """One questionnaire item for a leaf test.
+
+    ``kind`` is the FHIR item type (boolean, choice, date, quantity). A choice lists ``options`` (system name,
+    code, display) or draws from a value set of the code tables' ``value_set`` = (kind, tags).
+    """
+
+    link_id: str
+    kind: str
+    text: str
+    repeats: bool = False
+    options: tuple[tuple[str, str, str], ...] = ()
+    value_set: tuple[str, tuple[str, ...]] | None = None
+    unit: tuple[str, str, str] | None = None
+    #: For a choice that a "then" depends on: the tags whose codes count as "yes" (clear cell histology).
+    yes_tags: tuple[str, ...] = ()
+
+
+#: How answers (by linkId) decide a leaf, given the chart's outcome and the facts.
+Decide = Callable[[Mapping[str, Answer], Outcome, Facts], Outcome]
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A leaf test of a criterion: its predicate, the items that ask about it and how their answers count."""
+
+    link_id: str
+    name: str
+    fn: Predicate = field(repr=False, compare=False)
+    questions: tuple[Question, ...] = ()
+    decide: Decide | None = field(default=None, repr=False, compare=False)
+    #: linkIds of the questions whose "yes" (or any answer) makes this one relevant (``conditional``'s then).
+    enabled_by: tuple[str, ...] = ()
+
+
+# ----------------------------------------------------------------------------- settling an answer
+
+
+def _refs(answers: Mapping[str, Answer]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(a.source for a in answers.values()))
+
+
+def _words(answers: Mapping[str, Answer]) -> str:
+    return "; ".join(f"{link_id}: {a.words()}" for link_id, a in answers.items())
+
+
+def settle(chart: Outcome, status: Status | None, answers: Mapping[str, Answer]) -> Outcome:
+    """The leaf's outcome once the clinician's answers are heard (see the module docstring)."""
+    if status is None or not answers:
+        return chart
+    refs = _refs(answers)
+    evidence = tuple(dict.fromkeys((*chart.evidence, *refs)))
+    if chart.status is status:
+        return chart._replace(evidence=evidence)
+    if chart.status is UNKNOWN or not chart.evidence:
+        origin = "/".join(sorted({a.origin for a in answers.values()}))
+        note = f"answered by the clinician ({origin}) in {', '.join(refs)}: {_words(answers)}"
+        fixes = chart.fixes if status is NOT_MET else ()
+        return Outcome(status, evidence, fixes, note=note)
+    note = (
+        f"the answer in {', '.join(refs)} ({_words(answers)}) contradicts {', '.join(chart.evidence)}; "
+        "the chart's coded data decides: correct the record or the answer"
+    )
+    return chart._replace(note="; ".join(n for n in (chart.note, note) if n))
+
+
+def _yes_no(answer: Answer | None) -> bool | None:
+    if answer is None:
+        return None
+    values = [v.boolean for v in answer.values if v.boolean is not None]
+    return values[0] if values else None
+
+
+def _tags(answer: Answer | None) -> frozenset[str]:
+    if answer is None:
+        return frozenset()
+    out: set[str] = set()
+    for value in answer.values:
+        out |= value.tags
+    return frozenset(out)
+
+
+def _coded(answer: Answer | None) -> bool:
+    return answer is not None and any(v.code for v in answer.values)
+
+
+# ----------------------------------------------------------------------------- per predicate
+
+
+def _boolean(link_id: str, text: str) -> tuple[tuple[Question, ...], Decide]:
+    def decide(answers: Mapping[str, Answer], chart: Outcome, facts: Facts) -> Outcome:
+        said = _yes_no(answers.get(link_id))
+        return settle(chart, None if said is None else (MET if said else NOT_MET), answers)
+
+    return (Question(link_id, "boolean", text),), decide
+
+
+def _has_codes(env: CompileEnv, kind: str, tags: Sequence[str]) -> bool:
+    codes_for = getattr(env.vocabulary, "codes_for", None)
+    return bool(codes_for(kind, tags)) if callable(codes_for) else True
+
+
+def _diagnosis(link_id: str, p: Mapping[str, Any], env: CompileEnv) -> tuple[tuple[Question, ...], Decide]:
+    tags = tuple(p.get("tags") or ())
+    ruled_out = tuple(p.get("ruled_out_by") or ())
+    if not _has_codes(env, "diagnosis", tags):
+        # No sourced code for it in the tables (yet): ask yes/no rather than offer an empty list.
+        return _boolean(link_id, f"Diagnosis on record: {', '.join(t.replace('-', ' ') for t in tags)}?")
+    question = Question(
+        link_id, "choice", "Diagnosis on record", value_set=("diagnosis", tags + ruled_out), yes_tags=tags
+    )
+
+    def decide(answers: Mapping[str, Answer], chart: Outcome, facts: Facts) -> Outcome:
+        answer = answers.get(link_id)
+        if not _coded(answer):
+            return chart
+        said = _tags(answer)
+        status = MET if said & set(tags) and not said & set(ruled_out) else NOT_MET
+        return settle(chart, status, answers)
+
+    return (question,), decide
+
+
+def _indication(link_id: str, p: Mapping[str, Any], env: CompileEnv) -> tuple[tuple[Question, ...], Decide]:
+    pathways = tuple(p.get("pathways") or ())
+    tags = tuple(dict.fromkeys(t for pid in pathways for t in env.anchors.get(pid, ((), ()))[0]))
+    question = Question(link_id, "choice", "Diagnosis treated", value_set=("diagnosis", tags), yes_tags=tags)
+
+    def decide(answers: Mapping[str, Answer], chart: Outcome, facts: Facts) -> Outcome:
+        answer = answers.get(link_id)
+        if not _coded(answer):
+            return chart
+        return settle(chart, MET if _tags(answer) & set(tags) else NOT_MET, answers)
+
+    return (question,), decide
+
+
+def _receptors(link_id: str, p: Mapping[str, Any], env: CompileEnv) -> tuple[tuple[Question, ...], Decide]:
+    wanted: list[tuple[str, str, bool]] = []  # (linkId, receptor, required positive)
+    questions: list[Question] = []
+    if p.get("hormone_receptor"):
+        wanted.append((f"{link_id}/hormone-receptor", "hr", p["hormone_receptor"] == "positive"))
+        questions.append(
+            Question(
+                f"{link_id}/hormone-receptor", "choice", "Hormone receptor (ER/PR) status", options=(POSITIVE, NEGATIVE)
+            )
+        )
+    if p.get("her2"):
+        wanted.append((f"{link_id}/her2", "her2", p["her2"] == "positive"))
+        questions.append(Question(f"{link_id}/her2", "choice", "HER2 status", options=(POSITIVE, NEGATIVE)))
+
+    def chart_part(receptor: str, facts: Facts) -> Status:
+        found = facts.receptors
+        if receptor == "hr":
+            if any(t in found for t in HR_POSITIVE):
+                return MET
+            if HR_NEGATIVE_COMBINED in found or all(t in found for t in HR_NEGATIVE):
+                return NOT_MET
+            return UNKNOWN
+        if "her2-positive" in found:
+            return MET
+        return NOT_MET if "her2-negative" in found else UNKNOWN
+
+    def decide(answers: Mapping[str, Answer], chart: Outcome, facts: Facts) -> Outcome:
+        parts = []
+        for part_id, receptor, positive in wanted:
+            answer = answers.get(part_id)
+            said = {v.code for v in answer.values} if answer is not None else set()
+            is_positive = MET if POSITIVE[1] in said else NOT_MET if NEGATIVE[1] in said else None
+            shown = chart_part(receptor, facts)
+            if is_positive is None:
+                part = shown
+            elif shown is not UNKNOWN and shown is not is_positive:
+                part = shown  # a coded result stands; settle() below says it is contradicted
+            else:
+                part = is_positive
+            parts.append(Outcome(part if positive else not_status(part)))
+        heard = {k: v for k, v in answers.items() if any(k == w[0] for w in wanted)}
+        return settle(chart, combine_all(parts).status if heard else None, heard)
+
+    return tuple(questions), decide
+
+
+def _age(link_id: str, p: Mapping[str, Any], env: CompileEnv) -> tuple[tuple[Question, ...], Decide]:
+    years = float(p.get("years") or 0)
+
+    def decide(answers: Mapping[str, Answer], chart: Outcome, facts: Facts) -> Outcome:
+        answer = answers.get(link_id)
+        born = next((v.date for v in answer.values if v.date is not None), None) if answer else None
+        if born is None:
+            return chart
+        return settle(chart, MET if completed_years(born, facts.evaluation_date) >= years else NOT_MET, answers)
+
+    return (Question(link_id, "date", "Date of birth"),), decide
+
+
+def completed_years(born: date, on: date) -> int:
+    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+
+
+def _medications(
+    link_id: str, tags: Sequence[str], text: str, every: bool = False
+) -> tuple[tuple[Question, ...], Decide]:
+    question = Question(link_id, "choice", text, repeats=True, value_set=("ingredient", tuple(tags)))
+
+    def decide(answers: Mapping[str, Answer], chart: Outcome, facts: Facts) -> Outcome:
+        answer = answers.get(link_id)
+        if not _coded(answer):
+            return chart
+        said = _tags(answer)
+        met = all(t in said for t in tags) if every else bool(said & set(tags))
+        return settle(chart, MET if met else NOT_MET, answers)
+
+    return (question,), decide
+
+
+def _groups(p: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    groups = []
+    for item in p.get("groups") or ():
+        if isinstance(item, Mapping):
+            groups.append(tuple(item.get("tags") or ()))
+        elif isinstance(item, str):
+            groups.append((item,))
+        else:
+            groups.append(tuple(item))
+    return groups
+
+
+def _combined_all(link_id: str, p: Mapping[str, Any], env: CompileEnv) -> tuple[tuple[Question, ...], Decide]:
+    groups = _groups(p)
+    tags = tuple(dict.fromkeys(t for g in groups for t in g))
+    question = Question(
+        link_id,
+        "choice",
+        "Given in combination with (select all that apply)",
+        repeats=True,
+        value_set=("ingredient", tags),
+    )
+
+    def decide(answers: Mapping[str, Answer], chart: Outcome, facts: Facts) -> Outcome:
+        answer = answers.get(link_id)
+        if not _coded(answer):
+            return chart
+        said = _tags(answer) | set(facts.co_medications)
+        return settle(chart, MET if all(said & set(g) for g in groups) else NOT_MET, answers)
+
+    return (question,), decide
+
+
+def _generic(link_id: str, p: Mapping[str, Any], env: CompileEnv, drug: str) -> tuple[tuple[Question, ...], Decide]:
+    text = (
+        f"For a brand request: has the member had a contraindication or a clinically significant adverse effect "
+        f"with generic {drug}?"
+    )
+
+    def decide(answers: Mapping[str, Answer], chart: Outcome, facts: Facts) -> Outcome:
+        said = _yes_no(answers.get(link_id))
+        if said is not True or chart.status is not NOT_MET:
+            return settle(chart, chart.status if said is not None else None, answers)
+        refs = _refs(answers)
+        return Outcome(
+            UNKNOWN,
+            tuple(dict.fromkeys((*chart.evidence, *refs))),
+            chart.fixes,
+            note=f"Exception to the generic attested in {', '.join(refs)}; the payer reviews it.",
+            review="payer",
+        )
+
+    return (Question(link_id, "boolean", text),), decide
+
+
+def _started(link_id: str, p: Mapping[str, Any], env: CompileEnv, drug: str) -> tuple[tuple[Question, ...], Decide]:
+    days = float(p.get("days") or 0)
+
+    def decide(answers: Mapping[str, Answer], chart: Outcome, facts: Facts) -> Outcome:
+        answer = answers.get(link_id)
+        began = next((v.date for v in answer.values if v.date is not None), None) if answer else None
+        if began is None:
+            return chart
+        return settle(chart, MET if (facts.evaluation_date - began).days >= days else NOT_MET, answers)
+
+    return (Question(link_id, "date", f"Date {drug} therapy started"),), decide
+
+
+def _previous_dose(link_id: str, increase: bool) -> tuple[tuple[Question, ...], Decide]:
+    def decide(answers: Mapping[str, Answer], chart: Outcome, facts: Facts) -> Outcome:
+        answer = answers.get(link_id)
+        old = next((v.number for v in answer.values if v.number is not None), None) if answer else None
+        new = facts.dose.mg_per_day
+        if old is None or new is None:
+            return chart
+        return settle(chart, MET if (new > old) == increase else NOT_MET, answers)
+
+    question = Question(link_id, "quantity", "Previous daily dose", unit=MG_PER_DAY)
+    return (question,), decide
+
+
+def _documented(link_id: str, p: Mapping[str, Any]) -> tuple[tuple[Question, ...], Decide]:
+    what = str(p.get("what") or "this")
+    return _boolean(link_id, f"Documented in the record (and sent with the request): {what}?")
+
+
+_STEP = re.compile(r"\.(?:all_of|any_of)\[(\d+)\]|\.(if|then|not)\b")
+
+
+def link_id_of(where: str) -> str:
+    """A leaf's questionnaire linkId from its place in the policy file: the criterion id, then one step per
+    combinator ("I.A.2.all_of[1]" -> "I.A.2/2", "I.C.6.then" -> "I.C.6/then")."""
+    return _STEP.sub(lambda m: f"/{int(m.group(1)) + 1}" if m.group(1) else f"/{m.group(2)}", where)
+
+
+def leaf(name: str, params: Any, where: str, env: CompileEnv, fn: Predicate) -> Leaf:
+    """The leaf test at ``where`` with what a questionnaire asks about it (linkIds from ``link_id_of``); none
+    for tests the order itself decides (product, dose) or only the payer can (a label change)."""
+    p: Mapping[str, Any] = params if isinstance(params, Mapping) else {}
+    where = link_id_of(where)
+    drug = getattr(env, "drug_name", None) or "the drug"
+    asks: tuple[tuple[Question, ...], Decide] | None
+    if name == "diagnosis_in":
+        asks = _diagnosis(where, p, env)
+    elif name == "indication_of":
+        asks = _indication(where, p, env)
+    elif name == "disease_extent":
+        asks = _boolean(
+            where, "Is the disease at the extent this criterion requires (e.g. metastatic, advanced or recurrent)?"
+        )
+    elif name == "receptor_status":
+        asks = _receptors(where, p, env)
+    elif name == "prescriber_specialty_in":
+        specialties = " or ".join(p.get("specialties") or ())
+        asks = _boolean(where, f"Prescribed by or in consultation with a specialist in {specialties}?")
+    elif name == "age_at_least":
+        asks = _age(where, p, env)
+    elif name in ("history_of_any", "history_of_all"):
+        asks = _medications(
+            where,
+            tuple(p.get("tags") or ()),
+            "Prior therapies received (select all that apply)",
+            name == "history_of_all",
+        )
+    elif name == "combined_with_any":
+        asks = _medications(where, tuple(p.get("tags") or ()), "Given in combination with (select all that apply)")
+    elif name == "combined_with_all":
+        asks = _combined_all(where, p, env)
+    elif name == "combined_with_none":
+        asks = _boolean(where, "Prescribed as single-agent therapy (no other anticancer drug given with it)?")
+    elif name == "generic_if_available":
+        asks = _generic(where, p, env, drug)
+    elif name == "continued_therapy_days":
+        asks = _started(where, p, env, drug)
+    elif name in ("dose_increase", "not_dose_increase"):
+        asks = _previous_dose(where, name == "dose_increase")
+    elif name == "documented":
+        asks = _documented(where, p)
+    else:  # product_in, dose_within, payer_review, diagnosis_within_days: not a question for the chart
+        asks = None
+    if asks is None:
+        return Leaf(where, name, fn)
+    return Leaf(where, name, fn, asks[0], asks[1])
+
+
+def answerable(leaf: Leaf) -> Predicate:
+    """The leaf's predicate, reading the clinician's answers to its items when there are any."""
+    fn, decide = leaf.fn, leaf.decide
+    if decide is None:
+        return fn
+    link_ids = tuple(q.link_id for q in leaf.questions)
+
+    def answered(facts: Facts, subs: tuple[Outcome, ...]) -> Outcome:
+        chart = fn(facts, subs)
+        if not facts.answers:
+            return chart
+        heard = {link_id: facts.answers[link_id] for link_id in link_ids if link_id in facts.answers}
+        return decide(heard, chart, facts) if heard else chart
+
+    return answered
