@@ -163,7 +163,7 @@ def call_service(service_id: str) -> Response:
     _authenticate()
     _rate_limit()
     payload = _read_json_body()
-    outcome = handler.handle(service_id, payload, issuer=g.get("issuer"))
+    outcome = handler.handle(service_id, payload, issuer=g.get("issuer"), base_url=request.host_url)
     g.decisions = outcome.decisions
     g.log_fields.update(
         hookInstance=outcome.hook_instance[:64],

@@ -8,8 +8,9 @@ unchanged except for the CRD ``ext-coverage-information`` extension (on order-se
 from __future__ import annotations
 
 import copy
+import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -39,6 +40,12 @@ class EvaluatedOrder:
     patient_ref: str | None = None
     #: Data the service could not obtain (prefetch key -> reason); shown so "unknown" is explained.
     unavailable: Mapping[str, str] = field(default_factory=dict)
+    #: DTR (cds_service.dtr.offer): questionnaire canonicals offered, whether a criterion a clinician can document
+    #: is still open, the payer's prefill by questionnaire id, and the clinician answers used (response -> linkIds).
+    questionnaires: tuple[str, ...] = ()
+    documentable: bool = False
+    dtr_prefill: Mapping[str, Any] = field(default_factory=dict)
+    answers_used: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -501,8 +508,14 @@ def coverage_decision(ev: OrderEvaluation, hook: str, assertion_id: str | None =
 
 
 def coverage_extension(
-    decision: CoverageDecision, coverage_ref: str | None, today: date, coverage_unavailable: bool = False
+    decision: CoverageDecision,
+    coverage_ref: str | None,
+    today: date,
+    coverage_unavailable: bool = False,
+    questionnaires: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """CRD ``coverage-information``; with documentation needed it names the DTR questionnaires (version-specific
+    canonicals) and says the documentation goes with the prior authorization (doc-purpose withpa)."""
     if coverage_ref:
         coverage: dict[str, Any] = {"reference": coverage_ref}
     elif coverage_unavailable:
@@ -516,12 +529,35 @@ def coverage_extension(
     ]
     if decision.doc_needed:
         parts.append({"url": "doc-needed", "valueCode": decision.doc_needed})
+        parts.append({"url": "doc-purpose", "valueCode": "withpa"})
+    if decision.covered == "conditional":
+        # CRD crd-ci-q3: conditional coverage says what information decides it; here the criteria (reason below).
+        parts.append({"url": "info-needed", "valueCode": "OTH"})
+    parts.append({"url": "reason", "valueCodeableConcept": {"text": decision.reason}})
+    if decision.doc_needed:
+        parts += [{"url": "questionnaire", "valueCanonical": canonical} for canonical in questionnaires]
     parts += [
-        {"url": "reason", "valueCodeableConcept": {"text": decision.reason}},
         {"url": "date", "valueDate": today.isoformat()},
         {"url": "coverage-assertion-id", "valueString": decision.assertion_id},
     ]
     return {"url": CRD_COVERAGE_INFO, "extension": parts}
+
+
+def dtr_link(launch_url: str, item: EvaluatedOrder, decision: CoverageDecision) -> Link:
+    """A SMART link that launches the EHR's DTR app on this order: appContext names the order, its coverage, the
+    questionnaires and the coverage-assertion-id (the ``context`` of ``$questionnaire-package``)."""
+    context = {
+        "order": item.evaluation.order_ref,
+        "coverage": item.coverage_ref,
+        "questionnaire": list(item.questionnaires),
+        "coverageAssertionId": decision.assertion_id,
+    }
+    return Link(
+        label=_clip(f"Document the open {item.evaluation.policy} criteria (DTR questionnaire)", 80),
+        url=launch_url,
+        type="smart",
+        appContext=json.dumps(context, separators=(",", ":")),
+    )
 
 
 def annotated_order(draft: Mapping[str, Any], extension: dict[str, Any]) -> dict[str, Any]:
@@ -544,6 +580,7 @@ def render(
     today: date,
     policy_url: str | None = None,
     assertion_ids: Mapping[str, str] | None = None,
+    dtr_launch_url: str | None = None,
 ) -> Rendered:
     """All cards and system actions for the evaluated orders, honouring the CRD configuration.
 
@@ -562,6 +599,8 @@ def render(
             out.assertions.append(decision)
         if show_coverage:
             links = [Link(label=f"{ev.policy} policy document", url=policy_url, type="absolute")] if policy_url else []
+            if dtr_launch_url and decision is not None and decision.doc_needed and item.documentable:
+                links.insert(0, dtr_link(dtr_launch_url, item, decision))
             out.cards.append(
                 Card(
                     summary=summary_for(ev),
@@ -574,7 +613,9 @@ def render(
                 )
             )
             if decision is not None:
-                extension = coverage_extension(decision, item.coverage_ref, today, "coverage" in item.unavailable)
+                extension = coverage_extension(
+                    decision, item.coverage_ref, today, "coverage" in item.unavailable, item.questionnaires
+                )
                 out.system_actions.append(
                     Action(
                         type="update",

@@ -122,6 +122,8 @@ class Config:
     insurer_name: str = "Centene Health Plan"
     #: Card link to the policy document; the policy file's document_url when unset.
     policy_url: str | None = None
+    #: Launch URL of the EHR's DTR SMART app: evaluation cards that need documentation link to it (type smart).
+    dtr_launch_url: str | None = None
     #: Extra policy-pack folders (each a pack folder or a folder of pack folders) loaded besides the packaged ones.
     policy_dirs: tuple[str, ...] = ()
     plan_prefixes: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PLAN_PREFIXES))
@@ -169,6 +171,8 @@ class Config:
             parts = urlsplit(self.public_base_url)
             if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
                 raise ConfigError(f"CDS_PUBLIC_BASE_URL is not an http(s) base URL: {self.public_base_url!r}")
+        if self.dtr_launch_url is not None and urlsplit(self.dtr_launch_url).scheme not in ("http", "https"):
+            raise ConfigError(f"CDS_DTR_LAUNCH_URL is not an http(s) URL: {self.dtr_launch_url!r}")
         if self.auth_enabled and not self.public_base_url:
             raise ConfigError(
                 "CDS_PUBLIC_BASE_URL is required with CDS_TRUSTED_ISSUERS (the JWT audience never comes from the "
@@ -354,6 +358,7 @@ class Settings(BaseSettings):
         "CDS_CORS_ORIGINS"
     )
     policy_url: Text = _var("CDS_POLICY_URL")
+    dtr_launch_url: Annotated[str | None, BeforeValidator(_base_url)] = _var("CDS_DTR_LAUNCH_URL")
     policy_dirs: Items = _var("CDS_POLICY_DIRS", ())
     insurer_name: Annotated[str, BeforeValidator(_text)] = _var("CDS_INSURER_NAME", Config.insurer_name)
     plan_prefixes: JsonObject = _var("CDS_PLAN_PREFIXES", factory=lambda: dict(DEFAULT_PLAN_PREFIXES))

@@ -24,7 +24,13 @@ PREFETCH_TEMPLATES: dict[str, str] = {
     "practitionerRole": "PractitionerRole?_id={{userPractitionerRoleId}}&_include=PractitionerRole:practitioner",
     "practitioner": "Practitioner/{{userPractitionerId}}",
     "allergies": "AllergyIntolerance?patient={{context.patientId}}",
+    # Da Vinci DTR: the clinician's completed questionnaires for this patient; answers about the order count as
+    # evidence (fhir_mappings.answers). Optional: when it cannot be read, answers are simply not used.
+    "questionnaireResponses": "QuestionnaireResponse?subject=Patient/{{context.patientId}}&status=completed,amended",
 }
+
+#: Prefetch keys holding DTR QuestionnaireResponses (evidence when present, never "unavailable" chart data).
+ANSWER_KEYS: frozenset[str] = frozenset({"questionnaireResponses"})
 
 #: Keys whose absence makes any decision impossible (412 when they cannot be obtained).
 REQUIRED_PREFETCH_KEYS: frozenset[str] = frozenset({"patient"})

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import requests
 
+from fhir_mappings.answers import read_answers, with_answers
 from fhir_mappings.codes import CodeTables
 from fhir_mappings.facts import build_facts, find_drug_orders
 from fhir_mappings.record import build_record
@@ -24,7 +25,8 @@ from fhir_mappings.record import build_record
 from . import cards as card_builder
 from . import metrics
 from .config import Config
-from .discovery import PREFETCH_TEMPLATES, REQUIRED_PREFETCH_KEYS, SERVICES
+from .discovery import ANSWER_KEYS, PREFETCH_TEMPLATES, REQUIRED_PREFETCH_KEYS, SERVICES
+from .dtr import offer
 from .egress import fhir_access_for
 from .errors import PrefetchUnavailable, ProtocolError, UnknownService
 from .logs import log_event
@@ -118,12 +120,15 @@ class HookHandler:
         self.session_factory = session_factory
         self.today = today or (lambda: datetime.now(UTC).date())
 
-    def handle(self, service_id: str, payload: Any, *, issuer: str | None = None) -> HookOutcome:
+    def handle(
+        self, service_id: str, payload: Any, *, issuer: str | None = None, base_url: str | None = None
+    ) -> HookOutcome:
         """Answer one hook call; raises ServiceError subclasses for the web layer to map.
 
         ``issuer`` is the ``iss`` of the caller's verified JWT: with JWT issuers configured, the FHIR fallback
         only calls that issuer's ``fhirServers`` (none without a verified issuer); without issuers, loopback
-        servers and ``CDS_FHIR_SERVERS``.
+        servers and ``CDS_FHIR_SERVERS``. ``base_url`` is where DTR clients reach this service (the
+        questionnaire canonicals): ``CDS_PUBLIC_BASE_URL``, else the URL the request came in on.
         """
         expected = self.hooks.get(service_id)
         if expected is None:
@@ -172,8 +177,10 @@ class HookHandler:
             resources, drafts, self.tables, patient_id=request.context.patientId, user_ref=request.context.userId
         )
         started = timings.mark("record", started)
-        unavailable = _unavailable_keys(resources, failed, record.ignored)
+        unavailable = _unavailable_keys(resources, failed, record.ignored) - ANSWER_KEYS
         today = self.today()
+        base = (self.config.public_base_url or base_url or "http://localhost").rstrip("/")
+        responses = [r for key in ANSWER_KEYS for r in resources.get(key, ())]
         items = []
         for order_id in in_scope:
             facts = build_facts(
@@ -186,15 +193,31 @@ class HookHandler:
             )
             if unavailable:
                 facts = replace(facts, unavailable=unavailable)
-            evaluation = evaluate(self.policy, facts)
+            answers = read_answers(
+                responses,
+                self.tables,
+                patient_id=request.context.patientId,
+                order_ref=facts.order_ref,
+                questionnaires=offer.questionnaire_versions(self.policy),
+            )
+            if answers.ignored:
+                log_event(log, "dtr.responses_ignored", reasons="; ".join(answers.ignored)[:500])
+            evaluation = evaluate(self.policy, with_answers(facts, answers))
+            dtr = offer.offer(
+                self.policy, self.tables, evaluation, facts, record, answers, base=base, hook=request.hook
+            )
             draft = next(d for d in drafts if d.get("resourceType") == "MedicationRequest" and d.get("id") == order_id)
             items.append(
                 card_builder.EvaluatedOrder(
-                    evaluation=evaluation,
+                    evaluation=dtr.evaluation,
                     draft=draft,
                     coverage_ref=facts.coverage_ref,
                     patient_ref=f"Patient/{request.context.patientId}",
                     unavailable={key: failed.get(key, "another patient's data") for key in unavailable},
+                    questionnaires=dtr.questionnaires,
+                    documentable=dtr.documentable,
+                    dtr_prefill=dtr.prefill,
+                    answers_used=dtr.answers_used,
                 )
             )
         started = timings.mark("evaluate", started)
@@ -234,6 +257,7 @@ class HookHandler:
             today=today,
             policy_url=self.config.policy_url or self.policy.document_url,
             assertion_ids=ids,
+            dtr_launch_url=self.config.dtr_launch_url,
         )
 
     def _record(
@@ -292,6 +316,8 @@ class HookHandler:
                     covered=decision.covered,
                     pa_needed=decision.pa_needed,
                     doc_needed=decision.doc_needed,
+                    dtr_prefill=item.dtr_prefill if decision.doc_needed and item.questionnaires else None,
+                    dtr_answers_used=item.answers_used or None,
                 )
             )
         return rows

@@ -164,6 +164,61 @@ replay_table = Table(
     Index("ix_jwt_replay_expires_at", "expires_at"),
 )
 
+#: DTR: what the payer prefilled for an order's questionnaires at order-sign, by the coverage assertion made then
+#: (the ``context`` a DTR client sends to ``$questionnaire-package``). ``answers`` is
+#: ``{questionnaire id: {linkId: [answer JSON]}}``.
+dtr_prefill_table = Table(
+    "dtr_prefill",
+    metadata,
+    Column("assertion_id", Text, primary_key=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("order_ref", Text, nullable=False),
+    Column("patient_ref", Text),
+    Column("coverage_ref", Text),
+    Column("questionnaires", JSON, nullable=False),
+    Column("answers", JSON, nullable=False),
+    Index("ix_dtr_prefill_created_at", "created_at"),
+    Index("ix_dtr_prefill_order_ref", "order_ref"),
+)
+
+#: DTR: the QuestionnaireResponses (and the items of each) whose clinician answers an assertion's decision used.
+dtr_answers_used_table = Table(
+    "dtr_answers_used",
+    metadata,
+    Column("assertion_id", Text, nullable=False),
+    Column("response_ref", Text, nullable=False),
+    Column("link_ids", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("assertion_id", "response_ref", name="pk_dtr_answers_used"),
+    Index("ix_dtr_answers_used_created_at", "created_at"),
+)
+
+#: DTR: every $questionnaire-package call, linked to the assertion it was for (None when none matched).
+dtr_package_requests_table = Table(
+    "dtr_package_requests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("assertion_id", Text),
+    Column("order_ref", Text),
+    Column("coverage_ref", Text),
+    Column("questionnaires", JSON, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Index("ix_dtr_package_requests_received_at", "received_at"),
+    Index("ix_dtr_package_requests_assertion_id", "assertion_id"),
+)
+
+#: DTR: errors a client reported rendering or running a questionnaire ($log-questionnaire-errors).
+questionnaire_errors_table = Table(
+    "questionnaire_errors",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("questionnaire", Text, nullable=False),
+    Column("outcome", JSON, nullable=False),
+    Index("ix_questionnaire_errors_received_at", "received_at"),
+)
+
 #: Indexes added to tables that existed before them; created at start-up on an older database.
 LATER_INDEXES = (
     next(index for index in assertions_table.indexes if index.name == "ix_coverage_assertions_created_at"),
@@ -194,6 +249,11 @@ class CoverageAssertion:
     covered: str | None = None
     pa_needed: str | None = None
     doc_needed: str | None = None
+    #: DTR: the questionnaires offered for this order and the payer's prefilled answers (questionnaire id ->
+    #: linkId -> answers), stored for ``$questionnaire-package``; and the clinician answers this decision used
+    #: (QuestionnaireResponse reference -> linkIds).
+    dtr_prefill: Mapping[str, Mapping[str, Any]] | None = None
+    dtr_answers_used: Mapping[str, Sequence[str]] | None = None
 
     def __post_init__(self) -> None:
         _require_aware("created_at", self.created_at)
@@ -525,7 +585,94 @@ class Store:
                 ).scalar_one()
                 return str(existing)
         connection.execute(self._insert_ignoring_duplicates(assertions_table), _assertion_row(assertion))
+        if assertion.dtr_prefill is not None:
+            prefill = {
+                "assertion_id": assertion.assertion_id,
+                "created_at": assertion.created_at,
+                "order_ref": assertion.order_ref,
+                "patient_ref": assertion.patient_ref,
+                "coverage_ref": assertion.coverage_ref,
+                "questionnaires": list(assertion.dtr_prefill),
+                "answers": {k: dict(v) for k, v in assertion.dtr_prefill.items()},
+            }
+            connection.execute(self._insert_ignoring_duplicates(dtr_prefill_table), prefill)
+        if assertion.dtr_answers_used:
+            used = [
+                {
+                    "assertion_id": assertion.assertion_id,
+                    "response_ref": ref,
+                    "link_ids": list(link_ids),
+                    "created_at": assertion.created_at,
+                }
+                for ref, link_ids in assertion.dtr_answers_used.items()
+            ]
+            connection.execute(self._insert_ignoring_duplicates(dtr_answers_used_table), used)
         return assertion.assertion_id
+
+    # -- DTR ---------------------------------------------------------------------------------
+
+    def dtr_prefill(self, assertion_id: str) -> dict[str, Any] | None:
+        """What was prefilled for the order of one coverage assertion, or None when it offered no questionnaire."""
+        query = select(dtr_prefill_table).where(dtr_prefill_table.c.assertion_id == assertion_id)
+        with self._transaction("dtr prefill read", readonly=True) as connection:
+            row = connection.execute(query).first()
+        return dict(row._mapping) if row is not None else None
+
+    def latest_dtr_prefill(self, order_ref: str, patient_ref: str | None) -> dict[str, Any] | None:
+        """The most recent prefill for an order (a DTR client that sends no context, only the order)."""
+        query = select(dtr_prefill_table).where(dtr_prefill_table.c.order_ref == order_ref)
+        if patient_ref:
+            query = query.where(dtr_prefill_table.c.patient_ref == patient_ref)
+        query = query.order_by(dtr_prefill_table.c.created_at.desc()).limit(1)
+        with self._transaction("dtr prefill read", readonly=True) as connection:
+            row = connection.execute(query).first()
+        return dict(row._mapping) if row is not None else None
+
+    def record_package_request(
+        self,
+        *,
+        assertion_id: str | None,
+        order_ref: str | None,
+        coverage_ref: str | None,
+        questionnaires: Sequence[str],
+        outcome: str,
+    ) -> None:
+        row = {
+            "received_at": _utcnow(),
+            "assertion_id": assertion_id,
+            "order_ref": order_ref,
+            "coverage_ref": coverage_ref,
+            "questionnaires": list(questionnaires),
+            "outcome": outcome,
+        }
+        with self._transaction("dtr package request write") as connection:
+            connection.execute(dtr_package_requests_table.insert(), row)
+
+    def record_questionnaire_errors(self, questionnaire: str, outcomes: Sequence[Mapping[str, Any]]) -> int:
+        rows = [{"received_at": _utcnow(), "questionnaire": questionnaire, "outcome": dict(o)} for o in outcomes]
+        if not rows:
+            return 0
+        with self._transaction("questionnaire error write") as connection:
+            connection.execute(questionnaire_errors_table.insert(), rows)
+        return len(rows)
+
+    def dtr_audit(self, assertion_id: str) -> dict[str, list[dict[str, Any]]]:
+        """Everything DTR stored about one assertion: package requests and the answers its decision used."""
+        with self._transaction("dtr audit read", readonly=True) as connection:
+            requests = connection.execute(
+                select(dtr_package_requests_table).where(dtr_package_requests_table.c.assertion_id == assertion_id)
+            )
+            package_requests = [dict(r._mapping) for r in requests]
+            used = connection.execute(
+                select(dtr_answers_used_table).where(dtr_answers_used_table.c.assertion_id == assertion_id)
+            )
+            answers_used = [dict(r._mapping) for r in used]
+        return {"package_requests": package_requests, "answers_used": answers_used}
+
+    def questionnaire_errors(self) -> list[dict[str, Any]]:
+        with self._transaction("questionnaire error read", readonly=True) as connection:
+            rows = connection.execute(select(questionnaire_errors_table).order_by(questionnaire_errors_table.c.id))
+            return [dict(r._mapping) for r in rows]
 
     def assertion_ids_for(self, hook_instance: str, order_refs: Sequence[str]) -> dict[str, str]:
         """order_ref -> assertion id already stored for this hookInstance (a retried call reuses them)."""
@@ -554,10 +701,10 @@ class Store:
         """Delete what is older than ``retention_days`` (0 keeps it forever) and every expired replay row.
 
         Returns rows deleted per kind: ``feedback``, ``coverage_assertions`` (with their retry keys),
-        ``issued_cards``, ``jwt_replay``. One transaction, so a failure deletes nothing.
+        ``issued_cards``, ``dtr`` (prefills, answers used, package requests, questionnaire errors), ``jwt_replay``. One transaction, so a failure deletes nothing.
         """
         now = now or _utcnow()
-        counts = {"feedback": 0, "coverage_assertions": 0, "issued_cards": 0, "jwt_replay": 0}
+        counts = {"feedback": 0, "coverage_assertions": 0, "issued_cards": 0, "dtr": 0, "jwt_replay": 0}
         with self._transaction("purge") as connection:
             if retention_days > 0:
                 cutoff = now - timedelta(days=retention_days)
@@ -572,6 +719,15 @@ class Store:
                     connection.execute(
                         delete(issued_cards_table).where(issued_cards_table.c.issued_at < cutoff)
                     ).rowcount
+                )
+                counts["dtr"] = sum(
+                    int(connection.execute(delete(table).where(column < cutoff)).rowcount)
+                    for table, column in (
+                        (dtr_prefill_table, dtr_prefill_table.c.created_at),
+                        (dtr_answers_used_table, dtr_answers_used_table.c.created_at),
+                        (dtr_package_requests_table, dtr_package_requests_table.c.received_at),
+                        (questionnaire_errors_table, questionnaire_errors_table.c.received_at),
+                    )
                 )
             counts["jwt_replay"] = int(
                 connection.execute(delete(replay_table).where(replay_table.c.expires_at < now)).rowcount

@@ -216,11 +216,11 @@ def test_purge_deletes_what_is_older_than_the_retention(database_url: str) -> No
 
         store.record_feedback("everolimus-order-sign", parse_feedback(_feedback("card-old")))
         store.claim("https://ehr.example", "jti-1", now - timedelta(seconds=1))  # already expired
-        assert store.purge(0) == {"feedback": 0, "coverage_assertions": 0, "issued_cards": 0, "jwt_replay": 1}
-        assert store.purge(365) == {"feedback": 0, "coverage_assertions": 1, "issued_cards": 0, "jwt_replay": 0}
+        assert store.purge(0) == {"feedback": 0, "coverage_assertions": 0, "issued_cards": 0, "dtr": 0, "jwt_replay": 1}
+        assert store.purge(365) == {"feedback": 0, "coverage_assertions": 1, "issued_cards": 0, "dtr": 0, "jwt_replay": 0}
         # A year and more later, everything recorded "now" is past the retention too.
         later = store.purge(365, now=now + timedelta(days=366))
-        assert later == {"feedback": 1, "coverage_assertions": 1, "issued_cards": 1, "jwt_replay": 0}
+        assert later == {"feedback": 1, "coverage_assertions": 1, "issued_cards": 1, "dtr": 0, "jwt_replay": 0}
         assert _count(database_url, "coverage_assertion_keys") == 0
     finally:
         store.dispose()

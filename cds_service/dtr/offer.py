@@ -1,0 +1,97 @@
+"""What CRD offers DTR for one evaluated order: which questionnaires, prefilled how, and which answers counted."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from fhir_mappings.answers import ReadAnswers
+from fhir_mappings.codes import CodeTables
+from fhir_mappings.model import Facts
+from fhir_mappings.record import PatientRecord
+
+from ..policy.loader import Criterion, Pathway, Policy
+from ..policy.results import Decision, OrderEvaluation, Status
+from .prefill import Prefill, prefill
+from .questionnaire import ASKED_KINDS, asked_pathways, questionnaire_canonical, questionnaire_id, questions_of
+
+
+@dataclass(frozen=True)
+class DtrOffer:
+    evaluation: OrderEvaluation  # with a note naming the clinician answers it used
+    #: Version-specific Questionnaire canonicals for coverage-information (order-sign only).
+    questionnaires: tuple[str, ...] = ()
+    #: Some criterion a clinician can document is still unknown (or no diagnosis is documented at all).
+    documentable: bool = False
+    #: Questionnaire id -> the payer's prefilled answers, stored with the coverage assertion.
+    prefill: Mapping[str, Prefill] = field(default_factory=dict)
+    #: QuestionnaireResponse reference -> the linkIds whose answers this decision used.
+    answers_used: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def questionnaire_versions(policy: Policy) -> dict[str, str]:
+    """Questionnaire id -> the version its answers must carry (the policy's)."""
+    return {questionnaire_id(policy, p.id): policy.version for p in asked_pathways(policy)}
+
+
+def _pathways(policy: Policy, evaluation: OrderEvaluation) -> list[Pathway]:
+    if evaluation.decision is Decision.REFER:
+        return []
+    ids = [evaluation.pathway] if evaluation.pathway else [option[0] for option in evaluation.diagnosis_options]
+    if evaluation.pathway and evaluation.diagnosis_options:  # TSC alone: any of its manifestations may be the one
+        ids += [option[0] for option in evaluation.diagnosis_options if option[0] != evaluation.pathway]
+    pathways = [policy.pathway(pid) for pid in ids]
+    return [p for p in pathways if p.kind in ASKED_KINDS]
+
+
+def _documentable(evaluation: OrderEvaluation, pathways: list[Pathway]) -> bool:
+    if evaluation.pathway is None:
+        return bool(pathways)
+    asked = {c.id for p in pathways for c in _criteria_with_questions(p)}
+    return any(
+        c.status is Status.UNKNOWN and c.applicable and c.review is None and c.id in asked
+        for c in evaluation.all_criteria()
+    )
+
+
+def _criteria_with_questions(pathway: Pathway) -> list[Criterion]:
+    """Criteria (at any depth) with a question somewhere in them."""
+    return [
+        node
+        for criterion in pathway.criteria
+        for node in criterion.walk()
+        if any(leaf.questions for child in node.walk() for leaf in child.leaves)
+    ]
+
+
+def offer(
+    policy: Policy,
+    tables: CodeTables,
+    evaluation: OrderEvaluation,
+    chart_facts: Facts,
+    record: PatientRecord,
+    answers: ReadAnswers,
+    *,
+    base: str,
+    hook: str,
+) -> DtrOffer:
+    """The DTR side of one evaluation (``chart_facts``: the facts before any clinician answer)."""
+    pathways = _pathways(policy, evaluation)
+    asked_ids = {q.link_id for p in pathways for q in questions_of(p)}
+    used: dict[str, list[str]] = {}
+    for link_id, answer in answers.answers.items():
+        if link_id in asked_ids:
+            used.setdefault(answer.source, []).append(link_id)
+    if used:
+        words = "; ".join(f"{ref}: {', '.join(ids)}" for ref, ids in used.items())
+        evaluation = replace(evaluation, notes=(*evaluation.notes, f"Clinician answers used ({words})."))
+    if hook != "order-sign" or not pathways:
+        return DtrOffer(evaluation, answers_used={k: tuple(v) for k, v in used.items()})
+    canonicals = {p.id: questionnaire_canonical(base, policy, p.id) for p in pathways}
+    return DtrOffer(
+        evaluation,
+        tuple(canonicals.values()),
+        _documentable(evaluation, pathways),
+        {questionnaire_id(policy, p.id): prefill(p, chart_facts, record, tables) for p in pathways},
+        {k: tuple(v) for k, v in used.items()},
+    )
