@@ -17,6 +17,7 @@ from fhir_mappings.codes import CodeTables
 from .api import bp, register_error_handlers
 from .auth import JwtVerifier
 from .config import Config
+from .dtr_api import dtr
 from .logs import configure_logging, log_event
 from .policy.engine import Policy, load_policy
 from .ratelimit import RateLimiter
@@ -82,6 +83,7 @@ def create_app(config: Config | None = None, *, store: Store | None = None, **ha
     if config.retention_days:
         store.purge_if_due(config.retention_days)  # at start-up, then once a day per worker (api.py)
     app.register_blueprint(bp)
+    app.register_blueprint(dtr)
     if config.benchmark_floor:
         from .floor import floor
 

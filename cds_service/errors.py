@@ -105,6 +105,20 @@ class PrefetchUnavailable(ServiceError):
     code = "incomplete"
 
 
+class UnknownContext(ServiceError):
+    """DTR: the ``context`` names no coverage assertion this service issued with a questionnaire."""
+
+    status = 404
+    code = "not-found"
+
+
+class CoverageMismatch(ServiceError):
+    """DTR: the Coverage or order sent is not the one the coverage assertion was made for."""
+
+    status = 422
+    code = "business-rule"
+
+
 class StorageError(ServiceError):
     """The feedback / audit store could not be written; the caller may retry."""
 

@@ -48,9 +48,9 @@ def _documentable(evaluation: OrderEvaluation, pathways: list[Pathway]) -> bool:
     if evaluation.pathway is None:
         return bool(pathways)
     asked = {c.id for p in pathways for c in _criteria_with_questions(p)}
+    # Top-level criteria decide: an open "or submit literature" under a dose that is within limits is not a gap.
     return any(
-        c.status is Status.UNKNOWN and c.applicable and c.review is None and c.id in asked
-        for c in evaluation.all_criteria()
+        c.status is Status.UNKNOWN and c.applicable and c.review is None and c.id in asked for c in evaluation.criteria
     )
 
 

@@ -97,15 +97,21 @@ def _words(answers: Mapping[str, Answer]) -> str:
     return "; ".join(f"{link_id}: {a.words()}" for link_id, a in answers.items())
 
 
-def settle(chart: Outcome, status: Status | None, answers: Mapping[str, Answer]) -> Outcome:
-    """The leaf's outcome once the clinician's answers are heard (see the module docstring)."""
+def settle(
+    chart: Outcome, status: Status | None, answers: Mapping[str, Answer], *, not_met_is_absence: bool = False
+) -> Outcome:
+    """The leaf's outcome once the clinician's answers are heard (see the module docstring).
+
+    ``not_met_is_absence``: the test fails only for want of something on record (a companion or prior therapy
+    not found), so the records it cites show what is there, not the opposite of the answer.
+    """
     if status is None or not answers:
         return chart
     refs = _refs(answers)
     evidence = tuple(dict.fromkeys((*chart.evidence, *refs)))
     if chart.status is status:
         return chart._replace(evidence=evidence)
-    if chart.status is UNKNOWN or not chart.evidence:
+    if chart.status is UNKNOWN or not chart.evidence or (not_met_is_absence and chart.status is NOT_MET):
         origin = "/".join(sorted({a.origin for a in answers.values()}))
         note = f"answered by the clinician ({origin}) in {', '.join(refs)}: {_words(answers)}"
         fixes = chart.fixes if status is NOT_MET else ()
@@ -220,13 +226,9 @@ def _receptors(link_id: str, p: Mapping[str, Any], env: CompileEnv) -> tuple[tup
             answer = answers.get(part_id)
             said = {v.code for v in answer.values} if answer is not None else set()
             is_positive = MET if POSITIVE[1] in said else NOT_MET if NEGATIVE[1] in said else None
-            shown = chart_part(receptor, facts)
-            if is_positive is None:
-                part = shown
-            elif shown is not UNKNOWN and shown is not is_positive:
-                part = shown  # a coded result stands; settle() below says it is contradicted
-            else:
-                part = is_positive
+            # What the answers say, the chart filling in a part not answered; settle() below keeps a coded result
+            # the answers contradict, and says so.
+            part = chart_part(receptor, facts) if is_positive is None else is_positive
             parts.append(Outcome(part if positive else not_status(part)))
         heard = {k: v for k, v in answers.items() if any(k == w[0] for w in wanted)}
         return settle(chart, combine_all(parts).status if heard else None, heard)
@@ -262,7 +264,7 @@ def _medications(
             return chart
         said = _tags(answer)
         met = all(t in said for t in tags) if every else bool(said & set(tags))
-        return settle(chart, MET if met else NOT_MET, answers)
+        return settle(chart, MET if met else NOT_MET, answers, not_met_is_absence=True)
 
     return (question,), decide
 
@@ -295,7 +297,8 @@ def _combined_all(link_id: str, p: Mapping[str, Any], env: CompileEnv) -> tuple[
         if not _coded(answer):
             return chart
         said = _tags(answer) | set(facts.co_medications)
-        return settle(chart, MET if all(said & set(g) for g in groups) else NOT_MET, answers)
+        met = all(said & set(g) for g in groups)
+        return settle(chart, MET if met else NOT_MET, answers, not_met_is_absence=True)
 
     return (question,), decide
 
