@@ -38,7 +38,7 @@ def without(request: dict[str, Any], *resource_types: str, ids: Iterable[str] = 
     """The request with the prefetched resources of these types (or ids) taken out."""
     out = copy.deepcopy(request)
     drop = set(ids)
-    for key, value in out["prefetch"].items():
+    for value in out["prefetch"].values():
         if isinstance(value, dict) and value.get("resourceType") == "Bundle":
             value["entry"] = [
                 e
