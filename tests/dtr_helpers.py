@@ -27,7 +27,13 @@ def sample(name: str) -> dict[str, Any]:
 
 
 def drug_order(request: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(request["context"]["draftOrders"]["entry"][0]["resource"])
+    """The request's first draft of the pack's drug."""
+    from cds_service.registry import default_registry
+    from fhir_mappings.facts import find_drug_orders
+
+    drafts = [e["resource"] for e in request["context"]["draftOrders"]["entry"]]
+    (first, *_) = find_drug_orders(drafts, default_registry().default.tables)
+    return dict(next(d for d in drafts if d.get("id") == first))
 
 
 def coverage_of(request: Mapping[str, Any]) -> dict[str, Any]:
@@ -112,7 +118,10 @@ def answered(
     origin_ext: dict[str, Any] = {"url": ORIGIN, "extension": [{"url": "source", "valueCode": origin}]}
     if origin in ("manual", "override"):
         origin_ext["extension"].append(
-            {"url": "author", "extension": [{"url": "practitioner", "valueReference": {"reference": "Practitioner/dr"}}]}
+            {
+                "url": "author",
+                "extension": [{"url": "practitioner", "valueReference": {"reference": "Practitioner/dr"}}],
+            }
         )
     items = response.setdefault("item", [])
     for link_id, values in answers.items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fhir_mappings.codes import CodeRow, CodeTables, normalize_icd10cm
@@ -130,6 +130,10 @@ def _question_answers(
         if name == "age_at_least" and record.patient is not None and record.patient.birthDate is not None:
             born = record.patient.birthDate
             return [_answer({"valueDate": born.isoformat()}, facts.age_evidence or (f"Patient/{record.patient.id}",))]
+        if name == "continued_therapy_days" and chart.status is Status.MET and facts.days_on_drug:
+            # The days on record end on the evaluation date at the latest: therapy began this many days before.
+            began = facts.evaluation_date - timedelta(days=facts.days_on_drug)
+            return [_answer({"valueDate": began.isoformat()}, facts.drug_evidence)]
         return []
     if question.kind == "quantity":
         if facts.previous_mg_per_day is None:

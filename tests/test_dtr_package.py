@@ -1,0 +1,400 @@
+"""The questionnaire package on every pathway: structure against the DTR 2.2 profiles' required elements and
+the official examples' shapes (../shared/external/dtr-pas), prefill against the evaluation's evidence, and the
+payer-side operations' errors (always an OperationOutcome, never a 5xx)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.parameters import Parameters
+from fhir.resources.R4B.questionnaire import Questionnaire
+from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
+from fhir.resources.R4B.valueset import ValueSet
+
+from cds_service.dtr.questionnaire import asked_pathways, build_questionnaire, questionnaire_id
+from cds_service.registry import default_registry
+from tests.dtr_helpers import (
+    ORIGIN,
+    PACKAGE,
+    coverage_information,
+    drug_order,
+    evaluation,
+    items,
+    package_parameters,
+    resources,
+    sample,
+    sign,
+)
+from tests.scenarios import SAMPLE_DIR
+from tests.shared_data import shared_path
+
+PACK = default_registry().default
+POLICY, TABLES = PACK.policy, PACK.tables
+PATHWAYS = [p.id for p in asked_pathways(POLICY)]
+DTR_STD = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/dtr-std-questionnaire"
+
+
+def _questionnaire(pathway_id: str) -> dict[str, Any]:
+    return build_questionnaire(POLICY, POLICY.pathway(pathway_id), TABLES, "https://payer.example", "Payer")[0]
+
+
+# ----------------------------------------------------------------------------- the questionnaires
+
+
+@pytest.mark.parametrize("pathway_id", PATHWAYS)
+def test_every_pathway_questionnaire_has_what_the_dtr_standard_profile_requires(pathway_id: str) -> None:
+    q = _questionnaire(pathway_id)
+    Questionnaire.model_validate(q)  # FHIR R4 structure
+    assert q["meta"]["profile"] == [DTR_STD]
+    assert q["url"] == f"https://payer.example/fhir/Questionnaire/{questionnaire_id(POLICY, pathway_id)}"
+    assert q["version"] == POLICY.version and q["status"] == "active" and q["subjectType"] == ["Patient"]
+    assert q["item"], "dtr-std-questionnaire: item 1..*"
+    link_ids = [i["linkId"] for i in items(q)]
+    assert len(link_ids) == len(set(link_ids)), "linkIds are unique"
+    criterion_ids = {c.id for pathway in POLICY.pathways for top in pathway.criteria for c in top.walk()}
+    for item in items(q):
+        assert item.get("text"), f"{item['linkId']}: dtr-base-questionnaire item.text 1..1"
+        assert item["linkId"].split("/")[0] in criterion_ids, "every linkId starts with the policy's criterion id"
+        if item["type"] in ("choice", "open-choice"):  # dtrq-2
+            assert item.get("answerOption") or item.get("answerValueSet")
+            if item.get("answerValueSet"):
+                assert item["answerValueSet"].endswith(f"|{POLICY.version}"), "oper-16: version-specific"
+        if item["type"] == "quantity":  # dtrq-3
+            assert any(e["url"].endswith("questionnaire-unitOption") for e in item.get("extension", []))
+        for condition in item.get("enableWhen", []):
+            assert condition["question"] in link_ids
+
+
+@pytest.mark.parametrize("pathway_id", PATHWAYS)
+def test_every_criterion_a_chart_can_decide_is_asked_with_the_policy_text_and_remedy(pathway_id: str) -> None:
+    q = _questionnaire(pathway_id)
+    by_id = {i["linkId"]: i for i in items(q)}
+    pathway = POLICY.pathway(pathway_id)
+    for top in pathway.criteria:
+        for criterion in top.walk():
+            asked = [question for leaf in criterion.leaves for question in leaf.questions]
+            if not asked:
+                continue
+            item = by_id[criterion.id]
+            assert item["text"].startswith(criterion.text)
+            assert by_id[f"{criterion.id}/help"]["text"] == criterion.remedy
+
+
+def test_answer_types_fit_the_facts() -> None:
+    by_id = {i["linkId"]: i for i in items(_questionnaire("I.A"))}
+    assert by_id["I.A.3"]["type"] == "boolean"  # prescriber specialty (or consultation)
+    assert by_id["I.A.4"]["type"] == "date"  # birth date -> age on the order date
+    assert by_id["I.A.2/1"]["type"] == "choice" and "answerValueSet" in by_id["I.A.2/1"]  # diagnosis codes
+    assert by_id["I.A.6"]["type"] == "choice" and by_id["I.A.6"]["repeats"] is True  # prior endocrine therapies
+    assert {o["valueCoding"]["code"] for o in by_id["I.A.5/her2"]["answerOption"]} == {"10828004", "260385009"}
+    assert "I.A.1" not in by_id and "I.A.9.a.i" not in by_id  # product and dose: fixed on the order, not asked
+    continued = {i["linkId"]: i for i in items(_questionnaire("II.A"))}
+    assert any(i["type"] == "quantity" for i in continued.values())  # previous daily dose (dose increase)
+
+
+def test_enable_when_mirrors_the_policy() -> None:
+    rcc = {i["linkId"]: i for i in items(_questionnaire("I.C"))}
+    then = rcc["I.C.6/then"]  # failure of prior therapy is asked only for clear cell histology
+    assert {c["question"] for c in then["enableWhen"]} == {"I.C.6/if"}
+    assert all(c["operator"] == "=" and "answerCoding" in c for c in then["enableWhen"])
+    assert then["enableBehavior"] == "any"
+    transplant = {i["linkId"]: i for i in items(_questionnaire("I.G"))}
+    assert transplant["I.G.5/then"]["enableWhen"][0]["question"] == "I.G.5/if"
+
+
+def test_value_sets_come_from_the_code_tables() -> None:
+    _, value_sets = build_questionnaire(POLICY, POLICY.pathway("I.A"), TABLES, "https://payer.example", "P")
+    refs = {ref.url: ref for ref, _ in value_sets}
+    endocrine = refs["https://payer.example/fhir/ValueSet/cp-phar-63-i-a-6"]
+    codes = {row.code for row in endocrine.rows}
+    assert {"72965", "10324", "258494", "282357"} <= codes  # letrozole, tamoxifen, exemestane, fulvestrant
+    assert all(row.system == "rxnorm" for row in endocrine.rows)
+
+
+def test_the_synthetic_pack_gets_questionnaires_with_no_python_of_its_own() -> None:
+    from cds_service.registry import load_registry
+    from tests.test_synthetic_pack import PACKS
+
+    registry = load_registry([PACKS / "zentorimab"])
+    pack = next(p for p in registry.packs if p.name != PACK.name)
+    for pathway in asked_pathways(pack.policy):
+        q = build_questionnaire(pack.policy, pathway, pack.tables, "https://payer.example", "P")[0]
+        Questionnaire.model_validate(q)
+        assert q["item"]
+
+
+# ----------------------------------------------------------------------------- the package
+
+
+def _samples_with_questionnaires() -> Iterator[str]:
+    for path in sorted(SAMPLE_DIR.glob("*.json")):
+        if path.name == "expected.json":
+            continue
+        request = json.loads(path.read_text())
+        if request.get("hook") == "order-sign":
+            yield path.stem
+
+
+SAMPLES = list(_samples_with_questionnaires())
+
+
+def _package(client: Any, name: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    request = sample(name)
+    body = sign(client, request)
+    if not body.get("systemActions"):
+        return request, body, None
+    info = coverage_information(body)
+    if "questionnaire" not in info:
+        return request, body, None
+    response = client.post(PACKAGE, json=package_parameters(request, context=info["coverage-assertion-id"][0]))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return request, body, response.get_json()
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_package_shape_and_prefill_match_the_evaluation(client: Any, name: str) -> None:
+    request, body, output = _package(client, name)
+    if not body["cards"]:
+        assert output is None  # nothing of the drug ordered: nothing to document
+        return
+    ev = evaluation(body)
+    if output is None:
+        assert ev["decision"] == "refer" or not body.get("systemActions") or ev.get("pathway") in (None, "I.I", "II.B")
+        return
+    Parameters.model_validate(output)
+    assert [p["name"] for p in output["parameter"]] == ["packagebundle"] * len(output["parameter"])
+    evidence = {c["id"]: set(c.get("evidence") or []) for c in ev.get("criteria", [])}
+    on_record = {
+        f"{r['resourceType']}/{r['id']}"
+        for value in request["prefetch"].values()
+        for r in ([e["resource"] for e in value.get("entry", [])] if value.get("resourceType") == "Bundle" else [value])
+    } | {f"MedicationRequest/{e['resource']['id']}" for e in request["context"]["draftOrders"]["entry"]}
+    prefilled = 0
+    for parameter in output["parameter"]:
+        bundle = parameter["resource"]
+        Bundle.model_validate(bundle)
+        assert bundle["type"] == "collection"
+        assert bundle["entry"][0]["resource"]["resourceType"] == "Questionnaire"  # dtrb-1
+        questionnaire = bundle["entry"][0]["resource"]
+        (draft,) = resources(bundle, "QuestionnaireResponse")  # exactly one (DTR-QPackageBundle)
+        QuestionnaireResponse.model_validate(draft)
+        assert draft["questionnaire"] == f"{questionnaire['url']}|{questionnaire['version']}"
+        assert draft["subject"]["reference"] == f"Patient/{request['context']['patientId']}"
+        urls = {e["url"]: e for e in draft["extension"]}
+        assert any(u.endswith("qr-coverage") for u in urls) and any(u.endswith("intendedUse") for u in urls)
+        context = next(e for u, e in urls.items() if u.endswith("qr-context"))
+        assert context["valueReference"]["reference"] == f"MedicationRequest/{drug_order(request)['id']}"
+        value_sets = {v["url"] + "|" + v["version"]: v for v in resources(bundle, "ValueSet")}
+        for item in items(questionnaire):
+            if "answerValueSet" in item:
+                vs = value_sets[item["answerValueSet"]]  # oper-14: every referenced ValueSet is in the Bundle
+                ValueSet.model_validate(vs)
+                assert vs["expansion"]["total"] == len(vs["expansion"]["contains"])  # oper-15: expanded
+        for answered in items(draft):
+            for answer in answered.get("answer", []):
+                origin = next(e for e in answer["extension"] if e["url"] == ORIGIN)
+                assert origin["extension"] == [{"url": "source", "valueCode": "auto-server"}]  # dtrx-1: no author
+                refs = {e["valueReference"]["reference"] for e in answer["extension"] if e["url"] != ORIGIN}
+                assert refs, f"{name} {answered['linkId']}: a prefilled answer cites its evidence"
+                assert refs <= on_record, f"{name} {answered['linkId']}: cites {refs - on_record}, not in the chart"
+                criterion = answered["linkId"]  # a single-test criterion: the criterion's own evidence
+                if criterion in evidence and questionnaire["id"] == questionnaire_id(POLICY, ev["pathway"] or ""):
+                    assert refs <= evidence[criterion] | {f"Patient/{request['context']['patientId']}"}, (
+                        f"{name} {answered['linkId']}: prefill evidence {refs} not in the evaluation's {evidence[criterion]}"
+                    )
+        prefilled += sum(1 for i in items(draft) if i.get("answer"))
+    if ev.get("pathway") and any(c["status"] != "unknown" and c.get("evidence") for c in ev.get("criteria", [])):
+        assert prefilled, f"{name}: the chart decides criteria, yet nothing is prefilled"
+
+
+def test_unknown_criteria_are_left_open_in_the_prefill(client: Any) -> None:
+    _, _, output = _package(client, "I.A-specialty-undocumented")
+    assert output is not None
+    draft = resources(output["parameter"][0]["resource"], "QuestionnaireResponse")[0]
+    answered = {i["linkId"] for i in items(draft) if i.get("answer")}
+    assert "I.A.3" not in answered  # the specialty the chart does not show
+    assert {"I.A.2/1", "I.A.2/2", "I.A.4", "I.A.5/hormone-receptor", "I.A.5/her2", "I.A.6"} <= answered
+
+
+def test_the_package_output_has_the_shape_of_the_official_example(client: Any) -> None:
+    official = json.loads(
+        (
+            shared_path("external", "dtr-pas") / "dtr201-Parameters-QuestionnairePackageOutputParamsExample.json"
+        ).read_text()
+    )
+    _, _, ours = _package(client, "I.A-specialty-undocumented")
+    assert ours is not None
+    for output in (official, ours):
+        assert output["resourceType"] == "Parameters"
+        bundle = output["parameter"][0]["resource"]
+        assert bundle["resourceType"] == "Bundle" and bundle["type"] == "collection"
+        assert bundle["entry"][0]["resource"]["resourceType"] == "Questionnaire"
+    # The official 2.0.1 example names its output "PackageBundle": a client that declares 2.0.1 gets that name.
+    request = sample("I.A-specialty-undocumented")
+    body = sign(client, request)
+    parameters = package_parameters(request, context=coverage_information(body)["coverage-assertion-id"][0])
+    parameters["meta"] = {
+        "profile": ["http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/dtr-qpackage-input-parameters|2.0.1"]
+    }
+    legacy = client.post(PACKAGE, json=parameters).get_json()
+    assert legacy["parameter"][0]["name"] == official["parameter"][0]["name"] == "PackageBundle"
+
+
+def test_the_answered_response_has_the_shape_of_the_official_example(client: Any) -> None:
+    official = json.loads(
+        (
+            shared_path("external", "dtr-pas") / "dtr201-QuestionnaireResponse-home-o2-questionnaireresponse.json"
+        ).read_text()
+    )
+    answers = [a for i in items(official) for a in i.get("answer", [])]
+    origins = [e for a in answers for e in a.get("extension", []) if e["url"] == ORIGIN]
+    assert origins and all(any(p["url"] == "source" for p in e["extension"]) for e in origins)
+    _, _, ours = _package(client, "I.A-specialty-undocumented")
+    assert ours is not None
+    draft = resources(ours["parameter"][0]["resource"], "QuestionnaireResponse")[0]
+    ours_origins = [e for i in items(draft) for a in i.get("answer", []) for e in a["extension"] if e["url"] == ORIGIN]
+    assert ours_origins and all(e["extension"][0]["url"] == "source" for e in ours_origins)
+
+
+# ----------------------------------------------------------------------------- the operations' errors
+
+
+def _signed_context(client: Any, name: str = "I.A-specialty-undocumented") -> tuple[dict[str, Any], str]:
+    request = sample(name)
+    return request, coverage_information(sign(client, request))["coverage-assertion-id"][0]
+
+
+def _outcome(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    body: dict[str, Any] = response.get_json()
+    assert body["resourceType"] == "OperationOutcome"
+    return body
+
+
+def test_unknown_context_is_404(client: Any) -> None:
+    request, _ = _signed_context(client)
+    _outcome(client.post(PACKAGE, json=package_parameters(request, context="no-such-assertion")), 404)
+
+
+def test_a_coverage_other_than_the_assertions_is_422(client: Any) -> None:
+    request, context = _signed_context(client)
+    parameters = package_parameters(request, context=context)
+    parameters["parameter"][0]["resource"] = {**parameters["parameter"][0]["resource"], "id": "another-coverage"}
+    _outcome(client.post(PACKAGE, json=parameters), 422)
+
+
+def test_an_order_other_than_the_assertions_is_422(client: Any) -> None:
+    request, context = _signed_context(client)
+    parameters = package_parameters(request, context=context)
+    parameters["parameter"][1]["resource"] = {**parameters["parameter"][1]["resource"], "id": "another-order"}
+    _outcome(client.post(PACKAGE, json=parameters), 422)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"resourceType": "Bundle"},
+        {"resourceType": "Parameters", "parameter": "no"},
+        {"resourceType": "Parameters", "parameter": [{"name": "context", "valueString": "x"}]},  # no coverage
+        {"resourceType": "Parameters", "parameter": [{"name": "coverage", "resource": {"resourceType": "Coverage"}}]},
+        [],
+    ],
+)
+def test_malformed_input_is_400(client: Any, body: Any) -> None:
+    _outcome(client.post(PACKAGE, json=body), 400)
+
+
+def test_no_context_finds_the_latest_assertion_for_the_order(client: Any) -> None:
+    request, _ = _signed_context(client)
+    response = client.post(PACKAGE, json=package_parameters(request))
+    assert response.status_code == 200
+    assert response.get_json()["parameter"][0]["resource"]["entry"][0]["resource"]["id"] == "cp-phar-63-i-a"
+
+
+def test_an_explicit_questionnaire_and_an_unknown_one(client: Any) -> None:
+    request, context = _signed_context(client)
+    known = "http://localhost/fhir/Questionnaire/cp-phar-63-i-b|02.25"
+    parameters = package_parameters(request, context=context, questionnaire=known)
+    parameters["parameter"].append(
+        {"name": "questionnaire", "valueCanonical": "https://elsewhere.example/Questionnaire/x"}
+    )
+    body = client.post(PACKAGE, json=parameters).get_json()
+    names = [p["name"] for p in body["parameter"]]
+    assert names == ["packagebundle", "outcome"]  # oper-9: a warning for the one not found
+    assert body["parameter"][1]["resource"]["issue"][0]["severity"] == "warning"
+
+
+def test_the_official_input_example_gets_an_operation_outcome_not_a_crash(client: Any) -> None:
+    official = json.loads(
+        (
+            shared_path("external", "dtr-pas") / "dtr201-Parameters-QuestionnairePackageInputParamsExample.json"
+        ).read_text()
+    )
+    response = client.post(PACKAGE, json=official)  # a home-oxygen ServiceRequest this service never checked
+    assert response.status_code in (400, 404, 422)
+    assert response.get_json()["resourceType"] == "OperationOutcome"
+    next_question = json.loads(
+        (
+            shared_path("external", "dtr-pas") / "inferno-dtr-next_question_initial_input_params_conformant.json"
+        ).read_text()
+    )
+    _outcome(client.post(PACKAGE, json=next_question), 400)
+
+
+def test_system_level_operation_url_works_too(client: Any) -> None:
+    request, context = _signed_context(client)
+    assert (
+        client.post("/fhir/$questionnaire-package", json=package_parameters(request, context=context)).status_code
+        == 200
+    )
+
+
+def test_metadata_names_the_operations(client: Any) -> None:
+    body = client.get("/fhir/metadata").get_json()
+    assert body["resourceType"] == "CapabilityStatement" and body["fhirVersion"] == "4.0.1"
+    operations = {op["name"] for r in body["rest"][0]["resource"] for op in r.get("operation", [])}
+    assert {"questionnaire-package", "log-questionnaire-errors", "expand"} <= operations
+
+
+def test_expand_by_url_and_version(client: Any) -> None:
+    url = "http://localhost/fhir/ValueSet/cp-phar-63-i-a-6"
+    body = client.get(f"/fhir/ValueSet/$expand?url={url}|{POLICY.version}").get_json()
+    assert body["resourceType"] == "ValueSet" and body["expansion"]["contains"]
+    assert client.get(f"/fhir/ValueSet/$expand?url={url}&valueSetVersion=01.01").status_code == 404
+    posted = client.post(
+        "/fhir/ValueSet/$expand",
+        json={"resourceType": "Parameters", "parameter": [{"name": "url", "valueUri": url}]},
+    ).get_json()
+    assert posted["id"] == "cp-phar-63-i-a-6"
+    _outcome(client.get("/fhir/ValueSet/$expand"), 400)
+    _outcome(client.get("/fhir/ValueSet/$expand?url=http://x/ValueSet/nope"), 404)
+
+
+def test_questionnaire_errors_are_stored(client: Any, app: Any) -> None:
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing"}]}
+    parameters = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "questionnaire", "valueCanonical": "http://localhost/fhir/Questionnaire/cp-phar-63-i-a|02.25"},
+            {"name": "operationOutcome", "resource": outcome},
+        ],
+    }
+    response = client.post("/fhir/Questionnaire/$log-questionnaire-errors", json=parameters)
+    assert response.status_code == 200
+    stored = app.extensions["priorauth_cds"].store.questionnaire_errors()
+    assert stored[-1]["questionnaire"].endswith("cp-phar-63-i-a|02.25") and stored[-1]["outcome"] == outcome
+    _outcome(
+        client.post(
+            "/fhir/Questionnaire/$log-questionnaire-errors", json={"resourceType": "Parameters", "parameter": []}
+        ),
+        400,
+    )
+
+
+def test_read_questionnaire_and_unknown_ones(client: Any) -> None:
+    assert client.get("/fhir/Questionnaire/cp-phar-63-i-a").get_json()["id"] == "cp-phar-63-i-a"
+    _outcome(client.get("/fhir/Questionnaire/nope"), 404)
