@@ -90,7 +90,8 @@ SERVICES: Mapping[str, dict[str, Any]] = _DefaultServices()
 USAGE_REQUIREMENTS = (
     "Send draft MedicationRequests coded with RxNorm. Prefetch (or FHIR read access with fhirAuthorization) "
     "to Patient, Coverage, Condition, MedicationStatement, MedicationRequest, laboratory Observation, "
-    "AllergyIntolerance and the user's PractitionerRole / Practitioner."
+    "AllergyIntolerance and the user's PractitionerRole / Practitioner; completed DTR QuestionnaireResponses "
+    "(optional) are read as the clinician's answers."
 )
 
 

@@ -308,6 +308,12 @@ def hand_written_schemas(services: Mapping[str, str] | None = None) -> dict[str,
             "properties": {"services": {"type": "array", "items": _ref("CdsService")}},
         },
         "CdsService": service,
+        "FhirResource": {
+            "type": "object",
+            "description": "A FHIR R4 resource (Parameters, Bundle, ValueSet, Questionnaire, CapabilityStatement ...).",
+            "required": ["resourceType"],
+            "properties": {"resourceType": {"type": "string", "minLength": 1}},
+        },
         "OperationOutcome": {
             "type": "object",
             "description": "FHIR R4 OperationOutcome with one issue; 401 bodies carry no detail.",
@@ -627,6 +633,97 @@ def _paths(services: Mapping[str, str]) -> JsonObject:
             },
             "options": _preflight("OpenApi"),
         },
+        **_dtr_paths(),
+    }
+
+
+def _fhir_ok(description: str) -> JsonObject:
+    return {"description": description, "content": _body("FhirResource", FHIR_JSON)}
+
+
+def _dtr_operation(operation_id: str, summary: str, responses: JsonObject, *, body: bool = True) -> JsonObject:
+    operation: JsonObject = {
+        "operationId": operation_id,
+        "summary": summary,
+        "tags": ["dtr"],
+        "security": [{SECURITY_SCHEME: []}, {}],
+        "responses": {
+            **responses,
+            "401": UNAUTHORIZED,
+            "405": METHOD_NOT_ALLOWED,
+            "429": RATE_LIMITED,
+            "500": INTERNAL_ERROR,
+        },
+    }
+    if body:
+        operation["requestBody"] = _json_request_body("FhirResource")
+        operation["responses"].update(
+            {"413": TOO_LARGE, "415": UNSUPPORTED_MEDIA_TYPE, "421": MISDIRECTED, "503": STORAGE_UNAVAILABLE}
+        )
+    return operation
+
+
+def _dtr_paths() -> JsonObject:
+    """Da Vinci DTR payer operations (cds_service/dtr_api.py)."""
+    package = _dtr_operation(
+        "questionnairePackage",
+        "DTR $questionnaire-package: Parameters (coverage, order, questionnaire, context) -> package Bundles",
+        {
+            "200": _fhir_ok("Parameters with one packagebundle per questionnaire (and an outcome for unknown ones)."),
+            "400": _outcome("Not a Parameters resource, no Coverage, or none of order / questionnaire / context."),
+            "404": _outcome("Unknown context (coverage-assertion-id), or no questionnaire applies to the order."),
+            "422": _outcome("The Coverage or order is not the one the coverage assertion was made for."),
+        },
+    )
+    expand = {
+        "200": _fhir_ok("The expanded ValueSet."),
+        "400": _outcome("No url (and no id in the path)."),
+        "404": _outcome("No such value set (or version) here."),
+        "421": MISDIRECTED,
+    }
+    return {
+        "/fhir/metadata": {
+            "get": {
+                "operationId": "capabilityStatement",
+                "summary": "DTR payer service CapabilityStatement",
+                "tags": ["dtr"],
+                "responses": {
+                    "200": _fhir_ok("The CapabilityStatement."),
+                    "405": METHOD_NOT_ALLOWED,
+                    "421": MISDIRECTED,
+                    "500": INTERNAL_ERROR,
+                },
+            }
+        },
+        "/fhir/Questionnaire/$questionnaire-package": {"post": package},
+        "/fhir/$questionnaire-package": {
+            "post": {**copy.deepcopy(package), "operationId": "questionnairePackageSystem"}
+        },
+        "/fhir/Questionnaire/$log-questionnaire-errors": {
+            "post": _dtr_operation(
+                "logQuestionnaireErrors",
+                "DTR $log-questionnaire-errors: store what a client could not render or run",
+                {
+                    "200": _fhir_ok("An informational OperationOutcome: how many reports were stored."),
+                    "400": _outcome("No questionnaire canonical or no OperationOutcome."),
+                },
+            )
+        },
+        "/fhir/ValueSet/$expand": {
+            "get": _dtr_operation(
+                "expandValueSet", "ValueSet/$expand by url (and valueSetVersion)", expand, body=False
+            ),
+            "post": _dtr_operation("expandValueSetPost", "ValueSet/$expand with Parameters (url)", expand),
+        },
+        "/fhir/Questionnaire/{qid}": {
+            "parameters": [{"name": "qid", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": _dtr_operation(
+                "readQuestionnaire",
+                "Read a questionnaire",
+                {"200": _fhir_ok("The Questionnaire."), "404": _outcome("No such questionnaire."), "421": MISDIRECTED},
+                body=False,
+            ),
+        },
     }
 
 
@@ -659,6 +756,7 @@ def _document(service_items: tuple[tuple[str, str], ...]) -> dict[str, Any]:
             {"name": "cds-hooks", "description": "CDS Hooks 2.0 discovery, service calls and feedback."},
             {"name": "operations", "description": "Health and API description."},
             {"name": "cors", "description": "Preflight answered for any path."},
+            {"name": "dtr", "description": "Da Vinci DTR payer operations: questionnaire packages, value sets."},
         ],
         "paths": _paths(services),
         "components": {
