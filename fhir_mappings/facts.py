@@ -614,8 +614,7 @@ def _co_medications(
     ingredient, the ones whose form they do not show)."""
     found, unknown_form = _Findings(), _Findings()
     medications = dict(record.medications)
-    drafts = list(record.draft_orders) + list(record.unvalidated_drafts.values())
-    for draft in drafts:
+    for draft in record.draft_orders:
         ref = f"MedicationRequest/{get(draft, 'id')}"
         if ref == order_ref or get(draft, "status") not in CO_DRAFT_STATUS:
             continue

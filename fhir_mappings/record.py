@@ -5,7 +5,9 @@ policy reads: raw entries are routed by resourceType (whatever prefetch key they
 by type and id, filtered through the code tables, pruned to the elements the facts read, repaired for
 known client oddities, and only then validated with ``fhir.resources.R4B``. An entry that still fails
 is dropped and named in ``record.dropped`` ("Type/id: element: error type", no values); an entry about
-another patient is named in ``record.ignored``. Neither is ever fatal.
+another patient is named in ``record.ignored``. Neither is ever fatal. Draft orders go the same way: a draft
+of the drug that does not validate is dropped and reported like a prefetch entry, and the caller answers
+for that order without evaluating it (``PatientRecord.draft`` gives None, ``dropped_reason`` says why).
 
 Validation input is interned: a CodeableConcept that validated once is reused as the validated model
 (charts and requests repeat the same status, category and code concepts endlessly), and a Reference is
@@ -156,10 +158,10 @@ class PatientRecord:
     allergies: tuple[AllergyIntolerance, ...] = ()
     #: Medications referenced by the kept orders/statements, by "Medication/<id>".
     medications: Mapping[str, Medication] = field(default_factory=dict)
-    #: Draft MedicationRequests of the request whose medication the tables know (the drug or an ingredient).
+    #: Draft MedicationRequests of the request whose medication the tables know (the drug or an ingredient) and
+    #: that validated; one that did not is in ``dropped``.
     draft_orders: tuple[MedicationRequest, ...] = ()
-    #: Drafts of the drug that failed validation, kept as repaired dicts so the order can still be evaluated.
-    unvalidated_drafts: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    #: Entries that did not validate, even repaired: "Type/id: element: error type" (no values).
     dropped: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()
     repaired: tuple[str, ...] = ()
@@ -167,13 +169,22 @@ class PatientRecord:
     #: (and no reason on the order) means no diagnosis is documented, not an off-label one.
     condition_count: int = 0
 
-    def draft(self, order_id: str) -> MedicationRequest | dict[str, Any] | None:
-        """A draft order by id ("abc" or "MedicationRequest/abc"), typed when it validated."""
+    def draft(self, order_id: str) -> MedicationRequest | None:
+        """A draft order by id ("abc" or "MedicationRequest/abc"); None when the request holds no such draft of a
+        medication the tables know, or it did not validate (then ``dropped_reason`` says why)."""
         bare = order_id.split("/")[-1]
         for order in self.draft_orders:
             if order.id == bare:
                 return order
-        return self.unvalidated_drafts.get(bare)
+        return None
+
+    def dropped_reason(self, ref: str) -> str | None:
+        """Why the entry ``ref`` ("Type/id") was dropped ("element: error type", no values); None if it was not."""
+        prefix = f"{ref}: "
+        for entry in self.dropped:
+            if entry.startswith(prefix):
+                return entry[len(prefix) :]
+        return None
 
 
 # ----------------------------------------------------------------------------- building
@@ -248,7 +259,7 @@ class _Builder:
     def build(self, draft_orders: Sequence[Any], user_ref: str | None) -> PatientRecord:
         medications_raw = {f"Medication/{rid}": r for rid, r in self.raw["Medication"].items()}
         draft_raws = [r for r in iter_bundle(list(draft_orders)) if r.get("resourceType") == "MedicationRequest"]
-        drafts, unvalidated = self._drafts(draft_raws, medications_raw)
+        drafts = self._drafts(draft_raws, medications_raw)
         draft_ids = {r.get("id") for r in draft_raws if isinstance(r.get("id"), str)}
         request_tags = {
             rid: tags
@@ -270,7 +281,7 @@ class _Builder:
             for r in [*requests, *statements, *draft_raws]
             if (key := self._medication_key(r)) is not None and key in medications_raw
         }
-        roles, practitioners = self._people(drafts, unvalidated, user_ref)
+        roles, practitioners = self._people(drafts, user_ref)
         return PatientRecord(
             patient_id=self.patient_id,
             patient=self._patient(),
@@ -293,7 +304,6 @@ class _Builder:
                 for m in self._validate_all("Medication", [medications_raw[k] for k in sorted(referenced_meds)])
             },
             draft_orders=tuple(drafts),
-            unvalidated_drafts=unvalidated,
             dropped=tuple(self.dropped),
             ignored=tuple(self.ignored),
             repaired=tuple(self.repaired),
@@ -310,10 +320,9 @@ class _Builder:
 
     def _drafts(
         self, draft_raws: list[dict[str, Any]], medications_raw: Mapping[str, dict[str, Any]]
-    ) -> tuple[list[MedicationRequest], dict[str, dict[str, Any]]]:
-        """Drafts whose medication the tables know; a draft of the drug that fails validation is kept raw."""
+    ) -> list[MedicationRequest]:
+        """Drafts whose medication the tables know, validated; one that does not validate is dropped like any entry."""
         typed: list[MedicationRequest] = []
-        unvalidated: dict[str, dict[str, Any]] = {}
         seen: set[str] = set()
         for raw in draft_raws:
             rid = raw.get("id")
@@ -324,22 +333,20 @@ class _Builder:
             tags = self._concept_tags(concept.codes, concept.text)
             if not tags:
                 continue
-            model, data = self._validate(raw, MedicationRequest, lean=not tags & self.tables.dosage_read_tags)
+            model = self._validate(raw, MedicationRequest, lean=not tags & self.tables.dosage_read_tags)
             if model is not None:
                 typed.append(model)
-            elif self.tables.drug_tag in tags and data is not None:
-                unvalidated[rid] = data
-        return typed, unvalidated
+        return typed
 
     def _people(
-        self, drafts: list[MedicationRequest], unvalidated: Mapping[str, dict[str, Any]], user_ref: str | None
+        self, drafts: list[MedicationRequest], user_ref: str | None
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The requesters' PractitionerRoles and Practitioners, and every role of those practitioners.
 
         When no requester or user reference finds anyone, every role and practitioner is kept: the
         prefetch only carries the user's own, and a few more validations beat losing the specialty.
         """
-        refs = [reference_of(get(d, "requester")) for d in [*drafts, *unvalidated.values()]] + [user_ref]
+        refs = [reference_of(d.requester) for d in drafts] + [user_ref]
         role_ids: set[str] = set()
         practitioner_ids: set[str] = set()
         for ref in refs:
@@ -416,15 +423,13 @@ class _Builder:
         model_cls = MODELS[rtype]
         out = []
         for raw in raws:
-            model, _ = self._validate(raw, model_cls, raw.get("id") in lean)
+            model = self._validate(raw, model_cls, raw.get("id") in lean)
             if model is not None:
                 out.append(model)
         return tuple(out)
 
-    def _validate(
-        self, raw: dict[str, Any], model_cls: type[M], lean: bool = False
-    ) -> tuple[M | None, dict[str, Any] | None]:
-        """(model, repaired data); model None when even the repaired data does not validate.
+    def _validate(self, raw: dict[str, Any], model_cls: type[M], lean: bool = False) -> M | None:
+        """The validated model, or None when even the repaired data does not validate (named in ``dropped``).
 
         A resource nested deeper than Python's recursion allows (prefetch is not depth-checked at the door, to
         keep large charts cheap) is dropped like any other invalid entry.
@@ -433,11 +438,9 @@ class _Builder:
             return self._validate_once(raw, model_cls, lean)
         except RecursionError:
             self.dropped.append(f"{raw.get('resourceType', '?')}/{raw.get('id')}: nested too deeply")
-            return None, None
+            return None
 
-    def _validate_once(
-        self, raw: dict[str, Any], model_cls: type[M], lean: bool = False
-    ) -> tuple[M | None, dict[str, Any] | None]:
+    def _validate_once(self, raw: dict[str, Any], model_cls: type[M], lean: bool = False) -> M | None:
         rtype = raw.get("resourceType", "?")
         label = f"{rtype}/{raw.get('id')}"
         data, notes = repair(_prune(raw, lean))
@@ -452,13 +455,13 @@ class _Builder:
                 if not fixes:
                     self.dropped.append(f"{label}: {_reason(exc)}")
                     self.repaired.extend(f"{label}: {n}" for n in notes)
-                    return None, data
+                    return None
                 notes.extend(fixes)
                 continue
             self.repaired.extend(f"{label}: {n}" for n in notes)
-            return model, data
+            return model
         self.dropped.append(f"{label}: still invalid after {MAX_REPAIR_ROUNDS} repairs")
-        return None, data
+        return None
 
 
 _NOT_A_CONDITION = frozenset({"entered-in-error", "refuted"})

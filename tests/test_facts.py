@@ -252,11 +252,17 @@ def test_unknown_order_raises(tables: CodeTables) -> None:
         build_facts(record, "nope", tables, plan_prefixes=PLAN_PREFIXES, user_ref=None, today=TODAY)
 
 
-def test_unvalidated_everolimus_draft_is_still_evaluated(tables: CodeTables) -> None:
+def test_invalid_everolimus_draft_is_dropped_not_evaluated(tables: CodeTables) -> None:
+    """A draft of the drug that does not validate is found in the request but has no facts: the record dropped it
+    (and says why), like any invalid entry; the service answers for it without an evaluation."""
     broken = draft()
     del broken["subject"]
-    facts = facts_for(tables, [], [broken], order_id="MedicationRequest/o1")
-    assert facts.order_ref == "MedicationRequest/o1" and facts.product.rxcui == "845507"
+    assert find_drug_orders([broken], tables) == ["o1"]
+    record = build_record({}, [broken], tables, patient_id="p1")
+    assert record.draft("MedicationRequest/o1") is None
+    assert record.dropped_reason("MedicationRequest/o1") == "subject: missing"
+    with pytest.raises(OrderNotFound):
+        build_facts(record, "MedicationRequest/o1", tables, plan_prefixes=PLAN_PREFIXES, user_ref=None, today=TODAY)
 
 
 # ----------------------------------------------------------------------------- evaluation date and age
