@@ -9,6 +9,9 @@ another patient is named in ``record.ignored``. Neither is ever fatal. Draft ord
 of the drug that does not validate is dropped and reported like a prefetch entry, and the caller answers
 for that order without evaluating it (``PatientRecord.draft`` gives None, ``dropped_reason`` says why).
 
+Only raw dicts are read here before validation, with the ``raw_*`` readers of ``normalize``; the record
+itself holds validated models only, read by the fact layer through ``fhir_mappings.read``.
+
 Validation input is interned: a CodeableConcept that validated once is reused as the validated model
 (charts and requests repeat the same status, category and code concepts endlessly), and a Reference is
 validated once per request. fhir.resources accepts a model instance where it expects that element and
@@ -21,7 +24,7 @@ interned for one call only.
 from __future__ import annotations
 
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -43,20 +46,22 @@ from pydantic import BaseModel, ValidationError
 
 from .codes import CodeTables
 from .normalize import (
-    codings,
-    concept_texts,
+    Code,
     deep_copy_json,
     drop_path,
-    get,
-    items,
     iter_bundle,
-    medication_concept,
-    reference_of,
+    raw_codings,
+    raw_concept_texts,
+    raw_get,
+    raw_items,
+    raw_medication_concept,
+    raw_reference,
+    raw_system_codes,
     repair,
     split_reference,
-    system_codes,
     wrap_path,
 )
+from .read import reference_of
 
 MODELS: dict[str, type[BaseModel]] = {
     "Patient": Patient,
@@ -251,7 +256,7 @@ class _Builder:
         subject = resource.get(element)
         if isinstance(subject, dict) and subject.get("reference") == self.own_reference:
             return False  # the common case, decided without parsing the reference
-        ref_type, ref_id = split_reference(reference_of(subject))
+        ref_type, ref_id = split_reference(raw_reference(subject))
         return ref_type == "Patient" and ref_id != self.patient_id
 
     # -- assembling --------------------------------------------------------------------------
@@ -286,22 +291,22 @@ class _Builder:
             patient_id=self.patient_id,
             patient=self._patient(),
             conditions=self._validate_all(
-                "Condition", [r for r in self.raw["Condition"].values() if self._condition_relevant(r)]
+                Condition, [r for r in self.raw["Condition"].values() if self._condition_relevant(r)]
             ),
             observations=self._validate_all(
-                "Observation", [r for r in self.raw["Observation"].values() if self._observation_relevant(r)]
+                Observation, [r for r in self.raw["Observation"].values() if self._observation_relevant(r)]
             ),
-            medication_requests=self._validate_all("MedicationRequest", requests, lean_requests),
-            medication_statements=self._validate_all("MedicationStatement", statements, lean_statements),
-            coverages=self._validate_all("Coverage", list(self.raw["Coverage"].values())),
-            practitioners={p.id: p for p in self._validate_all("Practitioner", practitioners)},
-            practitioner_roles={r.id: r for r in self._validate_all("PractitionerRole", roles)},
+            medication_requests=self._validate_all(MedicationRequest, requests, lean_requests),
+            medication_statements=self._validate_all(MedicationStatement, statements, lean_statements),
+            coverages=self._validate_all(Coverage, list(self.raw["Coverage"].values())),
+            practitioners={p.id: p for p in self._validate_all(Practitioner, practitioners) if p.id},
+            practitioner_roles={r.id: r for r in self._validate_all(PractitionerRole, roles) if r.id},
             allergies=self._validate_all(
-                "AllergyIntolerance", [r for r in self.raw["AllergyIntolerance"].values() if self._allergy_relevant(r)]
+                AllergyIntolerance, [r for r in self.raw["AllergyIntolerance"].values() if self._allergy_relevant(r)]
             ),
             medications={
                 f"Medication/{m.id}": m
-                for m in self._validate_all("Medication", [medications_raw[k] for k in sorted(referenced_meds)])
+                for m in self._validate_all(Medication, [medications_raw[k] for k in sorted(referenced_meds)])
             },
             draft_orders=tuple(drafts),
             dropped=tuple(self.dropped),
@@ -315,7 +320,7 @@ class _Builder:
         raw = patients.get(self.patient_id) if self.patient_id else next(iter(patients.values()), None)
         if raw is None:
             return None
-        validated = self._validate_all("Patient", [raw])
+        validated = self._validate_all(Patient, [raw])
         return validated[0] if validated else None
 
     def _drafts(
@@ -329,7 +334,7 @@ class _Builder:
             if not isinstance(rid, str) or rid in seen:
                 continue
             seen.add(rid)
-            concept = medication_concept(raw, medications_raw)
+            concept = raw_medication_concept(raw, medications_raw)
             tags = self._concept_tags(concept.codes, concept.text)
             if not tags:
                 continue
@@ -357,13 +362,13 @@ class _Builder:
                 practitioner_ids.add(rid)
         for rid in role_ids:
             role = self.raw["PractitionerRole"].get(rid)
-            ptype, pid = split_reference(reference_of(role.get("practitioner"))) if role else (None, None)
+            ptype, pid = split_reference(raw_reference(role.get("practitioner"))) if role else (None, None)
             if ptype == "Practitioner" and pid:
                 practitioner_ids.add(pid)
         roles = [
             r
             for rid, r in self.raw["PractitionerRole"].items()
-            if rid in role_ids or split_reference(reference_of(r.get("practitioner")))[1] in practitioner_ids
+            if rid in role_ids or split_reference(raw_reference(r.get("practitioner")))[1] in practitioner_ids
         ]
         practitioners = [p for pid, p in self.raw["Practitioner"].items() if pid in practitioner_ids]
         if not roles and not practitioners:
@@ -372,7 +377,7 @@ class _Builder:
 
     # -- relevance (raw dicts, cheap) --------------------------------------------------------
 
-    def _concept_tags(self, codes: Any, text: str) -> frozenset[str]:
+    def _concept_tags(self, codes: Iterable[Code], text: str) -> frozenset[str]:
         tags: set[str] = set()
         for coding in codes:
             if self.tables.system_name(coding.system) == "rxnorm":
@@ -382,45 +387,47 @@ class _Builder:
     def _medication_tags(
         self, resource: dict[str, Any], medications_raw: Mapping[str, dict[str, Any]]
     ) -> frozenset[str]:
-        concept = medication_concept(resource, medications_raw)
+        concept = raw_medication_concept(resource, medications_raw)
         return self._concept_tags(concept.codes, concept.text)
 
     @staticmethod
     def _medication_key(resource: dict[str, Any]) -> str | None:
-        rtype, rid = split_reference(reference_of(resource.get("medicationReference")))
+        rtype, rid = split_reference(raw_reference(resource.get("medicationReference")))
         return f"Medication/{rid}" if rtype == "Medication" else None
 
     def _condition_relevant(self, resource: dict[str, Any]) -> bool:
-        concepts = [resource.get("code")] + [get(stage, "summary") for stage in items(resource, "stage")]
+        main = resource.get("code")
+        concepts = [main] + [raw_get(stage, "summary") for stage in raw_items(resource, "stage")]
         if any(
             self.tables.condition_code_relevant(self.tables.system_name(system), code)
             for concept in concepts
-            for system, code in system_codes(concept)
+            for system, code in raw_system_codes(concept)
         ):
             return True
-        return bool(self.tables.diagnosis_words(resource.get("code")))
+        return bool(self.tables.diagnosis_words(raw_codings(main), raw_concept_texts(main)))
 
     def _observation_relevant(self, resource: dict[str, Any]) -> bool:
-        concepts = [resource.get("code")] + [get(component, "code") for component in items(resource, "component")]
+        concepts = [resource.get("code")] + [
+            raw_get(component, "code") for component in raw_items(resource, "component")
+        ]
         system_name, tests = self.tables.system_name, self.tables.receptor_tests
         return any(
             system_name(system) == "loinc" and code in tests
             for concept in concepts
-            for system, code in system_codes(concept)
+            for system, code in raw_system_codes(concept)
         )
 
     def _allergy_relevant(self, resource: dict[str, Any]) -> bool:
         concept = resource.get("code")
-        text = " | ".join(concept_texts(concept)) if concept is not None else ""
-        return self.tables.drug_tag in self._concept_tags(codings(concept), text)
+        text = " | ".join(raw_concept_texts(concept)) if concept is not None else ""
+        return self.tables.drug_tag in self._concept_tags(raw_codings(concept), text)
 
     # -- validation --------------------------------------------------------------------------
 
     def _validate_all(
-        self, rtype: str, raws: list[dict[str, Any]], lean: frozenset[str] = frozenset()
-    ) -> tuple[Any, ...]:
+        self, model_cls: type[M], raws: list[dict[str, Any]], lean: frozenset[str] = frozenset()
+    ) -> tuple[M, ...]:
         """Validate each raw entry; ids in ``lean`` are pruned to what a medication other than the drug needs."""
-        model_cls = MODELS[rtype]
         out = []
         for raw in raws:
             model = self._validate(raw, model_cls, raw.get("id") in lean)
@@ -470,7 +477,7 @@ _NOT_A_CONDITION = frozenset({"entered-in-error", "refuted"})
 def _counts_as_condition(resource: dict[str, Any]) -> bool:
     """A Condition on record unless it was entered in error or refuted (raw dict, any shape)."""
     status = resource.get("verificationStatus")
-    codes = [code for _, code in system_codes(status)] if isinstance(status, dict) else []
+    codes = [code for _, code in raw_system_codes(status)] if isinstance(status, dict) else []
     return not any(code in _NOT_A_CONDITION for code in codes)
 
 

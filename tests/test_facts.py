@@ -6,6 +6,7 @@ from datetime import date
 from typing import Any
 
 import pytest
+from fhir.resources.R4B.medicationrequest import MedicationRequest
 
 from fhir_mappings.codes import CodeTables, load_code_tables
 from fhir_mappings.facts import OrderNotFound, build_facts, find_drug_orders, requested_months
@@ -812,7 +813,7 @@ def test_line_of_business(
 )
 def test_requested_months(tables: CodeTables, dispense: dict[str, Any] | None, months: int | None) -> None:
     order = draft(dispenseRequest=dispense) if dispense else draft()
-    assert requested_months(order) == months
+    assert requested_months(MedicationRequest.model_validate(order)) == months
     assert facts_for(tables, [], [order]).requested_months == months
 
 
