@@ -169,6 +169,7 @@ def call_service(service_id: str) -> Response:
         hookInstance=outcome.hook_instance[:64],
         evaluated=outcome.evaluated,
         decisions=outcome.decisions,
+        unreadable=outcome.unreadable,
         stages_ms=outcome.timings.stages,
     )
     return json_response(outcome.body)

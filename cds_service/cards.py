@@ -3,12 +3,15 @@
 Per evaluated order: exactly one evaluation card (carrying ``extension["priorauth-cds.evaluation"]``),
 one suggestions card when the evaluation has fixes, and one ``systemActions`` update echoing the draft
 unchanged except for the CRD ``ext-coverage-information`` extension (on order-select without doc-needed).
+Per order of the drug that could not be read (``UnreadableOrder``): one warning card saying so and what to
+correct, and nothing else -- no evaluation, no coverage assertion, no system action.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +20,7 @@ from typing import Any
 
 from fhir_mappings.normalize import deep_copy_json
 
-from .policy.results import CriterionResult, Decision, Fix, OrderEvaluation, Status
+from .policy.results import CriterionResult, Decision, Fix, OrderEvaluation, Status, UnreadableOrder
 from .protocol import MAX_SUMMARY_CHARS, Action, Card, Coding, Link, Source, Suggestion
 
 EVALUATION_KEY = "priorauth-cds.evaluation"
@@ -307,6 +310,64 @@ def detail_for(item: EvaluatedOrder) -> str:
     return "\n".join(parts)
 
 
+# ----------------------------------------------------------------------------- unreadable orders
+
+#: Longest validation reason shown on a card (it names an element path, which a client controls in part).
+MAX_REASON_CHARS = 80
+#: Fewest characters of the reason worth showing in a summary; with less room the summary leaves it out.
+MIN_SUMMARY_REASON_CHARS = 16
+
+
+def _reason_words(reason: str) -> str:
+    """A validation reason fit for a card: printable characters only, one line, at most ``MAX_REASON_CHARS``."""
+    printable = "".join(ch if unicodedata.category(ch)[0] not in "CZ" else " " for ch in reason)
+    return _short(printable, MAX_REASON_CHARS) or "invalid resource"
+
+
+def unreadable_summary(order: UnreadableOrder) -> str:
+    """One line under 140 characters: which order, why, and that coverage was not evaluated. The order reference,
+    then the reason, give way when they do not fit (the detail has both in full)."""
+    drug = order.drug[:1].upper() + order.drug[1:]
+    reason = _reason_words(order.reason)
+    tail = ": coverage not evaluated; fix it and sign again"
+    full = f"{drug} order {order.order_ref} could not be read ({reason}){tail}"
+    if len(full) <= MAX_SUMMARY_CHARS:
+        return full
+    head = f"{drug} order could not be read ("
+    room = MAX_SUMMARY_CHARS - len(head) - len(")") - len(tail)
+    if room >= MIN_SUMMARY_REASON_CHARS:
+        return f"{head}{_short(reason, room)}){tail}"
+    return _clip(f"{drug} order could not be read{tail}")
+
+
+def unreadable_detail(order: UnreadableOrder) -> str:
+    """Markdown: what could not be read, why, what that means for coverage, and what to do."""
+    return "\n".join(
+        [
+            (
+                f"**{order.policy}** ({order.drug}): the draft order {order.order_ref} is not a valid FHIR "
+                f"MedicationRequest ({_reason_words(order.reason)}), so it could not be read."
+            ),
+            (
+                "\nCoverage was not evaluated: no coverage determination is made for this order and no coverage "
+                "information is added to it."
+            ),
+            "\nCorrect the order in the EHR (the element named above) and sign again.",
+        ]
+    )
+
+
+def unreadable_card(order: UnreadableOrder, insurer: str, policy_url: str | None) -> Card:
+    links = [Link(label=f"{order.policy} policy document", url=policy_url, type="absolute")] if policy_url else []
+    return Card(
+        summary=unreadable_summary(order),
+        indicator="warning",
+        source=Source(label=insurer, url=policy_url, topic=TOPIC_COVERAGE),
+        detail=unreadable_detail(order),
+        links=links,
+    )
+
+
 # ----------------------------------------------------------------------------- evaluation extension
 
 
@@ -572,7 +633,7 @@ def annotated_order(draft: Mapping[str, Any], extension: dict[str, Any]) -> dict
 
 
 def render(
-    items: list[EvaluatedOrder],
+    items: Sequence[EvaluatedOrder | UnreadableOrder],
     *,
     hook: str,
     insurer: str,
@@ -582,15 +643,20 @@ def render(
     assertion_ids: Mapping[str, str] | None = None,
     dtr_launch_url: str | None = None,
 ) -> Rendered:
-    """All cards and system actions for the evaluated orders, honouring the CRD configuration.
+    """All cards and system actions for the orders in scope, in their order, honouring the CRD configuration.
 
-    ``assertion_ids`` (order_ref -> id) are reused instead of new ids: a retried call cites what was stored.
+    An ``UnreadableOrder`` gets its card only (a coverage-information card: shown unless the client turned those
+    off). ``assertion_ids`` (order_ref -> id) are reused instead of new ids: a retried call cites what was stored.
     """
     show_coverage = crd_configuration.get("coverage-info") is not False
     show_alternatives = crd_configuration.get("therapy-alternatives-req") is not False
     out = Rendered()
     fix_cards: list[Card] = []
     for item in items:
+        if isinstance(item, UnreadableOrder):
+            if show_coverage:
+                out.cards.append(unreadable_card(item, insurer, policy_url))
+            continue
         ev = item.evaluation
         # Without an active Coverage there is no plan to speak for: no coverage assertion at all (the card says why).
         reused = (assertion_ids or {}).get(ev.order_ref)

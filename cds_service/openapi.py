@@ -125,8 +125,10 @@ def response_schemas() -> dict[str, JsonObject]:
         'CDS Hooks 2.0 response. No member is ever null or empty except the top-level "cards": []. '
         "By default, per evaluated everolimus order: one evaluation card carrying "
         "extension['priorauth-cds.evaluation'], one suggestions card when there are one-click fixes, and one "
-        "systemActions update echoing the draft with the Da Vinci CRD ext-coverage-information extension; the "
-        "request's davinci-crd.configuration can turn either kind off or cap the number of cards."
+        "systemActions update echoing the draft with the Da Vinci CRD ext-coverage-information extension. An order "
+        "of the drug that is not valid FHIR gets one warning card saying it could not be read and why (no evaluation "
+        "extension, no coverage assertion, no systemAction). The request's davinci-crd.configuration can turn either "
+        "kind off or cap the number of cards."
     )
     for name in ("Card", "Suggestion"):
         schemas[name]["required"] = [*schemas[name].get("required", []), "uuid"]  # the writer always fills it

@@ -3,7 +3,8 @@
 ``HookHandler.handle`` is what the HTTP route, the CLI (``priorauth-cds evaluate FILE``) and the tests
 call. It finds the orders of the policy's drug in scope (nothing else is fetched when there is none), gathers
 prefetch with FHIR fallback, builds the typed record and the facts, evaluates the policy, renders
-cards and records each coverage assertion.
+cards and records each coverage assertion. An order of the drug that is not valid FHIR (the record dropped it) is
+not evaluated: it gets a card saying it could not be read, while the other orders are answered as usual.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from .dtr import offer
 from .egress import fhir_access_for
 from .errors import PrefetchUnavailable, ProtocolError, UnknownService
 from .logs import log_event
-from .policy.engine import Policy, evaluate
+from .policy.engine import Policy, evaluate, unreadable
+from .policy.results import UnreadableOrder
 from .prefetch import gather
 from .protocol import FHIR_ID, HookRequest, HookResponse, parse_hook_request, to_json
 
@@ -62,6 +64,8 @@ class HookOutcome:
     evaluated: int
     decisions: list[str]
     timings: Timings
+    #: Orders of the drug in scope that could not be read (not valid FHIR), answered without an evaluation.
+    unreadable: int = 0
 
 
 def _capped(
@@ -181,8 +185,13 @@ class HookHandler:
         today = self.today()
         base = (self.config.public_base_url or base_url or "http://localhost").rstrip("/")
         responses = [r for key in ANSWER_KEYS for r in resources.get(key, ())]
-        items = []
+        answered: list[card_builder.EvaluatedOrder | UnreadableOrder] = []
         for order_id in in_scope:
+            order_ref = f"MedicationRequest/{order_id}"
+            if record.draft(order_id) is None:
+                reason = record.dropped_reason(order_ref) or "not a readable MedicationRequest"
+                answered.append(unreadable(self.policy, order_ref, reason))
+                continue
             facts = build_facts(
                 record,
                 order_id,
@@ -193,21 +202,19 @@ class HookHandler:
             )
             if unavailable:
                 facts = replace(facts, unavailable=unavailable)
-            answers = read_answers(
+            heard = read_answers(
                 responses,
                 self.tables,
                 patient_id=request.context.patientId,
                 order_ref=facts.order_ref,
                 questionnaires=offer.questionnaire_versions(self.policy),
             )
-            if answers.ignored:
-                log_event(log, "dtr.responses_ignored", reasons="; ".join(answers.ignored)[:500])
-            evaluation = evaluate(self.policy, with_answers(facts, answers))
-            dtr = offer.offer(
-                self.policy, self.tables, evaluation, facts, record, answers, base=base, hook=request.hook
-            )
+            if heard.ignored:
+                log_event(log, "dtr.responses_ignored", reasons="; ".join(heard.ignored)[:500])
+            evaluation = evaluate(self.policy, with_answers(facts, heard))
+            dtr = offer.offer(self.policy, self.tables, evaluation, facts, record, heard, base=base, hook=request.hook)
             draft = next(d for d in drafts if d.get("resourceType") == "MedicationRequest" and d.get("id") == order_id)
-            items.append(
+            answered.append(
                 card_builder.EvaluatedOrder(
                     evaluation=dtr.evaluation,
                     draft=draft,
@@ -220,16 +227,17 @@ class HookHandler:
                     answers_used=dtr.answers_used,
                 )
             )
+        items = [answer for answer in answered if isinstance(answer, card_builder.EvaluatedOrder)]
         started = timings.mark("evaluate", started)
         # A retried call (same hookInstance) cites the assertion the first call stored for each order.
         lookup = getattr(self.store, "assertion_ids_for", None)
         known_ids = lookup(request.hookInstance, [i.evaluation.order_ref for i in items]) if lookup else {}
-        rendered = self._render(items, request, today, known_ids)
+        rendered = self._render(answered, request, today, known_ids)
         if self.store is not None:
             stored_ids = self._record(request, service_id, items, rendered)
             if any(stored_ids.get(d.order_ref, d.assertion_id) != d.assertion_id for d in rendered.assertions):
                 # A concurrent retry stored its assertion first: answer with that id, as every retry will.
-                rendered = self._render(items, request, today, {**known_ids, **stored_ids})
+                rendered = self._render(answered, request, today, {**known_ids, **stored_ids})
                 self.store.record_response(  # type: ignore[attr-defined]  # the new cards' uuids
                     service_id=service_id,
                     hook_instance=request.hookInstance,
@@ -244,13 +252,18 @@ class HookHandler:
             len(items),
             [i.evaluation.decision.value for i in items],
             timings,
+            unreadable=len(answered) - len(items),
         )
 
     def _render(
-        self, items: list[card_builder.EvaluatedOrder], request: HookRequest, today: date, ids: dict[str, str]
+        self,
+        answers: list[card_builder.EvaluatedOrder | UnreadableOrder],
+        request: HookRequest,
+        today: date,
+        ids: dict[str, str],
     ) -> card_builder.Rendered:
         return card_builder.render(
-            items,
+            answers,
             hook=request.hook,
             insurer=self.config.insurer_name,
             crd_configuration=request.crd_configuration(),

@@ -14,10 +14,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from .model import LineOfBusiness
-from .normalize import codings, concept_texts
+from .normalize import Code
 
 #: Tables every policy shares (code systems, coverage, routes, specialties, receptor tests). A policy pack's own
 #: tables (products, indications, companions, its tags) live in the pack folder and are read first.
@@ -702,19 +702,20 @@ class CodeTables:
             candidate = candidate[:-1].rstrip(".")
         return out
 
-    def diagnosis_words(self, concept: Any) -> frozenset[str]:
-        """Diagnosis tags named in a concept's text and displays, unless its code already speaks: an ICD-10-CM code
-        (the tables cover the policy's ICD-10-CM categories whole, so one they leave out was left out on purpose) or
-        any code the tables list. A text-only problem, a local code or a SNOMED concept the tables lack is read by
-        its words, as a suggestion only. Works on validated models and raw dicts alike."""
+    def diagnosis_words(self, codes: Iterable[Code], texts: Iterable[str]) -> frozenset[str]:
+        """Diagnosis tags named in a concept's words (its text and displays), unless its codes already speak: an
+        ICD-10-CM code (the tables cover the policy's ICD-10-CM categories whole, so one they leave out was left out
+        on purpose) or any code the tables list. A text-only problem, a local code or a SNOMED concept the tables
+        lack is read by its words, as a suggestion only. The record filter passes a raw concept's codes and words,
+        the facts a validated one's: one rule for both."""
         if any(
             self.system_name(c.system) == "icd-10-cm"
             or self.condition_code_relevant(self.system_name(c.system), c.code)
-            for c in codings(concept)
+            for c in codes
         ):
             return frozenset()
         tags: set[str] = set()
-        for text in concept_texts(concept):
+        for text in texts:
             tags |= self.condition_tags_in_text(text)
         return frozenset(tags)
 

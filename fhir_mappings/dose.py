@@ -5,6 +5,8 @@ wrong number is worse than none: anything this module cannot read with certainty
 policy then asks for it) and nothing is guessed. Dosages that share a ``sequence`` are taken together
 (FHIR R4 Dosage.sequence: "the same sequence number ... concurrent"), different sequences one after
 the other, so the answer is the largest daily total of any sequence.
+
+It reads validated ``Dosage`` models only (the record validates every order it keeps).
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from typing import Any
+
+from fhir.resources.R4B.dosage import Dosage, DosageDoseAndRate
+from fhir.resources.R4B.quantity import Quantity
+from fhir.resources.R4B.timing import TimingRepeat
 
 from .model import Dose, Product
-from .normalize import codings, get, items, to_float
+from .normalize import to_float
+from .read import codings, present
 
 MG_PER_UNIT: dict[str, float] = {
     "mg": 1.0,
@@ -87,15 +93,15 @@ _CONTRARY = re.compile(
 )
 
 
-def daily_dose(dosage_instructions: Sequence[Any] | None, product: Product | None) -> Dose:
+def daily_dose(dosage_instructions: Sequence[Dosage | None] | None, product: Product | None) -> Dose:
     """mg/day and tablets/day of the order's dosage; either is None when it cannot be read for certain."""
-    dosages = [d for d in (dosage_instructions or []) if d is not None]
+    dosages = present(dosage_instructions)
     if not dosages:
         return Dose(None, None)
     strength = product.strength_mg if product is not None else None
-    groups: dict[object, list[Any]] = {}
+    groups: dict[int | None, list[Dosage]] = {}
     for dosage in dosages:
-        groups.setdefault(_sequence(get(dosage, "sequence")), []).append(dosage)
+        groups.setdefault(dosage.sequence, []).append(dosage)
     mg_totals: list[float | None] = []
     tablet_totals: list[float | None] = []
     for members in groups.values():
@@ -103,11 +109,6 @@ def daily_dose(dosage_instructions: Sequence[Any] | None, product: Product | Non
         mg_totals.append(_sum([m for m, _ in per_member]))
         tablet_totals.append(_sum([t for _, t in per_member]))
     return Dose(_max(mg_totals), _max(tablet_totals))
-
-
-def _sequence(value: Any) -> object:
-    """The grouping key of a Dosage.sequence: an integer or text as sent, anything else counts as absent."""
-    return value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
 
 
 def _finite(value: float | None) -> float | None:
@@ -123,7 +124,7 @@ def _max(values: list[float | None]) -> float | None:
     return None if not values or any(v is None for v in values) else max(v for v in values if v is not None)
 
 
-def _one_daily(dosage: Any, strength: float | None) -> tuple[float | None, float | None]:
+def _one_daily(dosage: Dosage, strength: float | None) -> tuple[float | None, float | None]:
     mg, tablets = amount_per_administration(dosage, strength)
     per_day = administrations_per_day(dosage)
     if per_day is None:
@@ -134,14 +135,13 @@ def _one_daily(dosage: Any, strength: float | None) -> tuple[float | None, float
     )
 
 
-def amount_per_administration(dosage: Any, strength: float | None) -> tuple[float | None, float | None]:
+def amount_per_administration(dosage: Dosage, strength: float | None) -> tuple[float | None, float | None]:
     """(mg, tablets) of one administration from Dosage.doseAndRate (a range counts at its high end)."""
-    entries = items(dosage, "doseAndRate")
-    ordered = sorted(entries, key=lambda e: 0 if _is_ordered(e) else 1)
+    ordered = sorted(present(dosage.doseAndRate), key=lambda e: 0 if _is_ordered(e) else 1)
     for entry in ordered:
-        quantity = get(entry, "doseQuantity")
-        if quantity is None and get(entry, "doseRange") is not None:
-            quantity = get(get(entry, "doseRange"), "high")
+        quantity = entry.doseQuantity
+        if quantity is None and entry.doseRange is not None:
+            quantity = entry.doseRange.high
             if quantity is None:
                 return None, None
         if quantity is not None:
@@ -149,16 +149,16 @@ def amount_per_administration(dosage: Any, strength: float | None) -> tuple[floa
     return None, None
 
 
-def _is_ordered(entry: Any) -> bool:
-    return any(c.code == "ordered" for c in codings(get(entry, "type"))) or get(entry, "type") is None
+def _is_ordered(entry: DosageDoseAndRate) -> bool:
+    return entry.type is None or any(c.code == "ordered" for c in codings(entry.type))
 
 
-def _quantity(quantity: Any, strength: float | None) -> tuple[float | None, float | None]:
-    value = to_float(get(quantity, "value"))
+def _quantity(quantity: Quantity, strength: float | None) -> tuple[float | None, float | None]:
+    value = to_float(quantity.value)
     if value is None or value < 0:
         return None, None
-    for raw_unit in (get(quantity, "code"), get(quantity, "unit")):
-        unit = raw_unit.strip().lower() if isinstance(raw_unit, str) else ""
+    for raw_unit in (quantity.code, quantity.unit):
+        unit = raw_unit.strip().lower() if raw_unit is not None else ""
         if unit in MG_PER_UNIT:
             mg = value * MG_PER_UNIT[unit]
             return round(mg, 6), (round(mg / strength, 6) if strength else None)
@@ -167,31 +167,30 @@ def _quantity(quantity: Any, strength: float | None) -> tuple[float | None, floa
     return None, None
 
 
-def administrations_per_day(dosage: Any) -> float | None:
+def administrations_per_day(dosage: Dosage) -> float | None:
     """How many times a day, from Timing.repeat, else Timing.code; no timing means once a day only when
     neither asNeeded nor the sig text says otherwise."""
-    timing = get(dosage, "timing")
+    timing = dosage.timing
     if timing is None:
         return _untimed(dosage)
-    repeat = get(timing, "repeat")
-    if repeat is not None:
-        from_repeat = _from_repeat(repeat)
+    if timing.repeat is not None:
+        from_repeat = _from_repeat(timing.repeat)
         if from_repeat is not None:
             return from_repeat
-    for coding in codings(get(timing, "code")):
+    for coding in codings(timing.code):
         if coding.code and coding.system in (None, GTS_SYSTEM) and coding.code.upper() in GTS_PER_DAY:
             return float(GTS_PER_DAY[coding.code.upper()])
     return None
 
 
-def _from_repeat(repeat: Any) -> float | None:
-    frequency = to_float(get(repeat, "frequency"))
-    period = to_float(get(repeat, "period"))
-    unit = get(repeat, "periodUnit")
-    events = len(items(repeat, "when")) + len(items(repeat, "timeOfDay"))
-    weekdays = len(items(repeat, "dayOfWeek"))
+def _from_repeat(repeat: TimingRepeat) -> float | None:
+    frequency = to_float(repeat.frequency)
+    period = to_float(repeat.period)
+    unit = repeat.periodUnit
+    events = len(present(repeat.when)) + len(present(repeat.timeOfDay))
+    weekdays = len(present(repeat.dayOfWeek))
     if period is not None:
-        days = PERIOD_DAYS.get(str(unit)) if unit is not None else None
+        days = PERIOD_DAYS.get(unit) if unit is not None else None
         if days is None or period <= 0:
             return None
         count = frequency if frequency is not None else float(events or 1)
@@ -205,10 +204,10 @@ def _from_repeat(repeat: Any) -> float | None:
     return None
 
 
-def _untimed(dosage: Any) -> float | None:
-    if get(dosage, "asNeededBoolean") is True or get(dosage, "asNeededCodeableConcept") is not None:
+def _untimed(dosage: Dosage) -> float | None:
+    if dosage.asNeededBoolean is True or dosage.asNeededCodeableConcept is not None:
         return None
-    text = " ".join(t for t in (get(dosage, "text"), get(dosage, "patientInstruction")) if isinstance(t, str))
+    text = " ".join(t for t in (dosage.text, dosage.patientInstruction) if t is not None)
     if _CONTRARY.search(text):
         return None
     return 1.0

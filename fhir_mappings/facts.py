@@ -3,6 +3,10 @@
 Each fact carries the references of the resources that show it. What the record cannot show stays
 absent or ``None`` (the policy then reports it as unknown); nothing here knows what a code means --
 that is in the code tables -- only which FHIR elements to read and how statuses and dates count.
+
+The record holds validated fhir.resources models, and everything here reads them by attribute (through the
+typed readers of ``fhir_mappings.read``). Only ``find_drug_orders`` reads raw JSON: it runs on the request's
+drafts before anything is validated.
 """
 
 from __future__ import annotations
@@ -14,27 +18,35 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
+from fhir.resources.R4B.codeableconcept import CodeableConcept
+from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.coverage import Coverage
+from fhir.resources.R4B.dosage import Dosage
+from fhir.resources.R4B.medication import Medication
+from fhir.resources.R4B.medicationrequest import MedicationRequest, MedicationRequestDispenseRequest
+from fhir.resources.R4B.medicationstatement import MedicationStatement
+from fhir.resources.R4B.observation import Observation, ObservationComponent
+from fhir.resources.R4B.practitionerrole import PractitionerRole
+
 from .codes import CodeTables, IngredientForm
 from .dose import administrations_per_day, daily_dose
 from .model import Facts, Finding, LineOfBusiness, Product
 from .normalize import (
     MedicationConcept,
     add_days,
-    choice,
-    codings,
-    concept_texts,
-    get,
     is_partial_date,
-    items,
     iter_bundle,
-    medication_concept,
-    reference_of,
+    raw_medication_concept,
     split_reference,
-    status_code,
     to_date,
     to_float,
 )
+from .read import codings, concept_texts, medication_concept, present, reference_of, status_code
 from .record import PatientRecord
+
+#: A medication order or statement of the chart (or a draft): what the medication readers take.
+MedicationResource = MedicationRequest | MedicationStatement
 
 ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
 EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
@@ -75,7 +87,10 @@ class OrderNotFound(LookupError):
 
 
 def find_drug_orders(draft_orders: Sequence[Any], tables: CodeTables) -> list[str]:
-    """Ids of the draft MedicationRequests that order the pack's drug, by RxNorm code or by name (raw dicts)."""
+    """Ids of the draft MedicationRequests that order the pack's drug, by RxNorm code or by name.
+
+    Reads the request's raw JSON (before validation, so an order of the drug that will not validate is still found
+    and answered for)."""
     ids: list[str] = []
     for resource in iter_bundle(list(draft_orders)):
         rid = resource.get("id")
@@ -83,7 +98,7 @@ def find_drug_orders(draft_orders: Sequence[Any], tables: CodeTables) -> list[st
             continue
         if resource.get("status") == "entered-in-error":
             continue
-        if is_requested_drug(medication_concept(resource), tables):
+        if is_requested_drug(raw_medication_concept(resource), tables):
             ids.append(rid)
     return ids
 
@@ -98,7 +113,7 @@ def is_requested_drug(concept: MedicationConcept, tables: CodeTables) -> bool:
 
 
 def form_tags(
-    resource: Any, concept: MedicationConcept, tags: frozenset[str], tables: CodeTables
+    resource: MedicationResource, concept: MedicationConcept, tags: frozenset[str], tables: CodeTables
 ) -> tuple[frozenset[str], frozenset[str]]:
     """(form tags shown, ingredients whose form the order does not show) for form-specific ingredients.
 
@@ -119,8 +134,19 @@ def form_tags(
     return frozenset(found), frozenset(unknown)
 
 
+def _dosages(resource: MedicationResource) -> list[Dosage]:
+    """The Dosage list of an order (dosageInstruction) or a statement (dosage)."""
+    if isinstance(resource, MedicationRequest):
+        return present(resource.dosageInstruction)
+    return present(resource.dosage)
+
+
 def _form_of(
-    resource: Any, concept: MedicationConcept, ingredient: str, forms: Sequence[IngredientForm], tables: CodeTables
+    resource: MedicationResource,
+    concept: MedicationConcept,
+    ingredient: str,
+    forms: Sequence[IngredientForm],
+    tables: CodeTables,
 ) -> str | None:
     by_release: dict[str, str] = {f.release: f.tag for f in forms}
     for coding in concept.codes:
@@ -132,9 +158,9 @@ def _form_of(
                 by_route = [f.tag for f in forms if drug.route in f.routes]
                 if len(by_route) == 1:
                     return by_route[0]
-    dosages = items(resource, "dosage") or items(resource, "dosageInstruction")
+    dosages = _dosages(resource)
     texts = list(concept.texts)
-    texts += [t for d in dosages for t in (get(d, "text"), get(d, "patientInstruction")) if isinstance(t, str)]
+    texts += [t for d in dosages for t in (d.text, d.patientInstruction) if t is not None]
     named = {f.tag for text in texts for f in tables.forms_in_text(ingredient, text)}
     if len(named) == 1:
         return named.pop()
@@ -142,12 +168,11 @@ def _form_of(
         return None  # contradictory words: let a person read it
     routes: set[str] = set()
     for dosage in dosages:
-        route = get(dosage, "route")
-        for coding in codings(route):
+        for coding in codings(dosage.route):
             name = tables.route_of(tables.system_name(coding.system), coding.code)
             if name:
                 routes.add(name)
-        for text in concept_texts(route) + [t for t in (get(dosage, "text"),) if isinstance(t, str)]:
+        for text in concept_texts(dosage.route) + ([dosage.text] if dosage.text is not None else []):
             routes |= tables.routes_in_text(text)
     routed = {f.tag for f in forms if f.routes & routes}
     if len(routed) == 1:
@@ -225,9 +250,9 @@ def build_facts(
     order = record.draft(order_id)
     if order is None:
         raise OrderNotFound(f"no draft MedicationRequest {order_id.split('/')[-1]!r} in the record")
-    order_ref = f"MedicationRequest/{get(order, 'id')}"
-    evaluation_date = to_date(get(order, "authoredOn")) or today
-    concept = medication_concept(order, dict(record.medications))
+    order_ref = f"MedicationRequest/{order.id}"
+    evaluation_date = to_date(order.authoredOn) or today
+    concept = medication_concept(order, record.medications)
     product = resolve_product(concept, tables)
     age, age_evidence = _age(record, evaluation_date)
     found = _diagnoses(record, order, order_ref, tables)
@@ -240,14 +265,14 @@ def build_facts(
         order_ref=order_ref,
         evaluation_date=evaluation_date,
         product=product,
-        dose=daily_dose(items(order, "dosageInstruction"), product),
+        dose=daily_dose(order.dosageInstruction, product),
         age_years=age,
         age_evidence=age_evidence,
         diagnoses=found.confirmed,
         possible_diagnoses=found.possible,
         generic_suggestions=found.generic_only,
         diagnosis_documented=bool(
-            record.condition_count or items(order, "reasonCode") or items(order, "reasonReference")
+            record.condition_count or present(order.reasonCode) or present(order.reasonReference)
         ),
         receptors=_receptors(record, tables),
         specialties=specialties,
@@ -331,26 +356,40 @@ def _age(record: PatientRecord, on: date) -> tuple[int | None, tuple[str, ...]]:
 # -- diagnoses -----------------------------------------------------------------------------
 
 
-def _condition_state(condition: Any) -> str | None:
+def _condition_state(condition: Condition) -> str | None:
     """ "confirmed", "possible", or None when the Condition does not count (inactive, refuted, ended)."""
-    clinical = status_code(get(condition, "clinicalStatus"))
+    clinical = status_code(condition.clinicalStatus)
     if clinical is not None and clinical not in ACTIVE_CLINICAL:
         return None
-    if clinical is None and choice(condition, "abatement")[1] is not None:
+    if clinical is None and _abated(condition):
         return None
-    verification = status_code(get(condition, "verificationStatus"))
+    verification = status_code(condition.verificationStatus)
     if verification in EXCLUDED_VERIFICATION:
         return None
     return "possible" if verification in POSSIBLE_VERIFICATION else "confirmed"
 
 
-def _condition_start(condition: Any) -> date | None:
-    kind, value = choice(condition, "onset")
-    if kind == "DateTime":
-        return to_date(value)
-    if kind == "Period":
-        return to_date(get(value, "start"))
-    return to_date(get(condition, "recordedDate"))
+def _abated(condition: Condition) -> bool:
+    """Whether any abatement[x] is recorded."""
+    return any(
+        value is not None
+        for value in (
+            condition.abatementDateTime,
+            condition.abatementAge,
+            condition.abatementPeriod,
+            condition.abatementRange,
+            condition.abatementString,
+        )
+    )
+
+
+def _condition_start(resource: Condition | AllergyIntolerance) -> date | None:
+    """onsetDateTime, else onsetPeriod.start; recordedDate when the onset is neither (absent, an age, a range ...)."""
+    if resource.onsetDateTime is not None:
+        return to_date(resource.onsetDateTime)
+    if resource.onsetPeriod is not None:
+        return to_date(resource.onsetPeriod.start)
+    return to_date(resource.recordedDate)
 
 
 @dataclass
@@ -361,7 +400,9 @@ class _DiagnosisFindings:
     generic_only: frozenset[str]
 
 
-def _diagnoses(record: PatientRecord, order: Any, order_ref: str, tables: CodeTables) -> _DiagnosisFindings:
+def _diagnoses(
+    record: PatientRecord, order: MedicationRequest, order_ref: str, tables: CodeTables
+) -> _DiagnosisFindings:
     """Coded Conditions confirm (or, provisional / broad codes, suggest); names in text and the order's reason
     suggest; possible.csv rules derive manifestations (TSC + a brain tumour suggests SEGA)."""
     confirmed, possible = _Findings(), _Findings()
@@ -377,11 +418,11 @@ def _diagnoses(record: PatientRecord, order: Any, order_ref: str, tables: CodeTa
                 for tag in match.tags:
                     target.add(tag, ref, start)
                 tagged = True
-        for tag in tables.diagnosis_words(condition.code):
+        for tag in _diagnosis_words(condition.code, tables):
             possible.add(tag, ref, start)
             tagged = True
-        for stage in items(condition, "stage"):
-            for coding in codings(get(stage, "summary")):
+        for stage in present(condition.stage):
+            for coding in codings(stage.summary):
                 for match in tables.condition_matches(tables.system_name(coding.system), coding.code):
                     for tag in match.tags:
                         (possible if state == "possible" else confirmed).add(tag, ref, start)
@@ -389,21 +430,20 @@ def _diagnoses(record: PatientRecord, order: Any, order_ref: str, tables: CodeTa
         if tagged and state == "confirmed" and clinical is not None:
             for tag in tables.condition_status.get(("condition-clinical", clinical), ()):
                 confirmed.add(tag, ref, start)
-    for concept in items(order, "reasonCode"):
+    for concept in present(order.reasonCode):
         for coding in codings(concept):
             for match in tables.condition_matches(tables.system_name(coding.system), coding.code):
                 for tag in match.tags:
                     (possible if match.possible else confirmed).add(tag, order_ref, None)
-        for tag in tables.diagnosis_words(concept):
+        for tag in _diagnosis_words(concept, tables):
             possible.add(tag, order_ref, None)
-    for reference in items(order, "reasonReference"):
-        display = get(reference, "display")
-        for tag in tables.condition_tags_in_text(display if isinstance(display, str) else ""):
+    for reference in present(order.reasonReference):
+        for tag in tables.condition_tags_in_text(reference.display or ""):
             possible.add(tag, order_ref, None)
-    present = confirmed.tags() | possible.tags()
+    named = confirmed.tags() | possible.tags()
     strength: dict[str, set[str]] = {}
     for rule in tables.possible_rules:
-        if rule.if_all <= present:
+        if rule.if_all <= named:
             evidence = [
                 (ref, _start_of(confirmed, possible, tag))
                 for tag in rule.if_all
@@ -414,9 +454,13 @@ def _diagnoses(record: PatientRecord, order: Any, order_ref: str, tables: CodeTa
                 for ref, start in evidence:
                     possible.add(tag, ref, start)
     # A tag is generic-only when nothing but a generic rule suggested it (no code, text or specific rule).
-    direct = present
+    direct = named
     generic_only = frozenset(tag for tag, kinds in strength.items() if kinds == {"generic"} and tag not in direct)
     return _DiagnosisFindings(confirmed.freeze(), possible.freeze(exclude=confirmed.tags()), generic_only)
+
+
+def _diagnosis_words(concept: CodeableConcept | None, tables: CodeTables) -> frozenset[str]:
+    return tables.diagnosis_words(codings(concept), concept_texts(concept))
 
 
 def _start_of(confirmed: _Findings, possible: _Findings, tag: str) -> date | None:
@@ -441,8 +485,9 @@ def _receptors(record: PatientRecord, tables: CodeTables) -> dict[str, Finding]:
         if observation.status not in FINAL_OBSERVATION:
             continue
         ref, on = f"Observation/{observation.id}", _observation_date(observation)
-        for element in [observation, *items(observation, "component")]:
-            for coding in codings(get(element, "code")):
+        elements: list[Observation | ObservationComponent] = [observation, *present(observation.component)]
+        for element in elements:
+            for coding in codings(element.code):
                 test = (
                     tables.receptor_tests.get(coding.code or "")
                     if tables.system_name(coding.system) == "loinc"
@@ -471,38 +516,48 @@ def _receptors(record: PatientRecord, tables: CodeTables) -> dict[str, Finding]:
     return out
 
 
-def _observation_date(observation: Any) -> date | None:
-    kind, value = choice(observation, "effective")
-    if kind in ("DateTime", "Instant"):
-        return to_date(value)
-    if kind == "Period":
-        return to_date(get(value, "end")) or to_date(get(value, "start"))
-    return to_date(get(observation, "issued"))
+def _observation_date(observation: Observation) -> date | None:
+    """effectiveDateTime / effectiveInstant, else effectivePeriod's end (or start), else issued."""
+    if observation.effectiveDateTime is not None:
+        return to_date(observation.effectiveDateTime)
+    if observation.effectiveInstant is not None:
+        return to_date(observation.effectiveInstant)
+    if observation.effectivePeriod is not None:
+        period = observation.effectivePeriod
+        return to_date(period.end) or to_date(period.start)
+    return to_date(observation.issued)
 
 
-def _interpret(element: Any, receptor: str, kind: str, threshold: float | None, tables: CodeTables) -> str | None:
+def _interpret(
+    element: Observation | ObservationComponent,
+    receptor: str,
+    kind: str,
+    threshold: float | None,
+    tables: CodeTables,
+) -> str | None:
     """positive / negative / equivocal from interpretation, coded or text value, IHC score or % of cells."""
-    for coding in [c for concept in items(element, "interpretation") for c in codings(concept)]:
+    for coding in [c for concept in present(element.interpretation) for c in codings(concept)]:
         result = tables.result_of_code(tables.system_name(coding.system), coding.code)
         if result is not None:
             return result
     if kind == "interpretation-only":
         return None
-    value_kind, value = choice(element, "value")
-    if value_kind == "CodeableConcept":
+    if element.valueCodeableConcept is not None:
+        value = element.valueCodeableConcept
         for coding in codings(value):
             result = tables.result_of_code(tables.system_name(coding.system), coding.code)
             if result is not None:
                 return result
         return _interpret_text(" | ".join(concept_texts(value)), receptor, kind, threshold, tables)
-    if value_kind == "String":
-        return _interpret_text(str(value), receptor, kind, threshold, tables)
-    if value_kind == "Quantity" and kind == "percent" and threshold is not None:
-        number = to_float(get(value, "value"))
-        unit = get(value, "code") or get(value, "unit")
+    if element.valueString is not None:
+        return _interpret_text(element.valueString, receptor, kind, threshold, tables)
+    quantity = element.valueQuantity
+    if quantity is not None and kind == "percent" and threshold is not None:
+        number = to_float(quantity.value)
+        unit = quantity.code or quantity.unit
         if number is None or (unit not in (None, "%")):
             return None
-        comparator = get(value, "comparator")
+        comparator = quantity.comparator
         if comparator in ("<", "<=") and number <= threshold:
             return "negative"
         if comparator in (">", ">=") and number >= threshold:
@@ -510,8 +565,9 @@ def _interpret(element: Any, receptor: str, kind: str, threshold: float | None, 
         if comparator is None:
             return "positive" if number >= threshold else "negative"
         return None
-    if value_kind == "Integer" and receptor == "her2" and kind == "status":
-        return tables.her2_ihc_result("0" if value == 0 else f"{value}+")
+    if element.valueInteger is not None and receptor == "her2" and kind == "status":
+        score = element.valueInteger
+        return tables.her2_ihc_result("0" if score == 0 else f"{score}+")
     return None
 
 
@@ -542,16 +598,16 @@ def _interpret_text(text: str, receptor: str, kind: str, threshold: float | None
 
 
 def _specialties(
-    record: PatientRecord, order: Any, user_ref: str | None, tables: CodeTables
+    record: PatientRecord, order: MedicationRequest, user_ref: str | None, tables: CodeTables
 ) -> tuple[dict[str, Finding], str | None]:
     """Specialty tags of the requester (else the hook's user): its role(s) and its Practitioner's qualifications."""
-    ref = reference_of(get(order, "requester")) or user_ref
+    ref = reference_of(order.requester) or user_ref
     rtype, rid = split_reference(ref)
     if rtype not in ("PractitionerRole", "Practitioner") or not rid:
         return {}, (f"{rtype}/{rid}" if rtype and rid else None)
     found = _Findings()
     practitioner_id = rid if rtype == "Practitioner" else None
-    roles: list[Any] = []
+    roles: list[PractitionerRole] = []
     if rtype == "PractitionerRole":
         role = record.practitioner_roles.get(rid)
         if role is not None:
@@ -564,14 +620,14 @@ def _specialties(
             if same and role not in roles and role.active is not False:
                 roles.append(role)
     for role in roles:
-        for concept in items(role, "specialty"):
+        for concept in present(role.specialty):
             for coding in codings(concept):
                 for tag in tables.specialty_tags_for(tables.system_name(coding.system), coding.code):
                     found.add(tag, f"PractitionerRole/{role.id}", None)
     practitioner = record.practitioners.get(practitioner_id) if practitioner_id else None
     if practitioner is not None:
-        for qualification in items(practitioner, "qualification"):
-            for coding in codings(get(qualification, "code")):
+        for qualification in present(practitioner.qualification):
+            for coding in codings(qualification.code):
                 for tag in tables.specialty_tags_for(tables.system_name(coding.system), coding.code):
                     found.add(tag, f"Practitioner/{practitioner.id}", None)
     return found.freeze(), f"{rtype}/{rid}"
@@ -580,26 +636,28 @@ def _specialties(
 # -- medications ---------------------------------------------------------------------------
 
 
-def _medication_start(resource: Any) -> date | None:
-    """Earliest of effectivePeriod.start / effectiveDateTime / authoredOn / validityPeriod.start."""
-    kind, value = choice(resource, "effective")
-    candidates = [
-        to_date(get(value, "start")) if kind == "Period" else to_date(value) if kind == "DateTime" else None,
-        to_date(get(resource, "authoredOn")),
-        to_date(get(get(get(resource, "dispenseRequest"), "validityPeriod"), "start")),
-    ]
+def _medication_start(resource: MedicationResource) -> date | None:
+    """Earliest of effectivePeriod.start / effectiveDateTime (statements) and authoredOn /
+    dispenseRequest.validityPeriod.start (orders)."""
+    if isinstance(resource, MedicationStatement):
+        period = resource.effectivePeriod
+        candidates = [to_date(period.start) if period is not None else to_date(resource.effectiveDateTime)]
+    else:
+        dispense = resource.dispenseRequest
+        validity = dispense.validityPeriod if dispense is not None else None
+        candidates = [to_date(resource.authoredOn), to_date(validity.start) if validity is not None else None]
     dated = [c for c in candidates if c is not None]
     return min(dated) if dated else None
 
 
-def _chart_medications(record: PatientRecord) -> list[tuple[str, Any]]:
+def _chart_medications(record: PatientRecord) -> list[tuple[str, MedicationResource]]:
     return [("MedicationRequest", r) for r in record.medication_requests] + [
         ("MedicationStatement", s) for s in record.medication_statements
     ]
 
 
 def _tags_with_forms(
-    resource: Any, medications: Mapping[str, Any], tables: CodeTables
+    resource: MedicationResource, medications: Mapping[str, Medication], tables: CodeTables
 ) -> tuple[frozenset[str], frozenset[str]]:
     concept = medication_concept(resource, medications)
     tags = medication_tags(concept, tables)
@@ -613,19 +671,18 @@ def _co_medications(
     """Other drafts of this request and the chart's active orders and statements (and, per form-specific
     ingredient, the ones whose form they do not show)."""
     found, unknown_form = _Findings(), _Findings()
-    medications = dict(record.medications)
-    drafts = list(record.draft_orders) + list(record.unvalidated_drafts.values())
-    for draft in drafts:
-        ref = f"MedicationRequest/{get(draft, 'id')}"
-        if ref == order_ref or get(draft, "status") not in CO_DRAFT_STATUS:
+    medications = record.medications
+    for draft in record.draft_orders:
+        ref = f"MedicationRequest/{draft.id}"
+        if ref == order_ref or draft.status not in CO_DRAFT_STATUS:
             continue
         tags, unknown = _tags_with_forms(draft, medications, tables)
         for tag in tags:
-            found.add(tag, ref, to_date(get(draft, "authoredOn")))
+            found.add(tag, ref, to_date(draft.authoredOn))
         for tag in unknown:
             unknown_form.add(tag, ref, None)
     for rtype, resource in _chart_medications(record):
-        if rtype == "MedicationRequest":
+        if isinstance(resource, MedicationRequest):
             active = resource.status in ACTIVE_REQUEST_STATUS and resource.intent in ORDER_INTENTS
         else:
             active = resource.status in ACTIVE_STATEMENT_STATUS
@@ -645,7 +702,7 @@ def _history(
 ) -> tuple[dict[str, Finding], dict[str, Finding]]:
     """Chart orders and statements (not the drafts) started before the evaluation date; undated ones count."""
     found, unknown_form = _Findings(), _Findings()
-    medications = dict(record.medications)
+    medications = record.medications
     for rtype, resource in _chart_medications(record):
         if resource.status in NOT_HISTORY_STATUS:
             continue
@@ -664,10 +721,10 @@ def _drug_exposure(
     record: PatientRecord, evaluation_date: date, tables: CodeTables
 ) -> tuple[int, tuple[str, ...], float | None]:
     """Days on the drug before the evaluation date (union of periods), their evidence, and the latest mg/day."""
-    medications = dict(record.medications)
+    medications = record.medications
     spans: list[tuple[date, date]] = []
     evidence: list[str] = []
-    latest: tuple[date, Any, MedicationConcept] | None = None
+    latest: tuple[date, MedicationResource, MedicationConcept] | None = None
     for rtype, resource in _chart_medications(record):
         if resource.status in NOT_HISTORY_STATUS:
             continue
@@ -679,7 +736,7 @@ def _drug_exposure(
             continue
         if latest is None or start > latest[0]:
             latest = (start, resource, concept)
-        end = _medication_end(rtype, resource, start, evaluation_date)
+        end = _medication_end(resource, start, evaluation_date)
         if end is None:
             continue
         end = min(end, evaluation_date)
@@ -689,18 +746,18 @@ def _drug_exposure(
     previous = None
     if latest is not None:
         _, resource, concept = latest
-        dosage = items(resource, "dosage") or items(resource, "dosageInstruction")
-        previous = daily_dose(dosage, resolve_product(concept, tables)).mg_per_day
+        previous = daily_dose(_dosages(resource), resolve_product(concept, tables)).mg_per_day
     return _union_days(spans), tuple(evidence), previous
 
 
-def _medication_end(rtype: str, resource: Any, start: date, evaluation_date: date) -> date | None:
+def _medication_end(resource: MedicationResource, start: date, evaluation_date: date) -> date | None:
     """Exclusive end of a course: period end (inclusive in FHIR, so +1 day), supply x fills, or 'still on'."""
-    kind, value = choice(resource, "effective")
-    if kind == "Period" and get(value, "end") is not None:
-        return add_days(to_date(get(value, "end"), end=True), 1)
-    if rtype == "MedicationRequest":
-        supply = _supply_days(get(resource, "dispenseRequest"))
+    if isinstance(resource, MedicationStatement):
+        period = resource.effectivePeriod
+        if period is not None and period.end is not None:
+            return add_days(to_date(period.end, end=True), 1)
+    else:
+        supply = _supply_days(resource.dispenseRequest)
         if supply is not None:
             return add_days(start, math.ceil(supply))
     if resource.status == "active":
@@ -722,33 +779,38 @@ def _union_days(spans: list[tuple[date, date]]) -> int:
     return total
 
 
-def _supply_days(dispense: Any) -> float | None:
+def _supply_days(dispense: MedicationRequestDispenseRequest | None) -> float | None:
     """expectedSupplyDuration x (numberOfRepeatsAllowed + 1), in days."""
-    duration = get(dispense, "expectedSupplyDuration")
-    value = to_float(get(duration, "value"))
+    duration = dispense.expectedSupplyDuration if dispense is not None else None
+    if dispense is None or duration is None:
+        return None
+    value = to_float(duration.value)
     if value is None or value <= 0:
         return None
-    unit = next((u for u in (get(duration, "code"), get(duration, "unit")) if isinstance(u, str) and u.strip()), "")
+    unit = next((u for u in (duration.code, duration.unit) if u is not None and u.strip()), "")
     factor = SUPPLY_UNIT_DAYS.get(unit.strip().lower())
     if factor is None:
         return None
-    repeats = to_float(get(dispense, "numberOfRepeatsAllowed")) or 0
+    repeats = to_float(dispense.numberOfRepeatsAllowed) or 0
     return value * factor * (repeats + 1)
 
 
 # -- generic exception ---------------------------------------------------------------------
 
 
-def _generic_exception(record: PatientRecord, order: Any, order_ref: str, tables: CodeTables) -> Finding | None:
+def _generic_exception(
+    record: PatientRecord, order: MedicationRequest, order_ref: str, tables: CodeTables
+) -> Finding | None:
     """Dispense-as-written with a stated reason, or a current allergy / intolerance to the drug."""
     evidence: list[str] = []
     starts: list[date] = []
-    substitution = get(order, "substitution")
-    refused = get(substitution, "allowedBoolean") is False or any(
-        c.code in NO_SUBSTITUTION_CODES for c in codings(get(substitution, "allowedCodeableConcept"))
-    )
-    if refused and get(substitution, "reason") is not None:
-        evidence.append(order_ref)
+    substitution = order.substitution
+    if substitution is not None:
+        refused = substitution.allowedBoolean is False or any(
+            c.code in NO_SUBSTITUTION_CODES for c in codings(substitution.allowedCodeableConcept)
+        )
+        if refused and substitution.reason is not None:
+            evidence.append(order_ref)
     for allergy in record.allergies:
         if status_code(allergy.clinicalStatus) in INACTIVE_ALLERGY:
             continue
@@ -769,12 +831,12 @@ def _generic_exception(record: PatientRecord, order: Any, order_ref: str, tables
 
 
 def _line_of_business(
-    record: PatientRecord, order: Any, plan_prefixes: Mapping[str, str], tables: CodeTables
+    record: PatientRecord, order: MedicationRequest, plan_prefixes: Mapping[str, str], tables: CodeTables
 ) -> tuple[LineOfBusiness | None, tuple[str, ...], str | None]:
     """The order's Coverage if the record has it, else the active ones (primary first): plan prefix, then SOPT."""
     by_ref = {f"Coverage/{c.id}": c for c in record.coverages}
     wanted = []
-    for insurance in items(order, "insurance"):
+    for insurance in present(order.insurance):
         rtype, rid = split_reference(reference_of(insurance))
         if rtype == "Coverage" and f"Coverage/{rid}" in by_ref:
             wanted.append(by_ref[f"Coverage/{rid}"])
@@ -790,31 +852,29 @@ def _line_of_business(
 
 
 def _coverage_line_of_business(
-    coverage: Any, plan_prefixes: Mapping[str, str], tables: CodeTables
+    coverage: Coverage, plan_prefixes: Mapping[str, str], tables: CodeTables
 ) -> LineOfBusiness | None:
-    for klass in items(coverage, "class"):
-        is_plan = any(
-            c.code == "plan" and c.system in (None, COVERAGE_CLASS_SYSTEM) for c in codings(get(klass, "type"))
-        )
-        value = get(klass, "value")
-        if not is_plan or not isinstance(value, str):
+    for klass in present(coverage.class_fhir):
+        is_plan = any(c.code == "plan" and c.system in (None, COVERAGE_CLASS_SYSTEM) for c in codings(klass.type))
+        value = klass.value
+        if not is_plan or value is None:
             continue
         for prefix, name in plan_prefixes.items():
             if value.upper().startswith(prefix.upper()):
                 return LineOfBusiness(name)
-    for coding in codings(get(coverage, "type")):
+    for coding in codings(coverage.type):
         lob = tables.line_of_business_for(tables.system_name(coding.system), coding.code)
         if lob is not None:
             return lob
     return None
 
 
-def requested_months(order: Any) -> int | None:
+def requested_months(order: MedicationRequest) -> int | None:
     """Whole 30-day months asked for: validityPeriod span, else supply x fills; at least 1; None if neither."""
-    dispense = get(order, "dispenseRequest")
-    validity = get(dispense, "validityPeriod")
-    start = to_date(get(validity, "start"))
-    end = to_date(get(validity, "end"), end=True)
+    dispense = order.dispenseRequest
+    validity = dispense.validityPeriod if dispense is not None else None
+    start = to_date(validity.start) if validity is not None else None
+    end = to_date(validity.end, end=True) if validity is not None else None
     days: float | None = None
     if start is not None and end is not None and end >= start:
         days = float((end - start).days)

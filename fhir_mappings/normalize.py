@@ -1,9 +1,15 @@
-"""Small readers that work on raw FHIR dicts and on fhir.resources models alike, plus input repairs.
+"""Raw FHIR JSON before validation: cheap readers, value conversions, and input repairs.
 
-Raw dicts are read before validation (to decide what is worth validating, cheaply) and typed models
-after it; one set of readers for both keeps the two paths from drifting apart. The repairs fix the
-real-world shapes listed in ``shared/external/SOURCES.md`` (single objects where R4 has arrays, STU3
-``Dosage.doseQuantity``, R5 ``medication`` CodeableReference) without mutating the caller's data.
+The ``raw_*`` readers work on the dicts of a request as received: the record builder reads them to decide
+which resources are worth validating (relevance routing, the patient a resource is about), and the service
+reads the draft orders with them to find the orders of the drug. They accept any JSON shape (a lone object
+where R4 has an array, an integer code) and never raise. Everything after validation reads typed models
+through ``fhir_mappings.read``; both flatten codings into ``Code`` and medications into ``MedicationConcept``.
+
+The value conversions (``to_date``, ``to_float`` ...) serve both sides: the models keep partial dates as
+strings and decimals as ``Decimal``. The repairs fix the real-world shapes listed in
+``shared/external/SOURCES.md`` (single objects where R4 has arrays, STU3 ``Dosage.doseQuantity``, R5
+``medication`` CodeableReference) without mutating the caller's data.
 """
 
 from __future__ import annotations
@@ -44,58 +50,26 @@ STU3_DOSE_KEYS = ("doseQuantity", "doseRange", "rateQuantity", "rateRange", "rat
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
 
 
-def get(obj: Any, name: str) -> Any:
-    """``obj[name]`` for a dict, ``obj.name`` for a model (``class`` is ``class_fhir`` there); None if absent."""
-    if obj is None:
-        return None
-    if isinstance(obj, dict):
-        return obj.get(name)
-    value = getattr(obj, name, None)
-    if value is None and name in ("class", "for", "import"):
-        value = getattr(obj, f"{name}_fhir", None)
-    return value
+# ----------------------------------------------------------------------------- raw JSON readers
 
 
-def items(obj: Any, name: str) -> list[Any]:
-    """An element as a list: [] when absent, [x] when a client sent one object for an array."""
-    value = get(obj, name)
+def raw_get(obj: object, name: str) -> Any:
+    """``obj[name]`` of a raw JSON object; None when ``obj`` is not an object or lacks the member."""
+    return obj.get(name) if isinstance(obj, dict) else None
+
+
+def raw_items(obj: object, name: str) -> list[Any]:
+    """A member of a raw JSON object as a list: [] when absent, [x] when a client sent one object for an array
+    (None entries left out)."""
+    value = raw_get(obj, name)
     if value is None:
         return []
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list):
         return [v for v in value if v is not None]
     return [value]
 
 
-def choice(obj: Any, prefix: str) -> tuple[str | None, Any]:
-    """The populated variant of a FHIR choice element (``effective[x]`` -> ("Period", {...}))."""
-    if obj is None:
-        return None, None
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            if key.startswith(prefix) and len(key) > len(prefix) and key[len(prefix)].isupper() and value is not None:
-                return key[len(prefix) :], value
-        return None, None
-    for key in _choice_fields(type(obj), prefix):
-        value = getattr(obj, key, None)
-        if value is not None:
-            return key[len(prefix) :], value
-    return None, None
-
-
-_CHOICE_FIELDS: dict[tuple[type, str], tuple[str, ...]] = {}
-
-
-def _choice_fields(model: type, prefix: str) -> tuple[str, ...]:
-    """The fields of a model class that are variants of ``prefix[x]``, in declaration order (computed once)."""
-    fields = _CHOICE_FIELDS.get((model, prefix))
-    if fields is None:
-        fields = tuple(
-            key
-            for key in model.model_fields  # type: ignore[attr-defined]
-            if key.startswith(prefix) and len(key) > len(prefix) and key[len(prefix)].isupper()
-        )
-        _CHOICE_FIELDS[(model, prefix)] = fields
-    return fields
+# ----------------------------------------------------------------------------- values
 
 
 #: Largest magnitude read as a number: beyond it a value is no plausible dose, count or duration, and arithmetic
@@ -103,7 +77,7 @@ def _choice_fields(model: type, prefix: str) -> tuple[str, ...]:
 MAX_NUMBER = 1e12
 
 
-def to_float(value: Any) -> float | None:
+def to_float(value: object) -> float | None:
     """A FHIR decimal/integer (Decimal, int, float or numeric string) as a finite float within ``MAX_NUMBER``;
     None otherwise (including 1e308, 10**400, NaN and infinities)."""
     if value is None or isinstance(value, bool):
@@ -127,8 +101,10 @@ def add_days(day: date | None, days: float) -> date | None:
         return None
 
 
-def to_date(value: Any, *, end: bool = False) -> date | None:
-    """The calendar date of a FHIR date/dateTime; partial dates give their first day (last with ``end``)."""
+def to_date(value: object, *, end: bool = False) -> date | None:
+    """The calendar date of a FHIR date/dateTime; partial dates give their first day (last with ``end``).
+
+    Typed models hold full dates as ``date``/``datetime`` and partial ones ("1968", "2026-11") as strings."""
     if value is None:
         return None
     if isinstance(value, datetime):
@@ -152,7 +128,7 @@ def to_date(value: Any, *, end: bool = False) -> date | None:
         return None
 
 
-def is_partial_date(value: Any) -> bool:
+def is_partial_date(value: object) -> bool:
     """True for a year or year-month FHIR date (a string the models keep unparsed)."""
     return isinstance(value, str) and bool(re.fullmatch(r"\d{4}(-\d{2})?", value.strip()))
 
@@ -168,33 +144,67 @@ class Code(NamedTuple):
     display: str | None
 
 
-def codings(concept: Any) -> list[Code]:
-    """The codings of a CodeableConcept (tolerating a lone Coding where a concept was expected)."""
-    if concept is None:
-        return []
+def raw_codings(concept: object) -> list[Code]:
+    """The codings of a raw CodeableConcept (tolerating a lone Coding where a concept was expected); members of
+    the wrong JSON type are read as absent."""
     out = []
-    entries = items(concept, "coding")
-    if not entries and get(concept, "code") is not None:
-        entries = [concept]
-    for coding in entries:
+    for coding in _raw_coding_entries(concept):
         if isinstance(coding, dict):
-            code, system, display = coding.get("code"), coding.get("system"), coding.get("display")
-        else:  # a model (``get`` on a non-dict is getattr)
-            code, system, display = (
-                getattr(coding, "code", None),
-                getattr(coding, "system", None),
-                getattr(coding, "display", None),
-            )
-        out.append(Code(_text(system), _code_text(code), _text(display)))
+            system, code, display = coding.get("system"), coding.get("code"), coding.get("display")
+            out.append(Code(_text(system), _code_text(code), _text(display)))
+        else:
+            out.append(Code(None, None, None))
     return out
 
 
-def _text(value: Any) -> str | None:
+def raw_system_codes(concept: object) -> list[tuple[str | None, str | None]]:
+    """``[(c.system, c.code) for c in raw_codings(concept)]`` without building Codes: the raw-dict filters of
+    a large chart call this for every resource (so it is written out rather than built from the helpers)."""
+    if not isinstance(concept, dict):
+        return []
+    entries = concept.get("coding")
+    if entries is None:
+        entries = ()
+    elif not isinstance(entries, list):
+        entries = (entries,)
+    out: list[tuple[str | None, str | None]] = []
+    for coding in entries:
+        if isinstance(coding, dict):
+            out.append((_text(coding.get("system")), _code_text(coding.get("code"))))
+        elif coding is not None:
+            out.append((None, None))
+    if not out and concept.get("code") is not None:
+        out.append((_text(concept.get("system")), _code_text(concept.get("code"))))
+    return out
+
+
+def _raw_coding_entries(concept: object) -> list[Any]:
+    if not isinstance(concept, dict):
+        return []
+    entries = concept.get("coding")
+    if entries is None:
+        entries = []
+    elif isinstance(entries, list):
+        entries = [e for e in entries if e is not None]
+    else:
+        entries = [entries]
+    if not entries and concept.get("code") is not None:
+        return [concept]
+    return entries
+
+
+def raw_concept_texts(concept: object) -> list[str]:
+    """The human-readable words of a raw CodeableConcept: its text and its codings' displays."""
+    texts = [raw_get(concept, "text")] + [c.display for c in raw_codings(concept)]
+    return [t for t in texts if isinstance(t, str) and t.strip()]
+
+
+def _text(value: object) -> str | None:
     """A string member, or None for anything else (an object where a string belongs is ignored)."""
     return value if isinstance(value, str) else None
 
 
-def _code_text(value: Any) -> str | None:
+def _code_text(value: object) -> str | None:
     """A code as text: strings, and integers some systems send unquoted; anything else is ignored."""
     if isinstance(value, str):
         return value
@@ -203,50 +213,12 @@ def _code_text(value: Any) -> str | None:
     return None
 
 
-def system_codes(concept: Any) -> list[tuple[Any, str | None]]:
-    """``[(c.system, c.code) for c in codings(concept)]`` without building Codes: the raw-dict filters of
-    a large chart call this for every resource."""
-    if not isinstance(concept, dict):
-        return [(c.system, c.code) for c in codings(concept)]
-    entries = concept.get("coding")
-    if entries is None:
-        entries = []
-    elif isinstance(entries, (list, tuple)):
-        entries = [e for e in entries if e is not None]
-    else:
-        entries = [entries]
-    if not entries and concept.get("code") is not None:
-        entries = [concept]
-    out: list[tuple[Any, str | None]] = []
-    for coding in entries:
-        if isinstance(coding, dict):
-            code, system = coding.get("code"), coding.get("system")
-        else:
-            code, system = get(coding, "code"), get(coding, "system")
-        out.append((_text(system), _code_text(code)))
-    return out
-
-
-def concept_texts(concept: Any) -> list[str]:
-    """The human-readable words of a CodeableConcept: its text and its codings' displays."""
-    texts = [get(concept, "text")] + [c.display for c in codings(concept)]
-    return [t for t in texts if isinstance(t, str) and t.strip()]
-
-
-def status_code(concept: Any) -> str | None:
-    """The first code of a status CodeableConcept (clinicalStatus, verificationStatus)."""
-    for coding in codings(concept):
-        if coding.code:
-            return coding.code
-    return None
-
-
 # ----------------------------------------------------------------------------- references
 
 
-def reference_of(obj: Any) -> str | None:
-    """Reference.reference as a string (None for display-only or identifier-only references)."""
-    ref = get(obj, "reference")
+def raw_reference(obj: object) -> str | None:
+    """Reference.reference of a raw Reference as a string (None for display-only or identifier-only ones)."""
+    ref = raw_get(obj, "reference")
     return ref if isinstance(ref, str) and ref.strip() else None
 
 
@@ -260,10 +232,6 @@ def split_reference(ref: str | None) -> tuple[str | None, str | None]:
     if len(parts) < 2 or not parts[-2][:1].isupper():
         return None, None
     return parts[-2], parts[-1]
-
-
-def local_ref(resource_type: str, resource_id: str | None) -> str:
-    return f"{resource_type}/{resource_id}"
 
 
 # ----------------------------------------------------------------------------- medication
@@ -281,39 +249,44 @@ class MedicationConcept:
         return " | ".join(self.texts)
 
 
-def medication_concept(resource: Any, medications: Mapping[str, Any] | None = None) -> MedicationConcept:
-    """The medication of a MedicationRequest / MedicationStatement.
+def raw_medication_concept(
+    resource: Mapping[str, Any], medications: Mapping[str, Mapping[str, Any]] | None = None
+) -> MedicationConcept:
+    """The medication of a raw MedicationRequest / MedicationStatement.
 
-    ``medicationCodeableConcept``, or the Medication a ``medicationReference`` points at (contained,
-    or found by "Medication/id" in ``medications``), plus the reference's display text.
+    ``medicationCodeableConcept`` (or an R5 ``medication.concept``), or the Medication a ``medicationReference``
+    (or R5 ``medication.reference``) points at -- contained, or found by "Medication/id" in ``medications`` --
+    plus the reference's display text.
     """
     codes: list[Code] = []
     texts: list[str] = []
-    concept = get(resource, "medicationCodeableConcept")
-    reference = get(resource, "medicationReference")
-    r5 = resource.get("medication") if isinstance(resource, dict) else None
+    concept = resource.get("medicationCodeableConcept")
+    reference = resource.get("medicationReference")
+    r5 = resource.get("medication")
     if concept is None and reference is None and isinstance(r5, dict):
         concept, reference = r5.get("concept"), r5.get("reference")
     if concept is not None:
-        codes += codings(concept)
-        texts += concept_texts(concept)
+        codes += raw_codings(concept)
+        texts += raw_concept_texts(concept)
     if reference is not None:
-        display = get(reference, "display")
+        display = raw_get(reference, "display")
         if isinstance(display, str) and display.strip():
             texts.append(display)
-        medication = _resolve_medication(resource, reference_of(reference), medications or {})
+        medication = _raw_resolve_medication(resource, raw_reference(reference), medications or {})
         if medication is not None:
-            codes += codings(get(medication, "code"))
-            texts += concept_texts(get(medication, "code"))
+            codes += raw_codings(medication.get("code"))
+            texts += raw_concept_texts(medication.get("code"))
     return MedicationConcept(tuple(codes), tuple(dict.fromkeys(texts)))
 
 
-def _resolve_medication(resource: Any, ref: str | None, medications: Mapping[str, Any]) -> Any:
+def _raw_resolve_medication(
+    resource: Mapping[str, Any], ref: str | None, medications: Mapping[str, Mapping[str, Any]]
+) -> Mapping[str, Any] | None:
     if not ref:
         return None
     if ref.startswith("#"):
-        for contained in items(resource, "contained"):
-            if get(contained, "id") == ref[1:]:
+        for contained in raw_items(resource, "contained"):
+            if isinstance(contained, dict) and contained.get("id") == ref[1:]:
                 return contained
         return None
     rtype, rid = split_reference(ref)

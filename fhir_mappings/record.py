@@ -5,7 +5,12 @@ policy reads: raw entries are routed by resourceType (whatever prefetch key they
 by type and id, filtered through the code tables, pruned to the elements the facts read, repaired for
 known client oddities, and only then validated with ``fhir.resources.R4B``. An entry that still fails
 is dropped and named in ``record.dropped`` ("Type/id: element: error type", no values); an entry about
-another patient is named in ``record.ignored``. Neither is ever fatal.
+another patient is named in ``record.ignored``. Neither is ever fatal. Draft orders go the same way: a draft
+of the drug that does not validate is dropped and reported like a prefetch entry, and the caller answers
+for that order without evaluating it (``PatientRecord.draft`` gives None, ``dropped_reason`` says why).
+
+Only raw dicts are read here before validation, with the ``raw_*`` readers of ``normalize``; the record
+itself holds validated models only, read by the fact layer through ``fhir_mappings.read``.
 
 Validation input is interned: a CodeableConcept that validated once is reused as the validated model
 (charts and requests repeat the same status, category and code concepts endlessly), and a Reference is
@@ -19,7 +24,7 @@ interned for one call only.
 from __future__ import annotations
 
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -41,20 +46,22 @@ from pydantic import BaseModel, ValidationError
 
 from .codes import CodeTables
 from .normalize import (
-    codings,
-    concept_texts,
+    Code,
     deep_copy_json,
     drop_path,
-    get,
-    items,
     iter_bundle,
-    medication_concept,
-    reference_of,
+    raw_codings,
+    raw_concept_texts,
+    raw_get,
+    raw_items,
+    raw_medication_concept,
+    raw_reference,
+    raw_system_codes,
     repair,
     split_reference,
-    system_codes,
     wrap_path,
 )
+from .read import reference_of
 
 MODELS: dict[str, type[BaseModel]] = {
     "Patient": Patient,
@@ -156,10 +163,10 @@ class PatientRecord:
     allergies: tuple[AllergyIntolerance, ...] = ()
     #: Medications referenced by the kept orders/statements, by "Medication/<id>".
     medications: Mapping[str, Medication] = field(default_factory=dict)
-    #: Draft MedicationRequests of the request whose medication the tables know (the drug or an ingredient).
+    #: Draft MedicationRequests of the request whose medication the tables know (the drug or an ingredient) and
+    #: that validated; one that did not is in ``dropped``.
     draft_orders: tuple[MedicationRequest, ...] = ()
-    #: Drafts of the drug that failed validation, kept as repaired dicts so the order can still be evaluated.
-    unvalidated_drafts: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    #: Entries that did not validate, even repaired: "Type/id: element: error type" (no values).
     dropped: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()
     repaired: tuple[str, ...] = ()
@@ -167,13 +174,22 @@ class PatientRecord:
     #: (and no reason on the order) means no diagnosis is documented, not an off-label one.
     condition_count: int = 0
 
-    def draft(self, order_id: str) -> MedicationRequest | dict[str, Any] | None:
-        """A draft order by id ("abc" or "MedicationRequest/abc"), typed when it validated."""
+    def draft(self, order_id: str) -> MedicationRequest | None:
+        """A draft order by id ("abc" or "MedicationRequest/abc"); None when the request holds no such draft of a
+        medication the tables know, or it did not validate (then ``dropped_reason`` says why)."""
         bare = order_id.split("/")[-1]
         for order in self.draft_orders:
             if order.id == bare:
                 return order
-        return self.unvalidated_drafts.get(bare)
+        return None
+
+    def dropped_reason(self, ref: str) -> str | None:
+        """Why the entry ``ref`` ("Type/id") was dropped ("element: error type", no values); None if it was not."""
+        prefix = f"{ref}: "
+        for entry in self.dropped:
+            if entry.startswith(prefix):
+                return entry[len(prefix) :]
+        return None
 
 
 # ----------------------------------------------------------------------------- building
@@ -240,7 +256,7 @@ class _Builder:
         subject = resource.get(element)
         if isinstance(subject, dict) and subject.get("reference") == self.own_reference:
             return False  # the common case, decided without parsing the reference
-        ref_type, ref_id = split_reference(reference_of(subject))
+        ref_type, ref_id = split_reference(raw_reference(subject))
         return ref_type == "Patient" and ref_id != self.patient_id
 
     # -- assembling --------------------------------------------------------------------------
@@ -248,7 +264,7 @@ class _Builder:
     def build(self, draft_orders: Sequence[Any], user_ref: str | None) -> PatientRecord:
         medications_raw = {f"Medication/{rid}": r for rid, r in self.raw["Medication"].items()}
         draft_raws = [r for r in iter_bundle(list(draft_orders)) if r.get("resourceType") == "MedicationRequest"]
-        drafts, unvalidated = self._drafts(draft_raws, medications_raw)
+        drafts = self._drafts(draft_raws, medications_raw)
         draft_ids = {r.get("id") for r in draft_raws if isinstance(r.get("id"), str)}
         request_tags = {
             rid: tags
@@ -270,30 +286,29 @@ class _Builder:
             for r in [*requests, *statements, *draft_raws]
             if (key := self._medication_key(r)) is not None and key in medications_raw
         }
-        roles, practitioners = self._people(drafts, unvalidated, user_ref)
+        roles, practitioners = self._people(drafts, user_ref)
         return PatientRecord(
             patient_id=self.patient_id,
             patient=self._patient(),
             conditions=self._validate_all(
-                "Condition", [r for r in self.raw["Condition"].values() if self._condition_relevant(r)]
+                Condition, [r for r in self.raw["Condition"].values() if self._condition_relevant(r)]
             ),
             observations=self._validate_all(
-                "Observation", [r for r in self.raw["Observation"].values() if self._observation_relevant(r)]
+                Observation, [r for r in self.raw["Observation"].values() if self._observation_relevant(r)]
             ),
-            medication_requests=self._validate_all("MedicationRequest", requests, lean_requests),
-            medication_statements=self._validate_all("MedicationStatement", statements, lean_statements),
-            coverages=self._validate_all("Coverage", list(self.raw["Coverage"].values())),
-            practitioners={p.id: p for p in self._validate_all("Practitioner", practitioners)},
-            practitioner_roles={r.id: r for r in self._validate_all("PractitionerRole", roles)},
+            medication_requests=self._validate_all(MedicationRequest, requests, lean_requests),
+            medication_statements=self._validate_all(MedicationStatement, statements, lean_statements),
+            coverages=self._validate_all(Coverage, list(self.raw["Coverage"].values())),
+            practitioners={p.id: p for p in self._validate_all(Practitioner, practitioners) if p.id},
+            practitioner_roles={r.id: r for r in self._validate_all(PractitionerRole, roles) if r.id},
             allergies=self._validate_all(
-                "AllergyIntolerance", [r for r in self.raw["AllergyIntolerance"].values() if self._allergy_relevant(r)]
+                AllergyIntolerance, [r for r in self.raw["AllergyIntolerance"].values() if self._allergy_relevant(r)]
             ),
             medications={
                 f"Medication/{m.id}": m
-                for m in self._validate_all("Medication", [medications_raw[k] for k in sorted(referenced_meds)])
+                for m in self._validate_all(Medication, [medications_raw[k] for k in sorted(referenced_meds)])
             },
             draft_orders=tuple(drafts),
-            unvalidated_drafts=unvalidated,
             dropped=tuple(self.dropped),
             ignored=tuple(self.ignored),
             repaired=tuple(self.repaired),
@@ -305,41 +320,38 @@ class _Builder:
         raw = patients.get(self.patient_id) if self.patient_id else next(iter(patients.values()), None)
         if raw is None:
             return None
-        validated = self._validate_all("Patient", [raw])
+        validated = self._validate_all(Patient, [raw])
         return validated[0] if validated else None
 
     def _drafts(
         self, draft_raws: list[dict[str, Any]], medications_raw: Mapping[str, dict[str, Any]]
-    ) -> tuple[list[MedicationRequest], dict[str, dict[str, Any]]]:
-        """Drafts whose medication the tables know; a draft of the drug that fails validation is kept raw."""
+    ) -> list[MedicationRequest]:
+        """Drafts whose medication the tables know, validated; one that does not validate is dropped like any entry."""
         typed: list[MedicationRequest] = []
-        unvalidated: dict[str, dict[str, Any]] = {}
         seen: set[str] = set()
         for raw in draft_raws:
             rid = raw.get("id")
             if not isinstance(rid, str) or rid in seen:
                 continue
             seen.add(rid)
-            concept = medication_concept(raw, medications_raw)
+            concept = raw_medication_concept(raw, medications_raw)
             tags = self._concept_tags(concept.codes, concept.text)
             if not tags:
                 continue
-            model, data = self._validate(raw, MedicationRequest, lean=not tags & self.tables.dosage_read_tags)
+            model = self._validate(raw, MedicationRequest, lean=not tags & self.tables.dosage_read_tags)
             if model is not None:
                 typed.append(model)
-            elif self.tables.drug_tag in tags and data is not None:
-                unvalidated[rid] = data
-        return typed, unvalidated
+        return typed
 
     def _people(
-        self, drafts: list[MedicationRequest], unvalidated: Mapping[str, dict[str, Any]], user_ref: str | None
+        self, drafts: list[MedicationRequest], user_ref: str | None
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The requesters' PractitionerRoles and Practitioners, and every role of those practitioners.
 
         When no requester or user reference finds anyone, every role and practitioner is kept: the
         prefetch only carries the user's own, and a few more validations beat losing the specialty.
         """
-        refs = [reference_of(get(d, "requester")) for d in [*drafts, *unvalidated.values()]] + [user_ref]
+        refs = [reference_of(d.requester) for d in drafts] + [user_ref]
         role_ids: set[str] = set()
         practitioner_ids: set[str] = set()
         for ref in refs:
@@ -350,13 +362,13 @@ class _Builder:
                 practitioner_ids.add(rid)
         for rid in role_ids:
             role = self.raw["PractitionerRole"].get(rid)
-            ptype, pid = split_reference(reference_of(role.get("practitioner"))) if role else (None, None)
+            ptype, pid = split_reference(raw_reference(role.get("practitioner"))) if role else (None, None)
             if ptype == "Practitioner" and pid:
                 practitioner_ids.add(pid)
         roles = [
             r
             for rid, r in self.raw["PractitionerRole"].items()
-            if rid in role_ids or split_reference(reference_of(r.get("practitioner")))[1] in practitioner_ids
+            if rid in role_ids or split_reference(raw_reference(r.get("practitioner")))[1] in practitioner_ids
         ]
         practitioners = [p for pid, p in self.raw["Practitioner"].items() if pid in practitioner_ids]
         if not roles and not practitioners:
@@ -365,7 +377,7 @@ class _Builder:
 
     # -- relevance (raw dicts, cheap) --------------------------------------------------------
 
-    def _concept_tags(self, codes: Any, text: str) -> frozenset[str]:
+    def _concept_tags(self, codes: Iterable[Code], text: str) -> frozenset[str]:
         tags: set[str] = set()
         for coding in codes:
             if self.tables.system_name(coding.system) == "rxnorm":
@@ -375,56 +387,56 @@ class _Builder:
     def _medication_tags(
         self, resource: dict[str, Any], medications_raw: Mapping[str, dict[str, Any]]
     ) -> frozenset[str]:
-        concept = medication_concept(resource, medications_raw)
+        concept = raw_medication_concept(resource, medications_raw)
         return self._concept_tags(concept.codes, concept.text)
 
     @staticmethod
     def _medication_key(resource: dict[str, Any]) -> str | None:
-        rtype, rid = split_reference(reference_of(resource.get("medicationReference")))
+        rtype, rid = split_reference(raw_reference(resource.get("medicationReference")))
         return f"Medication/{rid}" if rtype == "Medication" else None
 
     def _condition_relevant(self, resource: dict[str, Any]) -> bool:
-        concepts = [resource.get("code")] + [get(stage, "summary") for stage in items(resource, "stage")]
+        main = resource.get("code")
+        concepts = [main] + [raw_get(stage, "summary") for stage in raw_items(resource, "stage")]
         if any(
             self.tables.condition_code_relevant(self.tables.system_name(system), code)
             for concept in concepts
-            for system, code in system_codes(concept)
+            for system, code in raw_system_codes(concept)
         ):
             return True
-        return bool(self.tables.diagnosis_words(resource.get("code")))
+        return bool(self.tables.diagnosis_words(raw_codings(main), raw_concept_texts(main)))
 
     def _observation_relevant(self, resource: dict[str, Any]) -> bool:
-        concepts = [resource.get("code")] + [get(component, "code") for component in items(resource, "component")]
+        concepts = [resource.get("code")] + [
+            raw_get(component, "code") for component in raw_items(resource, "component")
+        ]
         system_name, tests = self.tables.system_name, self.tables.receptor_tests
         return any(
             system_name(system) == "loinc" and code in tests
             for concept in concepts
-            for system, code in system_codes(concept)
+            for system, code in raw_system_codes(concept)
         )
 
     def _allergy_relevant(self, resource: dict[str, Any]) -> bool:
         concept = resource.get("code")
-        text = " | ".join(concept_texts(concept)) if concept is not None else ""
-        return self.tables.drug_tag in self._concept_tags(codings(concept), text)
+        text = " | ".join(raw_concept_texts(concept)) if concept is not None else ""
+        return self.tables.drug_tag in self._concept_tags(raw_codings(concept), text)
 
     # -- validation --------------------------------------------------------------------------
 
     def _validate_all(
-        self, rtype: str, raws: list[dict[str, Any]], lean: frozenset[str] = frozenset()
-    ) -> tuple[Any, ...]:
+        self, model_cls: type[M], raws: list[dict[str, Any]], lean: frozenset[str] = frozenset()
+    ) -> tuple[M, ...]:
         """Validate each raw entry; ids in ``lean`` are pruned to what a medication other than the drug needs."""
-        model_cls = MODELS[rtype]
         out = []
         for raw in raws:
-            model, _ = self._validate(raw, model_cls, raw.get("id") in lean)
+            model = self._validate(raw, model_cls, raw.get("id") in lean)
             if model is not None:
                 out.append(model)
         return tuple(out)
 
-    def _validate(
-        self, raw: dict[str, Any], model_cls: type[M], lean: bool = False
-    ) -> tuple[M | None, dict[str, Any] | None]:
-        """(model, repaired data); model None when even the repaired data does not validate.
+    def _validate(self, raw: dict[str, Any], model_cls: type[M], lean: bool = False) -> M | None:
+        """The validated model, or None when even the repaired data does not validate (named in ``dropped``).
 
         A resource nested deeper than Python's recursion allows (prefetch is not depth-checked at the door, to
         keep large charts cheap) is dropped like any other invalid entry.
@@ -433,11 +445,9 @@ class _Builder:
             return self._validate_once(raw, model_cls, lean)
         except RecursionError:
             self.dropped.append(f"{raw.get('resourceType', '?')}/{raw.get('id')}: nested too deeply")
-            return None, None
+            return None
 
-    def _validate_once(
-        self, raw: dict[str, Any], model_cls: type[M], lean: bool = False
-    ) -> tuple[M | None, dict[str, Any] | None]:
+    def _validate_once(self, raw: dict[str, Any], model_cls: type[M], lean: bool = False) -> M | None:
         rtype = raw.get("resourceType", "?")
         label = f"{rtype}/{raw.get('id')}"
         data, notes = repair(_prune(raw, lean))
@@ -452,13 +462,13 @@ class _Builder:
                 if not fixes:
                     self.dropped.append(f"{label}: {_reason(exc)}")
                     self.repaired.extend(f"{label}: {n}" for n in notes)
-                    return None, data
+                    return None
                 notes.extend(fixes)
                 continue
             self.repaired.extend(f"{label}: {n}" for n in notes)
-            return model, data
+            return model
         self.dropped.append(f"{label}: still invalid after {MAX_REPAIR_ROUNDS} repairs")
-        return None, data
+        return None
 
 
 _NOT_A_CONDITION = frozenset({"entered-in-error", "refuted"})
@@ -467,7 +477,7 @@ _NOT_A_CONDITION = frozenset({"entered-in-error", "refuted"})
 def _counts_as_condition(resource: dict[str, Any]) -> bool:
     """A Condition on record unless it was entered in error or refuted (raw dict, any shape)."""
     status = resource.get("verificationStatus")
-    codes = [code for _, code in system_codes(status)] if isinstance(status, dict) else []
+    codes = [code for _, code in raw_system_codes(status)] if isinstance(status, dict) else []
     return not any(code in _NOT_A_CONDITION for code in codes)
 
 

@@ -1,4 +1,8 @@
-"""Daily dose parsing: a matrix of Dosage shapes, including the ones that must stay unknown."""
+"""Daily dose parsing: a matrix of Dosage shapes, including the ones that must stay unknown.
+
+The cases are written as FHIR JSON and read as the service reads them: validated ``Dosage`` models (the dose reader
+takes nothing else), alone and as the dosageInstruction of a draft order that went through the record builder.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.dosage import Dosage
 
+from fhir_mappings.codes import load_code_tables
 from fhir_mappings.dose import administrations_per_day, daily_dose
 from fhir_mappings.model import Dose, Product
+from fhir_mappings.record import build_record
 
 GTS = "http://terminology.hl7.org/CodeSystem/v3-GTSAbbreviation"
 
@@ -57,6 +63,28 @@ def repeat(
     if unit is not None:
         rep["periodUnit"] = unit
     return {"repeat": rep}
+
+
+def typed(dosages: list[dict[str, Any]]) -> list[Dosage]:
+    return [Dosage.model_validate(d) for d in dosages]
+
+
+def through_the_record(dosages: list[dict[str, Any]]) -> list[Dosage] | None:
+    """The dosageInstruction of an everolimus draft carrying ``dosages``, as the record builder validates it."""
+    order = {
+        "resourceType": "MedicationRequest",
+        "id": "o1",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "845507"}]},
+        "dosageInstruction": dosages,
+    }
+    record = build_record({}, [order], load_code_tables(), patient_id="p1")
+    assert record.dropped == ()
+    draft = record.draft("o1")
+    assert draft is not None
+    return draft.dosageInstruction
 
 
 def code(value: str, system: str | None = GTS) -> dict[str, Any]:
@@ -164,27 +192,27 @@ UNKNOWN: list[tuple[str, list[dict[str, Any]]]] = [
 
 @pytest.mark.parametrize("name,dosages,strength,expected", CASES, ids=[c[0] for c in CASES])
 def test_daily_dose(name: str, dosages: list[dict[str, Any]], strength: float | None, expected: Dose) -> None:
-    assert daily_dose(dosages, product(strength)) == expected
+    assert daily_dose(typed(dosages), product(strength)) == expected
 
 
 @pytest.mark.parametrize("name,dosages,strength,expected", CASES, ids=[c[0] for c in CASES])
-def test_daily_dose_on_typed_dosage(
+def test_daily_dose_of_a_draft_through_the_record(
     name: str, dosages: list[dict[str, Any]], strength: float | None, expected: Dose
 ) -> None:
-    typed = [Dosage.model_validate(d) for d in dosages]
-    assert daily_dose(typed, product(strength)) == expected
+    """Pruning keeps every Dosage element the reader uses."""
+    assert daily_dose(through_the_record(dosages), product(strength)) == expected
 
 
 @pytest.mark.parametrize("name,dosages", UNKNOWN, ids=[c[0] for c in UNKNOWN])
 def test_unparseable_dose_is_unknown(name: str, dosages: list[dict[str, Any]]) -> None:
-    assert daily_dose(dosages, product(10)).mg_per_day is None
+    assert daily_dose(typed(dosages), product(10)).mg_per_day is None
 
 
 def test_no_product_and_none_dosages() -> None:
     assert daily_dose(None, None) == Dose(None, None)
-    assert daily_dose([dosage(qty(10, "mg"), timing=repeat(1))], None) == Dose(10.0, None)
+    assert daily_dose([None, *typed([dosage(qty(10, "mg"), timing=repeat(1))])], None) == Dose(10.0, None)
 
 
 def test_administrations_per_day_prefers_repeat_over_code() -> None:
-    both = {"timing": {**repeat(2), **code("QD")}}
+    both = Dosage.model_validate({"timing": {**repeat(2), **code("QD")}})
     assert administrations_per_day(both) == 2.0

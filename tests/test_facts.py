@@ -6,6 +6,7 @@ from datetime import date
 from typing import Any
 
 import pytest
+from fhir.resources.R4B.medicationrequest import MedicationRequest
 
 from fhir_mappings.codes import CodeTables, load_code_tables
 from fhir_mappings.facts import OrderNotFound, build_facts, find_drug_orders, requested_months
@@ -252,11 +253,17 @@ def test_unknown_order_raises(tables: CodeTables) -> None:
         build_facts(record, "nope", tables, plan_prefixes=PLAN_PREFIXES, user_ref=None, today=TODAY)
 
 
-def test_unvalidated_everolimus_draft_is_still_evaluated(tables: CodeTables) -> None:
+def test_invalid_everolimus_draft_is_dropped_not_evaluated(tables: CodeTables) -> None:
+    """A draft of the drug that does not validate is found in the request but has no facts: the record dropped it
+    (and says why), like any invalid entry; the service answers for it without an evaluation."""
     broken = draft()
     del broken["subject"]
-    facts = facts_for(tables, [], [broken], order_id="MedicationRequest/o1")
-    assert facts.order_ref == "MedicationRequest/o1" and facts.product.rxcui == "845507"
+    assert find_drug_orders([broken], tables) == ["o1"]
+    record = build_record({}, [broken], tables, patient_id="p1")
+    assert record.draft("MedicationRequest/o1") is None
+    assert record.dropped_reason("MedicationRequest/o1") == "subject: missing"
+    with pytest.raises(OrderNotFound):
+        build_facts(record, "MedicationRequest/o1", tables, plan_prefixes=PLAN_PREFIXES, user_ref=None, today=TODAY)
 
 
 # ----------------------------------------------------------------------------- evaluation date and age
@@ -806,7 +813,7 @@ def test_line_of_business(
 )
 def test_requested_months(tables: CodeTables, dispense: dict[str, Any] | None, months: int | None) -> None:
     order = draft(dispenseRequest=dispense) if dispense else draft()
-    assert requested_months(order) == months
+    assert requested_months(MedicationRequest.model_validate(order)) == months
     assert facts_for(tables, [], [order]).requested_months == months
 
 

@@ -295,17 +295,35 @@ def test_unknown_nested_element_is_dropped_and_reported(tables: CodeTables) -> N
     assert any("unknown element code.coding.0.vendorRank dropped" in n for n in record.repaired)
 
 
-def test_invalid_everolimus_draft_is_kept_unvalidated(tables: CodeTables) -> None:
+def test_invalid_everolimus_draft_is_dropped_and_reported_like_any_entry(tables: CodeTables) -> None:
     draft = everolimus_draft()
     del draft["subject"]
     other = med_request("d2", "72965", "letrozole", status="draft")
     del other["subject"]
-    record = build({}, [draft, other], tables=tables)
-    assert record.draft_orders == ()
-    assert set(record.unvalidated_drafts) == {"d1"}
-    assert record.draft("MedicationRequest/d1") is record.unvalidated_drafts["d1"]
-    assert any(d.startswith("MedicationRequest/d1: subject") for d in record.dropped)
-    assert any(d.startswith("MedicationRequest/d2: subject") for d in record.dropped)
+    bad_status = everolimus_draft("d3")
+    bad_status["status"] = 5
+    valid = everolimus_draft("d4")
+    record = build({}, [draft, other, bad_status, valid], tables=tables)
+    assert [d.id for d in record.draft_orders] == ["d4"]
+    assert record.draft("MedicationRequest/d1") is None and record.draft("d3") is None
+    assert record.draft("d4") is record.draft_orders[0]
+    # Reported once each, with the element and the error kind only, exactly like a prefetch entry.
+    assert sorted(record.dropped) == [
+        "MedicationRequest/d1: subject: missing",
+        "MedicationRequest/d2: subject: missing",
+        "MedicationRequest/d3: status: string_type",
+    ]
+    assert record.dropped_reason("MedicationRequest/d1") == "subject: missing"
+    assert record.dropped_reason("MedicationRequest/d3") == "status: string_type"
+    assert record.dropped_reason("MedicationRequest/d4") is None
+
+
+def test_invalid_draft_is_reported_the_same_way_as_the_same_prefetch_entry(tables: CodeTables) -> None:
+    broken = med_request("m1", "72965", "letrozole", status="active")
+    del broken["subject"]
+    from_prefetch = build({"meds": [broken]}, tables=tables)
+    as_draft = build({}, [broken], tables=tables)
+    assert from_prefetch.dropped == as_draft.dropped == ("MedicationRequest/m1: subject: missing",)
 
 
 def test_drafts_of_unknown_medications_are_not_kept(tables: CodeTables) -> None:

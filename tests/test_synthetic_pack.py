@@ -252,3 +252,14 @@ def test_each_pack_evaluates_only_its_own_drug(client: FlaskClient) -> None:
     assert evaluations(post(client, EVEROLIMUS_SIGN, everolimus))["MedicationRequest/ev-order"]["policy"] == (
         "CP.PHAR.63"
     )
+
+
+def test_an_unreadable_order_is_named_in_the_packs_words(client: FlaskClient) -> None:
+    draft = order(*GENERIC_10, 10)
+    del draft["subject"]
+    body = post(client, SIGN, request(draft, chart()))
+    (card,) = body["cards"]
+    assert card["summary"].startswith("Zentorimab order MedicationRequest/zp-order could not be read (subject: missing)")
+    assert "ZP.TEST.01" in card["detail"] and "zentorimab" in card["detail"]
+    assert "everolimus" not in orjson.dumps(body).decode().lower()
+    assert evaluations(body) == {} and "systemActions" not in body

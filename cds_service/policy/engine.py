@@ -36,7 +36,7 @@ from .loader import (
     load_policy,
 )
 from .predicates import CONDITION_KEYS, Outcome, all_of_status
-from .results import CriterionResult, Decision, OrderEvaluation, Status
+from .results import CriterionResult, Decision, OrderEvaluation, Status, UnreadableOrder
 
 __all__ = [
     "PathwayResult",
@@ -255,6 +255,13 @@ def _referral(policy: Policy, result: PathwayResult, facts: Facts) -> tuple[bool
         referral = result.pathway.referral
         return True, referral.by_line.get(line) if referral is not None and line is not None else None
     return False, None
+
+
+def unreadable(policy: Policy, order_ref: str, reason: str) -> UnreadableOrder:
+    """The policy's answer for an order of its drug that could not be read: no evaluation, the pack's words."""
+    return UnreadableOrder(
+        order_ref=order_ref, reason=reason, policy=policy.id, policy_version=policy.version, drug=policy.drug.name
+    )
 
 
 def evaluate(policy: Policy, facts: Facts) -> OrderEvaluation:

@@ -111,3 +111,17 @@ class OrderEvaluation:
                     if fix not in seen:
                         seen.append(fix)
         return tuple(seen)
+
+
+@dataclass(frozen=True)
+class UnreadableOrder:
+    """A draft order of the policy's drug that could not be read (it is not valid FHIR even after the safe repairs):
+    answered with a card saying so, never evaluated, so no coverage assertion is made for it."""
+
+    order_ref: str
+    #: Why, as the record reports it: "element: error type" of the first validation error (never a value).
+    reason: str
+    policy: str
+    policy_version: str
+    #: The drug as cards name it (policy file ``drug.name``).
+    drug: str = "the drug"
