@@ -61,7 +61,10 @@ _READ_QUERY = re.compile(r"([A-Z][A-Za-z]{1,63})/([^/?#]+)")
 _REFERENCE = re.compile(r"([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})")
 
 _READ_CHUNK = 64 * 1024
-_MAX_WORKERS = 16
+#: Concurrent requests to one EHR FHIR server per hook call: enough to overlap the round trips of the few keys a
+#: call fetches, few enough not to overrun a small server's accept backlog (Python's http.server queues 5) or
+#: an EHR's per-client concurrency limit; the connections are kept alive and reused for the remaining keys.
+_MAX_WORKERS = 4
 #: Extra wait past the budget for a worker that is handing back a finished result.
 _GRACE_SECONDS = 0.1
 _FHIR_JSON = "application/fhir+json"
