@@ -4,7 +4,7 @@ Which responses count: completed or amended, about this patient, for one of the 
 policy's current version (``questionnaire`` = ``.../Questionnaire/{id}|{version}``), and naming this order in
 a DTR ``qr-context`` extension. Each is validated with fhir.resources like every other resource; an invalid one
 is reported and dropped. Within them only answers a person gave (DTR ``information-origin`` source ``manual``
-or ``override``) are evidence: ``auto-server`` answers are the payer's own prefill and ``auto-client`` ones the
+or ``override``; an answer with no origin when the response's ``author`` is a practitioner) are evidence: ``auto-server`` answers are the payer's own prefill and ``auto-client`` ones the
 EHR's, both restating chart data the service reads directly. When several responses answer the same item the
 latest ``authored`` wins.
 
@@ -61,6 +61,13 @@ def _origin(extensions: Iterable[Any] | None) -> tuple[str | None, str | None]:
                         author = sub.valueReference.reference
         return source, author
     return None, None
+
+
+def _clinician_author(response: QuestionnaireResponse) -> str | None:
+    reference = response.author.reference if response.author is not None else None
+    if reference and reference.split("/")[0] in ("Practitioner", "PractitionerRole"):
+        return reference
+    return None
 
 
 def _value(answer: Any, tables: CodeTables) -> AnswerValue | None:
@@ -153,12 +160,18 @@ def read_answers(
     answers: dict[str, Answer] = {}
     for response in chosen:  # later responses overwrite earlier ones, item by item
         source = f"QuestionnaireResponse/{response.id}"
+        clinician = _clinician_author(response)
         for item in _items(response.item):
             values: list[AnswerValue] = []
             origins: set[str] = set()
             author = None
             for answer in item.answer or ():
                 origin, who = _origin(answer.extension)
+                if origin is None and clinician is not None:
+                    # No information-origin (DTR requires one; some form fillers drop answer extensions): the
+                    # response's practitioner author stands behind it. An answer that only repeats the payer's
+                    # prefill agrees with the chart and changes nothing.
+                    origin, who = "manual", clinician
                 if origin not in CLINICIAN_ORIGINS:
                     continue
                 value = _value(answer, tables)

@@ -256,3 +256,15 @@ def _walk(node: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(item)
         out.extend(_walk(item))
     return out
+
+
+def test_answers_without_an_origin_count_only_when_a_practitioner_authored_the_response(client: Any) -> None:
+    request = sample("I.A-specialty-undocumented")
+    draft = _draft(package_for(client, request, sign(client, request)))
+    bare = answered(draft, {"I.A.3": [{"valueBoolean": True}]})
+    for item in bare["item"]:  # as a form filler that drops answer extensions would hand it back
+        for answer in item.get("answer", []):
+            answer.pop("extension", None)
+    assert statuses(sign(client, with_responses(request, bare)))["I.A.3"] == "unknown"
+    bare["author"] = {"reference": "Practitioner/dr"}
+    assert statuses(sign(client, with_responses(request, bare)))["I.A.3"] == "met"
