@@ -259,7 +259,9 @@ def gather(
 
     started = time.monotonic()
     results: dict[str, FetchResult] = {}
-    if to_fetch:
+    if to_fetch and not fhir_server:
+        results = {key: FetchResult([], "no-fhir-server") for key in to_fetch}
+    elif to_fetch:
         # A session (and its connection pools) only when something must be fetched: complete prefetch costs none.
         own = session is None and session_factory is not None
         http = session_factory() if own and session_factory is not None else session

@@ -13,7 +13,7 @@ from fhir_mappings.record import PatientRecord
 from ..policy.loader import Criterion, Pathway, Policy
 from ..policy.results import Decision, OrderEvaluation, Status
 from .prefill import Prefill, prefill
-from .questionnaire import ASKED_KINDS, asked_pathways, questionnaire_canonical, questionnaire_id, questions_of
+from .questionnaire import ASKED_KINDS, _memo, asked_pathways, questionnaire_canonical, questionnaire_id, questions_of
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,10 @@ class DtrOffer:
 
 def questionnaire_versions(policy: Policy) -> dict[str, str]:
     """Questionnaire id -> the version its answers must carry (the policy's)."""
-    return {questionnaire_id(policy, p.id): policy.version for p in asked_pathways(policy)}
+    versions: dict[str, str] = _memo(
+        "versions", policy, lambda: {questionnaire_id(policy, p.id): policy.version for p in asked_pathways(policy)}
+    )
+    return versions
 
 
 def _pathways(policy: Policy, evaluation: OrderEvaluation) -> list[Pathway]:

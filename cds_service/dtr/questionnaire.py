@@ -11,7 +11,7 @@ only while no earlier yes/no alternative is answered yes. Canonicals carry the p
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,8 +60,26 @@ def leaves_of(pathway: Pathway) -> Iterator[Leaf]:
             yield from node.leaves
 
 
-def questions_of(pathway: Pathway) -> list[Question]:
-    return [q for leaf in leaves_of(pathway) for q in leaf.questions]
+#: Per-object memos for what never changes after loading (policies and tables are immutable once loaded); the
+#: object is kept beside its result so a recycled id() can never return another object's answer.
+_MEMO: dict[tuple[str, int], tuple[object, Any]] = {}
+
+
+def _memo(kind: str, owner: object, compute: Callable[[], Any]) -> Any:
+    key = (kind, id(owner))
+    hit = _MEMO.get(key)
+    if hit is not None and hit[0] is owner:
+        return hit[1]
+    value = compute()
+    _MEMO[key] = (owner, value)
+    return value
+
+
+def questions_of(pathway: Pathway) -> tuple[Question, ...]:
+    result: tuple[Question, ...] = _memo(
+        "questions", pathway, lambda: tuple(q for leaf in leaves_of(pathway) for q in leaf.questions)
+    )
+    return result
 
 
 # ----------------------------------------------------------------------------- value sets
@@ -78,7 +96,11 @@ def value_set_rows(question: Question, tables: CodeTables) -> tuple[CodeRow, ...
     if question.value_set is None:
         return ()
     kind, tags = question.value_set
-    return tuple(tables.codes_for(kind, tags))
+    by_set: dict[tuple[str, tuple[str, ...]], tuple[CodeRow, ...]] = _memo("value-sets", tables, dict)
+    rows = by_set.get((kind, tags))
+    if rows is None:
+        rows = by_set[(kind, tags)] = tuple(tables.codes_for(kind, tags))
+    return rows
 
 
 def value_set_for(question: Question, policy: Policy, tables: CodeTables, base: str) -> ValueSetRef | None:
