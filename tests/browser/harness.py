@@ -109,7 +109,9 @@ def missing_pieces() -> list[str]:
     pinned = pinned_lforms_version()
     npm = "`npm ci --prefix tests/browser`"
     absent = [name for name in LFORMS_FILES if not (LFORMS_DIR / name).is_file()]
-    if absent:
+    if not (LFORMS_DIR / "package.json").is_file():
+        missing.append(f"lforms {pinned} in {LFORMS_DIR.parent} ({npm})")
+    elif absent:
         missing.append(f"lforms {pinned} files under {LFORMS_DIR} ({', '.join(absent)}; {npm})")
     else:
         installed = json.loads((LFORMS_DIR / "package.json").read_text()).get("version")
