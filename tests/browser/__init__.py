@@ -1,0 +1,1 @@
+"""LHC-Forms in headless Chromium for DTR tests: see harness.py."""
