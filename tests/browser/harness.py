@@ -307,7 +307,7 @@ class LFormsBrowser:
             has_text=re.compile("^\\d+:\\s+" + re.escape(display) + "$")
         )
         entry.click()
-        _expect_value(field, display)
+        _expect_chosen(item, field, display)
 
     def type_date(self, link_id: str, iso_date: str, index: int = 0) -> None:
         """Type ``YYYY-MM-DD`` into the date field in the format its placeholder asks for, then Enter."""
@@ -355,6 +355,17 @@ def _expect_class(locator: Locator, fragment: str, timeout_ms: int = 5_000) -> N
     )
 
 
+def _expect_chosen(item: Locator, field: Locator, display: str, timeout_ms: int = 5_000) -> None:
+    """Wait until the choice shows ``display``: as the field's value (one answer), or as a selected-answer chip
+    ("× display") beside an emptied field (a repeating choice)."""
+    item.page.wait_for_function(
+        """([item, field, text]) => field.value === text ||
+            [...item.querySelectorAll('li, span')].some(e => e.textContent.replace('\u00d7', '').trim() === text)""",
+        arg=[item.element_handle(), field.element_handle(), display],
+        timeout=timeout_ms,
+    )
+
+
 def _expect_value(locator: Locator, value: str, timeout_ms: int = 5_000) -> None:
     """Wait until the field's value is ``value``."""
     locator.page.wait_for_function(
@@ -367,7 +378,7 @@ def _expect_value(locator: Locator, value: str, timeout_ms: int = 5_000) -> None
 def main(argv: list[str] | None = None) -> int:
     """Screenshot a Questionnaire (+ optional prefilled QuestionnaireResponse) as LHC-Forms renders it.
 
-    ``python -m tests.browser.harness Q.json [--qr QR.json] --out docs/dtr-lforms-harness.png``
+    ``python -m tests.browser.harness Q.json [--qr QR.json] --out form.png``
     """
     import argparse
 
