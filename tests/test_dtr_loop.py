@@ -268,3 +268,34 @@ def test_answers_without_an_origin_count_only_when_a_practitioner_authored_the_r
     assert statuses(sign(client, with_responses(request, bare)))["I.A.3"] == "unknown"
     bare["author"] = {"reference": "Practitioner/dr"}
     assert statuses(sign(client, with_responses(request, bare)))["I.A.3"] == "met"
+
+
+def test_answers_are_found_by_fhir_query_when_not_prefetched(client: Any) -> None:
+    """Fallback: no prefetch; the service finds the completed QuestionnaireResponse on the EHR's FHIR server."""
+    import secrets
+
+    from tests.fhir_server import start_fhir_server
+
+    request = sample("I.A-specialty-undocumented")
+    draft = _draft(package_for(client, request, sign(client, request)))
+    response = answered(draft, {"I.A.3": [{"valueBoolean": True}]})
+    response["authored"] = "2026-11-20T10:00:00Z"
+    chart = [
+        e["resource"]
+        for value in request["prefetch"].values()
+        for e in (value.get("entry", []) if value.get("resourceType") == "Bundle" else [{"resource": value}])
+    ]
+    token = secrets.token_urlsafe(16)
+    with start_fhir_server([*chart, response], token, validation="warn") as fhir:
+        call = {k: v for k, v in request.items() if k != "prefetch"}
+        call["fhirServer"] = fhir.base_url
+        call["fhirAuthorization"] = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "priorauth-cds",
+        }
+        body = sign(client, call)
+    assert statuses(body)["I.A.3"] == "met"
+    assert "QuestionnaireResponse/qr-clinician" in _answers_note(body)
