@@ -139,6 +139,10 @@ def _tags(answer: Answer | None) -> frozenset[str]:
     return frozenset(out)
 
 
+def _first_date(answer: Answer | None) -> date | None:
+    return next((v.date for v in answer.values if v.date is not None), None) if answer else None
+
+
 def _coded(answer: Answer | None) -> bool:
     return answer is not None and any(v.code for v in answer.values)
 
@@ -240,8 +244,7 @@ def _age(link_id: str, p: Mapping[str, Any], env: CompileEnv) -> tuple[tuple[Que
     years = float(p.get("years") or 0)
 
     def decide(answers: Mapping[str, Answer], chart: Outcome, facts: Facts) -> Outcome:
-        answer = answers.get(link_id)
-        born = next((v.date for v in answer.values if v.date is not None), None) if answer else None
+        born = _first_date(answers.get(link_id))
         if born is None:
             return chart
         return settle(chart, MET if completed_years(born, facts.evaluation_date) >= years else NOT_MET, answers)
@@ -329,8 +332,7 @@ def _started(link_id: str, p: Mapping[str, Any], env: CompileEnv, drug: str) -> 
     days = float(p.get("days") or 0)
 
     def decide(answers: Mapping[str, Answer], chart: Outcome, facts: Facts) -> Outcome:
-        answer = answers.get(link_id)
-        began = next((v.date for v in answer.values if v.date is not None), None) if answer else None
+        began = _first_date(answers.get(link_id))
         if began is None:
             return chart
         return settle(chart, MET if (facts.evaluation_date - began).days >= days else NOT_MET, answers)
