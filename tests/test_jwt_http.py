@@ -86,3 +86,18 @@ def test_feedback_needs_a_token_too(secured: Any) -> None:
 
 def test_discovery_stays_open(secured: Any) -> None:
     assert secured.get("/cds-services").status_code == 200
+
+
+def test_dtr_operations_need_a_token_for_their_own_url_and_metadata_stays_open(secured: Any) -> None:
+    from tests.dtr_helpers import PACKAGE, coverage_information, package_parameters, sample
+
+    request = sample("I.A-specialty-undocumented")
+    signed = secured.post(SIGN, json=request, headers={"Authorization": bearer(_token())}).get_json()
+    parameters = package_parameters(request, context=coverage_information(signed)["coverage-assertion-id"][0])
+    assert secured.post(PACKAGE, json=parameters).status_code == 401
+    wrong_audience = bearer(_token(SIGN))  # a token for the hook is not a token for the package operation
+    assert secured.post(PACKAGE, json=parameters, headers={"Authorization": wrong_audience}).status_code == 401
+    ok = secured.post(PACKAGE, json=parameters, headers={"Authorization": bearer(_token(PACKAGE))})
+    assert ok.status_code == 200
+    assert secured.get("/fhir/Questionnaire/cp-phar-63-i-a").status_code == 401
+    assert secured.get("/fhir/metadata").status_code == 200
