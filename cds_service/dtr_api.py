@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 import orjson
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, g, request
 
 from .api import _authenticate, _rate_limit, _read_json_body, _services
 from .dtr import package
@@ -48,7 +48,7 @@ def questionnaire_package() -> Response:
     parsed = package.parse_package_request(_read_json_body())
     try:
         result = package.questionnaire_package(
-            parsed, services.registry, services.store, base=_base(), publisher=_publisher()
+            parsed, services.registry, services.store, base=_base(), publisher=_publisher(), issuer=g.get("issuer")
         )
     except Exception as error:
         services.store.record_package_request(

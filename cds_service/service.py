@@ -234,7 +234,7 @@ class HookHandler:
         known_ids = lookup(request.hookInstance, [i.evaluation.order_ref for i in items]) if lookup else {}
         rendered = self._render(answered, request, today, known_ids)
         if self.store is not None:
-            stored_ids = self._record(request, service_id, items, rendered)
+            stored_ids = self._record(request, service_id, items, rendered, issuer)
             if any(stored_ids.get(d.order_ref, d.assertion_id) != d.assertion_id for d in rendered.assertions):
                 # A concurrent retry stored its assertion first: answer with that id, as every retry will.
                 rendered = self._render(answered, request, today, {**known_ids, **stored_ids})
@@ -279,10 +279,11 @@ class HookHandler:
         service_id: str,
         items: list[card_builder.EvaluatedOrder],
         rendered: card_builder.Rendered,
+        issuer: str | None = None,
     ) -> dict[str, str]:
         """Store the issued card uuids and the coverage assertions; order_ref -> stored assertion id."""
         assert self.store is not None
-        rows = self._audit_rows(request, service_id, items, rendered) if rendered.assertions else []
+        rows = self._audit_rows(request, service_id, items, rendered, issuer) if rendered.assertions else []
         record_response = getattr(self.store, "record_response", None)
         if record_response is None:  # a plain AssertionSink (tests): assertions only
             if rows:
@@ -303,6 +304,7 @@ class HookHandler:
         service_id: str,
         items: list[card_builder.EvaluatedOrder],
         rendered: card_builder.Rendered,
+        issuer: str | None = None,
     ) -> list[Any]:
         from .store import CoverageAssertion
 
@@ -331,6 +333,7 @@ class HookHandler:
                     doc_needed=decision.doc_needed,
                     dtr_prefill=item.dtr_prefill if decision.doc_needed and item.questionnaires else None,
                     dtr_answers_used=item.answers_used or None,
+                    issuer=issuer,
                 )
             )
         return rows

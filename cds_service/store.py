@@ -177,6 +177,8 @@ dtr_prefill_table = Table(
     Column("coverage_ref", Text),
     Column("questionnaires", JSON, nullable=False),
     Column("answers", JSON, nullable=False),
+    #: The verified JWT issuer of the hook call (None without JWT checks): only it may fetch the package.
+    Column("issuer", Text),
     Index("ix_dtr_prefill_created_at", "created_at"),
     Index("ix_dtr_prefill_order_ref", "order_ref"),
 )
@@ -254,6 +256,8 @@ class CoverageAssertion:
     #: (QuestionnaireResponse reference -> linkIds).
     dtr_prefill: Mapping[str, Mapping[str, Any]] | None = None
     dtr_answers_used: Mapping[str, Sequence[str]] | None = None
+    #: The verified JWT issuer of the call that made the assertion (the EHR allowed to fetch its DTR package).
+    issuer: str | None = None
 
     def __post_init__(self) -> None:
         _require_aware("created_at", self.created_at)
@@ -594,6 +598,7 @@ class Store:
                 "coverage_ref": assertion.coverage_ref,
                 "questionnaires": list(assertion.dtr_prefill),
                 "answers": {k: dict(v) for k, v in assertion.dtr_prefill.items()},
+                "issuer": assertion.issuer,
             }
             connection.execute(self._insert_ignoring_duplicates(dtr_prefill_table), prefill)
         if assertion.dtr_answers_used:

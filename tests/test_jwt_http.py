@@ -101,3 +101,24 @@ def test_dtr_operations_need_a_token_for_their_own_url_and_metadata_stays_open(s
     assert ok.status_code == 200
     assert secured.get("/fhir/Questionnaire/cp-phar-63-i-a").status_code == 401
     assert secured.get("/fhir/metadata").status_code == 200
+
+
+def test_another_ehr_cannot_fetch_a_package_it_did_not_ask_for(tmp_path: Path) -> None:
+    from tests.dtr_helpers import PACKAGE, coverage_information, package_parameters, sample
+
+    other_key, other = ec_key("ES384"), "https://other-ehr.example.org"
+    config = Config(
+        database_url=f"sqlite:///{tmp_path / 'jwt2.sqlite3'}",
+        trusted_issuers={ISSUER: jwks(KEY), other: jwks(other_key)},
+        public_base_url="http://localhost",
+    )
+    app = create_app(config)
+    client = app.test_client()
+    request = sample("I.A-specialty-undocumented")
+    signed = client.post(SIGN, json=request, headers={"Authorization": bearer(_token())}).get_json()
+    parameters = package_parameters(request, context=coverage_information(signed)["coverage-assertion-id"][0])
+    theirs = other_key.sign(cds_claims(other, f"http://localhost{PACKAGE}", time.time()))
+    refused = client.post(PACKAGE, json=parameters, headers={"Authorization": bearer(theirs)})
+    assert refused.status_code == 404  # as if it did not exist: the id is not confirmed to another EHR
+    assert client.post(PACKAGE, json=parameters, headers={"Authorization": bearer(_token(PACKAGE))}).status_code == 200
+    app.extensions["priorauth_cds"].store.dispose()

@@ -181,6 +181,14 @@ def _full_url(base: str, resource: Mapping[str, Any]) -> str:
     return f"{base.rstrip('/')}/fhir/{resource['resourceType']}/{resource['id']}"
 
 
+def _own(row: dict[str, Any] | None, issuer: str | None) -> dict[str, Any] | None:
+    """The stored prefill when the caller may see it: with JWT checks, only the EHR (issuer) whose hook call made
+    the assertion; to anyone else it does not exist (404, never "forbidden": an id is not confirmed)."""
+    if row is None or (issuer is not None and row.get("issuer") not in (None, issuer)):
+        return None
+    return row
+
+
 def questionnaire_package(
     request: PackageRequest,
     registry: Registry,
@@ -188,6 +196,7 @@ def questionnaire_package(
     *,
     base: str,
     publisher: str,
+    issuer: str | None = None,
     now: datetime | None = None,
 ) -> PackageResult:
     """The operation: Parameters with one package Bundle per questionnaire (see the module docstring)."""
@@ -196,7 +205,7 @@ def questionnaire_package(
     row: dict[str, Any] | None = None
     order_refs = [ref for order in request.orders if (ref := _order_ref(order))]
     if request.context is not None:
-        row = store.dtr_prefill(request.context)
+        row = _own(store.dtr_prefill(request.context), issuer)
         if row is None:
             raise UnknownContext(
                 f"no coverage assertion {request.context[:64]!r} with a questionnaire: sign the order again (CRD) "
@@ -212,11 +221,14 @@ def questionnaire_package(
             )
     elif order_refs:
         for ref in order_refs:
-            row = store.latest_dtr_prefill(ref, _beneficiary(request.coverage))
+            row = _own(store.latest_dtr_prefill(ref, _beneficiary(request.coverage)), issuer)
             if row is not None:
                 break
         if row is not None and row.get("coverage_ref") and row["coverage_ref"] != request.coverage_ref:
             raise CoverageMismatch(f"the order was checked with {row['coverage_ref']}, not {request.coverage_ref}")
+    beneficiary = _beneficiary(request.coverage)
+    if row is not None and beneficiary and row.get("patient_ref") and beneficiary != row["patient_ref"]:
+        raise CoverageMismatch("the Coverage's beneficiary is not the patient of the coverage assertion")
     requested, unknown = _requested_ids(request.questionnaires, index)
     wanted = requested or list(row["questionnaires"] if row else [])
     if not wanted:
