@@ -15,7 +15,7 @@ import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +269,22 @@ def test_assertions_round_trip(store: Store) -> None:
     assert second is not None and second["decision"] == "met"
     assert second["coverage_ref"] is None and second["criteria"] == []
     assert store.get_assertion("missing") is None
+
+
+def test_prepared_statements_store_what_sqlalchemy_core_stores(store: Store) -> None:
+    """The hot path (record_response, claim) runs SQLAlchemy-compiled SQL on the DBAPI cursor: same column values,
+    as the database holds them (SQLite: the DATETIME text and the JSON text), as a Core insert of the same row."""
+    aware = datetime(2025, 3, 1, 10, 30, 15, 123456, tzinfo=timezone(timedelta(hours=1)))
+    fast = assertion("a-fast", created_at=aware, hook_instance=None)
+    core = assertion("a-core", created_at=aware, hook_instance=None)
+    store.record_assertions([fast])
+    with store._transaction("test") as connection:
+        connection.execute(store_module.assertions_table.insert(), store_module._assertion_row(core))
+    raw = text("SELECT * FROM coverage_assertions WHERE assertion_id IN ('a-fast', 'a-core') ORDER BY assertion_id")
+    with store._transaction("test", readonly=True) as connection:
+        rows = {row[0]: tuple(row[1:]) for row in connection.execute(raw)}
+    assert rows["a-fast"] == rows["a-core"]
+    assert store.claim("iss", "jti-1", T0 + timedelta(days=3650)) and not store.claim("iss", "jti-1", T0)
 
 
 def test_recording_an_assertion_again_keeps_the_first(store: Store) -> None:
