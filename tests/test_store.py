@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
@@ -487,6 +488,41 @@ def test_sqlite_is_configured_for_concurrent_crash_safe_writes(tmp_path: Path) -
     finally:
         store.dispose()
     assert pragma == {"journal_mode": "wal", "synchronous": 1, "busy_timeout": store_module.SQLITE_BUSY_TIMEOUT_MS}
+
+
+def test_background_checkpoints_take_the_wal_off_the_request_path(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints.sqlite3"
+    store = Store(f"sqlite:///{path}")
+    try:
+        assert store.start_background_checkpoints(interval=0.05) is True
+        with store._engine.connect() as connection:  # a connection opened afterwards: SQLite's own mark is a backstop
+            assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == store_module.WAL_BACKSTOP_PAGES
+        schema_only = path.stat().st_size
+        store.record_assertions([assertion(f"a-{n}", order_ref=f"MedicationRequest/{n}") for n in range(50)])
+        written = store.checkpoints_done
+        deadline = time.monotonic() + 30
+        while store.checkpoints_done < written + 2 and time.monotonic() < deadline:  # no speed asserted, only that
+            time.sleep(0.01)  # the thread runs
+        # The rows were copied from the WAL into the database file, by the thread: no commit reached the backstop.
+        assert path.stat().st_size > schema_only
+    finally:
+        store.dispose()
+    assert store._checkpoints is not None and store._checkpoints.is_set()  # stopped at shutdown
+    reopened = Store(f"sqlite:///{path}")
+    try:
+        assert reopened.get_assertion("a-49") is not None
+        assert reopened.start_background_checkpoints() is True
+    finally:
+        reopened.dispose()
+
+
+def test_background_checkpoints_are_for_sqlite_files_only(database_url: str) -> None:
+    for url in ("sqlite://", database_url):
+        store = Store(url)
+        try:
+            assert store.start_background_checkpoints() is (url.startswith("sqlite:///"))
+        finally:
+            store.dispose()
 
 
 def test_in_memory_sqlite_is_one_database_shared_by_threads() -> None:
