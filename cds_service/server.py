@@ -12,7 +12,10 @@ thread; a thread's socket reads and writes (a chunked body, the answer) have a p
 
 A hook call is CPU-bound Python, so the threads of one process share one GIL: throughput comes from the
 processes (one per core), the threads only keep a call that waits on the FHIR fallback from blocking the
-worker. Thread safety of the shared state was checked: the code-table memos (``fhir_mappings/codes.py``
+worker. A request read whole runs holding the process's ``Gate`` (``gate.py``), one at a time in arrival order,
+which a call waiting on the FHIR fallback lets go meanwhile: interleaved through the GIL, calls slowed each other
+down far beyond their share of the core (every SQLite statement waited out the other thread's 5 ms switch
+interval, with the write lock held). Its answer is written after the gate is let go. Thread safety of the shared state was checked: the code-table memos (``fhir_mappings/codes.py``
 ``_remember``) and the concept cache (``fhir_mappings/record.py`` ``_CONCEPTS``) are plain dicts whose readers
 use ``get`` and tolerate a miss, so a concurrent ``clear()`` only costs a recomputation; the JWT replay guard
 and the JWKS cache take locks; the store's engine pools connections per thread; Flask's request state is
@@ -25,12 +28,16 @@ import errno
 import re
 import selectors
 import socket
+import threading
 import time
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
 from gunicorn import http
 from gunicorn.workers.gthread import ThreadWorker
+
+from .gate import Gate, holding
 
 #: Largest request head buffered (request line + headers); gunicorn's own limits then reject it with 400/431.
 MAX_HEAD_BYTES = 64 * 1024
@@ -66,6 +73,8 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
     io_timeout = 10.0
     #: Body bytes one worker may hold for connections still sending; past it, a body is read by its thread.
     max_buffered_bytes = 64 * 1024 * 1024
+    #: The WSGI application (set by gunicorn's ``load_wsgi``, wrapped there in the gate).
+    wsgi: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -122,15 +131,17 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                 if len(state.buf) > MAX_HEAD_BYTES:
                     self._dispatch(conn)  # gunicorn's parser answers the over-long head with an error
                 return
-            state.need = self._body_to_buffer(bytes(state.buf[: head_end + 4]))
+            head = bytes(state.buf[: head_end + 4])
+            state.need = self._body_to_buffer(head)
             if state.need is None:
-                self._dispatch(conn)
+                # Whole already when there is no body to read from the socket (none announced, or length 0).
+                self._dispatch(conn, whole=not _TRANSFER_ENCODING.search(head) and self._no_body(head))
                 return
             state.need += head_end + 4
             self.buffered += state.need
             state.deadline = time.monotonic() + self.body_timeout
         if len(state.buf) >= state.need:
-            self._dispatch(conn)
+            self._dispatch(conn, whole=True)
 
     def _body_to_buffer(self, head: bytes) -> int | None:
         """Body bytes to wait for before dispatching, or None to dispatch now (no body, chunked, too big)."""
@@ -144,6 +155,11 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             return None  # the app answers 413 to an over-limit body without reading all of it
         return length
 
+    @staticmethod
+    def _no_body(head: bytes) -> bool:
+        lengths = _CONTENT_LENGTH.findall(head)
+        return not lengths or (len(lengths) == 1 and int(lengths[0]) == 0)
+
     def _release(self, conn: Any) -> _Reading | None:
         state = self.reading.pop(conn, None)
         if state is not None:
@@ -155,10 +171,12 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                 pass
         return state
 
-    def _dispatch(self, conn: Any) -> None:
+    def _dispatch(self, conn: Any, *, whole: bool = False) -> None:
+        """Hand the connection to a pool thread; ``whole``: the request's bytes are all in ``early`` (gated)."""
         state = self._release(conn)
         if state is None:
             return
+        conn.whole = whole
         conn.early = bytes(state.buf)
         conn.data_ready = True
         self.enqueue_req(conn)
@@ -189,6 +207,12 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ the thread side
 
+    def load_wsgi(self) -> None:
+        """The application, run under this process's ``Gate`` for requests that are entirely in memory."""
+        super().load_wsgi()
+        self.gate = Gate()
+        self.wsgi = _gated(self.wsgi, self.gate)
+
     def handle(self, conn: Any) -> Any:
         """Serve one buffered request (HTTP/1.1 only) in a pool thread; True keeps the connection alive."""
         req = None
@@ -203,7 +227,12 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             req = next(conn.parser)
             if not req:
                 return False
-            return self._keepalive_after(conn, self.handle_request(req, conn))
+            _request.whole = getattr(conn, "whole", False)
+            try:
+                kept = self.handle_request(req, conn)
+            finally:
+                _request.whole = False
+            return self._keepalive_after(conn, kept)
         except (http.errors.NoMoreData, StopIteration, TimeoutError):
             pass  # the client left, or stalled past the timeout mid-body or mid-answer
         except OSError as exc:
@@ -226,3 +255,30 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                 self._progress(conn, state)
                 return
         super().finish_request(conn, fs)
+
+
+#: Per pool thread: whether the request it is serving was read whole by the event loop (no socket reads left).
+_request = threading.local()
+
+
+def _gated(app: Callable[..., Iterable[bytes]], gate: Gate) -> Callable[..., Iterable[bytes]]:
+    """``app`` run holding ``gate`` (``cds_service/gate.py``), its answer collected before the gate is let go.
+
+    Only for a request read whole in the event loop: one whose body must still come from the socket (chunked, or
+    larger than the buffering limits) would hold the gate while the client sends. The answer is written to the
+    socket after the gate is let go, so a client slow to read does not hold it either.
+    """
+
+    def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not getattr(_request, "whole", False):
+            return app(environ, start_response)
+        with holding(gate):
+            answer = app(environ, start_response)
+            try:
+                return list(answer)
+            finally:
+                close = getattr(answer, "close", None)
+                if close is not None:
+                    close()
+
+    return application

@@ -1,0 +1,114 @@
+"""The worker's gate (``cds_service/gate.py``): one request runs Python at a time, in arrival order, and a request
+waiting on the FHIR fallback lets the others run. No timings are asserted, only orders of events."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from cds_service.gate import Gate, held, holding, stepped_aside
+from tests.bad_fhir_server import BadFhirServer, Exchange
+from tests.conftest import LiveServer
+from tests.scenarios import request_for, scenario
+
+SIGN = "/cds-services/everolimus-order-sign"
+SCENARIO = "A-met-generic-with-exemestane"
+#: Generous bound for waits on the other threads: only a hang reaches it.
+PATIENCE = 30.0
+
+
+def wait_until(condition: Any) -> None:
+    deadline = time.monotonic() + PATIENCE
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.005)
+
+
+def test_gate_is_handed_over_in_arrival_order() -> None:
+    gate = Gate()
+    order: list[int] = []
+    gate.acquire()
+    threads = []
+    for n in range(5):
+        thread = threading.Thread(target=lambda n=n: (gate.acquire(), order.append(n), gate.release()))
+        thread.start()
+        wait_until(lambda n=n: gate.waiting == n + 1)  # the next one queues only once this one waits
+        threads.append(thread)
+    gate.release()
+    for thread in threads:
+        thread.join(PATIENCE)
+    assert order == [0, 1, 2, 3, 4]
+    gate.acquire()  # free again
+    gate.release()
+
+
+def test_stepping_aside_lets_another_thread_run_then_takes_the_gate_back() -> None:
+    gate = Gate()
+    ran = threading.Event()
+    other = threading.Thread(target=lambda: (gate.acquire(), ran.set(), gate.release()))
+    with holding(gate):
+        other.start()
+        wait_until(lambda: gate.waiting == 1)
+        assert not ran.is_set()
+        with stepped_aside():
+            assert not held()
+            assert ran.wait(PATIENCE)  # the waiting thread got the gate while this one waited on "the network"
+        assert held()
+        other.join(PATIENCE)
+    assert not held()
+
+
+def test_stepping_aside_without_a_gate_does_nothing() -> None:
+    with stepped_aside():
+        assert not held()
+    assert not held()
+
+
+@pytest.fixture
+def one_worker(tmp_path: Path) -> Iterator[LiveServer]:
+    """One gunicorn worker, so two calls share its gate; a FHIR budget longer than any wait below."""
+    server = LiveServer(
+        f"sqlite:///{tmp_path / 'gate.sqlite3'}",
+        {"CDS_WORKERS": "1", "CDS_RATE_LIMIT_PER_MINUTE": "0", "CDS_FHIR_BUDGET_SECONDS": "60"},
+    )
+    server.start(tmp_path / "server.log")
+    yield server
+    server.stop()
+
+
+@pytest.mark.server
+def test_a_call_waiting_on_the_fhir_fallback_does_not_hold_up_the_worker(one_worker: LiveServer) -> None:
+    release = threading.Event()
+    sc = scenario(SCENARIO)
+
+    def stall_then_answer(exchange: Exchange) -> None:
+        release.wait(PATIENCE)
+        exchange.behave()
+
+    with BadFhirServer(sc["resources"]) as fhir:
+        fhir.behaviour = stall_then_answer
+        slow: dict[str, Any] = {}
+        waiting = threading.Thread(
+            target=lambda: slow.update(
+                answer=requests.post(
+                    f"{one_worker.url}{SIGN}", json=request_for(sc, prefetch=False, fhir_server=fhir.base_url),
+                    timeout=PATIENCE + 60,
+                )
+            )
+        )
+        waiting.start()
+        try:
+            wait_until(lambda: fhir.requests)  # the fallback call is now waiting on the FHIR server
+            quick = requests.post(f"{one_worker.url}{SIGN}", json=request_for(sc), timeout=PATIENCE + 60)
+            assert quick.status_code == 200
+            assert waiting.is_alive() and not release.is_set()  # answered while the other still waited
+        finally:
+            release.set()
+            waiting.join(PATIENCE + 60)
+        assert slow["answer"].status_code == 200
