@@ -3,12 +3,14 @@ waiting on the FHIR fallback lets the others run. No timings are asserted, only 
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import requests
 
@@ -112,3 +114,37 @@ def test_a_call_waiting_on_the_fhir_fallback_does_not_hold_up_the_worker(one_wor
             release.set()
             waiting.join(PATIENCE + 60)
         assert slow["answer"].status_code == 200
+
+
+@pytest.mark.server
+def test_answers_close_their_connection_while_other_requests_wait(one_worker: LiveServer) -> None:
+    """Clients reuse the connection they used last; a worker with a queue sends its callers elsewhere."""
+    from benchmarks.workload import hook_request
+
+    body = orjson.dumps(hook_request(2000))  # a 2 MB chart: evaluated for tens of ms while the others arrive
+    answers: list[tuple[int, str | None]] = []
+    start = threading.Barrier(4)
+    host, port = one_worker.url.removeprefix("http://").split(":")
+
+    def send() -> None:
+        connection = http.client.HTTPConnection(host, int(port), timeout=PATIENCE + 60)
+        try:
+            start.wait(PATIENCE)
+            connection.request("POST", SIGN, body, {"Content-Type": "application/json"})
+            answer = connection.getresponse()
+            answer.read()
+            answers.append((answer.status, answer.getheader("Connection")))
+        finally:
+            connection.close()
+
+    senders = [threading.Thread(target=send) for _ in range(4)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(PATIENCE + 60)
+    assert [status for status, _ in answers] == [200] * 4
+    connection_headers = [header for _, header in answers]
+    assert "close" in connection_headers  # answered while others waited for the gate
+    assert "keep-alive" in connection_headers  # the last one, with nobody left waiting
+    # The worker accepts again once its queue is worked off.
+    assert requests.post(f"{one_worker.url}{SIGN}", json=request_for(scenario(SCENARIO)), timeout=60).status_code == 200
