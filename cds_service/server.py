@@ -265,7 +265,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                     close = getattr(answer, "close", None)
                     if close is not None:
                         close()
-                if self.queued:
+                if self.queued and not _pipelined(conn):  # never cut off requests the client already sent
                     force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
                     if force_close is not None:  # gunicorn's Response: says "Connection: close", then closes
                         force_close()
@@ -323,3 +323,10 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
 
 #: Per pool thread: the connection whose request it serves, when that request was read whole by the event loop.
 _request = threading.local()
+
+
+def _pipelined(conn: Any) -> bool:
+    """Whether bytes of a next request already sit behind the current one (an HTTP/1.1 pipelining client)."""
+    unreader = getattr(getattr(conn, "parser", None), "unreader", None)
+    buf = getattr(unreader, "buf", None)
+    return bool(buf is not None and buf.getbuffer().nbytes)

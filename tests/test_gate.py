@@ -4,6 +4,7 @@ waiting on the FHIR fallback lets the others run. No timings are asserted, only 
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -148,3 +149,32 @@ def test_answers_close_their_connection_while_other_requests_wait(one_worker: Li
     assert "keep-alive" in connection_headers  # the last one, with nobody left waiting
     # The worker accepts again once its queue is worked off.
     assert requests.post(f"{one_worker.url}{SIGN}", json=request_for(scenario(SCENARIO)), timeout=60).status_code == 200
+
+
+@pytest.mark.server
+def test_a_queued_worker_does_not_cut_off_pipelined_requests(one_worker: LiveServer) -> None:
+    from benchmarks.workload import hook_request
+
+    big = orjson.dumps(hook_request(2000))
+    host, port = one_worker.url.removeprefix("http://").split(":")
+    head = f"POST {SIGN} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+    busy = (head + f"Content-Length: {len(big)}\r\n\r\n").encode() + big
+    two = (f"GET /healthz HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n" * 2).encode()
+    with (
+        socket.create_connection((host, int(port)), timeout=PATIENCE) as first,
+        socket.create_connection((host, int(port)), timeout=PATIENCE) as pipelining,
+        socket.create_connection((host, int(port)), timeout=PATIENCE) as third,
+    ):
+        first.sendall(busy)  # keeps the gate for tens of ms
+        time.sleep(0.005)
+        pipelining.sendall(two)  # the second waits in the same connection, behind the first
+        time.sleep(0.005)
+        third.sendall(two[: len(two) // 2])  # queued too: the pipelined call is answered while it waits
+        answer = b""
+        deadline = time.monotonic() + PATIENCE
+        while answer.count(b"HTTP/1.1 200") < 2 and time.monotonic() < deadline:
+            chunk = pipelining.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.count(b"HTTP/1.1 200") == 2
