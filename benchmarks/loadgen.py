@@ -7,6 +7,10 @@ Two modes, both POSTing one JSON body to one URL on loopback:
   in the percentiles instead of silently slowing the generator (no coordinated omission).
 * ``closed`` -- ``concurrency`` connections each sending back to back, for throughput.
 
+Open loop also reports how late the generator itself started each request (``lag_ms``: its task ran after the
+due time, e.g. asyncio's millisecond timer granularity or the machine's other work); that delay is part of the
+latencies, so it shows how much of a small latency is the generator's rather than the server's.
+
 Connections are kept alive when the server allows it and reopened when it answers
 ``Connection: close``. Every run is bounded by a request count and a wall-clock limit and stops by
 itself. It runs as a separate process (``python loadgen.py --spec JSON``) so that its CPU use and GIL
@@ -20,6 +24,7 @@ import asyncio
 import json
 import resource
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +51,8 @@ class Spec:
 @dataclass
 class Tally:
     latencies_ms: list[float] = field(default_factory=list)
+    #: Open loop: how late the generator itself started each request (its task ran after the due time).
+    lags_ms: list[float] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     connections_opened: int = 0
@@ -102,6 +109,7 @@ class Client:
 
     async def once(self, due: float) -> None:
         """Send one request; latency counts from ``due`` (the scheduled send time)."""
+        self.tally.lags_ms.append((time.perf_counter() - due) * 1000)
         connection: Connection | None = None
         try:
             connection = await self._connection()
@@ -123,20 +131,39 @@ class Client:
 
 
 async def open_loop(spec: Spec, client: Client) -> float:
-    """Fire request i at start + i/rate, never waiting for answers; returns the elapsed seconds."""
+    """Fire request i at start + i/rate, never waiting for answers; returns the elapsed seconds.
+
+    The schedule is kept by a thread sleeping with the clock's own precision (``time.sleep``), which hands each due
+    request to the event loop: ``asyncio.sleep`` would wake on the selector's millisecond timeout, up to a
+    millisecond late, and that lateness would count in every latency (a third of the floor route's p50).
+    """
+    loop = asyncio.get_running_loop()
     start = time.perf_counter() + 0.05
     limit = start + spec.time_limit
     tasks: set[asyncio.Task[None]] = set()
-    for i in range(spec.requests):
-        due = start + i / spec.rate
-        if due > limit:
-            break
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        task = asyncio.ensure_future(client.once(due))
+    scheduled = asyncio.Event()
+
+    def fire(due: float) -> None:
+        task = loop.create_task(client.once(due))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+
+    def schedule() -> None:
+        try:
+            for i in range(spec.requests):
+                due = start + i / spec.rate
+                if due > limit:
+                    break
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                loop.call_soon_threadsafe(fire, due)
+        finally:
+            loop.call_soon_threadsafe(scheduled.set)
+
+    sys.setswitchinterval(0.0005)  # the scheduler thread gets the GIL back quickly from the event loop
+    threading.Thread(target=schedule, name="schedule", daemon=True).start()
+    await scheduled.wait()  # set after the last fire(): the loop runs thread-safe callbacks in order
     if tasks:
         await asyncio.wait(tasks, timeout=max(0.0, limit - time.perf_counter()) + spec.timeout)
     return time.perf_counter() - start
@@ -172,11 +199,24 @@ async def run(spec: Spec, body: bytes) -> dict[str, Any]:
         "elapsed_s": elapsed,
         "sent": len(tally.latencies_ms) + sum(tally.errors.values()),
         "latencies_ms": tally.latencies_ms,
+        "lag_ms": _percentiles(tally.lags_ms) if spec.mode == "open" else None,
         "statuses": tally.statuses,
         "errors": tally.errors,
         "connections_opened": tally.connections_opened,
         "client_cpu_s": cpu,
     }
+
+
+def _percentiles(values: list[float]) -> dict[str, float] | None:
+    """p50 / p99 / max of ``values`` (nearest rank, as ``inprocess.percentile``), or None for none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+
+    def rank(q: float) -> float:
+        return ordered[max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5))) - 1]
+
+    return {"p50": rank(50), "p99": rank(99), "max": ordered[-1]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,7 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
                 "graceful_timeout": 10,
                 "keepalive": KEEPALIVE_SECONDS,
                 "control_socket_disable": True,
-                "post_fork": lambda server, worker: app.extensions["priorauth_cds"].store.dispose(close=False),
+                "post_fork": lambda server, worker: _after_fork(app.extensions["priorauth_cds"].store),
                 "child_exit": lambda server, worker: metrics.worker_exited(worker.pid),
                 "loglevel": "warning",
                 "logger_class": "cds_service.gunicorn_logging.GunicornJsonLogger",  # gunicorn's own lines as JSON too
@@ -117,6 +117,13 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         metrics.remove_multiprocess_dir(metrics_dir)
     return 0
+
+
+def _after_fork(store: Any) -> None:
+    """gunicorn ``post_fork``, in each worker: forget the master's connections, checkpoint SQLite's WAL in the
+    background (``Store.start_background_checkpoints``) rather than in whichever request crosses the mark."""
+    store.dispose(close=False)
+    store.start_background_checkpoints()
 
 
 def _warm_up(app: Any) -> None:

@@ -34,6 +34,7 @@ from requests.adapters import HTTPAdapter
 
 from cds_service.config import Config
 from cds_service.egress import FhirAccess, configure_session, fhir_access_for
+from cds_service.gate import stepped_aside
 from cds_service.logs import log_event
 
 log = logging.getLogger("priorauth_cds.prefetch")
@@ -448,7 +449,8 @@ def _fetch_keys(
             ): key
             for key, target in targets.items()
         }
-        done, _ = wait(futures, timeout=max(0.0, deadline - time.monotonic()) + _GRACE_SECONDS)
+        with stepped_aside():  # the worker's other requests run while this one waits on the FHIR server (gate.py)
+            done, _ = wait(futures, timeout=max(0.0, deadline - time.monotonic()) + _GRACE_SECONDS)
     finally:
         # Never join: cutting the sockets ends any worker still blocked in a read, however slow the server.
         if len(done) < len(futures):

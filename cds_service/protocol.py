@@ -248,25 +248,35 @@ class HookResponse(_Strict):
     systemActions: list[Action] = Field(default_factory=list)
 
 
-_DROP = object()
-
-
-def _pruned(member: Any) -> Any:
-    """The member pruned, or ``_DROP`` when it is null or empty (CDS Hooks: no null or empty JSON elements)."""
-    if member is None or (isinstance(member, str) and not member):
-        return _DROP
-    if isinstance(member, (dict, list)):
-        member = _prune(member)
-        return member if member else _DROP
-    return member
-
-
 def _prune(value: Any) -> Any:
-    """Drop None and empty members recursively, in one pass."""
-    if isinstance(value, dict):
-        return {key: kept for key, member in value.items() if (kept := _pruned(member)) is not _DROP}
-    if isinstance(value, list):
-        return [kept for member in value if (kept := _pruned(member)) is not _DROP]
+    """Drop None and empty members recursively, in one pass (CDS Hooks: no null or empty JSON elements).
+
+    Runs on ``model_dump(mode="json")`` output, where every object is a plain ``dict`` and every array a ``list``,
+    hence the exact type tests: on every answer this walks the echoed draft orders, and was 2x slower with
+    ``isinstance`` and a sentinel per member.
+    """
+    if type(value) is dict:
+        kept: dict[str, Any] = {}
+        for key, member in value.items():
+            kind = type(member)
+            if kind is dict or kind is list:
+                member = _prune(member)
+                if member:
+                    kept[key] = member
+            elif member is not None and member != "":
+                kept[key] = member
+        return kept
+    if type(value) is list:
+        items: list[Any] = []
+        for member in value:
+            kind = type(member)
+            if kind is dict or kind is list:
+                member = _prune(member)
+                if member:
+                    items.append(member)
+            elif member is not None and member != "":
+                items.append(member)
+        return items
     return value
 
 

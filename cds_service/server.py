@@ -10,9 +10,16 @@ complete, as nginx does, and closes connections whose head did not arrive within
 (or whose body did not arrive within ``CDS_BODY_TIMEOUT_SECONDS``) with a 408. Only complete requests reach a
 thread; a thread's socket reads and writes (a chunked body, the answer) have a per-operation timeout.
 
+A worker with requests waiting for its gate answers with ``Connection: close`` and accepts no new connection
+until its queue is worked off, so that callers move to a worker without a queue: clients reuse the connection
+they used last, and kept-alive connections otherwise pinned most of the load on one worker.
+
 A hook call is CPU-bound Python, so the threads of one process share one GIL: throughput comes from the
 processes (one per core), the threads only keep a call that waits on the FHIR fallback from blocking the
-worker. Thread safety of the shared state was checked: the code-table memos (``fhir_mappings/codes.py``
+worker. A request read whole runs holding the process's ``Gate`` (``gate.py``), one at a time in arrival order,
+which a call waiting on the FHIR fallback lets go meanwhile: interleaved through the GIL, calls slowed each other
+down far beyond their share of the core (every SQLite statement waited out the other thread's 5 ms switch
+interval, with the write lock held). Its answer is written after the gate is let go. Thread safety of the shared state was checked: the code-table memos (``fhir_mappings/codes.py``
 ``_remember``) and the concept cache (``fhir_mappings/record.py`` ``_CONCEPTS``) are plain dicts whose readers
 use ``get`` and tolerate a miss, so a concurrent ``clear()`` only costs a recomputation; the JWT replay guard
 and the JWKS cache take locks; the store's engine pools connections per thread; Flask's request state is
@@ -25,12 +32,17 @@ import errno
 import re
 import selectors
 import socket
+import sys
+import threading
 import time
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
 from gunicorn import http
 from gunicorn.workers.gthread import ThreadWorker
+
+from .gate import Gate, holding
 
 #: Largest request head buffered (request line + headers); gunicorn's own limits then reject it with 400/431.
 MAX_HEAD_BYTES = 64 * 1024
@@ -66,11 +78,18 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
     io_timeout = 10.0
     #: Body bytes one worker may hold for connections still sending; past it, a body is read by its thread.
     max_buffered_bytes = 64 * 1024 * 1024
+    #: The WSGI application (set by gunicorn's ``load_wsgi``, wrapped there in the gate).
+    wsgi: Any
+    #: Seconds a thread waiting for the GIL lets the holder run before asking it to switch (``init_process``).
+    switch_interval = 0.001
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reading: dict[Any, _Reading] = {}
         self.buffered = 0
+        #: Connections whose whole request waits for the gate (added by the event loop, discarded by the thread
+        #: that takes it up; set operations are atomic under the GIL). Its size is this worker's backlog.
+        self.queued: set[Any] = set()
 
     # ------------------------------------------------------------------ the event loop side
 
@@ -122,15 +141,17 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                 if len(state.buf) > MAX_HEAD_BYTES:
                     self._dispatch(conn)  # gunicorn's parser answers the over-long head with an error
                 return
-            state.need = self._body_to_buffer(bytes(state.buf[: head_end + 4]))
+            head = bytes(state.buf[: head_end + 4])
+            state.need = self._body_to_buffer(head)
             if state.need is None:
-                self._dispatch(conn)
+                # Whole already when there is no body to read from the socket (none announced, or length 0).
+                self._dispatch(conn, whole=not _TRANSFER_ENCODING.search(head) and self._no_body(head))
                 return
             state.need += head_end + 4
             self.buffered += state.need
             state.deadline = time.monotonic() + self.body_timeout
         if len(state.buf) >= state.need:
-            self._dispatch(conn)
+            self._dispatch(conn, whole=True)
 
     def _body_to_buffer(self, head: bytes) -> int | None:
         """Body bytes to wait for before dispatching, or None to dispatch now (no body, chunked, too big)."""
@@ -144,6 +165,11 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             return None  # the app answers 413 to an over-limit body without reading all of it
         return length
 
+    @staticmethod
+    def _no_body(head: bytes) -> bool:
+        lengths = _CONTENT_LENGTH.findall(head)
+        return not lengths or (len(lengths) == 1 and int(lengths[0]) == 0)
+
     def _release(self, conn: Any) -> _Reading | None:
         state = self.reading.pop(conn, None)
         if state is not None:
@@ -155,12 +181,18 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                 pass
         return state
 
-    def _dispatch(self, conn: Any) -> None:
+    def _dispatch(self, conn: Any, *, whole: bool = False) -> None:
+        """Hand the connection to a pool thread; ``whole``: the request's bytes are all in ``early`` (gated)."""
         state = self._release(conn)
         if state is None:
             return
+        conn.whole = whole
         conn.early = bytes(state.buf)
         conn.data_ready = True
+        if whole:
+            self.queued.add(conn)
+            if self._accepting:
+                self.set_accept_enabled(False)  # see set_accept_enabled
         self.enqueue_req(conn)
 
     def _drop(self, conn: Any, *, answer: bool) -> None:
@@ -182,12 +214,64 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             self._drop(conn, answer=True)
 
     def set_accept_enabled(self, enabled: bool) -> None:
-        super().set_accept_enabled(enabled)
+        """Accept only while no request waits to be taken up here: a new connection is left to a worker that would
+        serve it at once (the kernel holds it meanwhile, should every worker be busy). gthread's loop asks again
+        after every event, so accepting resumes as soon as the queue is worked off. Stopping drops the requests
+        still arriving."""
+        super().set_accept_enabled(enabled and not self.queued)
         if not enabled and not self.alive:  # stopping: requests still arriving are not waited for
             for conn in list(self.reading):
                 self._drop(conn, answer=False)
 
     # ------------------------------------------------------------------ the thread side
+
+    def init_process(self) -> None:
+        # With the gate, the only threads that want the GIL while a request runs are brief ones: the event loop
+        # taking in the next request, and the previous request's thread writing its answer (headers and body are
+        # two sends, and after each it must get the GIL back). CPython makes such a thread wait out the holder's
+        # switch interval, 5 ms by default -- added to that answer. 1 ms bounds it; CPU-bound threads no longer
+        # take turns (the gate), so the shorter interval costs a forced switch only when such a thread waits.
+        sys.setswitchinterval(self.switch_interval)
+        super().init_process()
+
+    def load_wsgi(self) -> None:
+        """The application, run under this process's ``Gate`` for requests that are entirely in memory."""
+        super().load_wsgi()
+        self.gate = Gate()
+        self.wsgi = self._gated(self.wsgi)
+
+    def _gated(self, app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+        """``app`` run holding the gate (``cds_service/gate.py``), its answer collected before the gate is let go.
+
+        Only for a request read whole in the event loop: one whose body must still come from the socket (chunked,
+        or larger than the buffering limits) would hold the gate while the client sends. The answer is written to
+        the socket after the gate is let go, so a client slow to read does not hold it either. When other requests
+        wait for the gate the answer closes its connection (``Connection: close``): clients reuse the connection
+        they used last, so without this a worker that once held most of a client's connections kept most of its
+        load, and at 200 requests per second one worker ran at three times the other's CPU. The client's next
+        connection goes to a worker that accepts, one without a queue (``set_accept_enabled``).
+        """
+
+        def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            conn = getattr(_request, "conn", None)
+            if conn is None:
+                return app(environ, start_response)
+            with holding(self.gate):
+                self.queued.discard(conn)
+                answer = app(environ, start_response)
+                try:
+                    body = list(answer)
+                finally:
+                    close = getattr(answer, "close", None)
+                    if close is not None:
+                        close()
+                if self.queued and not _pipelined(conn):  # never cut off requests the client already sent
+                    force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+                    if force_close is not None:  # gunicorn's Response: says "Connection: close", then closes
+                        force_close()
+                return body
+
+        return application
 
     def handle(self, conn: Any) -> Any:
         """Serve one buffered request (HTTP/1.1 only) in a pool thread; True keeps the connection alive."""
@@ -203,7 +287,13 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             req = next(conn.parser)
             if not req:
                 return False
-            return self._keepalive_after(conn, self.handle_request(req, conn))
+            _request.conn = conn if getattr(conn, "whole", False) else None
+            try:
+                kept = self.handle_request(req, conn)
+            finally:
+                _request.conn = None
+                self.queued.discard(conn)
+            return self._keepalive_after(conn, kept)
         except (http.errors.NoMoreData, StopIteration, TimeoutError):
             pass  # the client left, or stalled past the timeout mid-body or mid-answer
         except OSError as exc:
@@ -211,10 +301,13 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                 self.log.exception("Socket error processing request.")
         except Exception as exc:  # noqa: BLE001 - gunicorn answers 400/431/500 and logs
             self.handle_error(req, conn.sock, conn.client, exc)
+        finally:
+            self.queued.discard(conn)  # whatever happened, it no longer waits
         return False
 
     def finish_request(self, conn: Any, fs: Any) -> None:
         """As gthread, but a kept-alive connection's leftover (pipelined) bytes are buffered in the loop too."""
+        self.queued.discard(conn)  # a cancelled task never ran ``handle``
         if not fs.cancelled() and fs.exception() is None and fs.result() and self.alive:
             leftover = conn.parser.unreader.buf.getvalue()
             if leftover:
@@ -226,3 +319,14 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                 self._progress(conn, state)
                 return
         super().finish_request(conn, fs)
+
+
+#: Per pool thread: the connection whose request it serves, when that request was read whole by the event loop.
+_request = threading.local()
+
+
+def _pipelined(conn: Any) -> bool:
+    """Whether bytes of a next request already sit behind the current one (an HTTP/1.1 pipelining client)."""
+    unreader = getattr(getattr(conn, "parser", None), "unreader", None)
+    buf = getattr(unreader, "buf", None)
+    return bool(buf is not None and buf.getbuffer().nbytes)

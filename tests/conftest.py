@@ -98,7 +98,7 @@ class LiveServer:
         self.log_path: Path | None = None
 
     def start(self, log_path: Path) -> None:
-        env = dict(os.environ, DATABASE_URL=self.database_url, CDS_WORKERS="2", **self.extra_env)
+        env = {**os.environ, "DATABASE_URL": self.database_url, "CDS_WORKERS": "2", **self.extra_env}
         self.log_path = log_path
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(

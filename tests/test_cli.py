@@ -314,3 +314,14 @@ def test_samples_load_unreachable_server_exits_1(capsys: pytest.CaptureFixture[s
     assert main(["samples", "load", f"http://127.0.0.1:{free_port()}/fhir", "--only", SAMPLE.name]) == 1
     err = capsys.readouterr().err
     assert "cannot reach the FHIR server" in err and "Traceback" not in err
+
+
+def test_each_worker_forgets_the_masters_connections_and_checkpoints_in_the_background(tmp_path: Path) -> None:
+    from cds_service import cli
+
+    store = Store(f"sqlite:///{tmp_path / 'fork.sqlite3'}")
+    try:
+        cli._after_fork(store)  # gunicorn's post_fork
+        assert store._checkpoints is not None and not store._checkpoints.is_set()
+    finally:
+        store.dispose()

@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cds_service.errors import MalformedBody, ProtocolError
 from cds_service.protocol import (
@@ -101,6 +103,33 @@ def test_writer_prunes_null_and_empty_but_keeps_cards() -> None:
     dumped = json.dumps(body)
     assert "null" not in dumped and "[]" not in dumped and "{}" not in dumped
     assert body["cards"][0]["uuid"] and body["cards"][0]["suggestions"][0]["uuid"]
+
+
+def _pruned_reference(value: Any) -> Any:
+    """What pruning means, written plainly: None, "" and (after pruning) empty objects and arrays go."""
+    def drop(member: Any) -> bool:
+        return member is None or member == "" or (isinstance(member, (dict, list)) and not member)
+
+    if isinstance(value, dict):
+        return {k: p for k, v in value.items() if not drop(p := _pruned_reference(v))}
+    if isinstance(value, list):
+        return [p for v in value if not drop(p := _pruned_reference(v))]
+    return value
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.sampled_from(["", "x", "0"]) | st.floats(allow_nan=False),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from("abcd"), children, max_size=4),
+    max_leaves=30,
+)
+
+
+@given(JSON_VALUES)
+def test_pruning_drops_exactly_null_empty_string_and_empty_containers(value: Any) -> None:
+    from cds_service.protocol import _prune
+
+    assert _prune(value) == _pruned_reference(value)
+    assert json.dumps(_prune(value)) == json.dumps(_pruned_reference(value))  # False and 0 stay (0 == False in ==)
 
 
 def test_summary_over_139_characters_is_refused() -> None:

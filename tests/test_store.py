@@ -13,9 +13,10 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +272,22 @@ def test_assertions_round_trip(store: Store) -> None:
     assert store.get_assertion("missing") is None
 
 
+def test_prepared_statements_store_what_sqlalchemy_core_stores(store: Store) -> None:
+    """The hot path (record_response, claim) runs SQLAlchemy-compiled SQL on the DBAPI cursor: same column values,
+    as the database holds them (SQLite: the DATETIME text and the JSON text), as a Core insert of the same row."""
+    aware = datetime(2025, 3, 1, 10, 30, 15, 123456, tzinfo=timezone(timedelta(hours=1)))
+    fast = assertion("a-fast", created_at=aware, hook_instance=None)
+    core = assertion("a-core", created_at=aware, hook_instance=None)
+    store.record_assertions([fast])
+    with store._transaction("test") as connection:
+        connection.execute(store_module.assertions_table.insert(), store_module._assertion_row(core))
+    raw = text("SELECT * FROM coverage_assertions WHERE assertion_id IN ('a-fast', 'a-core') ORDER BY assertion_id")
+    with store._transaction("test", readonly=True) as connection:
+        rows = {row[0]: tuple(row[1:]) for row in connection.execute(raw)}
+    assert rows["a-fast"] == rows["a-core"]
+    assert store.claim("iss", "jti-1", T0 + timedelta(days=3650)) and not store.claim("iss", "jti-1", T0)
+
+
 def test_recording_an_assertion_again_keeps_the_first(store: Store) -> None:
     store.record_assertions([assertion("a-1", decision="met")])
     store.record_assertions([assertion("a-1", decision="not-met")])
@@ -471,6 +488,41 @@ def test_sqlite_is_configured_for_concurrent_crash_safe_writes(tmp_path: Path) -
     finally:
         store.dispose()
     assert pragma == {"journal_mode": "wal", "synchronous": 1, "busy_timeout": store_module.SQLITE_BUSY_TIMEOUT_MS}
+
+
+def test_background_checkpoints_take_the_wal_off_the_request_path(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints.sqlite3"
+    store = Store(f"sqlite:///{path}")
+    try:
+        assert store.start_background_checkpoints(interval=0.05) is True
+        with store._engine.connect() as connection:  # a connection opened afterwards: SQLite's own mark is a backstop
+            assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == store_module.WAL_BACKSTOP_PAGES
+        schema_only = path.stat().st_size
+        store.record_assertions([assertion(f"a-{n}", order_ref=f"MedicationRequest/{n}") for n in range(50)])
+        written = store.checkpoints_done
+        deadline = time.monotonic() + 30
+        while store.checkpoints_done < written + 2 and time.monotonic() < deadline:  # no speed asserted, only that
+            time.sleep(0.01)  # the thread runs
+        # The rows were copied from the WAL into the database file, by the thread: no commit reached the backstop.
+        assert path.stat().st_size > schema_only
+    finally:
+        store.dispose()
+    assert store._checkpoints is not None and store._checkpoints.is_set()  # stopped at shutdown
+    reopened = Store(f"sqlite:///{path}")
+    try:
+        assert reopened.get_assertion("a-49") is not None
+        assert reopened.start_background_checkpoints() is True
+    finally:
+        reopened.dispose()
+
+
+def test_background_checkpoints_are_for_sqlite_files_only(database_url: str) -> None:
+    for url in ("sqlite://", database_url):
+        store = Store(url)
+        try:
+            assert store.start_background_checkpoints() is (url.startswith("sqlite:///"))
+        finally:
+            store.dispose()
 
 
 def test_in_memory_sqlite_is_one_database_shared_by_threads() -> None:
