@@ -90,6 +90,8 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         #: Connections whose whole request waits for the gate (added by the event loop, discarded by the thread
         #: that takes it up; set operations are atomic under the GIL). Its size is this worker's backlog.
         self.queued: set[Any] = set()
+        #: Whether a request holds the gate (written by the holder only, read by the event loop).
+        self.running = False
 
     # ------------------------------------------------------------------ the event loop side
 
@@ -190,9 +192,10 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         conn.early = bytes(state.buf)
         conn.data_ready = True
         if whole:
+            busy = bool(self.queued) or self.running
             self.queued.add(conn)
-            if self._accepting:
-                self.set_accept_enabled(False)  # see set_accept_enabled
+            if busy and self._accepting:
+                self.set_accept_enabled(False)  # see set_accept_enabled (an idle worker keeps its listener as is)
         self.enqueue_req(conn)
 
     def _drop(self, conn: Any, *, answer: bool) -> None:
@@ -258,13 +261,17 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                 return app(environ, start_response)
             with holding(self.gate):
                 self.queued.discard(conn)
-                answer = app(environ, start_response)
+                self.running = True
                 try:
-                    body = list(answer)
+                    answer = app(environ, start_response)
+                    try:
+                        body = list(answer)
+                    finally:
+                        close = getattr(answer, "close", None)
+                        if close is not None:
+                            close()
                 finally:
-                    close = getattr(answer, "close", None)
-                    if close is not None:
-                        close()
+                    self.running = False
                 if self.queued and not _pipelined(conn):  # never cut off requests the client already sent
                     force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
                     if force_close is not None:  # gunicorn's Response: says "Connection: close", then closes
