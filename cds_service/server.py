@@ -19,11 +19,11 @@ processes (one per core), the threads only keep a call that waits on the FHIR fa
 worker. A request read whole runs holding the process's ``Gate`` (``gate.py``), one at a time in arrival order,
 which a call waiting on the FHIR fallback lets go meanwhile: interleaved through the GIL, calls slowed each other
 down far beyond their share of the core (every SQLite statement waited out the other thread's 5 ms switch
-interval, with the write lock held). Its answer is written after the gate is let go. Thread safety of the shared state was checked: the code-table memos (``fhir_mappings/codes.py``
-``_remember``) and the concept cache (``fhir_mappings/record.py`` ``_CONCEPTS``) are plain dicts whose readers
-use ``get`` and tolerate a miss, so a concurrent ``clear()`` only costs a recomputation; the JWT replay guard
-and the JWKS cache take locks; the store's engine pools connections per thread; Flask's request state is
-context-local. This worker speaks HTTP/1.1 only and does no TLS itself (a TLS terminator sits in front).
+interval, with the write lock held). Its answer is written after the gate is let go. Thread safety of the
+shared state was checked: the code-table memos (``fhir_mappings/codes.py`` ``_remember``) and the concept cache
+(``fhir_mappings/record.py`` ``_CONCEPTS``) are plain dicts whose readers use ``get`` and tolerate a miss, so a
+concurrent ``clear()`` only costs a recomputation; the JWT replay guard and the JWKS cache take locks; the store's
+engine pools connections per thread; Flask's request state is context-local. This worker speaks HTTP/1.1 only and does no TLS itself (a TLS terminator sits in front).
 """
 
 from __future__ import annotations
@@ -90,6 +90,8 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         #: Connections whose whole request waits for the gate (added by the event loop, discarded by the thread
         #: that takes it up; set operations are atomic under the GIL). Its size is this worker's backlog.
         self.queued: set[Any] = set()
+        #: Whether a request holds the gate (written by the holder only, read by the event loop).
+        self.running = False
 
     # ------------------------------------------------------------------ the event loop side
 
@@ -190,9 +192,10 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         conn.early = bytes(state.buf)
         conn.data_ready = True
         if whole:
+            busy = bool(self.queued) or self.running
             self.queued.add(conn)
-            if self._accepting:
-                self.set_accept_enabled(False)  # see set_accept_enabled
+            if busy and self._accepting:
+                self.set_accept_enabled(False)  # see set_accept_enabled (an idle worker keeps its listener as is)
         self.enqueue_req(conn)
 
     def _drop(self, conn: Any, *, answer: bool) -> None:
@@ -258,13 +261,17 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                 return app(environ, start_response)
             with holding(self.gate):
                 self.queued.discard(conn)
-                answer = app(environ, start_response)
+                self.running = True
                 try:
-                    body = list(answer)
+                    answer = app(environ, start_response)
+                    try:
+                        body = list(answer)
+                    finally:
+                        close = getattr(answer, "close", None)
+                        if close is not None:
+                            close()
                 finally:
-                    close = getattr(answer, "close", None)
-                    if close is not None:
-                        close()
+                    self.running = False
                 if self.queued and not _pipelined(conn):  # never cut off requests the client already sent
                     force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
                     if force_close is not None:  # gunicorn's Response: says "Connection: close", then closes
