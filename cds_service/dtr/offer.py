@@ -13,7 +13,14 @@ from fhir_mappings.record import PatientRecord
 from ..policy.loader import Criterion, Pathway, Policy
 from ..policy.results import Decision, OrderEvaluation, Status
 from .prefill import Prefill, prefill
-from .questionnaire import ASKED_KINDS, _memo, asked_pathways, questionnaire_canonical, questionnaire_id, questions_of
+from .questionnaire import (
+    ASKED_KINDS,
+    asked_pathways,
+    memoised,
+    questionnaire_canonical,
+    questionnaire_id,
+    questions_of,
+)
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,7 @@ class DtrOffer:
 
 def questionnaire_versions(policy: Policy) -> dict[str, str]:
     """Questionnaire id -> the version its answers must carry (the policy's)."""
-    versions: dict[str, str] = _memo(
+    versions: dict[str, str] = memoised(
         "versions", policy, lambda: {questionnaire_id(policy, p.id): policy.version for p in asked_pathways(policy)}
     )
     return versions

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +19,7 @@ from fhir_mappings.model import Facts, Finding
 from fhir_mappings.record import PatientRecord
 
 from ..policy.loader import Pathway
-from ..policy.predicates import HR_NEGATIVE, HR_NEGATIVE_COMBINED, HR_POSITIVE, Outcome
+from ..policy.predicates import Outcome, her2_positive, hormone_receptor_positive
 from ..policy.questions import NEGATIVE, POSITIVE, Leaf, Question
 from ..policy.results import Status
 from .questionnaire import coding, leaves_of, value_set_rows
@@ -91,26 +92,12 @@ def _medication_answers(
 
 
 def _receptor_answer(part: str, facts: Facts) -> dict[str, Any] | None:
-    found = facts.receptors
-    tags: tuple[str, ...]
-    if part.endswith("/hormone-receptor"):
-        positive = [t for t in HR_POSITIVE if t in found]
-        negative = [HR_NEGATIVE_COMBINED] if HR_NEGATIVE_COMBINED in found else []
-        if not negative and all(t in found for t in HR_NEGATIVE):
-            negative = list(HR_NEGATIVE)
-        result, tags = (
-            (POSITIVE, tuple(positive)) if positive else (NEGATIVE, tuple(negative)) if negative else (None, ())
-        )
-    elif "her2-positive" in found:
-        result, tags = POSITIVE, ("her2-positive",)
-    elif "her2-negative" in found:
-        result, tags = NEGATIVE, ("her2-negative",)
-    else:
-        result, tags = None, ()
-    if result is None:
+    """The receptor result the chart shows, read as the policy reads it (``receptor_status``)."""
+    read = hormone_receptor_positive if part.endswith("/hormone-receptor") else her2_positive
+    status, evidence = read(facts.receptors)
+    if status is Status.UNKNOWN:
         return None
-    _, code, display = result  # SNOMED CT qualifier values
-    evidence = [ref for t in tags for ref in found[t].evidence]
+    _, code, display = POSITIVE if status is Status.MET else NEGATIVE  # SNOMED CT qualifier values
     value = {"valueCoding": {"system": "http://snomed.info/sct", "code": code, "display": display}}
     return _answer(value, evidence)
 
@@ -159,7 +146,7 @@ def _question_answers(
 
 def prefill(pathway: Pathway, facts: Facts, record: PatientRecord, tables: CodeTables) -> Prefill:
     """What the chart answers for the pathway's questionnaire (facts read without any clinician answers)."""
-    chart_facts = facts if not facts.answers else _without_answers(facts)
+    chart_facts = facts if not facts.answers else replace(facts, answers={})
     out: Prefill = {}
     for leaf in leaves_of(pathway):
         if not leaf.questions:
@@ -170,12 +157,6 @@ def prefill(pathway: Pathway, facts: Facts, record: PatientRecord, tables: CodeT
             if answers:
                 out[question.link_id] = answers
     return out
-
-
-def _without_answers(facts: Facts) -> Facts:
-    from dataclasses import replace
-
-    return replace(facts, answers={})
 
 
 # ----------------------------------------------------------------------------- the draft response

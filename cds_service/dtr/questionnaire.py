@@ -62,21 +62,21 @@ def leaves_of(pathway: Pathway) -> Iterator[Leaf]:
 
 #: Per-object memos for what never changes after loading (policies and tables are immutable once loaded); the
 #: object is kept beside its result so a recycled id() can never return another object's answer.
-_MEMO: dict[tuple[str, int], tuple[object, Any]] = {}
+_MEMOS: dict[tuple[str, int], tuple[object, Any]] = {}
 
 
-def _memo(kind: str, owner: object, compute: Callable[[], Any]) -> Any:
+def memoised(kind: str, owner: object, compute: Callable[[], Any]) -> Any:
     key = (kind, id(owner))
-    hit = _MEMO.get(key)
+    hit = _MEMOS.get(key)
     if hit is not None and hit[0] is owner:
         return hit[1]
     value = compute()
-    _MEMO[key] = (owner, value)
+    _MEMOS[key] = (owner, value)
     return value
 
 
 def questions_of(pathway: Pathway) -> tuple[Question, ...]:
-    result: tuple[Question, ...] = _memo(
+    result: tuple[Question, ...] = memoised(
         "questions", pathway, lambda: tuple(q for leaf in leaves_of(pathway) for q in leaf.questions)
     )
     return result
@@ -96,7 +96,7 @@ def value_set_rows(question: Question, tables: CodeTables) -> tuple[CodeRow, ...
     if question.value_set is None:
         return ()
     kind, tags = question.value_set
-    by_set: dict[tuple[str, tuple[str, ...]], tuple[CodeRow, ...]] = _memo("value-sets", tables, dict)
+    by_set: dict[tuple[str, tuple[str, ...]], tuple[CodeRow, ...]] = memoised("value-sets", tables, dict)
     rows = by_set.get((kind, tags))
     if rows is None:
         rows = by_set[(kind, tags)] = tuple(tables.codes_for(kind, tags))

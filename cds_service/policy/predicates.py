@@ -419,7 +419,7 @@ HR_NEGATIVE = ("er-negative", "pr-negative")
 HR_NEGATIVE_COMBINED = "hr-negative"
 
 
-def _hormone_receptor(receptors: Mapping[str, Finding]) -> tuple[Status, tuple[str, ...]]:
+def hormone_receptor_positive(receptors: Mapping[str, Finding]) -> tuple[Status, tuple[str, ...]]:
     """HR status as "is positive": positive on any ER/PR/HR positive; negative only when ER and PR are both negative.
 
     One negative receptor is not enough: HR-positive means ER- or PR-positive.
@@ -434,7 +434,7 @@ def _hormone_receptor(receptors: Mapping[str, Finding]) -> tuple[Status, tuple[s
     return UNKNOWN, ()
 
 
-def _her2(receptors: Mapping[str, Finding]) -> tuple[Status, tuple[str, ...]]:
+def her2_positive(receptors: Mapping[str, Finding]) -> tuple[Status, tuple[str, ...]]:
     """HER2 status as "is positive": a positive result wins over a negative one (a re-test finds HER2, not loses it)."""
     if "her2-positive" in receptors:
         return MET, receptors["her2-positive"].evidence
@@ -452,9 +452,9 @@ def _receptor_status(p: Params, env: CompileEnv) -> Predicate:
     check_tags((*HR_POSITIVE, *HR_NEGATIVE, "her2-positive", "her2-negative"), "receptor", env, p.where)
     wanted: list[tuple[Callable[[Mapping[str, Finding]], tuple[Status, tuple[str, ...]]], bool]] = []
     if hormone:
-        wanted.append((_hormone_receptor, hormone == "positive"))
+        wanted.append((hormone_receptor_positive, hormone == "positive"))
     if her2:
-        wanted.append((_her2, her2 == "positive"))
+        wanted.append((her2_positive, her2 == "positive"))
 
     def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
         parts = []

@@ -30,13 +30,12 @@ from typing import Any
 from fhir_mappings.model import Answer, Facts
 
 from .predicates import (
-    HR_NEGATIVE,
-    HR_NEGATIVE_COMBINED,
-    HR_POSITIVE,
     CompileEnv,
     Outcome,
     Predicate,
     combine_all,
+    her2_positive,
+    hormone_receptor_positive,
     not_status,
 )
 from .results import Status
@@ -212,17 +211,7 @@ def _receptors(link_id: str, p: Mapping[str, Any], env: CompileEnv) -> tuple[tup
         wanted.append((f"{link_id}/her2", "her2", p["her2"] == "positive"))
         questions.append(Question(f"{link_id}/her2", "choice", "HER2 status", options=(POSITIVE, NEGATIVE)))
 
-    def chart_part(receptor: str, facts: Facts) -> Status:
-        found = facts.receptors
-        if receptor == "hr":
-            if any(t in found for t in HR_POSITIVE):
-                return MET
-            if HR_NEGATIVE_COMBINED in found or all(t in found for t in HR_NEGATIVE):
-                return NOT_MET
-            return UNKNOWN
-        if "her2-positive" in found:
-            return MET
-        return NOT_MET if "her2-negative" in found else UNKNOWN
+    readers = {"hr": hormone_receptor_positive, "her2": her2_positive}
 
     def decide(answers: Mapping[str, Answer], chart: Outcome, facts: Facts) -> Outcome:
         parts = []
@@ -232,7 +221,7 @@ def _receptors(link_id: str, p: Mapping[str, Any], env: CompileEnv) -> tuple[tup
             is_positive = MET if POSITIVE[1] in said else NOT_MET if NEGATIVE[1] in said else None
             # What the answers say, the chart filling in a part not answered; settle() below keeps a coded result
             # the answers contradict, and says so.
-            part = chart_part(receptor, facts) if is_positive is None else is_positive
+            part = readers[receptor](facts.receptors)[0] if is_positive is None else is_positive
             parts.append(Outcome(part if positive else not_status(part)))
         heard = {k: v for k, v in answers.items() if any(k == w[0] for w in wanted)}
         return settle(chart, combine_all(parts).status if heard else None, heard)
