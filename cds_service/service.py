@@ -210,7 +210,9 @@ class HookHandler:
                 questionnaires=offer.questionnaire_versions(self.policy),
             )
             if heard.ignored:
-                log_event(log, "dtr.responses_ignored", reasons="; ".join(heard.ignored)[:500])
+                # Why, not which: response ids stay out of the log like every other resource reference.
+                whys = sorted({reason.split(": ", 1)[-1] for reason in heard.ignored})
+                log_event(log, "dtr.responses_ignored", count=len(heard.ignored), reasons="; ".join(whys)[:500])
             evaluation = evaluate(self.policy, with_answers(facts, heard))
             dtr = offer.offer(self.policy, self.tables, evaluation, facts, record, heard, base=base, hook=request.hook)
             draft = next(d for d in drafts if d.get("resourceType") == "MedicationRequest" and d.get("id") == order_id)

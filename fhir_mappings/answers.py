@@ -153,7 +153,7 @@ def read_answers(
             for ext in response.extension or ()
             if ext.url == QR_CONTEXT and ext.valueReference is not None
         }:
-            ignored.append(f"{label}: its qr-context does not name {order_ref}")
+            ignored.append(f"{label}: its qr-context does not name this order")
         else:
             chosen.append(response)
     chosen.sort(key=lambda r: str(r.authored or ""))

@@ -299,3 +299,16 @@ def test_answers_are_found_by_fhir_query_when_not_prefetched(client: Any) -> Non
         body = sign(client, call)
     assert statuses(body)["I.A.3"] == "met"
     assert "QuestionnaireResponse/qr-clinician" in _answers_note(body)
+
+
+def test_ignored_responses_are_logged_by_reason_without_resource_ids(client: Any, service_log: Any) -> None:
+    request = sample("I.A-specialty-undocumented")
+    draft = _draft(package_for(client, request, sign(client, request)))
+    other_order = answered(draft, {"I.A.3": [{"valueBoolean": True}]}, response_id="qr-secret-id")
+    for ext in other_order["extension"]:
+        if ext["url"].endswith("qr-context"):
+            ext["valueReference"]["reference"] = "MedicationRequest/secret-order-id"
+    sign(client, with_responses(request, other_order))
+    text = service_log()
+    assert "dtr.responses_ignored" in text and "does not name this order" in text
+    assert "secret" not in text
