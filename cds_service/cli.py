@@ -207,6 +207,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot read {source}: {exc.strerror or exc}", EXIT_USAGE)
     try:
+        payload = parse_json(raw)
+    except ServiceError as exc:  # MalformedBody: not JSON at all is an unreadable input file, not a refusal
+        return _fail(f"cannot read {source}: {exc}", EXIT_USAGE)
+    try:
         config = Config.from_env()
         store = None
         if args.store:
@@ -226,7 +230,6 @@ def _evaluate(args: argparse.Namespace) -> int:
             known = ", ".join(service.id for service in registry.services)
             return _fail(f"unknown --service {args.service!r} (services: {known})", EXIT_USAGE)
         try:
-            payload = parse_json(raw)
             hook = payload.get("hook") if isinstance(payload, dict) else None
             default = registry.default
             by_hook = next((s.id for s in default.services if s.hook == hook), default.services[0].id)

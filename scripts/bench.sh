@@ -4,7 +4,7 @@
 # benchmarks/results/. Extra arguments go to bench.py (--quick, --skip-http, --skip-fallback, --soak N).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+# shellcheck source=scripts/venv.sh
+. scripts/venv.sh
+ensure_venv "test,bench"
 exec .venv/bin/python benchmarks/bench.py "$@"

@@ -5,7 +5,7 @@
 # Extra arguments go to `priorauth-cds serve` (--host, --port, --workers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+# shellcheck source=scripts/venv.sh
+. scripts/venv.sh
+ensure_venv ""
 exec .venv/bin/priorauth-cds serve "$@"

@@ -4,7 +4,7 @@
 # (.ci/run starts a server and sets it; `bash .ci/postgres.sh` prints a URL on Debian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# shellcheck source=scripts/venv.sh
+. scripts/venv.sh
+ensure_venv "test"
 exec .venv/bin/python -m pytest "$@"

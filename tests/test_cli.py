@@ -155,11 +155,10 @@ def test_store_honours_database_url(
 @pytest.mark.parametrize(
     "body, words",
     [
-        (b"{", "not valid JSON"),
         (b'{"hook": "patient-view", "hookInstance": "x", "context": {}}', "HTTP 400"),
         (json.dumps({**json.loads(SAMPLE.read_text()), "hook": "order-select"}).encode(), "HTTP 400"),
     ],
-    ids=["bad-json", "unknown-hook", "wrong-hook-for-service"],
+    ids=["unknown-hook", "wrong-hook-for-service"],
 )
 def test_rejected_requests_exit_1_with_plain_words(body: bytes, words: str) -> None:
     done = run("evaluate", "-", "--service", "everolimus-order-sign", stdin=body)
@@ -178,6 +177,17 @@ def test_rejected_request_with_json_prints_the_operation_outcome(capsys: pytest.
     assert done.returncode == 1
     assert json.loads(done.stdout)["resourceType"] == "OperationOutcome"
     assert "the service rejected" in done.stderr
+
+
+@pytest.mark.parametrize("body", [b"{", b"not json at all", b"<Bundle/>"], ids=["truncated", "text", "xml"])
+def test_input_that_is_not_json_exits_2_with_a_plain_line(body: bytes) -> None:
+    """Issue 17: a file that is not JSON is an unreadable input (exit 2), not a refusal by the service (exit 1)."""
+    done = run("evaluate", "-", stdin=body)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith("priorauth-cds: cannot read standard input: request body is not valid JSON")
+    assert "HTTP" not in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_unreadable_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
