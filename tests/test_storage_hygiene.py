@@ -1,5 +1,6 @@
-"""Storage hygiene (issue 8): feedback only for issued cards, one assertion per (hookInstance, order), per-caller
-rate limits, retention (``priorauth-cds purge`` and at start-up), private SQLite files, and older databases.
+"""Storage hygiene (issues 8 and 15): feedback only for issued cards, one assertion per retry and never another
+caller's (hookInstance, order, and the caller's issuer, patient, order content and decision), per-caller rate limits,
+retention (``priorauth-cds purge`` and at start-up), private SQLite files, and older databases.
 
 Storage tests run on SQLite and, when PRIORAUTH_TEST_POSTGRES_URL is set, on PostgreSQL too.
 """
