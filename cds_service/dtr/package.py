@@ -46,6 +46,8 @@ LEGACY_OUTPUT_NAME = "PackageBundle"
 #: before any query, so a call cannot hold a worker with thousands of lookups.
 MAX_ORDERS = 10
 MAX_QUESTIONNAIRES = 10
+#: A coverage-assertion-id is a UUID (36 characters): a longer ``context`` is unknown without a lookup.
+MAX_CONTEXT_CHARS = 64
 #: OperationOutcomes one ``$log-questionnaire-errors`` call may report.
 MAX_ERROR_OUTCOMES = 10
 
@@ -230,7 +232,8 @@ def questionnaire_package(
     row: dict[str, Any] | None = None
     order_refs = [ref for order in request.orders if (ref := _order_ref(order))]
     if request.context is not None:
-        row = _own(store.dtr_prefill(request.context), issuer, issuers_configured)
+        known = store.dtr_prefill(request.context) if len(request.context) <= MAX_CONTEXT_CHARS else None
+        row = _own(known, issuer, issuers_configured)
         if row is None:
             raise UnknownContext(
                 f"no coverage assertion {request.context[:64]!r} with a questionnaire: sign the order again (CRD) "
