@@ -262,6 +262,7 @@ PURGE_LABELS = {
     "feedback": "feedback",
     "coverage_assertions": "coverage assertions",
     "issued_cards": "issued cards",
+    "dtr": "DTR rows (prefills, answers used, package requests, error reports)",
     "jwt_replay": "expired JWT replay entries",
 }
 

@@ -133,6 +133,9 @@ class Config:
     rate_limit_per_minute: int = 600
     #: Days feedback, coverage assertions, issued-card rows and expired replay rows are kept; 0 keeps them forever.
     retention_days: int = 365
+    #: DTR rows (``$questionnaire-package`` audits, ``$log-questionnaire-errors`` reports) stored per JWT issuer per
+    #: UTC day (all callers together without JWT checks); past it those calls are a 429. 0 turns the quota off.
+    dtr_rows_per_issuer_per_day: int = 2000
     #: Expose POST /benchmark/floor (parse-only baseline for benchmarks/). Off in production.
     benchmark_floor: bool = False
 
@@ -368,6 +371,7 @@ class Settings(BaseSettings):
     benchmark_floor: Flag = _var("CDS_BENCHMARK_FLOOR", Config.benchmark_floor)
     rate_limit_per_minute: Count = _var("CDS_RATE_LIMIT_PER_MINUTE", Config.rate_limit_per_minute)
     retention_days: Count = _var("CDS_RETENTION_DAYS", Config.retention_days)
+    dtr_rows_per_issuer_per_day: Count = _var("CDS_DTR_ROWS_PER_ISSUER_PER_DAY", Config.dtr_rows_per_issuer_per_day)
     metrics: Flag = _var("CDS_METRICS", Config.metrics)
     metrics_token: Annotated[str | None, BeforeValidator(lambda v: v or None)] = Field(
         default=None, validation_alias="CDS_METRICS_TOKEN", repr=False

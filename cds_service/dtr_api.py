@@ -8,13 +8,14 @@ app's one error mapping (``errors.py`` via ``api.register_error_handlers``).
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 
 import orjson
 from flask import Blueprint, Response, g, request
 
 from .api import _authenticate, _rate_limit, _read_json_body, _services
 from .dtr import package
-from .errors import ProtocolError, UnknownService, operation_outcome
+from .errors import ProtocolError, RateLimited, UnknownService, operation_outcome
 from .logs import log_event
 
 log = logging.getLogger("priorauth_cds.dtr")
@@ -33,6 +34,22 @@ def _publisher() -> str:
     return str(_services().config.insurer_name)
 
 
+def _daily_quota() -> None:
+    """429 once the caller's issuer has stored ``CDS_DTR_ROWS_PER_ISSUER_PER_DAY`` DTR rows today (UTC)."""
+    services = _services()
+    limit = services.config.dtr_rows_per_issuer_per_day
+    if limit <= 0:
+        return
+    now = datetime.now(UTC)
+    if services.store.dtr_rows_today(g.get("issuer"), now=now) >= limit:
+        midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        log_event(log, "dtr.quota_exceeded", logging.WARNING, limit=limit)
+        raise RateLimited(
+            f"more than {limit} DTR calls stored today for this client; retry after 00:00 UTC",
+            retry_after=max(1, int((midnight - now).total_seconds())),
+        )
+
+
 @dtr.get("/metadata")
 def metadata() -> Response:
     return fhir_response(package.capability_statement(_base(), _publisher()))
@@ -44,11 +61,19 @@ def questionnaire_package() -> Response:
     """DTR: the questionnaire(s) for an order, with their value sets and the payer's prefilled response."""
     _authenticate()
     _rate_limit()
+    _daily_quota()
     services = _services()
+    issuer = g.get("issuer")
     parsed = package.parse_package_request(_read_json_body())
     try:
         result = package.questionnaire_package(
-            parsed, services.registry, services.store, base=_base(), publisher=_publisher(), issuer=g.get("issuer")
+            parsed,
+            services.registry,
+            services.store,
+            base=_base(),
+            publisher=_publisher(),
+            issuer=issuer,
+            issuers_configured=services.config.auth_enabled,
         )
     except Exception as error:
         services.store.record_package_request(
@@ -57,6 +82,7 @@ def questionnaire_package() -> Response:
             coverage_ref=parsed.coverage_ref,
             questionnaires=list(parsed.questionnaires),
             outcome=type(error).__name__,
+            issuer=issuer,
         )
         raise
     services.store.record_package_request(
@@ -65,6 +91,7 @@ def questionnaire_package() -> Response:
         coverage_ref=result.coverage_ref,
         questionnaires=list(result.questionnaires),
         outcome="ok",
+        issuer=issuer,
     )
     log_event(log, "dtr.package", assertion=bool(result.assertion_id), questionnaires=len(result.questionnaires))
     return fhir_response(result.body)
@@ -75,8 +102,9 @@ def log_questionnaire_errors() -> Response:
     """DTR: a client reports errors rendering or running a questionnaire; stored for the payer to read."""
     _authenticate()
     _rate_limit()
+    _daily_quota()
     canonical, outcomes = package.parse_error_log(_read_json_body())
-    count = _services().store.record_questionnaire_errors(canonical, outcomes)
+    count = _services().store.record_questionnaire_errors(canonical, outcomes, issuer=g.get("issuer"))
     log_event(log, "dtr.questionnaire_errors", logging.WARNING, count=count)
     return fhir_response(operation_outcome("informational", f"{count} error report(s) stored", severity="information"))
 

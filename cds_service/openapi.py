@@ -390,7 +390,8 @@ MISDIRECTED = _outcome(
 TOO_LARGE = _outcome("The body exceeds CDS_MAX_BODY_BYTES (5 MiB by default).")
 RATE_LIMITED = _outcome(
     "More than CDS_RATE_LIMIT_PER_MINUTE calls (600 by default) from this JWT issuer (or client address without "
-    "JWT checks) in this worker; the Retry-After header gives the seconds to wait."
+    "JWT checks) in this worker; on the DTR operations also more than CDS_DTR_ROWS_PER_ISSUER_PER_DAY stored calls "
+    "today (UTC). The Retry-After header gives the seconds to wait."
 )
 STORAGE_UNAVAILABLE = _outcome("The audit / feedback store could not be written; the call may be retried.")
 
@@ -672,7 +673,10 @@ def _dtr_paths() -> JsonObject:
         "DTR $questionnaire-package: Parameters (coverage, order, questionnaire, context) -> package Bundles",
         {
             "200": _fhir_ok("Parameters with one packagebundle per questionnaire (and an outcome for unknown ones)."),
-            "400": _outcome("Not a Parameters resource, no Coverage, or none of order / questionnaire / context."),
+            "400": _outcome(
+                "Not a Parameters resource, no Coverage, none of order / questionnaire / context, or more than 10 "
+                "order or questionnaire parameters."
+            ),
             "404": _outcome("Unknown context (coverage-assertion-id), or no questionnaire applies to the order."),
             "422": _outcome("The Coverage or order is not the one the coverage assertion was made for."),
         },
@@ -707,7 +711,7 @@ def _dtr_paths() -> JsonObject:
                 "DTR $log-questionnaire-errors: store what a client could not render or run",
                 {
                     "200": _fhir_ok("An informational OperationOutcome: how many reports were stored."),
-                    "400": _outcome("No questionnaire canonical or no OperationOutcome."),
+                    "400": _outcome("No questionnaire canonical, no OperationOutcome, or more than 10 of them."),
                 },
             )
         },

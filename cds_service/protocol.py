@@ -29,6 +29,9 @@ PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
 #: Deepest nesting of objects and arrays read in a request. Real FHIR resources stay under 20 levels; deeper
 #: input is refused (400) before it reaches code that recurses over it or echoes it (serialisers stop at 255).
 MAX_NESTING = 100
+#: Draft orders (and selections) one hook call may carry. An order-sign with an order set stays well below it; 500
+#: drafts took 5.8 s to answer (4.8 MB), so more is a 400 naming the limit, before any work.
+MAX_DRAFT_ORDERS = 50
 
 #: FHIR R4 id datatype.
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
@@ -54,7 +57,7 @@ class DraftOrdersBundle(_Tolerant):
 
     resourceType: Literal["Bundle"]
     type: str | None = None
-    entry: list[dict[str, Any]] = Field(default_factory=list, max_length=500)
+    entry: list[dict[str, Any]] = Field(default_factory=list, max_length=MAX_DRAFT_ORDERS)
 
     @field_validator("entry", mode="before")
     @classmethod
@@ -85,7 +88,7 @@ class OrderContext(_Tolerant):
     patientId: str = Field(min_length=1, max_length=256, pattern=PRINTABLE)
     encounterId: str | None = Field(default=None, max_length=256, pattern=PRINTABLE)
     draftOrders: DraftOrdersBundle
-    selections: list[str] | None = Field(default=None, max_length=500)
+    selections: list[str] | None = Field(default=None, max_length=MAX_DRAFT_ORDERS)
 
     def as_dict(self) -> dict[str, Any]:
         """Root-level context fields usable as prefetch tokens."""

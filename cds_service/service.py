@@ -231,15 +231,13 @@ class HookHandler:
             )
         items = [answer for answer in answered if isinstance(answer, card_builder.EvaluatedOrder)]
         started = timings.mark("evaluate", started)
-        # A retried call (same hookInstance) cites the assertion the first call stored for each order.
-        lookup = getattr(self.store, "assertion_ids_for", None)
-        known_ids = lookup(request.hookInstance, [i.evaluation.order_ref for i in items]) if lookup else {}
-        rendered = self._render(answered, request, today, known_ids)
+        rendered = self._render(answered, request, today, {})
         if self.store is not None:
             stored_ids = self._record(request, service_id, items, rendered, issuer)
             if any(stored_ids.get(d.order_ref, d.assertion_id) != d.assertion_id for d in rendered.assertions):
-                # A concurrent retry stored its assertion first: answer with that id, as every retry will.
-                rendered = self._render(answered, request, today, {**known_ids, **stored_ids})
+                # A retry (same hookInstance, caller, patient, order and decision: ``CoverageAssertion.retry_key``),
+                # or a concurrent one, stored its assertion first: answer with that id, as every retry will.
+                rendered = self._render(answered, request, today, stored_ids)
                 self.store.record_response(  # type: ignore[attr-defined]  # the new cards' uuids
                     service_id=service_id,
                     hook_instance=request.hookInstance,
@@ -308,7 +306,7 @@ class HookHandler:
         rendered: card_builder.Rendered,
         issuer: str | None = None,
     ) -> list[Any]:
-        from .store import CoverageAssertion
+        from .store import CoverageAssertion, order_digest
 
         rows = []
         now = datetime.now(UTC)
@@ -336,6 +334,7 @@ class HookHandler:
                     dtr_prefill=item.dtr_prefill if decision.doc_needed and item.questionnaires else None,
                     dtr_answers_used=item.answers_used or None,
                     issuer=issuer,
+                    order_digest=order_digest(item.draft),
                 )
             )
         return rows

@@ -16,6 +16,7 @@ PHI) and URLs (which may hold passwords) never reach a client or a log line.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -27,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     JSON,
     Column,
@@ -44,6 +46,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    inspect,
     select,
     update,
 )
@@ -51,6 +54,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql import expression
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeDecorator
 
@@ -138,16 +142,23 @@ assertions_table = Table(
     Index("ix_coverage_assertions_created_at", "created_at"),
 )
 
-#: One row per (hookInstance, order): a retried hook call finds the assertion it already made (and its id).
-assertion_keys_table = Table(
-    "coverage_assertion_keys",
+#: Legacy (before retries were bound to their caller): one row per (hookInstance, order), never read or written now.
+#: Not created on a new database; where an older build left it, retention still purges its rows.
+legacy_assertion_keys = expression.table("coverage_assertion_keys", expression.column("created_at", UTCDateTime))
+
+#: One row per (hookInstance, order, request key): a retried hook call finds the assertion it already made (and its
+#: id) only when the key matches, i.e. the same caller (JWT issuer), patient, coverage, order content and decision
+#: (``retry_key``). Any other call reusing the hookInstance gets an assertion of its own.
+assertion_retries_table = Table(
+    "coverage_assertion_retries",
     metadata,
     Column("hook_instance", Text, nullable=False),
     Column("order_ref", Text, nullable=False),
+    Column("request_key", Text, nullable=False),
     Column("assertion_id", Text, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
-    PrimaryKeyConstraint("hook_instance", "order_ref", name="pk_coverage_assertion_keys"),
-    Index("ix_coverage_assertion_keys_created_at", "created_at"),
+    PrimaryKeyConstraint("hook_instance", "order_ref", "request_key", name="pk_coverage_assertion_retries"),
+    Index("ix_coverage_assertion_retries_created_at", "created_at"),
 )
 
 #: Every card uuid this service sent; feedback is accepted only for these.
@@ -214,8 +225,11 @@ dtr_package_requests_table = Table(
     Column("coverage_ref", Text),
     Column("questionnaires", JSON, nullable=False),
     Column("outcome", Text, nullable=False),
+    #: The verified JWT issuer of the call (None without JWT checks): the per-issuer daily quota counts these.
+    Column("issuer", Text),
     Index("ix_dtr_package_requests_received_at", "received_at"),
     Index("ix_dtr_package_requests_assertion_id", "assertion_id"),
+    Index("ix_dtr_package_requests_issuer", "issuer", "received_at"),
 )
 
 #: DTR: errors a client reported rendering or running a questionnaire ($log-questionnaire-errors).
@@ -226,13 +240,32 @@ questionnaire_errors_table = Table(
     Column("received_at", UTCDateTime, nullable=False),
     Column("questionnaire", Text, nullable=False),
     Column("outcome", JSON, nullable=False),
+    Column("issuer", Text),
     Index("ix_questionnaire_errors_received_at", "received_at"),
+    Index("ix_questionnaire_errors_issuer", "issuer", "received_at"),
 )
 
-#: Indexes added to tables that existed before them; created at start-up on an older database.
+
+def _index(table: Table, name: str) -> Index:
+    return next(index for index in table.indexes if index.name == name)
+
+
+#: Columns added to tables that existed before them; added (nullable) at start-up on an older database.
+LATER_COLUMNS = (dtr_package_requests_table.c.issuer, questionnaire_errors_table.c.issuer)
+#: Indexes added to tables that existed before them; created at start-up on an older database (after the columns).
 LATER_INDEXES = (
-    next(index for index in assertions_table.indexes if index.name == "ix_coverage_assertions_created_at"),
+    _index(assertions_table, "ix_coverage_assertions_created_at"),
+    _index(dtr_package_requests_table, "ix_dtr_package_requests_issuer"),
+    _index(questionnaire_errors_table, "ix_questionnaire_errors_issuer"),
 )
+
+#: DTR rows one call may store, and how much of each field: whatever a client sends, a row stays small.
+MAX_STORED_TEXT = 200
+MAX_STORED_CONTEXT = 64
+MAX_STORED_QUESTIONNAIRES = 10
+MAX_STORED_ISSUES = 10
+MAX_STORED_DIAGNOSTICS = 500
+MAX_STORED_OUTCOME_BYTES = 4096
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -266,11 +299,39 @@ class CoverageAssertion:
     dtr_answers_used: Mapping[str, Sequence[str]] | None = None
     #: The verified JWT issuer of the call that made the assertion (the EHR allowed to fetch its DTR package).
     issuer: str | None = None
+    #: sha256 of the draft order's canonical JSON (``order_digest``): a retry must send the same order.
+    order_digest: str | None = None
 
     def __post_init__(self) -> None:
         _require_aware("created_at", self.created_at)
         # Copy into an immutable, JSON-ready shape; a malformed entry is a programming error, caught here.
         object.__setattr__(self, "criteria", tuple(_criterion(entry) for entry in self.criteria))
+
+    def retry_key(self) -> str:
+        """What a retry must repeat to be answered with this assertion's id: caller, patient, coverage, order
+        content and the decision itself (a call that would assert something else is not a retry of this one)."""
+        fields = (
+            self.issuer,
+            self.service_id,
+            self.patient_ref,
+            self.coverage_ref,
+            self.order_ref,
+            self.order_digest,
+            self.policy,
+            self.policy_version,
+            self.pathway,
+            self.decision,
+            [[c["id"], c["status"]] for c in self.criteria],
+            self.covered,
+            self.pa_needed,
+            self.doc_needed,
+        )
+        return hashlib.sha256(orjson.dumps(fields)).hexdigest()
+
+
+def order_digest(order: Mapping[str, Any]) -> str:
+    """sha256 of a resource's canonical JSON (keys sorted, no whitespace): equal for equal content."""
+    return hashlib.sha256(orjson.dumps(order, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def _criterion(entry: Mapping[str, str]) -> dict[str, str]:
@@ -484,7 +545,7 @@ def _log_failure(operation: str, exc: BaseException) -> None:
 class _Prepared:
     """A statement compiled once for the engine's dialect and run on the DBAPI cursor itself.
 
-    The hook call's writes and reads (``record_response``, ``assertion_ids_for``) are a handful of fixed
+    The hook call's writes and reads (``record_response``, the JWT replay claim) are a handful of fixed
     statements; SQLAlchemy's per-execution machinery (cache-key walk, execution context, result set-up, events)
     cost more than SQLite itself: 0.70 ms for a typical read + write, 0.16 ms on the cursor. The SQL text, the
     bind order and the bind processors (``UTCDateTime``, JSON) are still SQLAlchemy's, for the dialect in use,
@@ -548,17 +609,18 @@ def _insert_ignoring(table: Table) -> Callable[[str], Any]:
     return build
 
 
-#: The statements run on every hook call (``record_response``, ``assertion_ids_for``, ``claim``), by name; compiled
+#: The statements run on every hook call (``record_response``, ``claim``), by name; compiled
 #: once per store.
 _HOT_STATEMENTS: dict[str, Callable[[str], Any]] = {
-    "insert_assertion_key": _insert_ignoring(assertion_keys_table),
+    "insert_assertion_retry": _insert_ignoring(assertion_retries_table),
     "insert_assertion": _insert_ignoring(assertions_table),
     "insert_issued_card": _insert_ignoring(issued_cards_table),
     "insert_dtr_prefill": _insert_ignoring(dtr_prefill_table),
     "insert_dtr_answers_used": _insert_ignoring(dtr_answers_used_table),
-    "assertion_id_for_order": lambda _: select(assertion_keys_table.c.assertion_id).where(
-        (assertion_keys_table.c.hook_instance == bindparam("hook_instance"))
-        & (assertion_keys_table.c.order_ref == bindparam("order_ref"))
+    "assertion_id_for_retry": lambda _: select(assertion_retries_table.c.assertion_id).where(
+        (assertion_retries_table.c.hook_instance == bindparam("hook_instance"))
+        & (assertion_retries_table.c.order_ref == bindparam("order_ref"))
+        & (assertion_retries_table.c.request_key == bindparam("request_key"))
     ),
     # Every authenticated call (``claim``): the JWT replay guard.
     "insert_replay": _insert_ignoring(replay_table),
@@ -571,11 +633,62 @@ _HOT_STATEMENTS: dict[str, Callable[[str], Any]] = {
         )
         .values(expires_at=bindparam("new_expires_at", type_=replay_table.c.expires_at.type))
     ),
-    # The primary key starts with hook_instance: one index range, a row per order of that call.
-    "assertion_ids_for_hook_instance": lambda _: select(
-        assertion_keys_table.c.order_ref, assertion_keys_table.c.assertion_id
-    ).where(assertion_keys_table.c.hook_instance == bindparam("hook_instance")),
 }
+
+
+def _add_later_columns(connection: Connection) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` for each of ``LATER_COLUMNS`` its table lacks (nullable, so old rows keep)."""
+    inspector = inspect(connection)
+    preparer = connection.dialect.identifier_preparer
+    for later in LATER_COLUMNS:
+        name = later.table.name
+        if later.name in {c["name"] for c in inspector.get_columns(name)}:
+            continue
+        kind = later.type.compile(dialect=connection.dialect)
+        connection.exec_driver_sql(f"ALTER TABLE {preparer.quote(name)} ADD COLUMN {preparer.quote(later.name)} {kind}")
+
+
+def _clip(value: Any, limit: int = MAX_STORED_TEXT) -> str | None:
+    """A string cut to ``limit`` characters (anything else: None), for DTR fields a client controls."""
+    return value[:limit] if isinstance(value, str) else None
+
+
+def _stored_issue(issue: Any) -> dict[str, Any]:
+    """The parts of an OperationOutcome issue worth keeping, each cut short; the rest is dropped."""
+    source = issue if isinstance(issue, Mapping) else {}
+    details = source.get("details")
+    expression = source.get("expression")
+    kept: dict[str, Any] = {
+        "severity": _clip(source.get("severity"), 20) or "error",
+        "code": _clip(source.get("code"), 40) or "processing",
+        "diagnostics": _clip(source.get("diagnostics"), MAX_STORED_DIAGNOSTICS),
+        "details": {"text": _clip(details.get("text"))} if isinstance(details, Mapping) else None,
+        "expression": [_clip(e, 100) for e in expression[:3] if isinstance(e, str)]
+        if isinstance(expression, list)
+        else None,
+    }
+    return {key: value for key, value in kept.items() if value not in (None, [], {"text": None})}
+
+
+def stored_outcome(outcome: Mapping[str, Any]) -> dict[str, Any]:
+    """A client's OperationOutcome as stored: at most ``MAX_STORED_ISSUES`` issues, fields cut short, and never
+    more than ``MAX_STORED_OUTCOME_BYTES`` of JSON; what was dropped is counted in a closing issue."""
+    issues = outcome.get("issue")
+    given = [_stored_issue(issue) for issue in (issues if isinstance(issues, list) else [])[:MAX_STORED_ISSUES]]
+    total = len(issues) if isinstance(issues, list) else 0
+    while True:
+        kept = list(given)
+        if total > len(kept):
+            dropped = f"{total - len(kept)} more issue(s) not stored"
+            kept.append({"severity": "information", "code": "informational", "diagnostics": dropped})
+        stored = {"resourceType": "OperationOutcome", "issue": kept}
+        if len(orjson.dumps(stored)) <= MAX_STORED_OUTCOME_BYTES or not given:
+            return stored
+        given.pop()
+
+
+def _utc_midnight(now: datetime) -> datetime:
+    return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 class Store:
@@ -692,7 +805,8 @@ class Store:
                     if self._dialect == "postgresql":
                         connection.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
                     metadata.create_all(connection)
-                    # An older database has the tables but not the indexes added since: create those too.
+                    # An older database has the tables but not the columns and indexes added since: add those too.
+                    _add_later_columns(connection)
                     for index in LATER_INDEXES:
                         index.create(connection, checkfirst=True)
                 return
@@ -733,9 +847,13 @@ class Store:
     ) -> dict[str, str]:
         """Record what one hook answer issued: its card uuids and its coverage assertions, in one transaction.
 
-        One assertion per (hookInstance, order): a retried call (same hookInstance) stores nothing new for an
-        order already asserted, and the returned map (order_ref -> assertion id) gives the id stored the first
-        time, so the client sees one stable ``coverage-assertion-id``. Re-recording an id is a no-op too.
+        One assertion per (hookInstance, order, ``retry_key``): a retried call (same hookInstance, caller, patient,
+        order content and decision) stores nothing new for an order already asserted, and the returned map
+        (order_ref -> assertion id) gives the id stored the first time, so the client sees one stable
+        ``coverage-assertion-id``. Any other call reusing the hookInstance stores and gets an assertion of its own:
+        no caller is ever answered with another's id. Re-recording an id is a no-op too. When a returned id is not
+        the one proposed, the cards (which cite the proposed id) are not recorded: the caller renders them again with
+        the returned ids and records those.
         """
         now = _utcnow()
         ids: dict[str, str] = {}
@@ -744,7 +862,8 @@ class Store:
         with self._cursor_transaction("assertion write") as run:
             for assertion in assertions:
                 ids[assertion.order_ref] = self._record_assertion(run, assertion)
-            if card_uuids and service_id is not None:
+            retried = any(ids[a.order_ref] != a.assertion_id for a in assertions)
+            if card_uuids and service_id is not None and not retried:
                 rows = [
                     {"card_uuid": card, "service_id": service_id, "hook_instance": hook_instance, "issued_at": now}
                     for card in sorted(set(card_uuids))
@@ -754,15 +873,14 @@ class Store:
 
     def _record_assertion(self, run: _Run, assertion: CoverageAssertion) -> str:
         if assertion.hook_instance is not None:
-            key = {
+            where = {
                 "hook_instance": assertion.hook_instance,
                 "order_ref": assertion.order_ref,
-                "assertion_id": assertion.assertion_id,
-                "created_at": assertion.created_at,
+                "request_key": assertion.retry_key(),
             }
-            if run.execute("insert_assertion_key", key).rowcount != 1:  # a retry: the first call's assertion stands
-                where = {"hook_instance": assertion.hook_instance, "order_ref": assertion.order_ref}
-                return str(run.one("assertion_id_for_order", where)[0])
+            key = {**where, "assertion_id": assertion.assertion_id, "created_at": assertion.created_at}
+            if run.execute("insert_assertion_retry", key).rowcount != 1:  # a retry: the first call's assertion stands
+                return str(run.one("assertion_id_for_retry", where)[0])
         run.execute("insert_assertion", _assertion_row(assertion))
         if assertion.dtr_prefill is not None:
             prefill = {
@@ -798,12 +916,23 @@ class Store:
             row = connection.execute(query).first()
         return dict(row._mapping) if row is not None else None
 
-    def latest_dtr_prefill(self, order_ref: str, patient_ref: str | None) -> dict[str, Any] | None:
-        """The most recent prefill for an order (a DTR client that sends no context, only the order)."""
-        query = select(dtr_prefill_table).where(dtr_prefill_table.c.order_ref == order_ref)
+    def latest_dtr_prefill(
+        self, order_refs: Sequence[str], patient_ref: str | None, *, issuer: str | None = None, own: bool = False
+    ) -> dict[str, Any] | None:
+        """The most recent prefill for any of the orders (a DTR client that sends no context, only its orders).
+
+        One indexed ``IN`` query whatever the number of orders. ``own``: only the prefills made for ``issuer``'s
+        hook calls (JWT checks on; a prefill stored without an issuer then belongs to nobody).
+        """
+        if not order_refs or (own and issuer is None):
+            return None
+        table = dtr_prefill_table
+        query = select(table).where(table.c.order_ref.in_(list(dict.fromkeys(order_refs))))
         if patient_ref:
-            query = query.where(dtr_prefill_table.c.patient_ref == patient_ref)
-        query = query.order_by(dtr_prefill_table.c.created_at.desc()).limit(1)
+            query = query.where(table.c.patient_ref == patient_ref)
+        if own:
+            query = query.where(table.c.issuer == issuer)
+        query = query.order_by(table.c.created_at.desc()).limit(1)
         with self._transaction("dtr prefill read", readonly=True) as connection:
             row = connection.execute(query).first()
         return dict(row._mapping) if row is not None else None
@@ -816,25 +945,54 @@ class Store:
         coverage_ref: str | None,
         questionnaires: Sequence[str],
         outcome: str,
+        issuer: str | None = None,
     ) -> None:
+        """Audit one ``$questionnaire-package`` call; every client-given field is cut short (``MAX_STORED_*``)."""
         row = {
             "received_at": _utcnow(),
-            "assertion_id": assertion_id,
-            "order_ref": order_ref,
-            "coverage_ref": coverage_ref,
-            "questionnaires": list(questionnaires),
-            "outcome": outcome,
+            "assertion_id": _clip(assertion_id, MAX_STORED_CONTEXT),
+            "order_ref": _clip(order_ref),
+            "coverage_ref": _clip(coverage_ref),
+            "questionnaires": [_clip(q) for q in questionnaires[:MAX_STORED_QUESTIONNAIRES]],
+            "outcome": _clip(outcome, 64) or "",
+            "issuer": issuer,
         }
         with self._transaction("dtr package request write") as connection:
             connection.execute(dtr_package_requests_table.insert(), row)
 
-    def record_questionnaire_errors(self, questionnaire: str, outcomes: Sequence[Mapping[str, Any]]) -> int:
-        rows = [{"received_at": _utcnow(), "questionnaire": questionnaire, "outcome": dict(o)} for o in outcomes]
+    def record_questionnaire_errors(
+        self, questionnaire: str, outcomes: Sequence[Mapping[str, Any]], *, issuer: str | None = None
+    ) -> int:
+        """Store a client's error reports, each reduced by ``stored_outcome``; returns how many were stored."""
+        now = _utcnow()
+        rows = [
+            {
+                "received_at": now,
+                "questionnaire": _clip(questionnaire, 500) or "",
+                "outcome": stored_outcome(o),
+                "issuer": issuer,
+            }
+            for o in outcomes
+        ]
         if not rows:
             return 0
         with self._transaction("questionnaire error write") as connection:
             connection.execute(questionnaire_errors_table.insert(), rows)
         return len(rows)
+
+    def dtr_rows_today(self, issuer: str | None, *, now: datetime | None = None) -> int:
+        """DTR rows (package requests and error reports) stored for ``issuer`` since 00:00 UTC: the daily quota.
+
+        Without JWT checks (``issuer`` None) every caller shares one count.
+        """
+        since = _utc_midnight(now or _utcnow())
+        total = 0
+        with self._transaction("dtr quota read", readonly=True) as connection:
+            for table in (dtr_package_requests_table, questionnaire_errors_table):
+                mine = table.c.issuer == issuer if issuer is not None else table.c.issuer.is_(None)
+                query = select(func.count()).select_from(table).where(mine & (table.c.received_at >= since))
+                total += int(connection.execute(query).scalar_one())
+        return total
 
     def dtr_audit(self, assertion_id: str) -> dict[str, list[dict[str, Any]]]:
         """Everything DTR stored about one assertion: package requests and the answers its decision used."""
@@ -855,13 +1013,20 @@ class Store:
             return [dict(r._mapping) for r in rows]
 
     def assertion_ids_for(self, hook_instance: str, order_refs: Sequence[str]) -> dict[str, str]:
-        """order_ref -> assertion id already stored for this hookInstance (a retried call reuses them)."""
+        """Audit: order_ref -> the earliest assertion stored under this hookInstance, whoever made it.
+
+        Not for answering a call: a retry finds its assertion through ``record_response`` (``retry_key``).
+        """
         if not order_refs:
             return {}
-        wanted = set(order_refs)
-        with self._cursor_transaction("assertion read", readonly=True) as run:
-            rows = run.execute("assertion_ids_for_hook_instance", {"hook_instance": hook_instance}).fetchall()
-        return {str(order_ref): str(assertion_id) for order_ref, assertion_id in rows if order_ref in wanted}
+        table = assertions_table
+        query = (
+            select(table.c.order_ref, table.c.assertion_id)
+            .where((table.c.hook_instance == hook_instance) & table.c.order_ref.in_(list(set(order_refs))))
+            .order_by(table.c.created_at.desc())
+        )
+        with self._transaction("assertion read", readonly=True) as connection:
+            return {str(row.order_ref): str(row.assertion_id) for row in connection.execute(query)}
 
     def unknown_cards(self, service_id: str, card_uuids: Sequence[str]) -> list[str]:
         """The uuids among ``card_uuids`` this service never issued (in the order given, once each)."""
@@ -892,7 +1057,9 @@ class Store:
                 counts["coverage_assertions"] = int(
                     connection.execute(delete(assertions_table).where(assertions_table.c.created_at < cutoff)).rowcount
                 )
-                connection.execute(delete(assertion_keys_table).where(assertion_keys_table.c.created_at < cutoff))
+                connection.execute(delete(assertion_retries_table).where(assertion_retries_table.c.created_at < cutoff))
+                if inspect(connection).has_table(legacy_assertion_keys.name):
+                    connection.execute(delete(legacy_assertion_keys).where(legacy_assertion_keys.c.created_at < cutoff))
                 counts["issued_cards"] = int(
                     connection.execute(
                         delete(issued_cards_table).where(issued_cards_table.c.issued_at < cutoff)

@@ -5,6 +5,8 @@ payer-side operations' errors (always an OperationOutcome, never a 5xx)."""
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,13 +16,20 @@ from fhir.resources.R4B.parameters import Parameters
 from fhir.resources.R4B.questionnaire import Questionnaire
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from fhir.resources.R4B.valueset import ValueSet
+from sqlalchemy import create_engine, text
 
+from cds_service.app import create_app
+from cds_service.config import Config
+from cds_service.dtr import package
 from cds_service.dtr.questionnaire import asked_pathways, build_questionnaire, questionnaire_id
 from cds_service.registry import default_registry
+from cds_service.store import normalize_database_url
 from tests.dtr_helpers import (
     ORIGIN,
     PACKAGE,
+    SIGN,
     coverage_information,
+    coverage_of,
     drug_order,
     evaluation,
     items,
@@ -29,6 +38,7 @@ from tests.dtr_helpers import (
     sample,
     sign,
 )
+from tests.jwt_helpers import bearer, cds_claims, ec_key, jwks
 from tests.scenarios import SAMPLE_DIR
 from tests.shared_data import shared_path
 
@@ -398,3 +408,211 @@ def test_questionnaire_errors_are_stored(client: Any, app: Any) -> None:
 def test_read_questionnaire_and_unknown_ones(client: Any) -> None:
     assert client.get("/fhir/Questionnaire/cp-phar-63-i-a").get_json()["id"] == "cp-phar-63-i-a"
     _outcome(client.get("/fhir/Questionnaire/nope"), 404)
+
+
+# ----------------------------------------------------------------------------- bounded calls and storage (issue 15)
+
+ERRORS = "/fhir/Questionnaire/$log-questionnaire-errors"
+EHR_A, EHR_B = "https://ehr-a.example", "https://ehr-b.example"
+
+
+def _error_report(*outcomes: dict[str, Any]) -> dict[str, Any]:
+    canonical = {"name": "questionnaire", "valueCanonical": "http://localhost/fhir/Questionnaire/cp-phar-63-i-a"}
+    return {
+        "resourceType": "Parameters",
+        "parameter": [canonical, *({"name": "operationOutcome", "resource": o} for o in outcomes)],
+    }
+
+
+def _rows(database_url: str, table: str) -> list[dict[str, Any]]:
+    engine = create_engine(normalize_database_url(database_url))
+    try:
+        with engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(text(f"SELECT * FROM {table} ORDER BY id"))]
+    finally:
+        engine.dispose()
+
+
+class _Issuers:
+    """An app trusting two EHRs (JWT checks on) over one database; ``post`` signs for the path it calls."""
+
+    def __init__(self, database_url: str, **settings: Any) -> None:
+        self.keys = {EHR_A: ec_key(), EHR_B: ec_key()}
+        issuers = {issuer: jwks(key) for issuer, key in self.keys.items()}
+        self.app = create_app(
+            Config(
+                database_url=database_url,
+                trusted_issuers=issuers,
+                public_base_url="http://localhost",
+                rate_limit_per_minute=0,
+                **settings,
+            )
+        )
+        self.client = self.app.test_client()
+
+    def post(self, issuer: str, path: str, body: Any) -> Any:
+        token = self.keys[issuer].sign(cds_claims(issuer, f"http://localhost{path}", time.time()))
+        return self.client.post(path, json=body, headers={"Authorization": bearer(token)})
+
+    def close(self) -> None:
+        self.app.extensions["priorauth_cds"].store.dispose()
+
+
+@pytest.fixture
+def issuers(config: Config) -> Iterator[_Issuers]:
+    both = _Issuers(config.database_url)
+    yield both
+    both.close()
+
+
+@pytest.mark.parametrize("name", ["order", "questionnaire"])
+def test_more_than_ten_orders_or_questionnaires_is_a_400_naming_the_limit(
+    client: Any, config: Config, name: str
+) -> None:
+    request, context = _signed_context(client)
+    parameters = package_parameters(request, context=context)
+    extra = ({"name": "order", "resource": {**drug_order(request), "id": f"o-{n}"}} for n in range(10))
+    if name == "questionnaire":
+        extra = (
+            {"name": "questionnaire", "valueCanonical": f"http://localhost/fhir/Questionnaire/q{n}"} for n in range(11)
+        )
+    parameters["parameter"].extend(extra)
+    issue = _outcome(client.post(PACKAGE, json=parameters), 400)["issue"][0]
+    assert issue["diagnostics"] == f"at most 10 '{name}' parameters per call (got 11)"
+    assert issue["expression"] == [name]
+    assert _rows(config.database_url, "dtr_package_requests") == []  # refused before any lookup or write
+
+
+class _CountingStore:
+    """A PrefillStore that counts lookups and knows one prefill, for the last order only."""
+
+    def __init__(self, prefill: dict[str, Any]) -> None:
+        self.prefill = prefill
+        self.lookups: list[tuple[tuple[str, ...], str | None]] = []
+
+    def dtr_prefill(self, assertion_id: str) -> dict[str, Any] | None:
+        raise AssertionError("no context was given")
+
+    def latest_dtr_prefill(
+        self, order_refs: Any, patient_ref: str | None, *, issuer: str | None = None, own: bool = False
+    ) -> dict[str, Any] | None:
+        self.lookups.append((tuple(order_refs), issuer))
+        return self.prefill if self.prefill["order_ref"] in order_refs else None
+
+
+def test_the_orders_of_a_package_call_are_looked_up_in_one_query() -> None:
+    request = sample("I.A-specialty-undocumented")
+    orders = [{**drug_order(request), "id": f"o-{n}"} for n in range(10)]
+    parameters = package_parameters(request, order=False)
+    parameters["parameter"].extend({"name": "order", "resource": o} for o in orders)
+    beneficiary = coverage_of(request)["beneficiary"]["reference"]
+    prefill = {
+        "assertion_id": "a-1",
+        "order_ref": "MedicationRequest/o-9",
+        "patient_ref": beneficiary,
+        "coverage_ref": None,
+        "questionnaires": ["cp-phar-63-i-a"],
+        "answers": {},
+        "issuer": EHR_A,
+    }
+    store = _CountingStore(prefill)
+    result = package.questionnaire_package(
+        package.parse_package_request(parameters),
+        default_registry(),
+        store,
+        base="http://localhost",
+        publisher="Payer",
+        issuer=EHR_A,
+        issuers_configured=True,
+    )
+    assert store.lookups == [(tuple(f"MedicationRequest/o-{n}" for n in range(10)), EHR_A)]
+    assert (result.assertion_id, result.order_ref) == ("a-1", "MedicationRequest/o-9")
+
+
+def test_a_failed_package_call_stores_a_short_context_and_the_issuer(issuers: _Issuers, config: Config) -> None:
+    request = sample("I.A-specialty-undocumented")
+    huge = "x" * 4_800_000
+    _outcome(issuers.post(EHR_A, PACKAGE, package_parameters(request, context=huge)), 404)
+    (row,) = _rows(config.database_url, "dtr_package_requests")
+    assert row["assertion_id"] == huge[:64] and row["issuer"] == EHR_A and row["outcome"] == "UnknownContext"
+    assert sum(len(str(value)) for value in row.values()) < 1000
+
+
+def test_error_reports_are_cut_short_counted_and_carry_the_issuer(issuers: _Issuers, config: Config) -> None:
+    big = {
+        "resourceType": "OperationOutcome",
+        "text": {"div": "<div>" + "y" * 100_000 + "</div>"},
+        "issue": [
+            {
+                "severity": "error",
+                "code": "processing",
+                "diagnostics": "z" * 2_000,
+                "expression": [f"item[{n}]" for n in range(50)],
+                "extension": [{"url": "u" * 1_000}],
+            }
+            for _ in range(1_000)
+        ],
+    }
+    response = issuers.post(EHR_A, ERRORS, _error_report(big))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    (row,) = _rows(config.database_url, "questionnaire_errors")
+    stored = json.loads(row["outcome"]) if isinstance(row["outcome"], str) else row["outcome"]
+    assert row["issuer"] == EHR_A and len(json.dumps(stored)) <= 4096
+    kept = stored["issue"][:-1]
+    assert kept and all(len(i["diagnostics"]) == 500 and len(i["expression"]) == 3 for i in kept)
+    assert stored["issue"][-1]["diagnostics"] == f"{1_000 - len(kept)} more issue(s) not stored"
+    small = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing"}]}
+    issue = _outcome(issuers.post(EHR_A, ERRORS, _error_report(*[small] * 11)), 400)["issue"][0]
+    assert issue["diagnostics"] == "at most 10 'operationOutcome' parameters per call (got 11)"
+    assert len(_rows(config.database_url, "questionnaire_errors")) == 1
+
+
+def test_dtr_rows_are_limited_per_issuer_per_day(config: Config) -> None:
+    both = _Issuers(config.database_url, dtr_rows_per_issuer_per_day=3)
+    try:
+        small = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing"}]}
+        request = sample("I.A-specialty-undocumented")
+        assert both.post(EHR_A, ERRORS, _error_report(small, small)).status_code == 200
+        _outcome(both.post(EHR_A, PACKAGE, package_parameters(request, context="nope")), 404)  # a stored failure
+        limited = both.post(EHR_A, ERRORS, _error_report(small))
+        assert _outcome(limited, 429)["issue"][0]["code"] == "throttled"
+        assert 1 <= int(limited.headers["Retry-After"]) <= 86_400
+        _outcome(both.post(EHR_A, PACKAGE, package_parameters(request, context="nope")), 429)
+        assert both.post(EHR_B, ERRORS, _error_report(small)).status_code == 200  # another EHR's own quota
+    finally:
+        both.close()
+    assert Config.from_env({"CDS_DTR_ROWS_PER_ISSUER_PER_DAY": "0"}).dtr_rows_per_issuer_per_day == 0
+    assert Config.from_env({}).dtr_rows_per_issuer_per_day == 2000
+
+
+def test_a_prefill_stored_without_an_issuer_is_nobodys_once_issuers_are_configured(config: Config) -> None:
+    # Signed while JWT checks were off: the prefill has no issuer.
+    open_app = create_app(config)
+    try:
+        request, context = _signed_context(open_app.test_client())
+    finally:
+        open_app.extensions["priorauth_cds"].store.dispose()
+    both = _Issuers(config.database_url)
+    try:
+        for issuer in (EHR_A, EHR_B):
+            _outcome(both.post(issuer, PACKAGE, package_parameters(request, context=context)), 404)
+            _outcome(both.post(issuer, PACKAGE, package_parameters(request)), 404)  # by order: none either
+        # Signed by EHR A: A reads it, by context and by order; B does not.
+        signed = both.post(EHR_A, SIGN, {**request, "hookInstance": str(uuid.uuid4())})
+        own = coverage_information(signed.get_json())["coverage-assertion-id"][0]
+        assert both.post(EHR_A, PACKAGE, package_parameters(request, context=own)).status_code == 200
+        assert both.post(EHR_A, PACKAGE, package_parameters(request)).get_json()["parameter"]
+        _outcome(both.post(EHR_B, PACKAGE, package_parameters(request, context=own)), 404)
+        _outcome(both.post(EHR_B, PACKAGE, package_parameters(request)), 404)
+    finally:
+        both.close()
+
+
+def test_more_draft_orders_than_the_cap_is_a_400_naming_it(client: Any) -> None:
+    request = sample("I.A-specialty-undocumented")
+    entries = request["context"]["draftOrders"]["entry"]
+    request["context"]["draftOrders"]["entry"] = (entries * 51)[:51]
+    issue = _outcome(client.post(SIGN, json=request), 400)["issue"][0]
+    assert "at most 50 items" in issue["diagnostics"] and issue["expression"] == ["context.draftOrders.entry"]
+    request["context"]["draftOrders"]["entry"] = (entries * 50)[:50]
+    assert client.post(SIGN, json=request).status_code == 200

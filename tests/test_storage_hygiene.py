@@ -1,5 +1,6 @@
-"""Storage hygiene (issue 8): feedback only for issued cards, one assertion per (hookInstance, order), per-caller
-rate limits, retention (``priorauth-cds purge`` and at start-up), private SQLite files, and older databases.
+"""Storage hygiene (issues 8 and 15): feedback only for issued cards, one assertion per retry and never another
+caller's (hookInstance, order, and the caller's issuer, patient, order content and decision), per-caller rate limits,
+retention (``priorauth-cds purge`` and at start-up), private SQLite files, and older databases.
 
 Storage tests run on SQLite and, when PRIORAUTH_TEST_POSTGRES_URL is set, on PostgreSQL too.
 """
@@ -19,13 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Column, MetaData, Table, Text, create_engine, inspect, text
 
 from cds_service import cli
 from cds_service.app import create_app
 from cds_service.config import Config, ConfigError
 from cds_service.ratelimit import RateLimiter
-from cds_service.store import CoverageAssertion, Store, normalize_database_url
+from cds_service.store import (
+    CoverageAssertion,
+    Store,
+    UTCDateTime,
+    dtr_package_requests_table,
+    normalize_database_url,
+    questionnaire_errors_table,
+)
 from tests.jwt_helpers import bearer, cds_claims, ec_key, jwks
 from tests.scenarios import SAMPLE_DIR
 
@@ -69,8 +77,16 @@ def _count(database_url: str, table: str) -> int:
 
 
 def _feedback(card: str) -> dict[str, Any]:
-    return {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-11-27T10:00:00Z",
-                          "overrideReason": {"userComment": "documented elsewhere"}}]}
+    return {
+        "feedback": [
+            {
+                "card": card,
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-11-27T10:00:00Z",
+                "overrideReason": {"userComment": "documented elsewhere"},
+            }
+        ]
+    }
 
 
 # ----------------------------------------------------------------------------- feedback only for issued cards
@@ -125,14 +141,119 @@ def test_concurrent_retries_agree_on_one_assertion(database_url: str) -> None:
     try:
         handlers = [a.extensions["priorauth_cds"].handler for a in apps]
         with ThreadPoolExecutor(4) as pool:
-            bodies = list(pool.map(lambda i: handlers[i % 2].handle("everolimus-order-sign",
-                                                                     _request(hook_instance)).body, range(6)))
+            bodies = list(
+                pool.map(
+                    lambda i: handlers[i % 2].handle("everolimus-order-sign", _request(hook_instance)).body, range(6)
+                )
+            )
     finally:
         for a in apps:
             a.extensions["priorauth_cds"].store.dispose()
     ids = {tuple(_assertion_ids(body)) for body in bodies}
     assert len(ids) == 1 and next(iter(ids))
     assert _count(database_url, "coverage_assertions") == 1
+
+
+# ----------------------------------------------------------------------------- a retry is bound to its caller
+
+ISSUER_A, ISSUER_B = "https://ehr-a.example", "https://ehr-b.example"
+
+
+def _sample(name: str, hook_instance: str) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads((SAMPLE_DIR / f"{name}.json").read_text())
+    body["hookInstance"] = hook_instance
+    return body
+
+
+def _with_draft_id(body: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """The request with its draft ``old`` renamed ``new`` (the id another caller's order has)."""
+    for entry in body["context"]["draftOrders"]["entry"]:
+        if entry["resource"].get("id") == old:
+            entry["resource"]["id"] = new
+    return body
+
+
+@pytest.fixture
+def two_issuers(database_url: str) -> Iterator[tuple[Any, Any]]:
+    """An app trusting two EHRs, and a ``post(issuer, body)`` that signs with the right key."""
+    keys = {ISSUER_A: ec_key(), ISSUER_B: ec_key()}
+    app = create_app(
+        Config(
+            database_url=database_url,
+            trusted_issuers={i: jwks(k) for i, k in keys.items()},
+            public_base_url="http://localhost",
+            rate_limit_per_minute=0,
+        )
+    )
+    client = app.test_client()
+
+    def post(issuer: str, body: dict[str, Any]) -> dict[str, Any]:
+        token = keys[issuer].sign(cds_claims(issuer, f"http://localhost{SIGN}", time.time()))
+        answer = client.post(SIGN, json=body, headers={"Authorization": bearer(token)})
+        assert answer.status_code == 200, answer.get_data(as_text=True)
+        result: dict[str, Any] = answer.get_json()
+        return result
+
+    yield app, post
+    app.extensions["priorauth_cds"].store.dispose()
+
+
+def test_a_replayed_hook_instance_never_gets_another_callers_assertion(
+    two_issuers: tuple[Any, Any], database_url: str
+) -> None:
+    app, post = two_issuers
+    store = app.extensions["priorauth_cds"].store
+    hook_instance = str(uuid.uuid4())
+    met = _sample("I.A-met-generic-with-exemestane", hook_instance)
+    (a_id,) = _assertion_ids(post(ISSUER_A, met))
+    assert store.get_assertion(a_id)["decision"] == "met"
+    # Issuer B: same hookInstance and draft id, another patient, a not-met order.
+    other = _with_draft_id(_sample("I.E-tsc-infant-below-age", hook_instance), "ie-infant-order-3", "ia-met-order-7")
+    assert other["context"]["patientId"] != met["context"]["patientId"]
+    (b_id,) = _assertion_ids(post(ISSUER_B, other))
+    assert b_id != a_id
+    b_stored = store.get_assertion(b_id)
+    assert (b_stored["decision"], b_stored["patient_ref"]) == ("not-met", f"Patient/{other['context']['patientId']}")
+    # B replaying A's very request (same patient, order and decision) is still another caller.
+    (b_copy_id,) = _assertion_ids(post(ISSUER_B, _sample("I.A-met-generic-with-exemestane", hook_instance)))
+    assert b_copy_id not in (a_id, b_id)
+    # Each caller's own retry keeps its own id; A's stored decision is untouched.
+    assert _assertion_ids(post(ISSUER_A, _sample("I.A-met-generic-with-exemestane", hook_instance))) == [a_id]
+    assert _assertion_ids(post(ISSUER_B, other)) == [b_id]
+    assert store.get_assertion(a_id)["decision"] == "met"
+    assert _count(database_url, "coverage_assertions") == 3
+
+
+def test_a_retry_with_other_order_content_is_a_new_assertion(app: Any, database_url: str) -> None:
+    client = app.test_client()
+    hook_instance = str(uuid.uuid4())
+    first = _assertion_ids(client.post(SIGN, json=_request(hook_instance)).get_json())
+    changed = _request(hook_instance)
+    draft = next(
+        e["resource"]
+        for e in changed["context"]["draftOrders"]["entry"]
+        if e["resource"]["resourceType"] == "MedicationRequest"
+    )
+    draft["note"] = [{"text": "changed after the first call"}]
+    second = _assertion_ids(client.post(SIGN, json=changed).get_json())
+    assert first and second and first != second
+    assert _assertion_ids(client.post(SIGN, json=changed).get_json()) == second
+    assert _count(database_url, "coverage_assertions") == 2
+
+
+def test_the_retry_key_covers_caller_patient_order_and_decision() -> None:
+    base = _assertion(datetime.now(UTC))
+    key = base.retry_key()
+    assert CoverageAssertion(**{**base.__dict__, "assertion_id": "another-id"}).retry_key() == key
+    for change in (
+        {"issuer": "https://ehr-b.example"},
+        {"patient_ref": "Patient/p-2"},
+        {"order_digest": "0" * 64},
+        {"decision": "not-met"},
+        {"coverage_ref": "Coverage/c-2"},
+        {"criteria": [{"id": "I.A.1", "status": "met"}]},
+    ):
+        assert CoverageAssertion(**{**base.__dict__, **change}).retry_key() != key, change
 
 
 # ----------------------------------------------------------------------------- rate limit
@@ -168,8 +289,14 @@ def test_rate_limit_is_a_429_with_retry_after_per_client_address(tmp_path: Path)
 def test_rate_limit_is_per_verified_issuer(tmp_path: Path) -> None:
     key_a, key_b = ec_key(), ec_key()
     issuers = {"https://ehr-a.example": jwks(key_a), "https://ehr-b.example": jwks(key_b)}
-    app = create_app(Config(database_url=f"sqlite:///{tmp_path / 'i.sqlite3'}", trusted_issuers=issuers,
-                            public_base_url="http://localhost", rate_limit_per_minute=1))
+    app = create_app(
+        Config(
+            database_url=f"sqlite:///{tmp_path / 'i.sqlite3'}",
+            trusted_issuers=issuers,
+            public_base_url="http://localhost",
+            rate_limit_per_minute=1,
+        )
+    )
     client = app.test_client()
 
     def call(key: Any, issuer: str) -> int:
@@ -198,9 +325,17 @@ def test_rate_and_retention_settings_are_read_and_checked() -> None:
 
 def _assertion(created_at: datetime, hook_instance: str = "h-old") -> CoverageAssertion:
     return CoverageAssertion(
-        assertion_id=str(uuid.uuid4()), created_at=created_at, hook_instance=hook_instance,
-        service_id="everolimus-order-sign", order_ref="MedicationRequest/o-1", patient_ref="Patient/p-1",
-        coverage_ref="Coverage/c-1", policy="CP.PHAR.63", policy_version="02.25", pathway="I.A", decision="met",
+        assertion_id=str(uuid.uuid4()),
+        created_at=created_at,
+        hook_instance=hook_instance,
+        service_id="everolimus-order-sign",
+        order_ref="MedicationRequest/o-1",
+        patient_ref="Patient/p-1",
+        coverage_ref="Coverage/c-1",
+        policy="CP.PHAR.63",
+        policy_version="02.25",
+        pathway="I.A",
+        decision="met",
     )
 
 
@@ -208,20 +343,34 @@ def test_purge_deletes_what_is_older_than_the_retention(database_url: str) -> No
     store = Store(database_url)
     try:
         now = datetime.now(UTC)
-        store.record_response(service_id="everolimus-order-sign", hook_instance="h-old", card_uuids=["card-old"],
-                              assertions=[_assertion(now - timedelta(days=400))])
-        store.record_response(service_id="everolimus-order-sign", hook_instance="h-new", card_uuids=[],
-                              assertions=[_assertion(now, "h-new")])
+        store.record_response(
+            service_id="everolimus-order-sign",
+            hook_instance="h-old",
+            card_uuids=["card-old"],
+            assertions=[_assertion(now - timedelta(days=400))],
+        )
+        store.record_response(
+            service_id="everolimus-order-sign",
+            hook_instance="h-new",
+            card_uuids=[],
+            assertions=[_assertion(now, "h-new")],
+        )
         from cds_service.feedback import parse_feedback
 
         store.record_feedback("everolimus-order-sign", parse_feedback(_feedback("card-old")))
         store.claim("https://ehr.example", "jti-1", now - timedelta(seconds=1))  # already expired
         assert store.purge(0) == {"feedback": 0, "coverage_assertions": 0, "issued_cards": 0, "dtr": 0, "jwt_replay": 1}
-        assert store.purge(365) == {"feedback": 0, "coverage_assertions": 1, "issued_cards": 0, "dtr": 0, "jwt_replay": 0}
+        assert store.purge(365) == {
+            "feedback": 0,
+            "coverage_assertions": 1,
+            "issued_cards": 0,
+            "dtr": 0,
+            "jwt_replay": 0,
+        }
         # A year and more later, everything recorded "now" is past the retention too.
         later = store.purge(365, now=now + timedelta(days=366))
         assert later == {"feedback": 1, "coverage_assertions": 1, "issued_cards": 1, "dtr": 0, "jwt_replay": 0}
-        assert _count(database_url, "coverage_assertion_keys") == 0
+        assert _count(database_url, "coverage_assertion_retries") == 0
     finally:
         store.dispose()
 
@@ -238,8 +387,13 @@ def test_purge_command_prints_counts_and_uses_the_exit_codes(
     assert "0 coverage assertions deleted" in capsys.readouterr().out
     assert cli.main(["purge", "--days", "30"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out == ["0 feedback deleted", "1 coverage assertions deleted", "0 issued cards deleted",
-                   "0 expired JWT replay entries deleted"]
+    assert out == [
+        "0 feedback deleted",
+        "1 coverage assertions deleted",
+        "0 issued cards deleted",
+        "0 DTR rows (prefills, answers used, package requests, error reports) deleted",
+        "0 expired JWT replay entries deleted",
+    ]
     monkeypatch.setenv("CDS_RETENTION_DAYS", "-3")
     assert cli.main(["purge"]) == 2
     assert "CDS_RETENTION_DAYS" in capsys.readouterr().err
@@ -321,11 +475,94 @@ def test_an_older_database_gains_the_new_tables_and_keeps_its_rows(tmp_path: Pat
         # Retries stored twice by the older build stay readable (their ids were handed out).
         assert store.get_assertion("old-1") is not None and store.get_assertion("old-2") is not None
         assert store.unknown_cards("everolimus-order-sign", ["c"]) == ["c"]
-        ids = store.record_response(service_id="everolimus-order-sign", hook_instance="h-2", card_uuids=["c"],
-                                    assertions=[_assertion(datetime.now(UTC), "h-2")])
+        ids = store.record_response(
+            service_id="everolimus-order-sign",
+            hook_instance="h-2",
+            card_uuids=["c"],
+            assertions=[_assertion(datetime.now(UTC), "h-2")],
+        )
         assert list(ids) == ["MedicationRequest/o-1"] and store.unknown_cards("everolimus-order-sign", ["c"]) == []
     finally:
         store.dispose()
     with sqlite3.connect(path) as connection:
         indexes = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"ix_coverage_assertions_created_at", "ix_issued_cards_issued_at"} <= indexes
+
+
+def test_an_older_database_gains_the_issuer_columns_and_the_retry_table(database_url: str) -> None:
+    """The DTR tables as the previous build made them (no issuer): the columns and their indexes are added at
+    start-up, on SQLite and PostgreSQL, and the rows already there are kept (counted as issuer-less)."""
+    old = MetaData()
+    for table in (dtr_package_requests_table, questionnaire_errors_table):
+        columns = [c for c in table.columns if c.name != "issuer"]
+        Table(
+            table.name, old, *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable) for c in columns)
+        )
+    errors = old.tables["questionnaire_errors"]
+    legacy_keys = Table(
+        "coverage_assertion_keys",
+        old,
+        *(Column(name, Text, nullable=False) for name in ("hook_instance", "order_ref", "assertion_id")),
+        Column("created_at", UTCDateTime, nullable=False),
+    )
+    engine = create_engine(normalize_database_url(database_url))
+    try:
+        old.create_all(engine)
+        with engine.begin() as connection:
+            connection.execute(
+                errors.insert(),
+                {
+                    "received_at": datetime.now(UTC),
+                    "questionnaire": "q",
+                    "outcome": {"resourceType": "OperationOutcome", "issue": []},
+                },
+            )
+            old_key = {"hook_instance": "h", "order_ref": "o", "assertion_id": "a"}
+            connection.execute(legacy_keys.insert(), {**old_key, "created_at": datetime.now(UTC) - timedelta(days=400)})
+    finally:
+        engine.dispose()
+    for _ in range(2):  # the second start finds everything in place
+        store = Store(database_url)
+        store.dispose()
+    store = Store(database_url)
+    try:
+        outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing"}]}
+        assert store.record_questionnaire_errors("q", [outcome], issuer="https://ehr-a.example") == 1
+        store.record_package_request(
+            assertion_id=None,
+            order_ref=None,
+            coverage_ref="Coverage/c",
+            questionnaires=[],
+            outcome="ok",
+            issuer="https://ehr-a.example",
+        )
+        assert store.dtr_rows_today("https://ehr-a.example") == 2
+        assert store.dtr_rows_today(None) == 1  # the older row
+        assert store.dtr_rows_today("https://ehr-a.example", now=datetime.now(UTC) + timedelta(days=1)) == 0
+        store.purge(365)  # the legacy retry keys an older build left are purged too
+        assert _count(database_url, "coverage_assertion_keys") == 0
+    finally:
+        store.dispose()
+    engine = create_engine(normalize_database_url(database_url))
+    try:
+        inspector = inspect(engine)
+        assert "coverage_assertion_retries" in inspector.get_table_names()
+        for table in ("dtr_package_requests", "questionnaire_errors"):
+            assert f"ix_{table}_issuer" in {index["name"] for index in inspector.get_indexes(table)}
+    finally:
+        engine.dispose()
+
+
+def test_purge_deletes_the_dtr_rows_past_the_retention(database_url: str) -> None:
+    store = Store(database_url)
+    try:
+        outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing"}]}
+        store.record_questionnaire_errors("q", [outcome, outcome], issuer="https://ehr-a.example")
+        store.record_package_request(
+            assertion_id="x", order_ref=None, coverage_ref=None, questionnaires=[], outcome="UnknownContext"
+        )
+        assert store.purge(30)["dtr"] == 0
+        assert store.purge(30, now=datetime.now(UTC) + timedelta(days=31))["dtr"] == 3
+        assert store.dtr_rows_today("https://ehr-a.example") == store.dtr_rows_today(None) == 0
+    finally:
+        store.dispose()

@@ -42,10 +42,22 @@ OUTPUT_PROFILE = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/dtr-qpa
 LEGACY_OUTPUT_NAME = "PackageBundle"
 
 
+#: Orders and questionnaires one package call may name (a DTR client sends one order, or a few): more is a 400,
+#: before any query, so a call cannot hold a worker with thousands of lookups.
+MAX_ORDERS = 10
+MAX_QUESTIONNAIRES = 10
+#: A coverage-assertion-id is a UUID (36 characters): a longer ``context`` is unknown without a lookup.
+MAX_CONTEXT_CHARS = 64
+#: OperationOutcomes one ``$log-questionnaire-errors`` call may report.
+MAX_ERROR_OUTCOMES = 10
+
+
 class PrefillStore(Protocol):
     def dtr_prefill(self, assertion_id: str) -> dict[str, Any] | None: ...
 
-    def latest_dtr_prefill(self, order_ref: str, patient_ref: str | None) -> dict[str, Any] | None: ...
+    def latest_dtr_prefill(
+        self, order_refs: Sequence[str], patient_ref: str | None, *, issuer: str | None = None, own: bool = False
+    ) -> dict[str, Any] | None: ...
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,13 @@ def _parameters(payload: Any) -> list[Mapping[str, Any]]:
     return [p for p in parameters if isinstance(p, Mapping)]
 
 
+def _at_most(parameters: Sequence[Mapping[str, Any]], name: str, limit: int) -> None:
+    """A 400 naming the limit when more than ``limit`` parameters are called ``name``."""
+    count = sum(1 for p in parameters if p.get("name") == name)
+    if count > limit:
+        raise ProtocolError(f"at most {limit} '{name}' parameters per call (got {count})", expression=[name])
+
+
 def parse_package_request(payload: Any) -> PackageRequest:
     """The operation's inputs (DTR dtr-qpackage-input-parameters), checked."""
     parameters = _parameters(payload)
@@ -94,6 +113,8 @@ def parse_package_request(payload: Any) -> PackageRequest:
         raise ProtocolError(
             "'coverage' needs an id (the EHR's Coverage the order was checked with)", expression=["coverage"]
         )
+    _at_most(parameters, "order", MAX_ORDERS)
+    _at_most(parameters, "questionnaire", MAX_QUESTIONNAIRES)
     orders = tuple(
         p["resource"] for p in parameters if p.get("name") == "order" and isinstance(p.get("resource"), Mapping)
     )
@@ -181,10 +202,11 @@ def _full_url(base: str, resource: Mapping[str, Any]) -> str:
     return f"{base.rstrip('/')}/fhir/{resource['resourceType']}/{resource['id']}"
 
 
-def _own(row: dict[str, Any] | None, issuer: str | None) -> dict[str, Any] | None:
+def _own(row: dict[str, Any] | None, issuer: str | None, issuers_configured: bool) -> dict[str, Any] | None:
     """The stored prefill when the caller may see it: with JWT checks, only the EHR (issuer) whose hook call made
-    the assertion; to anyone else it does not exist (404, never "forbidden": an id is not confirmed)."""
-    if row is None or (issuer is not None and row.get("issuer") not in (None, issuer)):
+    the assertion, and a prefill stored without an issuer by nobody; to anyone else it does not exist (404, never
+    "forbidden": an id is not confirmed). Without JWT checks (development) every prefill is readable."""
+    if row is None or (issuers_configured and (issuer is None or row.get("issuer") != issuer)):
         return None
     return row
 
@@ -197,15 +219,21 @@ def questionnaire_package(
     base: str,
     publisher: str,
     issuer: str | None = None,
+    issuers_configured: bool = False,
     now: datetime | None = None,
 ) -> PackageResult:
-    """The operation: Parameters with one package Bundle per questionnaire (see the module docstring)."""
+    """The operation: Parameters with one package Bundle per questionnaire (see the module docstring).
+
+    ``issuer`` is the caller's verified JWT ``iss``; ``issuers_configured`` whether JWT checks are on (then only
+    that issuer's prefills exist for it).
+    """
     now = now or datetime.now(UTC)
     index = questionnaire_index(registry)
     row: dict[str, Any] | None = None
     order_refs = [ref for order in request.orders if (ref := _order_ref(order))]
     if request.context is not None:
-        row = _own(store.dtr_prefill(request.context), issuer)
+        known = store.dtr_prefill(request.context) if len(request.context) <= MAX_CONTEXT_CHARS else None
+        row = _own(known, issuer, issuers_configured)
         if row is None:
             raise UnknownContext(
                 f"no coverage assertion {request.context[:64]!r} with a questionnaire: sign the order again (CRD) "
@@ -220,10 +248,10 @@ def questionnaire_package(
                 f"the coverage assertion was made for {row['order_ref']}, not {', '.join(order_refs)}"
             )
     elif order_refs:
-        for ref in order_refs:
-            row = _own(store.latest_dtr_prefill(ref, _beneficiary(request.coverage)), issuer)
-            if row is not None:
-                break
+        latest = store.latest_dtr_prefill(
+            order_refs, _beneficiary(request.coverage), issuer=issuer, own=issuers_configured
+        )
+        row = _own(latest, issuer, issuers_configured)
         if row is not None and row.get("coverage_ref") and row["coverage_ref"] != request.coverage_ref:
             raise CoverageMismatch(f"the order was checked with {row['coverage_ref']}, not {request.coverage_ref}")
     beneficiary = _beneficiary(request.coverage)
@@ -364,4 +392,9 @@ def parse_error_log(payload: Any) -> tuple[str, list[Mapping[str, Any]]]:
         raise ProtocolError("'questionnaire' (a canonical) is required", expression=["questionnaire"])
     if not outcomes:
         raise ProtocolError("at least one 'operationOutcome' resource is required", expression=["operationOutcome"])
+    if len(outcomes) > MAX_ERROR_OUTCOMES:
+        raise ProtocolError(
+            f"at most {MAX_ERROR_OUTCOMES} 'operationOutcome' parameters per call (got {len(outcomes)})",
+            expression=["operationOutcome"],
+        )
     return canonicals[0][:500], outcomes
