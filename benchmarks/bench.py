@@ -33,6 +33,7 @@ from workload import BASE_SCENARIO, CHART_SIZES, TYPICAL_SIZE, check_filler, hoo
 
 TARGETS = {
     "typical_p50_ms": 5.0,
+    "evaluate_ms": 1.0,  # facts + policy per request; was tests/test_policy_cp_phar_63.py's timed test
     "ratio_p50": 2.0,  # issue 9 item 4 (this file's earlier bar: 1.5)
     "p99_at_200_ms": 25.0,
     "throughput_rps": 250.0,  # issue 9 item 4: closed loop, 2 cores
@@ -441,6 +442,17 @@ def targets(ip: dict[str, Any] | None, web: dict[str, Any] | None) -> list[repor
                 f"≤ {TARGETS['typical_p50_ms']:.0f} ms",
                 measured,
                 warm <= TARGETS["typical_p50_ms"],
+            )
+        )
+        # Facts + policy for the typical request's orders (the "evaluate" stage): was a timed unit test, which a
+        # busy machine could fail; speed bars live here (issue 17 item 9).
+        evaluate_ms = ip["typical"]["warm"].stage_medians().get("evaluate")
+        out.append(
+            report.Target(
+                "facts + policy evaluation (evaluate stage), in-process median",
+                f"≤ {TARGETS['evaluate_ms']:.0f} ms",
+                report.fmt(evaluate_ms),
+                evaluate_ms is not None and evaluate_ms <= TARGETS["evaluate_ms"],
             )
         )
         growth = ip["growth"]
