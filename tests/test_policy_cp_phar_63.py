@@ -66,6 +66,7 @@ DIAGNOSIS_TAGS = [
     "meningioma",
     "functional-carcinoid",
     "high-immunologic-risk",
+    "benign-kidney-neoplasm",
 ]
 RECEPTOR_TAGS = [
     "er-positive",
