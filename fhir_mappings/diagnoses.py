@@ -10,9 +10,9 @@ Read per Condition, through the code tables only (issue #14 items 5, 7 and 9):
   Conditions. Neither is then decided: the facts demote both to possible and name the codings;
 * qualifiers only text carries ("not requiring immediate surgery"), from ``Condition.note[].text`` and
   ``Condition.code.text``, by the phrases of ``qualifier_phrases.csv`` only. Negation rule: a phrase does not count
-  when a negation word (``NEGATION``) stands before it in the same clause (text up to the previous ``.;:!?,`` or
-  line break); a contrary phrase ("requires immediate surgery") that is not itself negated makes the qualifier
-  disputed. The matched clause is quoted as the evidence.
+  when a negation word (``NEGATION``) stands before it in the same clause (text up to the previous sentence end,
+  ``;`` ``:`` ``,`` or line break); a contrary phrase ("requires immediate surgery") that is not itself negated makes
+  the qualifier disputed. The sentence holding the phrase is quoted as the evidence.
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ NEGATION = re.compile(
     r"\b(?:no|not|non|never|without|denies|denied|negative\s+for|ruled\s+out|rule\s+out|r/o|excluded|free\s+of)\b",
     re.IGNORECASE,
 )
-_CLAUSE_END = re.compile(r"[.;:!?,\n]")
+#: A clause ends at a sentence end or at ``;`` ``:`` ``,`` or a line break; a sentence at ``.`` ``!`` ``?`` followed by
+#: white space (not the point of "4.2 cm") or at a line break.
+_CLAUSE_END = re.compile(r"[.!?](?=\s|$)|[;:,\n]")
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 SYSTEM_LABELS = {"icd-10-cm": "ICD-10-CM", "snomed": "SNOMED CT", "icd-o-3": "ICD-O-3"}
 
 
@@ -163,23 +166,30 @@ def read_qualifiers(condition: Condition, ref: str, tags: Iterable[str], tables:
             clause_start = _clause_start(text, start)
             if NEGATION.search(text[clause_start:start]):
                 continue
-            quote = _quote(text, clause_start, end)
+            quote = _quote(text, start, end)
             found.append(
                 QualifierFinding(phrase.qualifier, ref, f"{ref} {where}: '{quote}'", phrase.contrary, condition_tags)
             )
     return found
 
 
-def _clause_start(text: str, position: int) -> int:
-    ends = [m.end() for m in _CLAUSE_END.finditer(text, 0, position)]
-    return ends[-1] if ends else 0
+def _clause_start(text: str, position: int, ends: re.Pattern[str] = _CLAUSE_END) -> int:
+    found = [m.end() for m in ends.finditer(text, 0, position)]
+    return found[-1] if found else 0
 
 
 def _quote(text: str, start: int, end: int) -> str:
-    """The clause from its start to the end of the phrase (and on to the clause's end), trimmed and bounded."""
-    tail = _CLAUSE_END.search(text, end)
-    clause = " ".join(text[start : tail.start() if tail else len(text)].split())
-    return clause if len(clause) <= 200 else clause[:197] + "..."
+    """The sentence holding the phrase, white space collapsed, at most about 200 characters around the phrase."""
+    first = _clause_start(text, start, _SENTENCE_END)
+    tail = _SENTENCE_END.search(text, end)
+    before, phrase = text[first:start], text[start:end]
+    after = text[end : tail.end() if tail else len(text)]
+    words = [" ".join(part.split()) for part in (before, phrase, after)]
+    if len(words[0]) > 90:
+        words[0] = "..." + words[0][-87:]
+    if len(words[2]) > 90:
+        words[2] = words[2][:87] + "..."
+    return " ".join(w for w in words if w).replace(" .", ".")
 
 
 __all__ = [

@@ -9,7 +9,6 @@ criterion unknown and say so; a note phrase meets a qualifier only when it is li
 from __future__ import annotations
 
 import copy
-from datetime import date
 from typing import Any
 
 import pytest
@@ -21,14 +20,9 @@ from fhir_mappings.codes import CodeTables, load_code_tables
 from fhir_mappings.diagnoses import HISTOLOGY_EXTENSION
 
 from .scenarios import request_for
+from .test_accuracy_rules import ICD10, NUCC, ORDER, RXNORM, SNOMED, TODAY
 
-TODAY = date(2026, 11, 27)
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
-SNOMED = "http://snomed.info/sct"
 ICDO3 = "http://terminology.hl7.org/CodeSystem/icd-o-3"
-NUCC = "http://nucc.org/provider-taxonomy"
-ORDER = "MedicationRequest/order-1"
 CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 
@@ -340,7 +334,7 @@ def test_no_immediate_surgery_in_a_note_meets_i_d_2_and_is_quoted(handler: HookH
     assert ev["pathway"] == "I.D"
     d2 = crit(ev, "I.D.2")
     assert d2["status"] == "met"
-    assert d2["note"] == "Condition/aml note: 'not requiring immediate surgery at this time'"
+    assert d2["note"] == "Condition/aml note: 'Stable, not requiring immediate surgery at this time.'"
     assert "not requiring immediate surgery" in ev["_card"]["detail"]
 
 
