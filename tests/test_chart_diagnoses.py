@@ -409,3 +409,16 @@ def test_recurrent_angiomyolipoma_meets_the_qualifier_of_i_h_2_a_ii(tables: Code
         result = evaluate_pathway(policy, "I.H", facts)
         found = next(c for top in result.criteria for c in top.walk() if c.id == "I.H.2.a.ii")
         assert found.status.value == expected, note
+
+
+def test_the_record_keeps_body_site_note_and_only_the_histology_extension(tables: CodeTables) -> None:
+    from fhir_mappings.record import build_record
+
+    kept = condition("rcc", RCC_C64, histology=CLEAR_CELL, site=KIDNEY_SITE, notes=("unresectable",))
+    only_histology = condition("histo", histology=SEGA)  # no code at all: relevant through its extension
+    del only_histology["code"]
+    record = build_record({"chart": chart(kept, only_histology)}, [order()], tables, patient_id="p1", user_ref=None)
+    by_id = {c.id: c for c in record.conditions}
+    assert set(by_id) == {"rcc", "histo"}
+    assert [e.url for e in by_id["rcc"].extension or []] == [HISTOLOGY_EXTENSION]
+    assert by_id["rcc"].bodySite and by_id["rcc"].note
