@@ -422,3 +422,43 @@ def test_the_record_keeps_body_site_note_and_only_the_histology_extension(tables
     assert set(by_id) == {"rcc", "histo"}
     assert [e.url for e in by_id["rcc"].extension or []] == [HISTOLOGY_EXTENSION]
     assert by_id["rcc"].bodySite and by_id["rcc"].note
+
+
+FALLBACK_CHARTS = {
+    "conflict": chart(condition("net", C7A098, LUNG_CARCINOID), condition("mets", SECONDARY_LIVER)),
+    "note": aml_chart("Asymptomatic; not requiring immediate surgery."),
+    "histology": chart(
+        condition("rcc", RCC_C64, histology=PAPILLARY, site=KIDNEY_SITE), condition("mets", SECONDARY_LIVER)
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FALLBACK_CHARTS))
+def test_fallback_queries_read_the_same_morphology_conflicts_and_notes(client: Any, name: str) -> None:
+    """No prefetch: the service queries a FHIR server for the Conditions and reaches the same answer and notes."""
+    import secrets
+
+    from .fhir_server import start_fhir_server
+
+    token = secrets.token_urlsafe(16)
+    sc = {
+        "hook": "order-sign",
+        "userId": "PractitionerRole/role1",
+        "patientId": "p1",
+        "resources": FALLBACK_CHARTS[name],
+        "draftOrders": [order()],
+    }
+    sign = "/cds-services/everolimus-order-sign"
+    with start_fhir_server(FALLBACK_CHARTS[name], token) as server:
+        fallback = client.post(sign, json=request_for(sc, prefetch=False, fhir_server=server.base_url, token=token))
+    assert fallback.status_code == 200
+    prefetched = client.post(sign, json=request_for(sc)).get_json()
+
+    def criteria(body: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
+        (ev,) = [c["extension"]["priorauth-cds.evaluation"] for c in body["cards"] if "extension" in c]
+        return {c["id"]: (c["status"], c.get("note")) for c in ev["criteria"]}
+
+    got, want = criteria(fallback.get_json()), criteria(prefetched)
+    assert got == want
+    cid, status = {"conflict": ("I.B.2.c", "unknown"), "note": ("I.D.2", "met"), "histology": ("I.C.6", "met")}[name]
+    assert got[cid][0] == status
