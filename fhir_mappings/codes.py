@@ -584,17 +584,20 @@ class CodeTables:
                     self._tags(row["if_all"], ("diagnosis",), where), self._tags(row["then"], ("diagnosis",), where)
                 )
             )
-        #: tag -> the tags the tables say it excludes (both on record: the codes disagree).
-        self.exclusive: dict[str, frozenset[str]] = {}
+        #: tag -> {tag it excludes: scope}; scope "record" (any two counted Conditions disagree) or "condition" (only
+        #: one Condition coding both is a contradiction: two tumours may well be on record).
+        self.exclusive: dict[str, dict[str, str]] = {}
         path = self._optional_path("exclusive_tags.csv")
-        for line, row in _rows(path, ("tag_a", "tag_b")) if path else ():
+        for line, row in _rows(path, ("tag_a", "tag_b", "scope")) if path else ():
             where = f"exclusive_tags.csv:{line}"
             (a,) = self._tags(row["tag_a"], ("diagnosis",), where)
             (b,) = self._tags(row["tag_b"], ("diagnosis",), where)
             if a == b:
                 raise CodeTableError(f"{where}: a tag cannot exclude itself")
-            self.exclusive[a] = self.exclusive.get(a, frozenset()) | {b}
-            self.exclusive[b] = self.exclusive.get(b, frozenset()) | {a}
+            if row["scope"] not in ("record", "condition"):
+                raise CodeTableError(f"{where}: scope must be record or condition")
+            self.exclusive.setdefault(a, {})[b] = row["scope"]
+            self.exclusive.setdefault(b, {})[a] = row["scope"]
         phrases: dict[str, QualifierPhrase] = {}
         path = self._optional_path("qualifier_phrases.csv")
         for line, row in _rows(path, ("qualifier", "phrase", "kind")) if path else ():

@@ -6,8 +6,8 @@ Read per Condition, through the code tables only (issue #14 items 5, 7 and 9):
   histology-morphology-behavior extension and the site tags of ``Condition.bodySite``; the pack's
   ``combinations.csv`` joins them on the same Condition (ICD-O-3 8310/3 alone is a histology, not RCC:
   with a kidney site or an RCC code it is clear-cell RCC);
-* conflicts: two tags ``exclusive_tags.csv`` says exclude each other, on one Condition or on two counted
-  Conditions. Neither is then decided: the facts demote both to possible and name the codings;
+* conflicts: two tags ``exclusive_tags.csv`` says exclude each other, on one Condition or (scope ``record``) on two
+  counted Conditions. Neither is then decided: the facts demote both to possible and name the codings;
 * qualifiers only text carries ("not requiring immediate surgery"), from ``Condition.note[].text`` and
   ``Condition.code.text``, by the phrases of ``qualifier_phrases.csv`` only. Negation rule: a phrase does not count
   when a negation word (``NEGATION``) stands before it in the same clause (text up to the previous sentence end,
@@ -124,10 +124,18 @@ def find_conflicts(
             holders.setdefault(tag, []).append((ref, reading))
     found: dict[str, list[Conflict]] = {}
     for tag_a in sorted(holders):
-        for tag_b in sorted(tables.exclusive.get(tag_a, ()) & holders.keys()):
+        excluded = tables.exclusive.get(tag_a, {})
+        for tag_b in sorted(excluded.keys() & holders.keys()):
             if tag_b < tag_a:
                 continue
-            conflict = _conflict(tag_a, tag_b, holders[tag_a], holders[tag_b])
+            side_a, side_b = holders[tag_a], holders[tag_b]
+            if excluded[tag_b] == "condition":  # only a Condition coding both contradicts itself
+                both = {ref for ref, _ in side_a} & {ref for ref, _ in side_b}
+                side_a = [(ref, r) for ref, r in side_a if ref in both]
+                side_b = [(ref, r) for ref, r in side_b if ref in both]
+                if not both:
+                    continue
+            conflict = _conflict(tag_a, tag_b, side_a, side_b)
             found.setdefault(tag_a, []).append(conflict)
             found.setdefault(tag_b, []).append(conflict)
     return {tag: tuple(conflicts) for tag, conflicts in found.items()}

@@ -473,12 +473,18 @@ def _diagnoses(
 
 
 def _demote(conflicts: Mapping[str, tuple[Conflict, ...]], confirmed: _Findings, possible: _Findings) -> None:
-    """A tag in conflict is never confirmed: it stays only as a possible diagnosis (a suggested pathway at most)."""
-    for tag in conflicts:
-        refs = confirmed.evidence.pop(tag, {})
-        start = confirmed.starts.pop(tag, None)
-        for ref in refs:
+    """What a conflict's Conditions say of a tag is never confirmed: only possible (a suggested pathway at most). A
+    Condition outside the conflict that codes the tag cleanly keeps it confirmed."""
+    for tag, found in conflicts.items():
+        disputed = {ref for conflict in found for ref in conflict.evidence}
+        refs = confirmed.evidence.get(tag, {})
+        start = confirmed.starts.get(tag)
+        for ref in [r for r in refs if r in disputed]:
+            del refs[ref]
             possible.add(tag, ref, start)
+        if tag in confirmed.evidence and not refs:
+            del confirmed.evidence[tag]
+            confirmed.starts.pop(tag, None)
 
 
 def _diagnosis_words(concept: CodeableConcept | None, tables: CodeTables) -> frozenset[str]:

@@ -462,3 +462,34 @@ def test_fallback_queries_read_the_same_morphology_conflicts_and_notes(client: A
     assert got == want
     cid, status = {"conflict": ("I.B.2.c", "unknown"), "note": ("I.D.2", "met"), "histology": ("I.C.6", "met")}[name]
     assert got[cid][0] == status
+
+
+def test_malignant_and_benign_kidney_codes_on_one_condition_disagree(handler: HookHandler) -> None:
+    ev = evaluate(handler, chart(condition("tsc", TSC), condition("kidney", RCC_C64, RENAL_AML)))
+    assert ev["pathway"] in ("I.C", "I.D")
+    diagnosis = crit(ev, "I.C.2" if ev["pathway"] == "I.C" else "I.D.2")
+    assert diagnosis["status"] == "unknown" and "Condition/kidney codes both" in diagnosis["note"]
+
+
+def test_rcc_and_renal_aml_on_two_conditions_are_two_tumours(handler: HookHandler) -> None:
+    """A member with TSC may have both: only one Condition coding both is a contradiction (scope condition)."""
+    ev = evaluate(
+        handler,
+        chart(
+            condition("tsc", TSC),
+            condition("rcc", RCC_C64),
+            condition("aml", RENAL_AML, notes=("not requiring immediate surgery",)),
+        ),
+    )
+    assert ev["pathway"] == "I.D" and crit(ev, "I.D.2")["status"] == "met"
+
+
+def test_a_clean_condition_keeps_a_tag_another_condition_disputes(tables: CodeTables) -> None:
+    from fhir_mappings.facts import build_facts
+    from fhir_mappings.record import build_record
+
+    resources = chart(condition("both", RCC_C64, RENAL_AML), condition("aml", RENAL_AML))
+    record = build_record({"chart": resources}, [order()], tables, patient_id="p1", user_ref=None)
+    facts = build_facts(record, "order-1", tables, plan_prefixes={}, user_ref=None, today=TODAY)
+    assert facts.diagnoses["renal-angiomyolipoma"].evidence == ("Condition/aml",)
+    assert "rcc" not in facts.diagnoses and facts.possible_diagnoses["rcc"].evidence == ("Condition/both",)

@@ -359,6 +359,8 @@ def _diagnosis_in(p: Params, env: CompileEnv) -> Predicate:
 
 def conflict_outcome(facts: Facts, tags: Iterable[str]) -> Outcome | None:
     """Unknown, naming the codings that disagree, when a tag asked about is in conflict (exclusive_tags.csv)."""
+    if not facts.diagnosis_conflicts:
+        return None
     conflicts = _merge(facts.diagnosis_conflicts.get(t, ()) for t in tags)
     if not conflicts:
         return None
