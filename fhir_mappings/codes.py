@@ -215,6 +215,18 @@ def normalize_icd10cm(code: str) -> str:
     return code
 
 
+def normalize_icdo3(code: str) -> str:
+    """ICD-O-3 as registries and EHRs write it: morphology "M-8310/3", "M83103" or "83103" -> "8310/3"; topography
+    "C649" -> "C64.9" (upper case, the dot after the category)."""
+    code = code.strip().upper()
+    morphology = re.fullmatch(r"M?-?(\d{4})/?(\d)", code)
+    if morphology:
+        return f"{morphology.group(1)}/{morphology.group(2)}"
+    if re.fullmatch(r"C\d{3}", code):
+        return f"{code[:3]}.{code[3:]}"
+    return code
+
+
 def _words_pattern(texts: Iterable[str]) -> re.Pattern[str] | None:
     """One case-insensitive, word-bounded alternation, longest text first so phrases win over words."""
     ordered = sorted({t.lower() for t in texts if t}, key=lambda t: (-len(t), t))
@@ -778,6 +790,8 @@ class CodeTables:
     def _condition_rows_for(self, system: str, code: str) -> list[ConditionMatch]:
         if system == "icd-10-cm":
             code = normalize_icd10cm(code)
+        elif system == "icd-o-3":
+            code = normalize_icdo3(code)
         out = list(self._condition_exact.get((system, code), ()))
         candidate = code
         while candidate:
@@ -819,7 +833,7 @@ class CodeTables:
         """Site tags of a Condition.bodySite coding: its exact row, else its longest listed prefix."""
         if not system or not code:
             return frozenset()
-        code = code.strip().upper()
+        code = normalize_icdo3(code) if system == "icd-o-3" else code.strip().upper()
         exact = self._site_exact.get((system, code))
         if exact is not None:
             return exact

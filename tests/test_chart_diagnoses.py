@@ -493,3 +493,52 @@ def test_a_clean_condition_keeps_a_tag_another_condition_disputes(tables: CodeTa
     facts = build_facts(record, "order-1", tables, plan_prefixes={}, user_ref=None, today=TODAY)
     assert facts.diagnoses["renal-angiomyolipoma"].evidence == ("Condition/aml",)
     assert "rcc" not in facts.diagnoses and facts.possible_diagnoses["rcc"].evidence == ("Condition/both",)
+
+
+@pytest.mark.parametrize(
+    "system,code",
+    [(ICDO3, "9384/1"), (ICDO3, "M-9384/1"), (ICDO3, "93841"), ("urn:oid:2.16.840.1.113883.6.43.1", "9384/1")],
+)
+def test_icdo3_codes_as_ehrs_write_them(tables: CodeTables, system: str, code: str) -> None:
+    from fhir_mappings.facts import build_facts
+    from fhir_mappings.record import build_record
+
+    resources = chart(condition("sega", (system, code, "SEGA")))
+    record = build_record({"chart": resources}, [order()], tables, patient_id="p1", user_ref=None)
+    facts = build_facts(record, "order-1", tables, plan_prefixes={}, user_ref=None, today=TODAY)
+    assert facts.diagnoses["sega"].evidence == ("Condition/sega",)
+
+
+@pytest.mark.parametrize(
+    "site,tag",
+    [
+        ((ICDO3, "C649", "Kidney"), None),
+        ((SNOMED, "66754008", "Appendix"), "net-gi"),
+        ((SNOMED, "955009", "Bronchus"), "net-lung"),
+    ],
+)
+def test_carcinoid_sites(tables: CodeTables, site: tuple[str, str, str], tag: str | None) -> None:
+    from fhir_mappings.facts import build_facts
+    from fhir_mappings.record import build_record
+
+    resources = chart(condition("net", CARCINOID, site=site))
+    record = build_record({"chart": resources}, [order()], tables, patient_id="p1", user_ref=None)
+    facts = build_facts(record, "order-1", tables, plan_prefixes={}, user_ref=None, today=TODAY)
+    origins = {"net-gi", "net-lung", "net-pancreas", "net-thymus"} & set(facts.diagnoses)
+    assert origins == ({tag} if tag else set())
+
+
+@pytest.mark.parametrize(
+    "note,met",
+    [
+        ("No need for immediate surgery.", True),
+        ("Immediate surgery is not indicated", True),
+        ("Lesion does not need immediate surgery", True),
+        ("Hemorrhage risk: needs immediate surgery", False),
+        ("No obvious need for immediate surgery", False),  # negated contrary: neither way
+        ("AML 3 cm, Immediate Surgery Not Required", True),
+    ],
+)
+def test_no_immediate_surgery_wordings(handler: HookHandler, note: str, met: bool) -> None:
+    ev = evaluate(handler, aml_chart(note))
+    assert crit(ev, "I.D.2")["status"] == ("met" if met else "unknown")
