@@ -101,6 +101,24 @@ class PossibleRule:
 
 
 @dataclass(frozen=True)
+class Combination:
+    """Tags that, on one Condition, together mean more (clear-cell histology + a kidney site = clear-cell RCC)."""
+
+    if_all: frozenset[str]
+    then: frozenset[str]
+
+
+@dataclass(frozen=True)
+class QualifierPhrase:
+    """A phrase of a chart note that documents a qualifier the codes cannot carry ("not requiring immediate
+    surgery"), or (``contrary``) one that says the opposite ("requires immediate surgery")."""
+
+    qualifier: str
+    phrase: str
+    contrary: bool
+
+
+@dataclass(frozen=True)
 class DrugProduct:
     """A drug-level RxNorm concept (SCD/SBD) of a companion or history drug: ingredient, route and release."""
 
@@ -194,6 +212,18 @@ def normalize_icd10cm(code: str) -> str:
     code = code.strip().upper()
     if "." not in code and len(code) > 3:
         code = f"{code[:3]}.{code[3:]}"
+    return code
+
+
+def normalize_icdo3(code: str) -> str:
+    """ICD-O-3 as registries and EHRs write it: morphology "M-8310/3", "M83103" or "83103" -> "8310/3"; topography
+    "C649" -> "C64.9" (upper case, the dot after the category)."""
+    code = code.strip().upper()
+    morphology = re.fullmatch(r"M?-?(\d{4})/?(\d)", code)
+    if morphology:
+        return f"{morphology.group(1)}/{morphology.group(2)}"
+    if re.fullmatch(r"C\d{3}", code):
+        return f"{code[:3]}.{code[3:]}"
     return code
 
 
@@ -535,6 +565,71 @@ class CodeTables:
         self._condition_words = words
         self._condition_word_pattern = _words_pattern(words)
         self._text_conditions: dict[str, frozenset[str]] = {}
+        self._load_diagnosis_reading()
+
+    def _optional_path(self, name: str) -> Path | None:
+        """A table a pack may leave out (it then reads nothing of that kind)."""
+        try:
+            return self._path(name)
+        except CodeTableError:
+            return None
+
+    def _load_diagnosis_reading(self) -> None:
+        """Body sites, per-Condition combinations, mutually exclusive tags and qualifier phrases (issue #14)."""
+        self._site_exact: dict[tuple[str, str], frozenset[str]] = {}
+        self._site_prefix: dict[tuple[str, str], frozenset[str]] = {}
+        path = self._optional_path("body_sites.csv")
+        for line, row in _rows(path, ("system", "code", "match", "tags")) if path else ():
+            where = f"body_sites.csv:{line}"
+            key = (self._system(row["system"], where), row["code"].upper())
+            if row["match"] not in ("exact", "prefix"):
+                raise CodeTableError(f"{where}: match must be exact or prefix")
+            (self._site_exact if row["match"] == "exact" else self._site_prefix)[key] = self._tags(
+                row["tags"], ("diagnosis",), where
+            )
+        self.combinations: list[Combination] = []
+        path = self._optional_path("combinations.csv")
+        for line, row in _rows(path, ("if_all", "then")) if path else ():
+            where = f"combinations.csv:{line}"
+            self.combinations.append(
+                Combination(
+                    self._tags(row["if_all"], ("diagnosis",), where), self._tags(row["then"], ("diagnosis",), where)
+                )
+            )
+        #: tag -> {tag it excludes: scope}; scope "record" (any two counted Conditions disagree) or "condition" (only
+        #: one Condition coding both is a contradiction: two tumours may well be on record).
+        self.exclusive: dict[str, dict[str, str]] = {}
+        path = self._optional_path("exclusive_tags.csv")
+        for line, row in _rows(path, ("tag_a", "tag_b", "scope")) if path else ():
+            where = f"exclusive_tags.csv:{line}"
+            (a,) = self._tags(row["tag_a"], ("diagnosis",), where)
+            (b,) = self._tags(row["tag_b"], ("diagnosis",), where)
+            if a == b:
+                raise CodeTableError(f"{where}: a tag cannot exclude itself")
+            if row["scope"] not in ("record", "condition"):
+                raise CodeTableError(f"{where}: scope must be record or condition")
+            self.exclusive.setdefault(a, {})[b] = row["scope"]
+            self.exclusive.setdefault(b, {})[a] = row["scope"]
+        phrases: dict[str, QualifierPhrase] = {}
+        path = self._optional_path("qualifier_phrases.csv")
+        for line, row in _rows(path, ("qualifier", "phrase", "kind")) if path else ():
+            where = f"qualifier_phrases.csv:{line}"
+            if not re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", row["qualifier"]) or not row["phrase"]:
+                raise CodeTableError(f"{where}: malformed qualifier or empty phrase")
+            if row["kind"] not in ("affirm", "contrary"):
+                raise CodeTableError(f"{where}: kind must be affirm or contrary")
+            phrase_key = " ".join(row["phrase"].lower().split())
+            if phrase_key in phrases:
+                raise CodeTableError(f"{where}: duplicate phrase {row['phrase']!r}")
+            phrases[phrase_key] = QualifierPhrase(row["qualifier"], row["phrase"], row["kind"] == "contrary")
+        self._qualifier_phrases = phrases
+        self._qualifier_pattern = _words_pattern(phrases)
+        #: Qualifiers the phrase table documents (the vocabulary of ``qualifier_documented``).
+        self.qualifier_tags = frozenset(p.qualifier for p in phrases.values() if not p.contrary)
+        #: (system, code) -> the table's display of a diagnosis code, for notes that name a coding.
+        self.condition_display: dict[tuple[str, str], str] = {
+            (row.system, row.code): row.display for row in self.condition_codes
+        }
 
     def _load_receptors(self) -> None:
         self.receptor_status: dict[tuple[str, str], frozenset[str]] = {}
@@ -695,6 +790,8 @@ class CodeTables:
     def _condition_rows_for(self, system: str, code: str) -> list[ConditionMatch]:
         if system == "icd-10-cm":
             code = normalize_icd10cm(code)
+        elif system == "icd-o-3":
+            code = normalize_icdo3(code)
         out = list(self._condition_exact.get((system, code), ()))
         candidate = code
         while candidate:
@@ -731,6 +828,29 @@ class CodeTables:
                     tags |= self._condition_words[_key(match)]
             known = _remember(self._text_conditions, text, frozenset(tags))
         return known
+
+    def body_site_tags(self, system: str | None, code: str | None) -> frozenset[str]:
+        """Site tags of a Condition.bodySite coding: its exact row, else its longest listed prefix."""
+        if not system or not code:
+            return frozenset()
+        code = normalize_icdo3(code) if system == "icd-o-3" else code.strip().upper()
+        exact = self._site_exact.get((system, code))
+        if exact is not None:
+            return exact
+        candidate = code
+        while candidate:
+            found = self._site_prefix.get((system, candidate))
+            if found is not None:
+                return found
+            candidate = candidate[:-1].rstrip(".")
+        return frozenset()
+
+    def qualifier_matches(self, text: str) -> list[tuple[QualifierPhrase, int, int]]:
+        """Listed qualifier phrases in a text, longest first where they overlap: (phrase, start, end)."""
+        out: list[tuple[QualifierPhrase, int, int]] = []
+        for match in self._iter(self._qualifier_pattern, text):
+            out.append((self._qualifier_phrases[_key(match)], match.start(), match.end()))
+        return out
 
     def receptor_status_tags(self, system: str | None, code: str | None) -> frozenset[str]:
         if not system or not code:

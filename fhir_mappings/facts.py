@@ -30,8 +30,9 @@ from fhir.resources.R4B.observation import Observation, ObservationComponent
 from fhir.resources.R4B.practitionerrole import PractitionerRole
 
 from .codes import CodeTables, IngredientForm
+from .diagnoses import ConditionReading, find_conflicts, read_condition, read_qualifiers
 from .dose import administrations_per_day, daily_dose
-from .model import Facts, Finding, LineOfBusiness, Product
+from .model import Conflict, Facts, Finding, LineOfBusiness, Product, QualifierFinding
 from .normalize import (
     MedicationConcept,
     add_days,
@@ -271,6 +272,8 @@ def build_facts(
         diagnoses=found.confirmed,
         possible_diagnoses=found.possible,
         generic_suggestions=found.generic_only,
+        diagnosis_conflicts=found.conflicts,
+        qualifiers=found.qualifiers,
         diagnosis_documented=bool(
             record.condition_count or present(order.reasonCode) or present(order.reasonReference)
         ),
@@ -398,6 +401,8 @@ class _DiagnosisFindings:
     possible: dict[str, Finding]
     #: Possible tags suggested only by a generic rule (TSC alone): the weakest link to a pathway.
     generic_only: frozenset[str]
+    conflicts: Mapping[str, tuple[Conflict, ...]] = field(default_factory=dict)
+    qualifiers: tuple[QualifierFinding, ...] = ()
 
 
 def _diagnoses(
@@ -406,21 +411,25 @@ def _diagnoses(
     """Coded Conditions confirm (or, provisional / broad codes, suggest); names in text and the order's reason
     suggest; possible.csv rules derive manifestations (TSC + a brain tumour suggests SEGA)."""
     confirmed, possible = _Findings(), _Findings()
+    readings: list[tuple[str, ConditionReading]] = []
+    qualifiers: list[QualifierFinding] = []
     for condition in record.conditions:
         state = _condition_state(condition)
         if state is None:
             continue
         ref, start = f"Condition/{condition.id}", _condition_start(condition)
-        tagged = False
-        for coding in codings(condition.code):
-            for match in tables.condition_matches(tables.system_name(coding.system), coding.code):
-                target = possible if (match.possible or state == "possible") else confirmed
-                for tag in match.tags:
-                    target.add(tag, ref, start)
-                tagged = True
-        for tag in _diagnosis_words(condition.code, tables):
+        reading = read_condition(condition, tables)
+        readings.append((ref, reading))
+        for tag in reading.confirmed:
+            (possible if state == "possible" else confirmed).add(tag, ref, start)
+        for tag in reading.possible:
+            possible.add(tag, ref, start)
+        tagged = bool(reading.tags)
+        words = _diagnosis_words(condition.code, tables)
+        for tag in words:
             possible.add(tag, ref, start)
             tagged = True
+        qualifiers += read_qualifiers(condition, ref, reading.tags | words, tables)
         for stage in present(condition.stage):
             for coding in codings(stage.summary):
                 for match in tables.condition_matches(tables.system_name(coding.system), coding.code):
@@ -440,6 +449,8 @@ def _diagnoses(
     for reference in present(order.reasonReference):
         for tag in tables.condition_tags_in_text(reference.display or ""):
             possible.add(tag, order_ref, None)
+    conflicts = find_conflicts(readings, tables)
+    _demote(conflicts, confirmed, possible)
     named = confirmed.tags() | possible.tags()
     strength: dict[str, set[str]] = {}
     for rule in tables.possible_rules:
@@ -456,7 +467,24 @@ def _diagnoses(
     # A tag is generic-only when nothing but a generic rule suggested it (no code, text or specific rule).
     direct = named
     generic_only = frozenset(tag for tag, kinds in strength.items() if kinds == {"generic"} and tag not in direct)
-    return _DiagnosisFindings(confirmed.freeze(), possible.freeze(exclude=confirmed.tags()), generic_only)
+    return _DiagnosisFindings(
+        confirmed.freeze(), possible.freeze(exclude=confirmed.tags()), generic_only, conflicts, tuple(qualifiers)
+    )
+
+
+def _demote(conflicts: Mapping[str, tuple[Conflict, ...]], confirmed: _Findings, possible: _Findings) -> None:
+    """What a conflict's Conditions say of a tag is never confirmed: only possible (a suggested pathway at most). A
+    Condition outside the conflict that codes the tag cleanly keeps it confirmed."""
+    for tag, found in conflicts.items():
+        disputed = {ref for conflict in found for ref in conflict.evidence}
+        refs = confirmed.evidence.get(tag, {})
+        start = confirmed.starts.get(tag)
+        for ref in [r for r in refs if r in disputed]:
+            del refs[ref]
+            possible.add(tag, ref, start)
+        if tag in confirmed.evidence and not refs:
+            del confirmed.evidence[tag]
+            confirmed.starts.pop(tag, None)
 
 
 def _diagnosis_words(concept: CodeableConcept | None, tables: CodeTables) -> frozenset[str]:

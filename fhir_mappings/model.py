@@ -90,6 +90,28 @@ class Dose:
 
 
 @dataclass(frozen=True)
+class Conflict:
+    """Two diagnosis tags the tables say exclude each other, both coded on the record: neither is decided."""
+
+    tags: tuple[str, str]
+    evidence: tuple[str, ...]  # the Conditions that carry them
+    #: For the card: which resource codes what ("Condition/x codes both ... and ...: the codes disagree").
+    note: str
+
+
+@dataclass(frozen=True)
+class QualifierFinding:
+    """A listed phrase of a Condition's note or code text that documents (or, contrary, denies) a qualifier."""
+
+    qualifier: str  # e.g. "no-immediate-surgery"
+    ref: str  # "Condition/<id>"
+    quote: str  # "Condition/x note: '... not requiring immediate surgery ...'"
+    contrary: bool
+    #: The diagnosis tags of that Condition (what the qualifier is about).
+    condition_tags: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class Facts:
     """Everything the policy may ask about one draft order of the requested drug.
 
@@ -145,6 +167,11 @@ class Facts:
     #: another patient's data). What they would have shown is missing, not absent: criteria that would be
     #: decided by absence (a diagnosis, a companion drug, an intolerance) stay unknown instead.
     unavailable: frozenset[str] = frozenset()
+    #: Diagnosis tag -> the conflicts it is part of (exclusive_tags.csv): such a tag is only possible, and a
+    #: criterion asking about it is unknown with the conflict named.
+    diagnosis_conflicts: Mapping[str, tuple[Conflict, ...]] = field(default_factory=dict)
+    #: Qualifier phrases read from Conditions' notes and code text (qualifier_phrases.csv), negation-aware.
+    qualifiers: tuple[QualifierFinding, ...] = ()
     #: Clinician answers (DTR QuestionnaireResponse items, manual or override) by questionnaire linkId: each
     #: decides the test it answers unless coded chart data contradicts it (see cds_service.policy.questions).
     answers: Mapping[str, Answer] = field(default_factory=dict)

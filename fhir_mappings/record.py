@@ -45,6 +45,7 @@ from fhir.resources.R4B.reference import Reference
 from pydantic import BaseModel, ValidationError
 
 from .codes import CodeTables
+from .diagnoses import HISTOLOGY_EXTENSION
 from .normalize import (
     Code,
     deep_copy_json,
@@ -80,7 +81,19 @@ MODELS: dict[str, type[BaseModel]] = {
 KEEP: dict[str, frozenset[str]] = {
     "Patient": frozenset({"birthDate"}),
     "Condition": frozenset(
-        {"clinicalStatus", "verificationStatus", "code", "subject", "onset", "abatement", "recordedDate", "stage"}
+        {
+            "clinicalStatus",
+            "verificationStatus",
+            "code",
+            "subject",
+            "onset",
+            "abatement",
+            "recordedDate",
+            "stage",
+            "bodySite",
+            "note",
+            "extension",  # only the mCODE histology-morphology-behavior one (see _prune)
+        }
     ),
     "Observation": frozenset(
         {"status", "code", "subject", "effective", "issued", "value", "interpretation", "component"}
@@ -398,6 +411,7 @@ class _Builder:
     def _condition_relevant(self, resource: dict[str, Any]) -> bool:
         main = resource.get("code")
         concepts = [main] + [raw_get(stage, "summary") for stage in raw_items(resource, "stage")]
+        concepts += [raw_get(ext, "valueCodeableConcept") for ext in _histology_extensions(resource)]
         if any(
             self.tables.condition_code_relevant(self.tables.system_name(system), code)
             for concept in concepts
@@ -610,12 +624,23 @@ def _prune(raw: dict[str, Any], lean: bool = False) -> dict[str, Any]:
         name = key.removeprefix("_")
         if key in ("resourceType", "id") or name in keep or _is_kept_choice(name, keep):
             out[key] = value
+    if rtype == "Condition" and "extension" in out:
+        kept = _histology_extensions(out)
+        if kept:
+            out["extension"] = kept
+        else:
+            del out["extension"]
     for key in ("dosageInstruction", "dosage"):
         if isinstance(out.get(key), list):
             out[key] = [_prune_dosage(d) for d in out[key]]
     if lean and isinstance(out.get("dispenseRequest"), dict):
         out["dispenseRequest"] = {k: v for k, v in out["dispenseRequest"].items() if k == "validityPeriod"}
     return out
+
+
+def _histology_extensions(resource: dict[str, Any]) -> list[Any]:
+    """The mCODE histology-morphology-behavior extensions of a raw Condition (the only extensions read)."""
+    return [ext for ext in raw_items(resource, "extension") if raw_get(ext, "url") == HISTOLOGY_EXTENSION]
 
 
 def _prune_dosage(dosage: Any) -> Any:

@@ -140,7 +140,9 @@ def _tsc_without_birth_date() -> dict[str, Any]:
 
 def _first_birthday_answers(evaluated_on: date, *, days_younger: int) -> dict[str, list[dict[str, Any]]]:
     born = evaluated_on.replace(year=evaluated_on.year - 1) + timedelta(days=days_younger)
-    return {"I.E.4": [{"valueDate": born.isoformat()}], "I.E.2/1": [{"valueBoolean": True}]}
+    # SEGA has a sourced code now (ICD-O-3 9384/1), so the DTR asks for the coded diagnosis, not yes/no.
+    sega = {"system": "http://terminology.hl7.org/CodeSystem/icd-o-3", "code": "9384/1"}
+    return {"I.E.4": [{"valueDate": born.isoformat()}], "I.E.2/1": [{"valueCoding": sega}]}
 
 
 def test_tsc_sega_age_answered_exactly_one_year_meets_the_age_limit(client: Any) -> None:

@@ -24,7 +24,7 @@ from cds_service.policy.engine import (
     notes_for,
 )
 from cds_service.policy.results import CriterionResult, Decision, Fix, OrderEvaluation, Status
-from fhir_mappings.model import Dose, Facts, Finding, LineOfBusiness, Product
+from fhir_mappings.model import Conflict, Dose, Facts, Finding, LineOfBusiness, Product, QualifierFinding
 
 MET, NOT_MET, UNKNOWN = Status.MET, Status.NOT_MET, Status.UNKNOWN
 MEDICAID, HIM, COMMERCIAL = LineOfBusiness.MEDICAID, LineOfBusiness.HIM, LineOfBusiness.COMMERCIAL
@@ -65,6 +65,7 @@ DIAGNOSIS_TAGS = [
     "meningioma",
     "functional-carcinoid",
     "high-immunologic-risk",
+    "benign-kidney-neoplasm",
 ]
 RECEPTOR_TAGS = [
     "er-positive",
@@ -239,6 +240,8 @@ def make_facts(
     exception: bool = False,
     lob: LineOfBusiness | None = MEDICAID,
     requested: int | None = None,
+    qualifiers: Iterable[QualifierFinding] = (),
+    conflicts: Iterable[tuple[str, str]] = (),
 ) -> Facts:
     """Hand-built facts; each finding's evidence names its tag (``Condition/breast-cancer``)."""
     return Facts(
@@ -263,6 +266,25 @@ def make_facts(
         line_of_business_evidence=("Coverage/c1",) if lob else (),
         requested_months=requested,
         coverage_ref="Coverage/c1" if lob else None,
+        qualifiers=tuple(qualifiers),
+        diagnosis_conflicts=_conflicts(conflicts),
+    )
+
+
+def _conflicts(pairs: Iterable[tuple[str, str]]) -> dict[str, tuple[Conflict, ...]]:
+    """Each pair of exclusive tags coded on Condition/conflict: "the codes disagree"."""
+    out: dict[str, tuple[Conflict, ...]] = {}
+    for a, b in pairs:
+        conflict = Conflict((a, b), ("Condition/conflict",), f"Condition/conflict codes both {a} and {b}")
+        out[a] = (*out.get(a, ()), conflict)
+        out[b] = (*out.get(b, ()), conflict)
+    return out
+
+
+def said(qualifier: str, about: str, contrary: bool = False) -> QualifierFinding:
+    """A qualifier phrase read from Condition/<about>'s note."""
+    return QualifierFinding(
+        qualifier, f"Condition/{about}", f"Condition/{about} note: '...'", contrary, frozenset({about})
     )
 
 
@@ -448,6 +470,14 @@ rows(
     (MET, {}),
     (MET, {"diagnoses": ("net-gi", "secondary-malignancy")}),
     (UNKNOWN, {"diagnoses": ("net-pancreas",)}),
+    (MET, {"diagnoses": ("net-pancreas",), "qualifiers": (said("locally-advanced", "net-pancreas"),)}),
+    (MET, {"diagnoses": ("net-pancreas",), "qualifiers": (said("unresectable", "net-pancreas"),)}),
+    (UNKNOWN, {"diagnoses": ("net-pancreas",), "qualifiers": (said("unresectable", "rcc"),)}),
+    (UNKNOWN, {"diagnoses": ("net-pancreas",), "qualifiers": (said("unresectable", "net-pancreas", True),)}),
+)
+rows(
+    "I.B.2.c",
+    (UNKNOWN, {"diagnoses": ("net-unspecified-origin",), "possible": ("net-lung",), "conflicts": (("net-lung", "x"),)}),
 )
 specialty_rows("I.B.4")
 age_rows("I.B.5", 18)
@@ -462,6 +492,8 @@ rows(
     (MET, {}),
     (UNKNOWN, {"diagnoses": ("rcc",)}),
     (UNKNOWN, {"possible": ("rcc",), "diagnoses": ("secondary-malignancy",)}),
+    (MET, {"diagnoses": ("rcc",), "qualifiers": (said("unresectable", "rcc"),)}),
+    (UNKNOWN, {"diagnoses": ("rcc",), "qualifiers": (said("locally-advanced", "rcc"),)}),
 )
 specialty_rows("I.C.3")
 age_rows("I.C.4", 18)
@@ -473,13 +505,41 @@ rows(
     (MET, {"diagnoses": ("rcc", "rcc-non-clear-cell"), "history": ()}),
     (UNKNOWN, {"diagnoses": ("rcc", "rcc-clear-cell"), "history": ()}),
     (MET, {"diagnoses": ("rcc", "rcc-clear-cell"), "history": ("cabozantinib",)}),
+    # clear cell and papillary both coded: the "if" is unknown, never "not clear cell" by default
+    (
+        UNKNOWN,
+        {
+            "diagnoses": ("rcc",),
+            "possible": ("rcc-clear-cell", "rcc-non-clear-cell"),
+            "conflicts": (("rcc-clear-cell", "rcc-non-clear-cell"),),
+            "history": (),
+        },
+    ),
 )
 rows("I.C.7", (MET, {}), (UNKNOWN, {"mg": 40.0}))
 dose_rows("I.C.7")
 
 # I.D Renal angiomyolipoma with TSC
 product_rows("I.D.1", ZORTRESS_GENERIC_075)
-rows("I.D.2", (UNKNOWN, {}), (UNKNOWN, {"diagnoses": ("renal-angiomyolipoma",)}))  # surgery need is in notes only
+rows(
+    "I.D.2",
+    (UNKNOWN, {}),  # the need for surgery is only in notes: unknown without a listed phrase
+    (UNKNOWN, {"diagnoses": ("renal-angiomyolipoma",)}),
+    (MET, {"qualifiers": (said("no-immediate-surgery", "renal-angiomyolipoma"),)}),
+    (MET, {"qualifiers": (said("no-immediate-surgery", "benign-kidney-neoplasm"),)}),
+    (UNKNOWN, {"qualifiers": (said("no-immediate-surgery", "tsc"),)}),  # said of another diagnosis
+    (UNKNOWN, {"qualifiers": (said("no-immediate-surgery", "renal-angiomyolipoma", True),)}),
+    (
+        UNKNOWN,
+        {
+            "qualifiers": (
+                said("no-immediate-surgery", "renal-angiomyolipoma"),
+                said("no-immediate-surgery", "renal-angiomyolipoma", True),
+            )
+        },
+    ),
+    (UNKNOWN, {"diagnoses": ("tsc",), "qualifiers": (said("no-immediate-surgery", "renal-angiomyolipoma"),)}),
+)
 specialty_rows("I.D.3")
 age_rows("I.D.4", 18)
 generic_rows("I.D.5", AFINITOR)
@@ -573,6 +633,8 @@ rows(
     (NOT_MET, {}),
     (UNKNOWN, {"diagnoses": ("angiomyolipoma",)}),
     (UNKNOWN, {"possible": ("pecoma",)}),
+    (MET, {"diagnoses": ("angiomyolipoma",), "qualifiers": (said("recurrent", "angiomyolipoma"),)}),
+    (UNKNOWN, {"diagnoses": ("angiomyolipoma",), "qualifiers": (said("recurrent", "lam"),)}),
 )
 rows(
     "I.H.2.a.iii",
@@ -675,7 +737,6 @@ ALWAYS_UNKNOWN = {
     "I.C.7.b",
     "I.D.6.b",
     "II.A.4.b",
-    "I.D.2",
     "II.A.2",
     "I.I.1",
     "I.I.1.a",
@@ -686,6 +747,7 @@ ALWAYS_UNKNOWN = {
 }
 #: Criteria that can never be not-met: a missing fact leaves them unknown, and no fact contradicts them.
 NEVER_NOT_MET = {
+    "I.D.2",
     "I.A.2",
     "I.A.3",
     "I.A.6",

@@ -1361,6 +1361,102 @@ def ia_snomed_only_three_tablets() -> Sample:
     )
 
 
+# ----------------------------------------------------------------------------- issue #14: morphology, conflicts, notes
+
+ICDO3 = "http://terminology.hl7.org/CodeSystem/icd-o-3"
+HISTOLOGY = "http://hl7.org/fhir/us/mcode/StructureDefinition/mcode-histology-morphology-behavior"
+
+
+def problem(chart: Chart, cid: str) -> dict[str, Any]:
+    """The Condition ``cid`` of a chart, to add what the builder does not (extensions, body site, notes)."""
+    return next(r for r in chart.resources["conditions"] if r["id"] == cid)
+
+
+def ie_sega_icdo3_morphology() -> Sample:
+    name = "I.E-sega-icdo3-morphology"
+    c = Chart("ie-icdo")
+    c.patient("Marisol", "Quenneville", "female", "2018-04-22")
+    c.prescriber("Nkechi", "Abernathy-Cole", PEDS_HEM_ONC, "Example Children's Neuro-Oncology")
+    c.coverage("medicaid")
+    c.condition(ICD10, "Q85.1", "Tuberous sclerosis", "2018-08-30")
+    primary = c.condition(ICDO3, "9384/1", "Subependymal giant cell astrocytoma", ago(60))
+    order = c.draft(med("1308428"), dosage(4, 1, "4 mg (two 2 mg tablets) as oral suspension once daily"),
+                    quantity=60, repeats=5, reason=primary)
+    return Sample(
+        name,
+        "8-year-old with TSC and SEGA coded by its ICD-O-3 morphology (9384/1; ICD-10-CM has no SEGA code), generic "
+        "tablets for oral suspension 4 mg/day, Medicaid -> I.E.2 met, met",
+        request_for(name, c),
+        expect(order, "I.E", "met", "I.E.1 met, I.E.2 met, I.E.3 met, I.E.4 met, I.E.5 met", lob="medicaid", months=6),
+    )
+
+
+def ic_rcc_papillary_histology() -> Sample:
+    name = "I.C-rcc-papillary-histology"
+    c = Chart("ic-papillary")
+    c.patient("Osric", "Thandeka-Lowe", "male", "1961-05-30")
+    c.prescriber("Ingrid", "Solvang", ONCOLOGY, "Example GU Oncology")
+    c.coverage("him")
+    primary = c.condition(ICD10, "C64.1", "Malignant neoplasm of right kidney, except renal pelvis", ago(140))
+    problem(c, primary)["extension"] = [
+        {"url": HISTOLOGY, "valueCodeableConcept": concept(ICDO3, "8260/3", "Papillary adenocarcinoma, NOS")}
+    ]
+    c.condition(ICD10, "C78.01", "Secondary malignant neoplasm of right lung", ago(90))
+    order = c.draft(med("845507"), ten_mg_daily(), quantity=30, reason=primary)
+    return Sample(
+        name,
+        "Metastatic RCC with papillary histology in the mCODE histology extension (ICD-O-3 8260/3 on the C64.1 "
+        "Condition), no prior therapy, generic 10 mg, HIM -> I.C.6 met (not clear cell), met",
+        request_for(name, c),
+        expect(order, "I.C", "met", ic_criteria(), lob="him", months=6),
+    )
+
+
+def ib_carcinoid_conflicting_origin() -> Sample:
+    name = "I.B-carcinoid-conflicting-origin"
+    c = Chart("ib-conflict")
+    c.patient("Perpetua", "Lindqvist-Obi", "female", "1966-10-03")
+    c.prescriber("Ingrid", "Solvang", ONCOLOGY, "Example Thoracic Oncology")
+    c.coverage("medicaid")
+    primary = c.condition(ICD10, "C7A.098", "Malignant carcinoid tumors of other sites", ago(200))
+    problem(c, primary)["code"]["coding"].append(
+        {"system": SNOMED, "code": "254627002", "display": "Carcinoid tumor of lung"}
+    )
+    c.condition(ICD10, "C7B.02", "Secondary carcinoid tumors of liver", ago(90))
+    order = c.draft(med("845507"), ten_mg_daily(), quantity=30, reason=primary)
+    return Sample(
+        name,
+        "One Condition coded both C7A.098 (carcinoid of other sites: not lung) and SNOMED carcinoid of lung, liver "
+        "metastases, generic 10 mg, Medicaid -> the codes disagree: I.B.2.c unknown (not met by the favourable "
+        "code), I.B.2 unknown, incomplete",
+        request_for(name, c),
+        expect(order, "I.B", "incomplete", ib_criteria(I_B_2="unknown"), lob="medicaid", months=6),
+    )
+
+
+def id_tsc_aml_no_immediate_surgery_note() -> Sample:
+    name = "I.D-tsc-aml-no-immediate-surgery-note"
+    c = Chart("id-note")
+    c.patient("Henrike", "Adeyemi-Ross", "female", "1994-02-14")
+    c.prescriber("Ingrid", "Solvang", ONCOLOGY, "Example Tuberous Sclerosis Clinic")
+    c.coverage("medicaid")
+    c.condition(ICD10, "Q85.1", "Tuberous sclerosis", "1996-05-01")
+    primary = c.condition(SNOMED, "254921004", "Angiomyolipoma of kidney", ago(120))
+    problem(c, primary)["note"] = [
+        {"text": "Bilateral renal AMLs, largest 4.2 cm, asymptomatic; not requiring immediate surgery. "
+                 "Start mTOR inhibitor."}
+    ]
+    order = c.draft(med("845507"), ten_mg_daily(), quantity=30, reason=primary)
+    return Sample(
+        name,
+        "Adult with TSC and renal angiomyolipoma whose Condition note says 'not requiring immediate surgery', generic "
+        "10 mg, Medicaid -> I.D.2 met (the sentence is quoted on the card), met",
+        request_for(name, c),
+        expect(order, "I.D", "met", "I.D.1 met, I.D.2 met, I.D.3 met, I.D.4 met, I.D.5 met," + dose_tree("I.D.6"),
+               lob="medicaid", months=6),
+    )
+
+
 SAMPLES: tuple[Callable[[], Sample], ...] = (
     ia_met,
     ia_brand_without_exemestane,
@@ -1400,6 +1496,10 @@ SAMPLES: tuple[Callable[[], Sample], ...] = (
     ih_meningioma_lar,
     ig_liver_missing_tacrolimus,
     ia_snomed_only_three_tablets,
+    ie_sega_icdo3_morphology,
+    ic_rcc_papillary_histology,
+    ib_carcinoid_conflicting_origin,
+    id_tsc_aml_no_immediate_surgery_note,
 )
 
 README_HEAD = """\

@@ -91,6 +91,7 @@ def _result(criterion: Criterion, node: _Node) -> CriterionResult:
         applicable=not outcome.gate,
         gaps=outcome.gaps,
         review=outcome.review,
+        quoted=outcome.quoted,
     )
 
 

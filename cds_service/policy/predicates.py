@@ -43,6 +43,8 @@ class Outcome(NamedTuple):
     gaps: tuple[str, ...] = ()
     #: "payer" when only the payer can settle it (a label change, a documented exception), not the chart.
     review: str | None = None
+    #: The note quotes the chart text that met the test: the card shows it even when the criterion is met.
+    quoted: bool = False
 
 
 #: A compiled predicate: the facts and the outcomes of the criterion's own sub-items (policy order).
@@ -156,9 +158,17 @@ def combine_all(outcomes: Sequence[Outcome]) -> Outcome:
     status, deciding = _deciding(outcomes, True)
     evidence = _merge([o.evidence for o in deciding])
     extra = _carried(status, deciding, all_=True)
-    if status is MET or (status is NOT_MET and any(not o.fixes for o in deciding)):
+    if status is MET:
+        return Outcome(status, evidence, (), *_quoted(deciding))
+    if status is NOT_MET and any(not o.fixes for o in deciding):
         return Outcome(status, evidence, (), *extra)
     return Outcome(status, evidence, _merge([o.fixes for o in deciding]), *extra)
+
+
+def _quoted(deciding: Sequence[Outcome]) -> tuple[str | None, bool, tuple[str, ...], str | None, bool]:
+    """A met combination keeps the chart quotes its met children were decided by (and nothing else)."""
+    quotes = [o.note for o in deciding if o.quoted and o.note]
+    return ("; ".join(dict.fromkeys(quotes)) or None), False, (), None, bool(quotes)
 
 
 def _carried(
@@ -182,13 +192,15 @@ def combine_any(outcomes: Sequence[Outcome]) -> Outcome:
     status, deciding = _deciding(outcomes, False)
     evidence = _merge([o.evidence for o in deciding])
     if status is MET:
-        return Outcome(status, evidence)
+        return Outcome(status, evidence, (), *_quoted(deciding))
     return Outcome(status, evidence, _merge([o.fixes for o in deciding]), *_carried(status, deciding))
 
 
 def negate(outcome: Outcome) -> Outcome:
-    """NOT; a remedy for the inner test is no remedy for its negation."""
-    return Outcome(not_status(outcome.status), outcome.evidence)
+    """NOT; a remedy for the inner test is no remedy for its negation. An unknown keeps its note (why it is
+    unknown, e.g. codes that disagree, is as true of the negation)."""
+    note = outcome.note if outcome.status is UNKNOWN else None
+    return Outcome(not_status(outcome.status), outcome.evidence, note=note)
 
 
 def implies(condition: Outcome, then: Outcome) -> Outcome:
@@ -329,6 +341,9 @@ def _diagnosis_in(p: Params, env: CompileEnv) -> Predicate:
         confirmed = _findings(facts.diagnoses, tags)
         if confirmed:
             return Outcome(MET, _evidence(confirmed))
+        disputed = conflict_outcome(facts, tags)
+        if disputed is not None:
+            return disputed
         ruling_out = _findings(facts.diagnoses, ruled_out_by)
         if ruling_out:
             return Outcome(NOT_MET, _evidence(ruling_out))
@@ -338,6 +353,49 @@ def _diagnosis_in(p: Params, env: CompileEnv) -> Predicate:
         if _missing(facts, CONDITION_KEYS):
             return Outcome(UNKNOWN)
         return Outcome(absent, gate=absent is NOT_MET)
+
+    return fn
+
+
+def conflict_outcome(facts: Facts, tags: Iterable[str]) -> Outcome | None:
+    """Unknown, naming the codings that disagree, when a tag asked about is in conflict (exclusive_tags.csv)."""
+    if not facts.diagnosis_conflicts:
+        return None
+    conflicts = _merge(facts.diagnosis_conflicts.get(t, ()) for t in tags)
+    if not conflicts:
+        return None
+    return Outcome(
+        UNKNOWN,
+        _merge(c.evidence for c in conflicts),
+        note="; ".join(dict.fromkeys(c.note for c in conflicts)),
+        gaps=("a diagnosis the codes agree on",),
+    )
+
+
+def _qualifier_documented(p: Params, env: CompileEnv) -> Predicate:
+    """Met when a listed phrase documents the qualifier on a Condition of the named diagnoses (its sentence is
+    quoted); unknown otherwise, and unknown with both quoted when a contrary phrase disputes it. Never not-met:
+    text does not rule a criterion out."""
+    qualifier = p.string("qualifier")
+    on = frozenset(p.strings("about", required=False) or ())
+    what = p.string("what")
+    check_tags(on, "diagnosis", env, p.where)
+    # Code tables declare their qualifiers; a bare tag vocabulary (tests, tools) does not check them.
+    known: Collection[str] | None = getattr(env.vocabulary, "qualifier_tags", None)
+    if known is not None and qualifier not in known:
+        raise PolicyError(f"{p.where}: unknown qualifier {qualifier!r} (qualifier_phrases.csv lists {sorted(known)})")
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        found = [q for q in facts.qualifiers if q.qualifier == qualifier and (not on or q.condition_tags & on)]
+        affirmed = [q for q in found if not q.contrary]
+        contrary = [q for q in found if q.contrary]
+        refs = tuple(dict.fromkeys(q.ref for q in found))
+        if contrary:
+            quotes = "; ".join(dict.fromkeys(q.quote for q in [*affirmed, *contrary]))
+            return Outcome(UNKNOWN, refs, note=f"the notes disagree or deny it: {quotes}", gaps=(str(what),))
+        if affirmed:
+            return Outcome(MET, refs, note="; ".join(dict.fromkeys(q.quote for q in affirmed)), quoted=True)
+        return Outcome(UNKNOWN, gaps=(str(what),))
 
     return fn
 
@@ -372,7 +430,8 @@ def diagnosis_link(facts: Facts, diagnoses: Sequence[str], suggested_by: Sequenc
     possible = _findings(facts.possible_diagnoses, diagnoses)
     possible += _findings(facts.diagnoses, suggested_by) + _findings(facts.possible_diagnoses, suggested_by)
     if possible or _missing(facts, CONDITION_KEYS):
-        return Outcome(UNKNOWN, _evidence(possible))
+        disputed = conflict_outcome(facts, diagnoses)
+        return Outcome(UNKNOWN, _evidence(possible), note=disputed.note if disputed is not None else None)
     return Outcome(NOT_MET)
 
 
@@ -824,6 +883,7 @@ LEAVES: dict[str, Callable[[Params, CompileEnv], Predicate]] = {
     "dose_increase": _dose_compare(increase=True),
     "not_dose_increase": _dose_compare(increase=False),
     "documented": _documented,
+    "qualifier_documented": _qualifier_documented,
     "payer_review": _payer_review,
     "diagnosis_within_days": _diagnosis_within_days,
 }

@@ -397,7 +397,7 @@ def leaf(name: str, params: Any, where: str, env: CompileEnv, fn: Predicate) -> 
         asks = _started(where, p, env, drug)
     elif name in ("dose_increase", "not_dose_increase"):
         asks = _previous_dose(where, name == "dose_increase")
-    elif name == "documented":
+    elif name in ("documented", "qualifier_documented"):
         asks = _documented(where, p)
     else:  # product_in, dose_within, payer_review, diagnosis_within_days: not a question for the chart
         asks = None

@@ -63,6 +63,8 @@ class CriterionResult:
     gaps: tuple[str, ...] = ()
     #: "payer" when the payer, not the chart, settles it.
     review: str | None = None
+    #: The note quotes the chart text that met it (a qualifier read from a note): shown beside a met criterion too.
+    quoted: bool = False
 
     def walk(self) -> Iterator[CriterionResult]:
         """This criterion then its sub-items, depth first, in policy order."""
