@@ -403,7 +403,15 @@ def prefetch_for(chart: Chart) -> dict[str, Any]:
     """Every key of our discovery templates; the Practitioner rides in practitionerRole as an _include."""
     found = chart.resources
     prefetch: dict[str, Any] = {"patient": found["patient"][0]}
-    for key in ("coverage", "conditions", "medicationStatements", "medicationRequests", "observations"):
+    for key in (
+        "coverage",
+        "conditions",
+        "medicationStatements",
+        "medicationRequests",
+        "medicationDispenses",
+        "observations",
+        "diseaseStatus",
+    ):
         prefetch[key] = searchset(found.get(key, []))
     prefetch["practitionerRole"] = searchset(found.get("practitionerRole", []), found.get("practitioner", []))
     prefetch["allergies"] = searchset(found.get("allergies", []))
