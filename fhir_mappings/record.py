@@ -138,6 +138,7 @@ KEEP_OTHER_MEDICATION = frozenset(
         "contained",
         "whenHandedOver",
         "whenPrepared",
+        "daysSupply",
     }
 )
 #: Elements of Dosage the daily-dose reader uses (route, site, method ... are not read).

@@ -41,6 +41,8 @@ ORDER_STATUS = frozenset({"active", "completed"})
 #: Dispenses that show the drug reached the member: completed, or in progress once handed over.
 DISPENSED_STATUS = frozenset({"completed"})
 HANDED_OVER_STATUS = frozenset({"in-progress"})
+#: A statement of a medication the member stopped taking: past use (history), never the current course.
+STOPPED_STATEMENT = frozenset({"stopped"})
 #: Statements still running when they carry no end date.
 ONGOING_STATEMENT = frozenset({"active", "intended"})
 FINAL_OBSERVATION = frozenset({"final", "amended", "corrected"})
@@ -150,9 +152,12 @@ def record_end(resource: MedicationRecord, start: date, evaluation_date: date) -
 
 
 def counts_for_course(resource: MedicationRecord) -> bool:
-    """Records whose days count toward a course: orders only when active or completed."""
+    """Records whose days count toward the current course: orders only when active or completed, statements not
+    when stopped (the member stopped taking it: a new order restarts therapy), dispenses once handed over."""
     if isinstance(resource, MedicationRequest):
         return resource.status in ORDER_STATUS
+    if isinstance(resource, MedicationStatement) and resource.status in STOPPED_STATEMENT:
+        return False
     return shows_use(resource)
 
 

@@ -232,7 +232,8 @@ def _reference_index() -> tuple[set[tuple[str, str]], dict[tuple[str, str], set[
             if display:
                 displays.setdefault((system, code), set()).add(display)
 
-    for name in ("conditions", "condition_status", "receptor_status", "receptor_values", "specialties"):
+    for name in ("conditions", "condition_status", "receptor_status", "receptor_values", "specialties",
+                 "therapy_response"):
         with table_file(f"{name}.csv").open(encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
                 add(row["system"], row["code"], row.get("display"))

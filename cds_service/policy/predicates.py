@@ -402,7 +402,7 @@ def _indication_of(p: Params, env: CompileEnv) -> Predicate:
         links += [_qualified_link(facts, pid, d, s, r) for pid, d, s, r in qualified]
         outcome = combine_any(links)
         if outcome.status is UNKNOWN and not outcome.gaps:
-            named = ", ".join(t.replace("-", " ") for t in wanted if t in facts.possible_diagnoses) or "section I"
+            named = " or ".join(_tag_words(t) for t in wanted if t in facts.possible_diagnoses) or "section I"
             outcome = outcome._replace(gaps=(f"the {named} diagnosis being treated, coded in the problem list",))
         return outcome
 
@@ -418,16 +418,23 @@ def _qualified_link(
         return link
     need = diagnosis_link(facts, required)
     if need.status is NOT_MET:
-        names = " and ".join(t.replace("-", " ") for t in required)
-        shown = ", ".join(
-            t.replace("-", " ") for t in diagnoses if t in facts.diagnoses or t in facts.possible_diagnoses
-        )
+        names = " and ".join(_tag_words(t) for t in required)
+        shown = [_tag_words(t) for t in diagnoses if t in facts.diagnoses or t in facts.possible_diagnoses]
         note = (
-            f"{shown or 'the diagnosis on record'} is a section I indication ({pathway}) only with {names}: "
-            f"record {names} to continue under the policy"
+            f"{', '.join(shown) or 'the diagnosis'} on record ({', '.join(link.evidence)}) is a covered indication "
+            f"({pathway}) only with {names}: record the {names} diagnosis if the member has it, to continue therapy "
+            "under this policy"
         )
         return Outcome(NOT_MET, link.evidence, note=note)
     return combine_all((link, need))
+
+
+def _tag_words(tag: str) -> str:
+    """A tag as words for a card: "partial-onset-seizures" -> "partial-onset seizures", "tsc" -> "TSC"."""
+    if len(tag) <= 4:
+        return tag.upper()
+    head, _, tail = tag.rpartition("-")
+    return f"{head} {tail}" if head else tag
 
 
 DEFAULT_EXTENT_TAGS = ("secondary-malignancy", "metastatic-stage")
