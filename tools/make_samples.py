@@ -1562,8 +1562,9 @@ README_HEAD = """\
 Complete `order-sign` / `order-select` requests a user can post to the service or run without a server.
 Each carries a fixed `hookInstance`, `context` (the signing `PractitionerRole`, the patient, the draft orders
 as a `collection` Bundle) and `prefetch` under the service's discovery keys (`patient`, `coverage`,
-`conditions`, `medicationStatements`, `medicationRequests`, `observations`, `practitionerRole` with the
-Practitioner as an `_include` entry, `allergies`); there is no `fhirServer`, so nothing is fetched.
+`conditions`, `medicationStatements`, `medicationRequests`, `medicationDispenses`, `observations`,
+`diseaseStatus`, `practitionerRole` with the Practitioner as an `_include` entry, `allergies`); there is no
+`fhirServer`, so nothing is fetched.
 
 All people, identifiers and organisations are fictional. Clinical codes come only from
 `fhir_mappings/tables/*.csv` and `shared/reference/codes.csv`. Every order is authored on 2026-11-20; chart
