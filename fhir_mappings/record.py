@@ -447,14 +447,16 @@ class _Builder:
         concepts = [resource.get("code")] + [
             raw_get(component, "code") for component in raw_items(resource, "component")
         ]
-        system_name, tests = self.tables.system_name, self.tables.receptor_tests
         return any(
-            (name := system_name(system)) == "loinc"
-            and code in tests
-            or self.tables.is_response_observation(name, code)
+            self._observation_code_read(self.tables.system_name(system), code)
             for concept in concepts
             for system, code in raw_system_codes(concept)
         )
+
+    def _observation_code_read(self, system: str | None, code: str | None) -> bool:
+        """A receptor test (receptor_tests.csv) or a response-to-therapy assessment (therapy_response.csv)."""
+        is_receptor_test = system == "loinc" and code in self.tables.receptor_tests
+        return is_receptor_test or self.tables.is_response_observation(system, code)
 
     def _allergy_relevant(self, resource: dict[str, Any]) -> bool:
         concept = resource.get("code")

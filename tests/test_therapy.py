@@ -324,3 +324,10 @@ def test_a_pack_table_adds_rows_to_the_shared_response_table(tmp_path: Any) -> N
     tables = load_code_tables(pack=pack)
     assert tables.response_meaning("snomed", "1234567") == "progressing"
     assert tables.response_meaning("snomed", STABLE) == "responding"  # the shared rows still hold
+
+
+def test_another_patients_dispense_is_ignored(tables: CodeTables) -> None:
+    other = dispense("d-other", 40)
+    other["subject"] = {"reference": "Patient/someone-else"}
+    record = build_record({"chart": [other]}, [draft()], tables, patient_id="p1")
+    assert record.medication_dispenses == () and "MedicationDispense/d-other: other patient" in record.ignored

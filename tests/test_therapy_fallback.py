@@ -84,3 +84,12 @@ def test_without_the_dispense_key_a_dispense_only_history_is_not_continued_thera
     ev = next(iter(evaluations(client.post(SIGN, json=request).get_json()).values()))
     assert ev["pathway"] == "I.D"
     assert "not-met" not in _criteria(ev).values()
+
+
+def test_discovery_offers_the_dispense_and_disease_status_templates(client: Any) -> None:
+    service = next(s for s in client.get("/cds-services").get_json()["services"] if s["id"] == "everolimus-order-sign")
+    prefetch = service["prefetch"]
+    assert prefetch["medicationDispenses"] == "MedicationDispense?patient={{context.patientId}}"
+    assert prefetch["diseaseStatus"].startswith("Observation?patient={{context.patientId}}&code=")
+    assert "http://loinc.org|97509-4" in prefetch["diseaseStatus"].split("code=", 1)[1].split(",")
+    assert prefetch["observations"].endswith("&category=laboratory")  # the receptor query is unchanged
