@@ -36,8 +36,10 @@ MedicationRecord = MedicationRequest | MedicationStatement | MedicationDispense
 
 #: Statement / order statuses that never show the drug was taken (FHIR R4 value sets).
 NOT_TAKEN_STATUS = frozenset({"entered-in-error", "not-taken", "cancelled", "draft"})
-#: Orders that show therapy: an active or completed order (a stopped, revoked or draft one does not).
+#: Orders that show therapy: an active or completed order (a stopped, revoked or draft one does not) ...
 ORDER_STATUS = frozenset({"active", "completed"})
+#: ... with an ordering intent (a proposal is no prescription; a plan is the prescriber's standing order).
+ORDER_INTENTS = frozenset({"order", "original-order", "reflex-order", "filler-order", "instance-order", "plan"})
 #: Dispenses that show the drug reached the member: completed, or in progress once handed over.
 DISPENSED_STATUS = frozenset({"completed"})
 HANDED_OVER_STATUS = frozenset({"in-progress"})
@@ -152,10 +154,11 @@ def record_end(resource: MedicationRecord, start: date, evaluation_date: date) -
 
 
 def counts_for_course(resource: MedicationRecord) -> bool:
-    """Records whose days count toward the current course: orders only when active or completed, statements not
-    when stopped (the member stopped taking it: a new order restarts therapy), dispenses once handed over."""
+    """Records whose days count toward the current course: orders only when active or completed (and an order, not
+    a proposal), statements not when stopped (the member stopped taking it: a new order restarts therapy),
+    dispenses once handed over."""
     if isinstance(resource, MedicationRequest):
-        return resource.status in ORDER_STATUS
+        return resource.status in ORDER_STATUS and resource.intent in ORDER_INTENTS
     if isinstance(resource, MedicationStatement) and resource.status in STOPPED_STATEMENT:
         return False
     return shows_use(resource)

@@ -185,13 +185,22 @@ def test_statement_statuses(tables: CodeTables, status: str, days: int) -> None:
     assert facts_for(tables, [statement("s1", status, 90)]).days_on_drug == days
 
 
-@pytest.mark.parametrize(("status", "days"), [("active", 30), ("completed", 30), ("stopped", 0), ("cancelled", 0)])
-def test_order_statuses(tables: CodeTables, status: str, days: int) -> None:
+@pytest.mark.parametrize(
+    ("status", "intent", "days"),
+    [
+        ("active", "order", 30),
+        ("completed", "order", 30),
+        ("stopped", "order", 0),
+        ("cancelled", "order", 0),
+        ("active", "proposal", 0),
+    ],
+)
+def test_order_statuses(tables: CodeTables, status: str, intent: str, days: int) -> None:
     order = {
         "resourceType": "MedicationRequest",
         "id": "rx1",
         "status": status,
-        "intent": "order",
+        "intent": intent,
         "subject": {"reference": "Patient/p1"},
         "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": GENERIC_10}]},
         "authoredOn": ago(40),
