@@ -290,9 +290,9 @@ def detail_for(item: EvaluatedOrder) -> str:
         met = [c for c in ev.criteria if c.status is Status.MET]
         if met:
             parts.append("\n**Met:**")
-            parts += [
-                f"- **{c.id}** {_short(c.text, 110)}" + (f" — {c.note}" if c.quoted and c.note else "") for c in met
-            ]
+            # A met criterion's note says what it rests on (the latest response assessment) or, for a referral,
+            # what would change it (record TSC for partial-onset seizures to continue under II.A).
+            parts += [f"- **{c.id}** {_short(c.text, 110)}" + (f" — {c.note}" if c.note else "") for c in met]
     if ev.notes:
         parts.append("\n**Information (does not change the decision):**")
         parts += [f"- {note}" for note in ev.notes]

@@ -13,6 +13,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .registry import Registry
 
+
+def _response_codes() -> str:
+    """``system|code`` tokens of the shared response observations, comma-separated (one FHIR ``code`` search)."""
+    from fhir_mappings.codes import load_code_tables
+
+    return ",".join(load_code_tables().response_search_codes())
+
+
 #: key -> FHIR query; what the policy reads on every call.
 PREFETCH_TEMPLATES: dict[str, str] = {
     "patient": "Patient/{{context.patientId}}",
@@ -21,6 +29,10 @@ PREFETCH_TEMPLATES: dict[str, str] = {
     "medicationStatements": "MedicationStatement?patient={{context.patientId}}",
     "medicationRequests": "MedicationRequest?patient={{context.patientId}}",
     "observations": "Observation?patient={{context.patientId}}&category=laboratory",
+    # Disease-status / response-to-therapy assessments (II.A.2): by code, from the shared response table
+    # (fhir_mappings/tables/therapy_response.csv), since mCODE's CancerDiseaseStatus fixes the code, not a category.
+    "diseaseStatus": f"Observation?patient={{{{context.patientId}}}}&code={_response_codes()}",
+    "medicationDispenses": "MedicationDispense?patient={{context.patientId}}",
     "practitionerRole": "PractitionerRole?_id={{userPractitionerRoleId}}&_include=PractitionerRole:practitioner",
     "practitioner": "Practitioner/{{userPractitionerId}}",
     "allergies": "AllergyIntolerance?patient={{context.patientId}}",
@@ -89,7 +101,8 @@ SERVICES: Mapping[str, dict[str, Any]] = _DefaultServices()
 
 USAGE_REQUIREMENTS = (
     "Send draft MedicationRequests coded with RxNorm. Prefetch (or FHIR read access with fhirAuthorization) "
-    "to Patient, Coverage, Condition, MedicationStatement, MedicationRequest, laboratory Observation, "
+    "to Patient, Coverage, Condition, MedicationStatement, MedicationRequest, MedicationDispense, laboratory "
+    "and disease-status Observation, "
     "AllergyIntolerance and the user's PractitionerRole / Practitioner; completed DTR QuestionnaireResponses "
     "(optional) are read as the clinician's answers."
 )

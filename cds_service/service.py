@@ -199,6 +199,7 @@ class HookHandler:
                 plan_prefixes=self.config.plan_prefixes,
                 user_ref=request.context.userId,
                 today=today,
+                **_course_settings(self.policy),
             )
             if unavailable:
                 facts = replace(facts, unavailable=unavailable)
@@ -338,3 +339,9 @@ class HookHandler:
                 )
             )
         return rows
+
+
+def _course_settings(policy: Policy) -> dict[str, float]:
+    """The pack's course settings for ``build_facts`` (``drug.max_gap_days``), when the pack states them."""
+    gap = policy.drug.max_gap_days
+    return {} if gap is None else {"max_gap_days": float(gap)}

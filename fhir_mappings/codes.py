@@ -30,6 +30,9 @@ RESULTS = frozenset({"positive", "negative", "equivocal"})
 RECEPTORS = frozenset({"er", "pr", "her2"})
 TEST_KINDS = frozenset({"status", "percent", "interpretation-only"})
 TAG_KINDS = frozenset({"diagnosis", "ingredient", "medication-group", "receptor", "specialty"})
+#: What a status / response observation says about the therapy (therapy_response.csv ``meaning``).
+RESPONSE_MEANINGS = frozenset({"responding", "progressing", "undetermined"})
+RESPONSE_TABLE = "therapy_response.csv"
 
 
 class CodeTableError(ValueError):
@@ -273,6 +276,7 @@ class CodeTables:
         self._load_receptors()
         self._load_specialties()
         self._load_coverage()
+        self._load_therapy_response()
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -678,7 +682,43 @@ class CodeTables:
                 raise CodeTableError(f"{where}: unknown line of business") from exc
             self.coverage_prefixes[(self._system(row["system"], where), row["prefix"])] = lob
 
+    def _load_therapy_response(self) -> None:
+        """Disease-status / response observations and their values; a pack's own table adds rows to the shared one."""
+        self.response_observations: frozenset[tuple[str, str]] = frozenset()
+        self.response_values: dict[tuple[str, str], str] = {}
+        observations: set[tuple[str, str]] = set()
+        for path in self._all_paths(RESPONSE_TABLE):
+            for line, row in _rows(path, ("role", "system", "code", "meaning")):
+                where = f"{path.name}:{line}"
+                key = (self._system(row["system"], where), row["code"])
+                if row["role"] == "observation":
+                    if row["meaning"]:
+                        raise CodeTableError(f"{where}: an observation row has no meaning (its value has)")
+                    observations.add(key)
+                elif row["role"] == "value":
+                    if row["meaning"] not in RESPONSE_MEANINGS:
+                        raise CodeTableError(f"{where}: meaning must be one of {sorted(RESPONSE_MEANINGS)}")
+                    if self.response_values.setdefault(key, row["meaning"]) != row["meaning"]:
+                        raise CodeTableError(f"{where}: {key[1]} already means {self.response_values[key]!r}")
+                else:
+                    raise CodeTableError(f"{where}: role must be observation or value")
+        self.response_observations = frozenset(observations)
+
     # -- lookups ---------------------------------------------------------------------------
+
+    def is_response_observation(self, system: str | None, code: str | None) -> bool:
+        """Whether an Observation code is a disease-status / response-to-therapy assessment (therapy_response.csv)."""
+        return system is not None and code is not None and (system, code) in self.response_observations
+
+    def response_meaning(self, system: str | None, code: str | None) -> str | None:
+        """responding / progressing / undetermined for a status value code; None when the tables do not know it."""
+        if system is None or code is None:
+            return None
+        return self.response_values.get((system, code))
+
+    def response_search_codes(self) -> list[str]:
+        """``system|code`` tokens of every response observation, for a FHIR ``code=`` search (sorted)."""
+        return sorted(f"{self.system_uri(system)}|{code}" for system, code in self.response_observations)
 
     def system_uri(self, name: str) -> str | None:
         """The canonical URI of a table system name ("icd-10-cm" -> http://hl7.org/fhir/sid/icd-10-cm)."""

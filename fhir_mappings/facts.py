@@ -24,8 +24,8 @@ from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.coverage import Coverage
 from fhir.resources.R4B.dosage import Dosage
 from fhir.resources.R4B.medication import Medication
-from fhir.resources.R4B.medicationrequest import MedicationRequest, MedicationRequestDispenseRequest
-from fhir.resources.R4B.medicationstatement import MedicationStatement
+from fhir.resources.R4B.medicationdispense import MedicationDispense
+from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.observation import Observation, ObservationComponent
 from fhir.resources.R4B.practitionerrole import PractitionerRole
 
@@ -35,7 +35,6 @@ from .dose import administrations_per_day, daily_dose
 from .model import Conflict, Facts, Finding, LineOfBusiness, Product, QualifierFinding
 from .normalize import (
     MedicationConcept,
-    add_days,
     is_partial_date,
     iter_bundle,
     raw_medication_concept,
@@ -45,9 +44,23 @@ from .normalize import (
 )
 from .read import codings, concept_texts, medication_concept, present, reference_of, status_code
 from .record import PatientRecord
+from .therapy import (
+    DEFAULT_MAX_GAP_DAYS,
+    Course,
+    MedicationRecord,
+    chart_medication_records,
+    current_course,
+    drug_uses,
+    record_dosages,
+    record_end,
+    record_start,
+    shows_use,
+    supply_days,
+    therapy_response,
+)
 
-#: A medication order or statement of the chart (or a draft): what the medication readers take.
-MedicationResource = MedicationRequest | MedicationStatement
+#: A medication order, statement or dispense of the chart (or a draft): what the medication readers take.
+MedicationResource = MedicationRecord
 
 ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
 EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
@@ -57,25 +70,10 @@ CO_DRAFT_STATUS = frozenset({"draft", "active"})
 ACTIVE_REQUEST_STATUS = frozenset({"active", "on-hold"})
 ORDER_INTENTS = frozenset({"order", "original-order", "reflex-order", "filler-order", "instance-order", "plan"})
 ACTIVE_STATEMENT_STATUS = frozenset({"active", "intended"})
-NOT_HISTORY_STATUS = frozenset({"entered-in-error", "not-taken", "cancelled", "draft"})
 INACTIVE_ALLERGY = frozenset({"inactive", "resolved"})
 #: v3 substanceAdminSubstitution "N": no substitution.
 NO_SUBSTITUTION_CODES = frozenset({"N"})
 COVERAGE_CLASS_SYSTEM = "http://terminology.hl7.org/CodeSystem/coverage-class"
-SUPPLY_UNIT_DAYS: dict[str, float] = {
-    "d": 1,
-    "day": 1,
-    "days": 1,
-    "wk": 7,
-    "week": 7,
-    "weeks": 7,
-    "mo": 30,
-    "month": 30,
-    "months": 30,
-    "a": 365,
-    "year": 365,
-    "years": 365,
-}
 #: Order of preference when an order carries several RxNorm codings of the drug.
 TTY_RANK = {"SBD": 0, "SCD": 0, "BPCK": 1, "GPCK": 1, "SBDF": 2, "SCDF": 2, "SCDC": 3, "IN": 4}
 
@@ -136,10 +134,8 @@ def form_tags(
 
 
 def _dosages(resource: MedicationResource) -> list[Dosage]:
-    """The Dosage list of an order (dosageInstruction) or a statement (dosage)."""
-    if isinstance(resource, MedicationRequest):
-        return present(resource.dosageInstruction)
-    return present(resource.dosage)
+    """The Dosage list of an order or dispense (dosageInstruction) or a statement (dosage)."""
+    return record_dosages(resource)
 
 
 def _form_of(
@@ -246,8 +242,11 @@ def build_facts(
     plan_prefixes: Mapping[str, str],
     user_ref: str | None,
     today: date,
+    max_gap_days: float = DEFAULT_MAX_GAP_DAYS,
 ) -> Facts:
-    """Everything CP.PHAR.63 may ask about one draft order (see ``fhir_mappings.model.Facts``)."""
+    """Everything CP.PHAR.63 may ask about one draft order (see ``fhir_mappings.model.Facts``).
+
+    ``max_gap_days``: the longest break that keeps one course of the drug (the pack's ``drug.max_gap_days``)."""
     order = record.draft(order_id)
     if order is None:
         raise OrderNotFound(f"no draft MedicationRequest {order_id.split('/')[-1]!r} in the record")
@@ -258,9 +257,10 @@ def build_facts(
     age, age_evidence = _age(record, evaluation_date)
     found = _diagnoses(record, order, order_ref, tables)
     specialties, requester_ref = _specialties(record, order, user_ref, tables)
-    co_medications, co_unknown_form = _co_medications(record, order_ref, tables)
+    co_medications, co_unknown_form = _co_medications(record, order_ref, tables, evaluation_date)
     history, history_unknown_form = _history(record, evaluation_date, tables)
-    days, days_evidence, previous_mg = _drug_exposure(record, evaluation_date, tables)
+    course, previous_mg = _drug_exposure(record, evaluation_date, tables, max_gap_days)
+    response = therapy_response(record, tables, course.start, evaluation_date)
     lob, lob_evidence, coverage_ref = _line_of_business(record, order, plan_prefixes, tables)
     return Facts(
         order_ref=order_ref,
@@ -284,8 +284,12 @@ def build_facts(
         co_medications_form_unknown=co_unknown_form,
         medication_history=history,
         history_form_unknown=history_unknown_form,
-        days_on_drug=days,
-        drug_evidence=days_evidence,
+        days_on_drug=course.days,
+        drug_evidence=course.evidence,
+        course_start=course.start,
+        therapy_response=response.meaning,
+        therapy_response_evidence=response.evidence,
+        therapy_response_note=response.note,
         previous_mg_per_day=previous_mg,
         generic_exception=_generic_exception(record, order, order_ref, tables),
         line_of_business=lob,
@@ -665,23 +669,12 @@ def _specialties(
 
 
 def _medication_start(resource: MedicationResource) -> date | None:
-    """Earliest of effectivePeriod.start / effectiveDateTime (statements) and authoredOn /
-    dispenseRequest.validityPeriod.start (orders)."""
-    if isinstance(resource, MedicationStatement):
-        period = resource.effectivePeriod
-        candidates = [to_date(period.start) if period is not None else to_date(resource.effectiveDateTime)]
-    else:
-        dispense = resource.dispenseRequest
-        validity = dispense.validityPeriod if dispense is not None else None
-        candidates = [to_date(resource.authoredOn), to_date(validity.start) if validity is not None else None]
-    dated = [c for c in candidates if c is not None]
-    return min(dated) if dated else None
+    """Earliest date the record shows (``therapy.record_start``)."""
+    return record_start(resource)
 
 
 def _chart_medications(record: PatientRecord) -> list[tuple[str, MedicationResource]]:
-    return [("MedicationRequest", r) for r in record.medication_requests] + [
-        ("MedicationStatement", s) for s in record.medication_statements
-    ]
+    return chart_medication_records(record)
 
 
 def _tags_with_forms(
@@ -693,11 +686,20 @@ def _tags_with_forms(
     return tags | forms, unknown
 
 
+def _dispense_covers(dispense: MedicationDispense, on: date) -> bool:
+    """A dispense handed over whose days supply still runs on ``on``: the member has the medication now."""
+    start = record_start(dispense)
+    if start is None or not shows_use(dispense) or start > on:
+        return False
+    end = record_end(dispense, start, on)
+    return end is not None and end > on
+
+
 def _co_medications(
-    record: PatientRecord, order_ref: str, tables: CodeTables
+    record: PatientRecord, order_ref: str, tables: CodeTables, evaluation_date: date
 ) -> tuple[dict[str, Finding], dict[str, Finding]]:
-    """Other drafts of this request and the chart's active orders and statements (and, per form-specific
-    ingredient, the ones whose form they do not show)."""
+    """Other drafts of this request, the chart's active orders and statements, and dispenses whose supply runs on
+    the evaluation date (and, per form-specific ingredient, the ones whose form they do not show)."""
     found, unknown_form = _Findings(), _Findings()
     medications = record.medications
     for draft in record.draft_orders:
@@ -710,7 +712,9 @@ def _co_medications(
         for tag in unknown:
             unknown_form.add(tag, ref, None)
     for rtype, resource in _chart_medications(record):
-        if isinstance(resource, MedicationRequest):
+        if isinstance(resource, MedicationDispense):
+            active = _dispense_covers(resource, evaluation_date)
+        elif isinstance(resource, MedicationRequest):
             active = resource.status in ACTIVE_REQUEST_STATUS and resource.intent in ORDER_INTENTS
         else:
             active = resource.status in ACTIVE_STATEMENT_STATUS
@@ -728,11 +732,12 @@ def _co_medications(
 def _history(
     record: PatientRecord, evaluation_date: date, tables: CodeTables
 ) -> tuple[dict[str, Finding], dict[str, Finding]]:
-    """Chart orders and statements (not the drafts) started before the evaluation date; undated ones count."""
+    """Chart orders, statements and dispenses (not the drafts) started before the evaluation date; undated ones
+    count."""
     found, unknown_form = _Findings(), _Findings()
     medications = record.medications
     for rtype, resource in _chart_medications(record):
-        if resource.status in NOT_HISTORY_STATUS:
+        if not shows_use(resource):
             continue
         start = _medication_start(resource)
         if start is not None and start >= evaluation_date:
@@ -746,81 +751,22 @@ def _history(
 
 
 def _drug_exposure(
-    record: PatientRecord, evaluation_date: date, tables: CodeTables
-) -> tuple[int, tuple[str, ...], float | None]:
-    """Days on the drug before the evaluation date (union of periods), their evidence, and the latest mg/day."""
+    record: PatientRecord, evaluation_date: date, tables: CodeTables, max_gap_days: float
+) -> tuple[Course, float | None]:
+    """The current course of the drug (``therapy.current_course``) and the latest prior mg/day (dose increase)."""
     medications = record.medications
-    spans: list[tuple[date, date]] = []
-    evidence: list[str] = []
-    latest: tuple[date, MedicationResource, MedicationConcept] | None = None
-    for rtype, resource in _chart_medications(record):
-        if resource.status in NOT_HISTORY_STATUS:
-            continue
-        concept = medication_concept(resource, medications)
-        if tables.drug_tag not in medication_tags(concept, tables):
-            continue
-        start = _medication_start(resource)
-        if start is None or start >= evaluation_date:
-            continue
-        if latest is None or start > latest[0]:
-            latest = (start, resource, concept)
-        end = _medication_end(resource, start, evaluation_date)
-        if end is None:
-            continue
-        end = min(end, evaluation_date)
-        if end > start:
-            spans.append((start, end))
-            evidence.append(f"{rtype}/{resource.id}")
+
+    def is_drug(resource: MedicationResource) -> bool:
+        return tables.drug_tag in medication_tags(medication_concept(resource, medications), tables)
+
+    uses = drug_uses(record, is_drug, evaluation_date)
+    course = current_course(uses, evaluation_date, max_gap_days)
     previous = None
-    if latest is not None:
-        _, resource, concept = latest
-        previous = daily_dose(_dosages(resource), resolve_product(concept, tables)).mg_per_day
-    return _union_days(spans), tuple(evidence), previous
-
-
-def _medication_end(resource: MedicationResource, start: date, evaluation_date: date) -> date | None:
-    """Exclusive end of a course: period end (inclusive in FHIR, so +1 day), supply x fills, or 'still on'."""
-    if isinstance(resource, MedicationStatement):
-        period = resource.effectivePeriod
-        if period is not None and period.end is not None:
-            return add_days(to_date(period.end, end=True), 1)
-    else:
-        supply = _supply_days(resource.dispenseRequest)
-        if supply is not None:
-            return add_days(start, math.ceil(supply))
-    if resource.status == "active":
-        return evaluation_date
-    return None
-
-
-def _union_days(spans: list[tuple[date, date]]) -> int:
-    total, current_start, current_end = 0, None, None
-    for start, end in sorted(spans):
-        if current_end is None or start > current_end:
-            if current_start is not None and current_end is not None:
-                total += (current_end - current_start).days
-            current_start, current_end = start, end
-        else:
-            current_end = max(current_end, end)
-    if current_start is not None and current_end is not None:
-        total += (current_end - current_start).days
-    return total
-
-
-def _supply_days(dispense: MedicationRequestDispenseRequest | None) -> float | None:
-    """expectedSupplyDuration x (numberOfRepeatsAllowed + 1), in days."""
-    duration = dispense.expectedSupplyDuration if dispense is not None else None
-    if dispense is None or duration is None:
-        return None
-    value = to_float(duration.value)
-    if value is None or value <= 0:
-        return None
-    unit = next((u for u in (duration.code, duration.unit) if u is not None and u.strip()), "")
-    factor = SUPPLY_UNIT_DAYS.get(unit.strip().lower())
-    if factor is None:
-        return None
-    repeats = to_float(dispense.numberOfRepeatsAllowed) or 0
-    return value * factor * (repeats + 1)
+    if uses:
+        latest = max(uses, key=lambda u: u.start).resource
+        concept = medication_concept(latest, medications)
+        previous = daily_dose(_dosages(latest), resolve_product(concept, tables)).mg_per_day
+    return course, previous
 
 
 # -- generic exception ---------------------------------------------------------------------
@@ -907,7 +853,7 @@ def requested_months(order: MedicationRequest) -> int | None:
     if start is not None and end is not None and end >= start:
         days = float((end - start).days)
     else:
-        days = _supply_days(dispense)
+        days = supply_days(dispense)
     if days is None:
         return None
     return max(1, math.floor(days / 30 + 0.5))

@@ -144,15 +144,25 @@ class Facts:
     requester_ref: str | None = None
     #: Ingredient tag -> other draft orders in this request, or active MedicationRequest / MedicationStatement.
     co_medications: Mapping[str, Finding] = field(default_factory=dict)
-    #: Ingredient tag -> any MedicationRequest / MedicationStatement started before evaluation_date.
+    #: Ingredient tag -> any MedicationRequest / MedicationStatement / MedicationDispense started before
+    #: evaluation_date (never a cancelled, not-taken or entered-in-error one).
     medication_history: Mapping[str, Finding] = field(default_factory=dict)
     #: Ingredient tag -> co-medications / history whose form the record does not show, for ingredients the
     #: policy names in one form only (octreotide LAR): such an order may or may not be that form.
     co_medications_form_unknown: Mapping[str, Finding] = field(default_factory=dict)
     history_form_unknown: Mapping[str, Finding] = field(default_factory=dict)
-    #: Days of the requested drug received before evaluation_date (0 when none), and the resources showing it.
+    #: Covered days of the CURRENT course of the requested drug before evaluation_date (0 when none: never taken,
+    #: or the last course ended more than the pack's ``max_gap_days`` ago), and the dispenses / orders / statements
+    #: showing it.
     days_on_drug: int = 0
     drug_evidence: tuple[str, ...] = ()
+    #: When the current course began (None without one): response assessments count only after it.
+    course_start: date | None = None
+    #: The latest disease-status / response assessment after course_start: "responding", "progressing" or
+    #: "undetermined" (also when assessments of that day disagree); None when there is none.
+    therapy_response: str | None = None
+    therapy_response_evidence: tuple[str, ...] = ()
+    therapy_response_note: str | None = None
     #: The most recent prior daily dose of the requested drug, for "dose increase" (continued therapy).
     previous_mg_per_day: float | None = None
     #: Documented reason not to use the generic: substitution.allowedBoolean=false with a reason, or a

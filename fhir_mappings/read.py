@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.medication import Medication
+from fhir.resources.R4B.medicationdispense import MedicationDispense
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.medicationstatement import MedicationStatement
 from fhir.resources.R4B.reference import Reference
@@ -60,7 +61,7 @@ def reference_of(reference: Reference | None) -> str | None:
 
 
 def medication_concept(
-    resource: MedicationRequest | MedicationStatement, medications: Mapping[str, Medication]
+    resource: MedicationRequest | MedicationStatement | MedicationDispense, medications: Mapping[str, Medication]
 ) -> MedicationConcept:
     """The medication of an order or statement: ``medicationCodeableConcept``, or the Medication its
     ``medicationReference`` points at (contained, or "Medication/id" in ``medications``) plus the reference's
@@ -83,7 +84,9 @@ def medication_concept(
 
 
 def _resolve_medication(
-    resource: MedicationRequest | MedicationStatement, ref: str | None, medications: Mapping[str, Medication]
+    resource: MedicationRequest | MedicationStatement | MedicationDispense,
+    ref: str | None,
+    medications: Mapping[str, Medication],
 ) -> Medication | None:
     if not ref:
         return None

@@ -35,6 +35,7 @@ from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.coverage import Coverage
 from fhir.resources.R4B.element import Element
 from fhir.resources.R4B.medication import Medication
+from fhir.resources.R4B.medicationdispense import MedicationDispense
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.medicationstatement import MedicationStatement
 from fhir.resources.R4B.observation import Observation
@@ -70,6 +71,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "Observation": Observation,
     "MedicationRequest": MedicationRequest,
     "MedicationStatement": MedicationStatement,
+    "MedicationDispense": MedicationDispense,
     "Coverage": Coverage,
     "Practitioner": Practitioner,
     "PractitionerRole": PractitionerRole,
@@ -116,6 +118,18 @@ KEEP: dict[str, frozenset[str]] = {
         }
     ),
     "MedicationStatement": frozenset({"status", "medication", "subject", "effective", "dosage", "contained"}),
+    "MedicationDispense": frozenset(
+        {
+            "status",
+            "medication",
+            "subject",
+            "whenHandedOver",
+            "whenPrepared",
+            "daysSupply",
+            "dosageInstruction",
+            "contained",
+        }
+    ),
     "Coverage": frozenset({"status", "type", "class", "beneficiary", "payor", "order"}),
     "PractitionerRole": frozenset({"active", "practitioner", "specialty"}),
     "Practitioner": frozenset({"qualification"}),
@@ -126,7 +140,19 @@ KEEP: dict[str, frozenset[str]] = {
 }
 #: What is read of an order or statement for a medication other than the drug (tags and start date only).
 KEEP_OTHER_MEDICATION = frozenset(
-    {"status", "intent", "medication", "subject", "authoredOn", "effective", "dispenseRequest", "contained"}
+    {
+        "status",
+        "intent",
+        "medication",
+        "subject",
+        "authoredOn",
+        "effective",
+        "dispenseRequest",
+        "contained",
+        "whenHandedOver",
+        "whenPrepared",
+        "daysSupply",
+    }
 )
 #: Elements of Dosage the daily-dose reader uses (route, site, method ... are not read).
 KEEP_DOSAGE = frozenset(
@@ -150,6 +176,7 @@ PATIENT_ELEMENT: dict[str, str] = {
     "Observation": "subject",
     "MedicationRequest": "subject",
     "MedicationStatement": "subject",
+    "MedicationDispense": "subject",
     "Coverage": "beneficiary",
     "AllergyIntolerance": "patient",
 }
@@ -170,6 +197,8 @@ class PatientRecord:
     observations: tuple[Observation, ...] = ()
     medication_requests: tuple[MedicationRequest, ...] = ()
     medication_statements: tuple[MedicationStatement, ...] = ()
+    #: Pharmacy dispenses of medications the tables know (the drug's days on therapy, prior therapies).
+    medication_dispenses: tuple[MedicationDispense, ...] = ()
     coverages: tuple[Coverage, ...] = ()
     practitioners: Mapping[str, Practitioner] = field(default_factory=dict)
     practitioner_roles: Mapping[str, PractitionerRole] = field(default_factory=dict)
@@ -289,14 +318,21 @@ class _Builder:
             for rid, r in self.raw["MedicationStatement"].items()
             if (tags := self._medication_tags(r, medications_raw))
         }
+        dispense_tags = {
+            rid: tags
+            for rid, r in self.raw["MedicationDispense"].items()
+            if (tags := self._medication_tags(r, medications_raw))
+        }
         requests = [self.raw["MedicationRequest"][rid] for rid in request_tags]
         statements = [self.raw["MedicationStatement"][rid] for rid in statement_tags]
+        dispenses = [self.raw["MedicationDispense"][rid] for rid in dispense_tags]
         dosage_read = self.tables.dosage_read_tags
         lean_requests = frozenset(rid for rid, tags in request_tags.items() if not tags & dosage_read)
         lean_statements = frozenset(rid for rid, tags in statement_tags.items() if not tags & dosage_read)
+        lean_dispenses = frozenset(rid for rid, tags in dispense_tags.items() if not tags & dosage_read)
         referenced_meds = {
             key
-            for r in [*requests, *statements, *draft_raws]
+            for r in [*requests, *statements, *dispenses, *draft_raws]
             if (key := self._medication_key(r)) is not None and key in medications_raw
         }
         roles, practitioners = self._people(drafts, user_ref)
@@ -311,6 +347,7 @@ class _Builder:
             ),
             medication_requests=self._validate_all(MedicationRequest, requests, lean_requests),
             medication_statements=self._validate_all(MedicationStatement, statements, lean_statements),
+            medication_dispenses=self._validate_all(MedicationDispense, dispenses, lean_dispenses),
             coverages=self._validate_all(Coverage, list(self.raw["Coverage"].values())),
             practitioners={p.id: p for p in self._validate_all(Practitioner, practitioners) if p.id},
             practitioner_roles={r.id: r for r in self._validate_all(PractitionerRole, roles) if r.id},
@@ -424,12 +461,16 @@ class _Builder:
         concepts = [resource.get("code")] + [
             raw_get(component, "code") for component in raw_items(resource, "component")
         ]
-        system_name, tests = self.tables.system_name, self.tables.receptor_tests
         return any(
-            system_name(system) == "loinc" and code in tests
+            self._observation_code_read(self.tables.system_name(system), code)
             for concept in concepts
             for system, code in raw_system_codes(concept)
         )
+
+    def _observation_code_read(self, system: str | None, code: str | None) -> bool:
+        """A receptor test (receptor_tests.csv) or a response-to-therapy assessment (therapy_response.csv)."""
+        is_receptor_test = system == "loinc" and code in self.tables.receptor_tests
+        return is_receptor_test or self.tables.is_response_observation(system, code)
 
     def _allergy_relevant(self, resource: dict[str, Any]) -> bool:
         concept = resource.get("code")

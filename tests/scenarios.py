@@ -27,12 +27,15 @@ KEY_FOR_TYPE = {
     "Condition": "conditions",
     "MedicationStatement": "medicationStatements",
     "MedicationRequest": "medicationRequests",
+    "MedicationDispense": "medicationDispenses",
     "Observation": "observations",
     "PractitionerRole": "practitionerRole",
     "Practitioner": "practitioner",
     "AllergyIntolerance": "allergies",
 }
 SEARCH_KEYS = {
+    "medicationDispenses",
+    "diseaseStatus",
     "coverage",
     "conditions",
     "medicationStatements",

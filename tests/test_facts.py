@@ -681,10 +681,14 @@ def test_days_on_drug_and_previous_dose(tables: CodeTables) -> None:
         med("MedicationStatement", "after", "845507", "active", effectiveDateTime="2026-11-25"),
     ]
     facts = facts_for(tables, chart)
-    # 2026-01-01 .. 2026-01-30 inclusive, then 60 days from 2026-01-20 (to 2026-03-21): one span of 79 days.
-    assert facts.days_on_drug == 79
-    assert set(facts.drug_evidence) == {"MedicationStatement/course1", "MedicationRequest/course2"}
+    # 2026-01-01 .. 2026-01-30 inclusive, then 60 days from 2026-01-20 (to 2026-03-21): one course of 79 days, but it
+    # ended 8 months before the order (2026-11-20), longer ago than the 45-day gap: no current course.
+    assert facts.days_on_drug == 0 and facts.drug_evidence == () and facts.course_start is None
     assert facts.previous_mg_per_day == 5.0  # course2: one 5 mg tablet a day
+    # Evaluated within 45 days of its end (2026-03-21 + 45 = 2026-05-05), the same course is current.
+    current = facts_for(tables, chart, drafts=[draft(authoredOn="2026-05-05")])
+    assert current.days_on_drug == 79 and current.course_start == date(2026, 1, 1)
+    assert set(current.drug_evidence) == {"MedicationStatement/course1", "MedicationRequest/course2"}
 
 
 def test_active_everolimus_runs_to_the_evaluation_date(tables: CodeTables) -> None:

@@ -242,6 +242,8 @@ def make_facts(
     requested: int | None = None,
     qualifiers: Iterable[QualifierFinding] = (),
     conflicts: Iterable[tuple[str, str]] = (),
+    response: str | None = None,
+    unavailable: Iterable[str] = (),
 ) -> Facts:
     """Hand-built facts; each finding's evidence names its tag (``Condition/breast-cancer``)."""
     return Facts(
@@ -268,6 +270,9 @@ def make_facts(
         coverage_ref="Coverage/c1" if lob else None,
         qualifiers=tuple(qualifiers),
         diagnosis_conflicts=_conflicts(conflicts),
+        therapy_response=response,
+        therapy_response_evidence=("Observation/status",) if response else (),
+        unavailable=frozenset(unavailable),
     )
 
 
@@ -319,7 +324,7 @@ BASES: dict[str, dict[str, Any]] = {
     },
     "I.H": {"diagnoses": ("endometrial-carcinoma",), "co": ("letrozole",)},
     "I.I": {},
-    "II.A": {"diagnoses": ("breast-cancer",), "days": 120, "previous": 10.0},
+    "II.A": {"diagnoses": ("breast-cancer",), "days": 120, "previous": 10.0, "response": "responding"},
     "II.B": {"days": 120},
     "III": {},
 }
@@ -689,6 +694,8 @@ for cid in ("I.I.2", "II.B.2", "III.A"):
         (NOT_MET, {"diagnoses": ("rcc",)}),
         (UNKNOWN, {"possible": ("gist",)}),
         (UNKNOWN, {"diagnoses": ("tsc",)}),
+        (MET, {"diagnoses": ("partial-onset-seizures",)}),  # a covered indication only with TSC
+        (UNKNOWN, {"diagnoses": ("partial-onset-seizures",), "possible": ("tsc",)}),
     )
 
 # II.A Continued therapy
@@ -699,7 +706,23 @@ rows(
     (UNKNOWN, {"diagnoses": (), "possible": ("breast-cancer",)}),
     (NOT_MET, {"diagnoses": ()}),
 )
-rows("II.A.2", (UNKNOWN, {}))
+rows(
+    "II.A.1",
+    (NOT_MET, {"diagnoses": ("partial-onset-seizures",)}),  # focal epilepsy without TSC: not the indication
+    (MET, {"diagnoses": ("partial-onset-seizures", "tsc")}),
+    (UNKNOWN, {"diagnoses": ("partial-onset-seizures",), "possible": ("tsc",)}),
+    (UNKNOWN, {"diagnoses": ("tsc",)}),  # TSC alone: which manifestation is treated
+    (NOT_MET, {"diagnoses": ("renal-angiomyolipoma",)}),
+    (MET, {"diagnoses": ("sega",)}),  # SEGA needs nothing more
+)
+rows(
+    "II.A.2",
+    (MET, {}),
+    (MET, {"response": "responding"}),
+    (NOT_MET, {"response": "progressing"}),
+    (UNKNOWN, {"response": "undetermined"}),
+    (UNKNOWN, {"response": None}),
+)
 generic_rows("II.A.3", AFINITOR)
 rows(
     "II.A.4",
@@ -737,7 +760,6 @@ ALWAYS_UNKNOWN = {
     "I.C.7.b",
     "I.D.6.b",
     "II.A.4.b",
-    "II.A.2",
     "I.I.1",
     "I.I.1.a",
     "I.I.1.b",
@@ -870,12 +892,84 @@ def test_i_other_diagnosis_medicaid(policy: Policy) -> None:
     assert statuses(ev) == {"I.I.1": UNKNOWN, "I.I.1.a": UNKNOWN, "I.I.1.b": UNKNOWN, "I.I.2": MET}
 
 
-def test_ii_continued_same_dose(policy: Policy) -> None:
-    ev = evaluate(policy, facts_for("II.A", receptors=("er-positive", "her2-negative"), co=("exemestane",)))
-    assert (ev.pathway, ev.decision, ev.approval_months) == ("II.A", Decision.INCOMPLETE, 12)
+@pytest.mark.parametrize(
+    ("response", "decision", "ii_a_2"),
+    [
+        (None, Decision.INCOMPLETE, UNKNOWN),  # no assessment on record: the response may be in notes
+        ("responding", Decision.MET, MET),
+        ("progressing", Decision.NOT_MET, NOT_MET),  # documented progression is not-met, not incomplete
+        ("undetermined", Decision.INCOMPLETE, UNKNOWN),
+    ],
+)
+def test_ii_continued_same_dose(policy: Policy, response: str | None, decision: Decision, ii_a_2: Status) -> None:
+    facts = facts_for("II.A", receptors=("er-positive", "her2-negative"), co=("exemestane",), response=response)
+    ev = evaluate(policy, facts)
+    assert (ev.pathway, ev.decision, ev.approval_months) == ("II.A", decision, 12)
     s = statuses(ev)
-    assert (s["II.A.1"], s["II.A.2"], s["II.A.3"], s["II.A.4"]) == (MET, UNKNOWN, MET, MET)
+    assert (s["II.A.1"], s["II.A.2"], s["II.A.3"], s["II.A.4"]) == (MET, ii_a_2, MET, MET)
     assert find(ev.criteria, "II.A.1").evidence == ("MedicationStatement/everolimus", "Condition/breast-cancer")
+    if response:
+        assert find(ev.criteria, "II.A.2").evidence == ("Observation/status",)
+
+
+def test_tsc_alone_continues_under_ii_a_naming_the_manifestation(policy: Policy) -> None:
+    ev = evaluate(policy, facts_for("II.A", diagnoses=("tsc",), possible=("renal-angiomyolipoma", "sega")))
+    assert ev.pathway == "II.A"
+    ii_a_1 = find(ev.criteria, "II.A.1")
+    assert ii_a_1.status is UNKNOWN
+    assert any("renal-angiomyolipoma" in gap or "renal angiomyolipoma" in gap for gap in ii_a_1.gaps), ii_a_1.gaps
+
+
+@pytest.mark.parametrize(
+    ("diagnoses", "possible", "pathway"),
+    [
+        (("partial-onset-seizures",), (), "II.B"),  # focal epilepsy, no TSC on record
+        (("partial-onset-seizures", "tsc"), (), "II.A"),
+        (("partial-onset-seizures",), ("tsc",), "II.A"),  # TSC only suggested: II.A, II.A.1 unknown
+        (("renal-angiomyolipoma",), (), "II.B"),
+        (("sega",), (), "II.A"),
+        (("heart-transplant",), (), "II.B"),  # a use section I does not list
+    ],
+)
+def test_continuation_needs_a_covered_indication(
+    policy: Policy, diagnoses: tuple[str, ...], possible: tuple[str, ...], pathway: str
+) -> None:
+    assert evaluate(policy, facts_for("II.A", diagnoses=diagnoses, possible=possible)).pathway == pathway
+
+
+def test_ii_b_for_epilepsy_without_tsc_says_what_makes_it_ii_a(policy: Policy) -> None:
+    ev = evaluate(policy, facts_for("II.B", diagnoses=("partial-onset-seizures",), lob=COMMERCIAL))
+    assert (ev.pathway, ev.decision, ev.refer_to) == ("II.B", Decision.REFER, "CP.CPA.09")
+    ii_b_2 = find(ev.criteria, "II.B.2")
+    assert ii_b_2.status is MET and ii_b_2.note is not None
+    assert "record the TSC diagnosis" in ii_b_2.note and "(I.F)" in ii_b_2.note
+
+
+@pytest.mark.parametrize(
+    ("response", "said", "expected"),
+    [
+        (None, True, MET),  # the chart is silent: the clinician's answer decides
+        (None, False, NOT_MET),
+        ("progressing", True, NOT_MET),  # a coded worsened assessment is not overridden by a "yes"
+        ("responding", True, MET),
+    ],
+)
+def test_dtr_answer_on_the_response(policy: Policy, response: str | None, said: bool, expected: Status) -> None:
+    from fhir_mappings.model import Answer, AnswerValue
+
+    answer = Answer("II.A.2", "QuestionnaireResponse/qr1", "manual", (AnswerValue(boolean=said),))
+    facts = replace(facts_for("II.A", response=response), answers={"II.A.2": answer})
+    criterion = find(evaluate(policy, facts).criteria, "II.A.2")
+    assert criterion.status is expected
+    if response == "progressing":
+        assert criterion.note is not None and "contradicts" in criterion.note
+
+
+def test_continuation_with_the_problem_list_missing_stays_ii_a(policy: Policy) -> None:
+    """Conditions could not be read: the missing TSC may be on file, so the request is not pushed to II.B."""
+    facts = facts_for("II.A", diagnoses=("partial-onset-seizures",), unavailable=("conditions",))
+    ev = evaluate(policy, facts)
+    assert ev.pathway == "II.A" and find(ev.criteria, "II.A.1").status is UNKNOWN
 
 
 # ----------------------------------------------------------------------------- pathway selection

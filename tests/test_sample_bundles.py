@@ -189,7 +189,8 @@ def test_requests_are_complete_and_self_contained() -> None:
         assert bundle["type"] == "collection" and all(e["fullUrl"].startswith("urn:uuid:") for e in bundle["entry"])
         prefetch = request["prefetch"]
         assert set(prefetch) == {"patient", "coverage", "conditions", "medicationStatements", "medicationRequests",
-                                 "observations", "practitionerRole", "allergies"}, path.name
+                                 "medicationDispenses", "observations", "diseaseStatus", "practitionerRole",
+                                 "allergies"}, path.name
         assert prefetch["patient"]["id"] == context["patientId"]
         role = prefetch["practitionerRole"]
         modes = [(e["resource"]["resourceType"], e["search"]["mode"]) for e in role["entry"]]
@@ -231,7 +232,8 @@ def _reference_index() -> tuple[set[tuple[str, str]], dict[tuple[str, str], set[
             if display:
                 displays.setdefault((system, code), set()).add(display)
 
-    for name in ("conditions", "condition_status", "receptor_status", "receptor_values", "specialties"):
+    for name in ("conditions", "condition_status", "receptor_status", "receptor_values", "specialties",
+                 "therapy_response"):
         with table_file(f"{name}.csv").open(encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
                 add(row["system"], row["code"], row.get("display"))

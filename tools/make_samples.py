@@ -336,6 +336,43 @@ class Chart:
             }
         self.add("medicationRequests", resource)
 
+    def dispense(
+        self,
+        medication: dict[str, Any],
+        handed_over: str,
+        days_supply: int,
+        *,
+        status: str = "completed",
+        dose: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """A pharmacy fill (MedicationDispense): when the member got it and for how many days."""
+        resource: dict[str, Any] = {
+            "resourceType": "MedicationDispense",
+            "id": self.next_id("md"),
+            "status": status,
+            "medicationCodeableConcept": medication,
+            "subject": self.patient_ref,
+            "daysSupply": {"value": days_supply, "unit": "days", "system": UCUM, "code": "d"},
+            "whenHandedOver": handed_over,
+        }
+        if dose:
+            resource["dosageInstruction"] = dose
+        self.add("medicationDispenses", resource)
+
+    def disease_status(self, code: str, display: str, on: str, *, status: str = "final") -> None:
+        """An mCODE CancerDiseaseStatus assessment (LOINC 97509-4) valued from its ConditionStatusTrendVS."""
+        resource = {
+            "resourceType": "Observation",
+            "id": self.next_id("status"),
+            "meta": {"profile": ["http://hl7.org/fhir/us/mcode/StructureDefinition/mcode-cancer-disease-status"]},
+            "status": status,
+            "code": concept(LOINC, "97509-4", "Cancer Disease Progression"),
+            "subject": self.patient_ref,
+            "effectiveDateTime": on,
+            "valueCodeableConcept": concept(SNOMED, code, display),
+        }
+        self.add("diseaseStatus", resource)
+
     def draft(
         self,
         medication: dict[str, Any],
@@ -403,7 +440,15 @@ def prefetch_for(chart: Chart) -> dict[str, Any]:
     """Every key of our discovery templates; the Practitioner rides in practitionerRole as an _include."""
     found = chart.resources
     prefetch: dict[str, Any] = {"patient": found["patient"][0]}
-    for key in ("coverage", "conditions", "medicationStatements", "medicationRequests", "observations"):
+    for key in (
+        "coverage",
+        "conditions",
+        "medicationStatements",
+        "medicationRequests",
+        "medicationDispenses",
+        "observations",
+        "diseaseStatus",
+    ):
         prefetch[key] = searchset(found.get(key, []))
     prefetch["practitionerRole"] = searchset(found.get("practitionerRole", []), found.get("practitioner", []))
     prefetch["allergies"] = searchset(found.get("allergies", []))
@@ -1457,6 +1502,111 @@ def id_tsc_aml_no_immediate_surgery_note() -> Sample:
     )
 
 
+# ----------------------------------------------------------------------------- issue 14: the whole therapy record
+
+II_A_MET = (
+    "II.A.1 met, II.A.2 met, II.A.3 met, II.A.4 met, II.A.4.a met, II.A.4.a.i met, II.A.4.a.ii met, "
+    "II.A.4.a.iii met, II.A.4.b unknown"
+)
+STABLE = ("359746009", "Patient's condition stable (finding)")
+WORSENED = ("271299001", "Patient's condition worsened (finding)")
+
+
+def monthly_fills(chart: Chart, medication: dict[str, Any], *days_ago: int) -> None:
+    """30-day fills of 10 mg once daily handed over on each of ``days_ago``."""
+    for days in days_ago:
+        chart.dispense(medication, ago(days), 30, dose=ten_mg_daily())
+
+
+def iia_responding_met() -> Sample:
+    name = "II.A-continued-responding-met"
+    c = Chart("iia-resp")
+    primary = breast_chart(c, given="Marguerite", family="Oakhampton", born="1962-04-03", lob="medicaid",
+                           prior_until=190)
+    monthly_fills(c, med("845507"), 180, 150, 120, 90, 60, 30)
+    c.disease_status(*STABLE, ago(21))
+    order = c.draft(med("845507"), ten_mg_daily(), quantity=30, reason=primary)
+    return Sample(
+        name,
+        "Pharmacy fills only (six 30-day dispenses of generic 10 mg, no order or statement on file) and an mCODE "
+        "disease status 'stable' 3 weeks ago, same dose, Medicaid -> II.A met, 12 months",
+        request_for(name, c),
+        expect(order, "II.A", "met", II_A_MET, lob="medicaid", months=12),
+    )
+
+
+def iia_progression() -> Sample:
+    name = "II.A-progression-not-met"
+    c = Chart("iia-prog")
+    primary = breast_chart(c, given="Ottilie", family="Ravensworth", born="1957-12-19", lob="commercial",
+                           prior_until=250)
+    c.statement(med("845507"), ago(240), status="active", dose=ten_mg_daily())
+    c.disease_status(*STABLE, ago(150))
+    c.disease_status(*WORSENED, ago(12))
+    order = c.draft(med("845507"), ten_mg_daily(), quantity=30, reason=primary)
+    return Sample(
+        name,
+        "On generic everolimus 10 mg for 240 days; stable at 3 months, worsened (progression) 12 days ago, renewal, "
+        "commercial -> II.A with II.A.2 not met (the latest assessment decides), not-met",
+        request_for(name, c),
+        expect(order, "II.A", "not-met", II_A_MET.replace("II.A.2 met", "II.A.2 not-met"), lob="commercial",
+               months=3),
+    )
+
+
+def iia_dispense_only_renewal() -> Sample:
+    name = "II.A-dispense-only-renewal"
+    c = Chart("iia-disp")
+    c.patient("Rosamund", "Thistlewood", "female", "1994-05-30")
+    c.prescriber("Ingrid", "Solvang", ONCOLOGY, "Example Tuberous Sclerosis Clinic")
+    c.coverage("medicaid")
+    c.condition(ICD10, "Q85.1", "Tuberous sclerosis", "1996-03-02")
+    primary = c.condition(SNOMED, "254921004", "Angiomyolipoma of kidney", ago(700))
+    generic = med("845507")
+    # An earlier course (a year ago, 3 fills) ended long before this one: it is history, not the current course.
+    monthly_fills(c, generic, 420, 390, 360)
+    c.dispense(generic, ago(100), 30, status="cancelled", dose=ten_mg_daily())
+    monthly_fills(c, generic, 95, 62, 30)  # the second fill 3 days late: still one course
+    order = c.draft(med("845507"), ten_mg_daily(), quantity=30, reason=primary)
+    return Sample(
+        name,
+        "TSC with renal angiomyolipoma, everolimus known only from pharmacy fills: an old course a year ago, then "
+        "fills 95, 62 and 30 days ago (one cancelled fill ignored) -> II.A (90 covered days of the current course) with "
+        "II.A.2 unknown (no response assessment), incomplete",
+        request_for(name, c),
+        expect(order, "II.A", "incomplete", II_A_MET.replace("II.A.2 met", "II.A.2 unknown"), lob="medicaid",
+               months=12),
+    )
+
+
+def iib_epilepsy_without_tsc() -> Sample:
+    name = "II.B-epilepsy-without-tsc"
+    c = Chart("iib-epi")
+    c.patient("Barnaby", "Quillfeather", "male", "2009-02-14")
+    c.prescriber("Anselm", "Kovacevic", EPILEPSY, "Example Comprehensive Epilepsy Center")
+    c.coverage("commercial")
+    primary = c.condition(
+        ICD10,
+        "G40.119",
+        "Localization-related (focal) (partial) symptomatic epilepsy and epileptic syndromes with simple partial "
+        "seizures, intractable, without status epilepticus",
+        ago(1500),
+    )
+    tablets = med("1308432")
+    for days in (120, 90, 60, 30):
+        c.dispense(tablets, ago(days), 30, dose=dosage(5, 1, "5 mg as oral suspension once daily"))
+    order = c.draft(med("1308432"), dosage(5, 1, "5 mg as oral suspension once daily"), quantity=30, reason=primary)
+    return Sample(
+        name,
+        "Focal epilepsy with no TSC on record, on everolimus suspension for 120 days (fills), renewal, commercial -> "
+        "II.B (partial-onset seizures are a covered indication only with TSC), refer CP.CPA.09; the card says to "
+        "record TSC if the member has it",
+        request_for(name, c),
+        expect(order, "II.B", "refer", "II.B.1 unknown, II.B.1.a unknown, II.B.1.b unknown, II.B.2 met",
+               lob="commercial", refer="CP.CPA.09"),
+    )
+
+
 SAMPLES: tuple[Callable[[], Sample], ...] = (
     ia_met,
     ia_brand_without_exemestane,
@@ -1500,6 +1650,10 @@ SAMPLES: tuple[Callable[[], Sample], ...] = (
     ic_rcc_papillary_histology,
     ib_carcinoid_conflicting_origin,
     id_tsc_aml_no_immediate_surgery_note,
+    iia_responding_met,
+    iia_progression,
+    iia_dispense_only_renewal,
+    iib_epilepsy_without_tsc,
 )
 
 README_HEAD = """\
@@ -1508,8 +1662,9 @@ README_HEAD = """\
 Complete `order-sign` / `order-select` requests a user can post to the service or run without a server.
 Each carries a fixed `hookInstance`, `context` (the signing `PractitionerRole`, the patient, the draft orders
 as a `collection` Bundle) and `prefetch` under the service's discovery keys (`patient`, `coverage`,
-`conditions`, `medicationStatements`, `medicationRequests`, `observations`, `practitionerRole` with the
-Practitioner as an `_include` entry, `allergies`); there is no `fhirServer`, so nothing is fetched.
+`conditions`, `medicationStatements`, `medicationRequests`, `medicationDispenses`, `observations`,
+`diseaseStatus`, `practitionerRole` with the Practitioner as an `_include` entry, `allergies`); there is no
+`fhirServer`, so nothing is fetched.
 
 All people, identifiers and organisations are fictional. Clinical codes come only from
 `fhir_mappings/tables/*.csv` and `shared/reference/codes.csv`. Every order is authored on 2026-11-20; chart

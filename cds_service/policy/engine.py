@@ -3,8 +3,9 @@
 Pure and fast: no I/O, no shared state; the policy is compiled once by ``load_policy`` and every
 request calls ``evaluate(policy, facts)``. Selection rules (documented in docs/policy-format.md):
 
-* continued therapy (II.A) when the drug has been received for at least its ``therapy_days_at_least``
-  and the member has or may have a diagnosis of an indication pathway; without one, II.B (refer);
+* continued therapy (II.A) when the current course of the drug reaches its ``therapy_days_at_least``
+  and the member has or may have a diagnosis of an indication pathway (with the diagnoses its
+  ``also_requires`` names: partial-onset seizures count only with TSC on record); without one, II.B (refer);
 * otherwise every indication pathway (I.A ... I.H) the member has or may have a diagnosis for is
   evaluated and the best decision wins (met > incomplete > not-met), ties going to the firmer diagnosis
   link (has > may have), then to policy order; no such pathway -> I.I (refer);
@@ -35,7 +36,7 @@ from .loader import (
     UpTo,
     load_policy,
 )
-from .predicates import CONDITION_KEYS, Outcome, all_of_status
+from .predicates import CONDITION_KEYS, Outcome, all_of_status, diagnosis_link
 from .results import CriterionResult, Decision, OrderEvaluation, Status, UnreadableOrder
 
 __all__ = [
@@ -157,6 +158,15 @@ def evidence_rank(pathway: Pathway, facts: Facts) -> int | None:
     return None
 
 
+def covered_indication(pathway: Pathway, facts: Facts) -> bool:
+    """Whether a ranked indication is one a continuation can be for: its ``also_requires`` diagnoses are on record
+    (or may be). Focal epilepsy with no TSC on record is not the policy's "partial-onset seizures associated with
+    TSC", so continuing it is a use the policy does not address (II.B)."""
+    if not pathway.also_requires:
+        return True
+    return diagnosis_link(facts, pathway.also_requires).status is not Status.NOT_MET
+
+
 def _or_unseen(rank: int | None) -> int:
     return UNSEEN if rank is None else rank
 
@@ -191,7 +201,7 @@ def select_pathway(policy: Policy, facts: Facts) -> Selection:
     ]
     for continued in policy.of_kind(CONTINUED):
         if continued.therapy_days is not None and facts.days_on_drug >= continued.therapy_days:
-            if ranked:
+            if ranked and (conditions_missing or any(covered_indication(p, ranking) for _, _, p in ranked)):
                 return Selection(run_pathway(continued, facts))
             return Selection(run_pathway(policy.of_kind(CONTINUED_OTHER)[0], facts))
     if not ranked:

@@ -137,6 +137,9 @@ class DrugInfo:
     name: str
     families: Mapping[str, str]
     non_formulary_words: str | None = None
+    #: Longest break between records of the drug that keeps one course (``drug.max_gap_days``); a longer one ends
+    #: it, and a course that ended longer ago than this is not current. None: the facts layer's default.
+    max_gap_days: int | None = None
 
 
 #: The hooks a pack answers, one service each (policy file ``services``).
@@ -174,6 +177,9 @@ class Pathway:
     diagnoses: tuple[str, ...] = ()
     #: Diagnosis tags that only suggest the pathway (a parent code such as TSC): a possible link.
     suggested_by: tuple[str, ...] = ()
+    #: Diagnoses that must be on record too (coded or suggested) for a continuation to be for this indication
+    #: (partial-onset seizures are a section I indication only with TSC).
+    also_requires: tuple[str, ...] = ()
     #: Continued-therapy pathways: days of the drug on record that make them apply.
     therapy_days: int | None = None
     approval: Mapping[LineOfBusiness, Approval] = field(default_factory=dict)
@@ -373,6 +379,19 @@ def _approval(raw: Any, where: str, lines: Sequence[LineOfBusiness]) -> Mapping[
     return out
 
 
+def _requirements(raw: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """``applies_when.also_requires`` of every indication pathway that has one, for ``indication_of``."""
+    out: dict[str, tuple[str, ...]] = {}
+    for item in raw.get("pathways") or []:
+        if not (isinstance(item, Mapping) and item.get("kind") == INDICATION and isinstance(item.get("id"), str)):
+            continue
+        when = item.get("applies_when")
+        required = when.get("also_requires") if isinstance(when, Mapping) else None
+        if isinstance(required, list) and required:
+            out[item["id"]] = tuple(t for t in required if isinstance(t, str))
+    return out
+
+
 def _anchors(raw: Mapping[str, Any]) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     """Diagnosis tags of every indication pathway, read before any predicate is compiled (``indication_of``).
 
@@ -418,15 +437,17 @@ def _pathway(
 
     diagnoses: tuple[str, ...] = ()
     suggested: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
     days: int | None = None
     when = item.get("applies_when")
     if kind == INDICATION:
-        when = _mapping(when, f"{pid}.applies_when", ("diagnoses", "suggested_by"), ("diagnoses",))
+        when = _mapping(when, f"{pid}.applies_when", ("diagnoses", "suggested_by", "also_requires"), ("diagnoses",))
         diagnoses = _tags(when["diagnoses"], f"{pid}.applies_when.diagnoses")
         suggested = _tags(when.get("suggested_by", []), f"{pid}.applies_when.suggested_by")
+        required = _tags(when.get("also_requires", []), f"{pid}.applies_when.also_requires")
         if not diagnoses:
             raise PolicyError(f"{pid}: an indication pathway needs at least one diagnosis tag")
-        check_tags((*diagnoses, *suggested), "diagnosis", builder.env, f"{pid}.applies_when")
+        check_tags((*diagnoses, *suggested, *required), "diagnosis", builder.env, f"{pid}.applies_when")
     elif kind in (CONTINUED, CONTINUED_OTHER):
         when = _mapping(when, f"{pid}.applies_when", ("therapy_days_at_least",), ("therapy_days_at_least",))
         days = when["therapy_days_at_least"]
@@ -449,7 +470,19 @@ def _pathway(
             raise PolicyError(f"{pid}: refer_to must name a referral table ({', '.join(referrals)}), got {key!r}")
         referral = referrals[key]
     short = _text(item["short_title"], pid, "short_title") if "short_title" in item else title
-    return Pathway(pid, title, kind, criteria, diagnoses, suggested, days, approval, referral, short)
+    return Pathway(
+        pid,
+        title,
+        kind,
+        criteria,
+        diagnoses,
+        suggested,
+        also_requires=required,
+        therapy_days=days,
+        approval=approval,
+        referral=referral,
+        short_title=short,
+    )
 
 
 def _check_kinds(pathways: Sequence[Pathway]) -> None:
@@ -581,7 +614,12 @@ def _parse(raw_document: Any, vocabulary: Vocabulary, source: str) -> Policy:
 
     drug = _drug(raw.get("drug"), vocabulary)
     env = CompileEnv(
-        vocabulary, _provisional(raw.get("provisional_tags")), _anchors(raw), drug.families, drug_name=drug.name
+        vocabulary,
+        _provisional(raw.get("provisional_tags")),
+        _anchors(raw),
+        drug.families,
+        drug_name=drug.name,
+        requirements=_requirements(raw),
     )
     referrals = _referrals(raw["referrals"], lines)
     if not isinstance(raw["pathways"], list) or not raw["pathways"]:
@@ -626,7 +664,9 @@ def _services(raw: Any) -> tuple[ServiceInfo, ...]:
 
 def _drug(raw: Any, vocabulary: Vocabulary) -> DrugInfo:
     """The ``drug`` block, checked against the code tables when they say which drug and families they hold."""
-    entry = _mapping(raw, "drug", ("tag", "name", "families", "non_formulary_words"), ("tag", "name", "families"))
+    entry = _mapping(
+        raw, "drug", ("tag", "name", "families", "non_formulary_words", "max_gap_days"), ("tag", "name", "families")
+    )
     tag = _text(entry["tag"], "drug", "tag")
     families = entry["families"]  # shape (a non-empty mapping of text) already checked by schema.check_shape
     if not isinstance(families, Mapping) or not families:
@@ -639,11 +679,15 @@ def _drug(raw: Any, vocabulary: Vocabulary) -> DrugInfo:
     if table_families is not None and set(labels) != set(table_families):
         raise PolicyError(f"drug.families {sorted(labels)} differ from products.csv families {sorted(table_families)}")
     words = entry.get("non_formulary_words")
+    gap = entry.get("max_gap_days")
+    if gap is not None and (not isinstance(gap, int) or isinstance(gap, bool) or gap < 0):
+        raise PolicyError("drug.max_gap_days must be a whole number of days >= 0")
     return DrugInfo(
         tag,
         _text(entry["name"], "drug", "name"),
         labels,
         _text(words, "drug", "non_formulary_words") if words else None,
+        gap,
     )
 
 

@@ -80,6 +80,8 @@ class CompileEnv:
     families: Mapping[str, str] = field(default_factory=dict)
     #: The drug as questionnaires name it (policy file ``drug.name``).
     drug_name: str = "the drug"
+    #: Pathway id -> diagnoses that must be on record too for that indication (``applies_when.also_requires``).
+    requirements: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -197,10 +199,8 @@ def combine_any(outcomes: Sequence[Outcome]) -> Outcome:
 
 
 def negate(outcome: Outcome) -> Outcome:
-    """NOT; a remedy for the inner test is no remedy for its negation. An unknown keeps its note (why it is
-    unknown, e.g. codes that disagree, is as true of the negation)."""
-    note = outcome.note if outcome.status is UNKNOWN else None
-    return Outcome(not_status(outcome.status), outcome.evidence, note=note)
+    """NOT; a remedy for the inner test is no remedy for its negation (its note still explains it)."""
+    return Outcome(not_status(outcome.status), outcome.evidence, note=outcome.note)
 
 
 def implies(condition: Outcome, then: Outcome) -> Outcome:
@@ -302,7 +302,7 @@ def _evidence(findings: Iterable[Finding]) -> tuple[str, ...]:
 
 
 CONDITION_KEYS = frozenset({"conditions"})
-MEDICATION_KEYS = frozenset({"medicationRequests", "medicationStatements"})
+MEDICATION_KEYS = frozenset({"medicationRequests", "medicationStatements", "medicationDispenses"})
 ALLERGY_KEYS = frozenset({"allergies"})
 
 
@@ -436,7 +436,9 @@ def diagnosis_link(facts: Facts, diagnoses: Sequence[str], suggested_by: Sequenc
 
 
 def _indication_of(p: Params, env: CompileEnv) -> Predicate:
-    """The member's link to any of these pathways (see ``diagnosis_link``).
+    """The member's link to any of these pathways (see ``diagnosis_link``), each pathway's ``also_requires``
+    diagnoses included: partial-onset seizures without TSC on record are no section I indication (not-met, with a
+    note naming what to record); with TSC only suggested, unknown.
 
     Absence is not-met, unlike ``diagnosis_in``: it is the selection rule itself (no such diagnosis ->
     the referral pathway), not a gap in the record of a diagnosis the pathway was chosen for.
@@ -446,13 +448,50 @@ def _indication_of(p: Params, env: CompileEnv) -> Predicate:
     missing = [pid for pid in pathways if pid not in env.anchors]
     if missing:
         raise PolicyError(f"{p.where}: unknown or diagnosis-less pathway(s) {missing}")
-    diagnoses = tuple(dict.fromkeys(t for pid in pathways for t in env.anchors[pid][0]))
-    suggested = tuple(dict.fromkeys(t for pid in pathways for t in env.anchors[pid][1]))
+    plain = [pid for pid in pathways if not env.requirements.get(pid)]
+    diagnoses = tuple(dict.fromkeys(t for pid in plain for t in env.anchors[pid][0]))
+    suggested = tuple(dict.fromkeys(t for pid in plain for t in env.anchors[pid][1]))
+    qualified = [(pid, *env.anchors[pid], env.requirements[pid]) for pid in pathways if env.requirements.get(pid)]
+    wanted = tuple(dict.fromkeys(t for pid in pathways for t in env.anchors[pid][0]))
 
     def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
-        return diagnosis_link(facts, diagnoses, suggested)
+        links = [diagnosis_link(facts, diagnoses, suggested)]
+        links += [_qualified_link(facts, pid, d, s, r) for pid, d, s, r in qualified]
+        outcome = combine_any(links)
+        if outcome.status is UNKNOWN and not outcome.gaps:
+            named = " or ".join(_tag_words(t) for t in wanted if t in facts.possible_diagnoses) or "section I"
+            outcome = outcome._replace(gaps=(f"the {named} diagnosis being treated, coded in the problem list",))
+        return outcome
 
     return fn
+
+
+def _qualified_link(
+    facts: Facts, pathway: str, diagnoses: Sequence[str], suggested: Sequence[str], required: Sequence[str]
+) -> Outcome:
+    """A pathway's link when its diagnosis needs another on record too (``also_requires``)."""
+    link = diagnosis_link(facts, diagnoses, suggested)
+    if link.status is NOT_MET:
+        return link
+    need = diagnosis_link(facts, required)
+    if need.status is NOT_MET:
+        names = " and ".join(_tag_words(t) for t in required)
+        shown = [_tag_words(t) for t in diagnoses if t in facts.diagnoses or t in facts.possible_diagnoses]
+        note = (
+            f"{', '.join(shown) or 'the diagnosis'} on record ({', '.join(link.evidence)}) is a covered indication "
+            f"({pathway}) only with {names}: record the {names} diagnosis if the member has it, to continue therapy "
+            "under this policy"
+        )
+        return Outcome(NOT_MET, link.evidence, note=note)
+    return combine_all((link, need))
+
+
+def _tag_words(tag: str) -> str:
+    """A tag as words for a card: "partial-onset-seizures" -> "partial-onset seizures", "tsc" -> "TSC"."""
+    if len(tag) <= 4:
+        return tag.upper()
+    head, _, tail = tag.rpartition("-")
+    return f"{head} {tail}" if head else tag
 
 
 DEFAULT_EXTENT_TAGS = ("secondary-malignancy", "metastatic-stage")
@@ -748,6 +787,28 @@ def _continued_therapy_days(p: Params, env: CompileEnv) -> Predicate:
     return fn
 
 
+#: What the latest response assessment means for "responding positively to therapy".
+RESPONSE_STATUS = {"responding": MET, "progressing": NOT_MET, "undetermined": UNKNOWN}
+OBSERVATION_KEYS = frozenset({"diseaseStatus"})
+
+
+def _responding_to_therapy(p: Params, env: CompileEnv) -> Predicate:
+    """Met when the latest disease-status / response assessment after the current course began says improved,
+    stable or no evidence of disease; not-met when it says worsened; unknown when undetermined, when assessments
+    of that day disagree, or when there is none (the response may be in notes)."""
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        meaning = facts.therapy_response
+        if meaning is None:
+            gap = "the response to therapy since the course began (e.g. a disease-status assessment)"
+            note = "the disease-status records could not be obtained" if _missing(facts, OBSERVATION_KEYS) else None
+            return Outcome(UNKNOWN, facts.drug_evidence, gaps=(gap,), note=note)
+        note = f"{meaning}: {facts.therapy_response_note}" if facts.therapy_response_note else meaning
+        return Outcome(RESPONSE_STATUS[meaning], facts.therapy_response_evidence, note=note)
+
+    return fn
+
+
 def _family(env: CompileEnv, name: str, where: str) -> str:
     """A product family the pack declares (policy file ``drug.families``)."""
     if name not in env.families:
@@ -879,6 +940,7 @@ LEAVES: dict[str, Callable[[Params, CompileEnv], Predicate]] = {
     "history_of_any": _history_of_any,
     "history_of_all": _history_of_all,
     "continued_therapy_days": _continued_therapy_days,
+    "responding_to_therapy": _responding_to_therapy,
     "dose_within": _dose_within,
     "dose_increase": _dose_compare(increase=True),
     "not_dose_increase": _dose_compare(increase=False),

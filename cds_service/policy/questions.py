@@ -395,6 +395,8 @@ def leaf(name: str, params: Any, where: str, env: CompileEnv, fn: Predicate) -> 
         asks = _generic(where, p, env, drug)
     elif name == "continued_therapy_days":
         asks = _started(where, p, env, drug)
+    elif name == "responding_to_therapy":
+        asks = _boolean(where, f"Is the member responding positively to {drug} (e.g. stable or improved disease)?")
     elif name in ("dose_increase", "not_dose_increase"):
         asks = _previous_dose(where, name == "dose_increase")
     elif name in ("documented", "qualifier_documented"):

@@ -37,6 +37,9 @@ class Drug(_Strict):
     name: str = Field(min_length=1, description="The drug as cards name it, e.g. a generic name")
     families: dict[str, str] = Field(min_length=1, description="Product family (products.csv) -> its name")
     non_formulary_words: str | None = Field(default=None, description="How a non-formulary card names the product")
+    max_gap_days: int | None = Field(
+        default=None, ge=0, description="Longest break (days) between records of the drug that keeps one course"
+    )
 
 
 class Service(_Strict):
@@ -102,6 +105,7 @@ class ApprovalTable(_Strict):
 class AppliesWhen(_Strict):
     diagnoses: list[str] | None = None
     suggested_by: list[str] | None = None
+    also_requires: list[str] | None = None
     therapy_days_at_least: int | None = Field(default=None, gt=0)
 
 
