@@ -29,9 +29,10 @@ from fhir.resources.R4B.medicationstatement import MedicationStatement
 from fhir.resources.R4B.observation import Observation, ObservationComponent
 from fhir.resources.R4B.practitionerrole import PractitionerRole
 
+from .allergies import read_allergies
 from .codes import CodeTables, IngredientForm
 from .dose import administrations_per_day, daily_dose
-from .model import Facts, Finding, LineOfBusiness, Product
+from .model import DraftDose, Facts, Finding, LineOfBusiness, Product
 from .normalize import (
     MedicationConcept,
     add_days,
@@ -42,6 +43,7 @@ from .normalize import (
     to_date,
     to_float,
 )
+from .procedures import read_procedures
 from .read import codings, concept_texts, medication_concept, present, reference_of, status_code
 from .record import PatientRecord
 
@@ -56,6 +58,8 @@ CO_DRAFT_STATUS = frozenset({"draft", "active"})
 ACTIVE_REQUEST_STATUS = frozenset({"active", "on-hold"})
 ORDER_INTENTS = frozenset({"order", "original-order", "reflex-order", "filler-order", "instance-order", "plan"})
 ACTIVE_STATEMENT_STATUS = frozenset({"active", "intended"})
+#: Drafts of the request that are not orders any more: their dose does not add to the day's total.
+WITHDRAWN_DRAFT_STATUS = frozenset({"entered-in-error", "cancelled", "stopped", "completed"})
 NOT_HISTORY_STATUS = frozenset({"entered-in-error", "not-taken", "cancelled", "draft"})
 INACTIVE_ALLERGY = frozenset({"inactive", "resolved"})
 #: v3 substanceAdminSubstitution "N": no substitution.
@@ -261,18 +265,25 @@ def build_facts(
     history, history_unknown_form = _history(record, evaluation_date, tables)
     days, days_evidence, previous_mg = _drug_exposure(record, evaluation_date, tables)
     lob, lob_evidence, coverage_ref = _line_of_business(record, order, plan_prefixes, tables)
+    procedures = read_procedures(record.procedures, evaluation_date, tables)
+    allergies = read_allergies(record.allergies, tables)
     return Facts(
         order_ref=order_ref,
         evaluation_date=evaluation_date,
         product=product,
         dose=daily_dose(order.dosageInstruction, product),
+        other_doses=_other_drug_drafts(record, order_ref, tables),
         age_years=age,
         age_evidence=age_evidence,
         diagnoses=found.confirmed,
         possible_diagnoses=found.possible,
         generic_suggestions=found.generic_only,
         diagnosis_documented=bool(
-            record.condition_count or present(order.reasonCode) or present(order.reasonReference)
+            record.condition_count
+            or present(order.reasonCode)
+            or present(order.reasonReference)
+            or procedures.received
+            or procedures.scheduled
         ),
         receptors=_receptors(record, tables),
         specialties=specialties,
@@ -289,6 +300,10 @@ def build_facts(
         line_of_business_evidence=lob_evidence,
         requested_months=requested_months(order),
         coverage_ref=coverage_ref,
+        procedures=procedures.received,
+        scheduled_procedures=procedures.scheduled,
+        allergies=allergies.tags,
+        allergy_kinds=allergies.kinds,
     )
 
 
@@ -336,6 +351,27 @@ def resolve_product(concept: MedicationConcept, tables: CodeTables) -> Product:
         generic_display=generic.display if generic else None,
         generic_available=available,
     )
+
+
+# -- the day's dose ------------------------------------------------------------------------
+
+
+def _other_drug_drafts(record: PatientRecord, order_ref: str, tables: CodeTables) -> tuple[DraftDose, ...]:
+    """The request's other drafts of the drug (a member takes them all the same day), each with its daily dose."""
+    found: list[DraftDose] = []
+    for draft in record.draft_orders:
+        ref = f"MedicationRequest/{draft.id}"
+        if ref == order_ref or draft.status in WITHDRAWN_DRAFT_STATUS:
+            continue
+        subject = split_reference(reference_of(draft.subject))
+        if record.patient_id and subject[0] is not None and subject != ("Patient", record.patient_id):
+            continue  # another member's order: not this member's day
+        concept = medication_concept(draft, record.medications)
+        if not is_requested_drug(concept, tables):
+            continue
+        product = resolve_product(concept, tables)
+        found.append(DraftDose(ref, product.family, daily_dose(draft.dosageInstruction, product)))
+    return tuple(found)
 
 
 # -- age -----------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.practitioner import Practitioner
 from fhir.resources.R4B.practitionerrole import PractitionerRole
+from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.reference import Reference
 from pydantic import BaseModel, ValidationError
 
@@ -74,6 +75,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "PractitionerRole": PractitionerRole,
     "AllergyIntolerance": AllergyIntolerance,
     "Medication": Medication,
+    "Procedure": Procedure,
 }
 
 #: Top-level elements the facts read, per type (choice elements by their stem: "onset" keeps onsetDateTime).
@@ -107,9 +109,10 @@ KEEP: dict[str, frozenset[str]] = {
     "PractitionerRole": frozenset({"active", "practitioner", "specialty"}),
     "Practitioner": frozenset({"qualification"}),
     "AllergyIntolerance": frozenset(
-        {"clinicalStatus", "verificationStatus", "code", "patient", "onset", "recordedDate"}
+        {"clinicalStatus", "verificationStatus", "type", "code", "patient", "onset", "recordedDate"}
     ),
     "Medication": frozenset({"code", "form"}),
+    "Procedure": frozenset({"status", "code", "subject", "performed"}),
 }
 #: What is read of an order or statement for a medication other than the drug (tags and start date only).
 KEEP_OTHER_MEDICATION = frozenset(
@@ -130,7 +133,7 @@ KEEP_DOSAGE = frozenset(
         "route",
     }
 )
-CHOICE_STEMS = frozenset({"onset", "abatement", "effective", "value", "medication"})
+CHOICE_STEMS = frozenset({"onset", "abatement", "effective", "value", "medication", "performed"})
 #: The element naming the patient a resource is about.
 PATIENT_ELEMENT: dict[str, str] = {
     "Condition": "subject",
@@ -139,6 +142,7 @@ PATIENT_ELEMENT: dict[str, str] = {
     "MedicationStatement": "subject",
     "Coverage": "beneficiary",
     "AllergyIntolerance": "patient",
+    "Procedure": "subject",
 }
 MAX_REPAIR_ROUNDS = 3
 #: Validated CodeableConcepts kept across requests (about 1.7 KB each); the cache is emptied when full.
@@ -160,7 +164,10 @@ class PatientRecord:
     coverages: tuple[Coverage, ...] = ()
     practitioners: Mapping[str, Practitioner] = field(default_factory=dict)
     practitioner_roles: Mapping[str, PractitionerRole] = field(default_factory=dict)
+    #: Allergies and intolerances to the drug or to an ingredient the tables know (safe suggestions read them).
     allergies: tuple[AllergyIntolerance, ...] = ()
+    #: Procedures whose code the procedure table knows (a kidney or liver transplant), any status.
+    procedures: tuple[Procedure, ...] = ()
     #: Medications referenced by the kept orders/statements, by "Medication/<id>".
     medications: Mapping[str, Medication] = field(default_factory=dict)
     #: Draft MedicationRequests of the request whose medication the tables know (the drug or an ingredient) and
@@ -304,6 +311,9 @@ class _Builder:
             allergies=self._validate_all(
                 AllergyIntolerance, [r for r in self.raw["AllergyIntolerance"].values() if self._allergy_relevant(r)]
             ),
+            procedures=self._validate_all(
+                Procedure, [r for r in self.raw["Procedure"].values() if self._procedure_relevant(r)]
+            ),
             medications={
                 f"Medication/{m.id}": m
                 for m in self._validate_all(Medication, [medications_raw[k] for k in sorted(referenced_meds)])
@@ -418,9 +428,17 @@ class _Builder:
         )
 
     def _allergy_relevant(self, resource: dict[str, Any]) -> bool:
+        """To the drug (a generic exception) or to any ingredient a suggestion could name (never suggested then)."""
         concept = resource.get("code")
         text = " | ".join(raw_concept_texts(concept)) if concept is not None else ""
-        return self.tables.drug_tag in self._concept_tags(raw_codings(concept), text)
+        return bool(self._concept_tags(raw_codings(concept), text))
+
+    def _procedure_relevant(self, resource: dict[str, Any]) -> bool:
+        system_name = self.tables.system_name
+        return any(
+            self.tables.procedure_tags(system_name(system), code)
+            for system, code in raw_system_codes(resource.get("code"))
+        )
 
     # -- validation --------------------------------------------------------------------------
 

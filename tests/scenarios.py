@@ -31,6 +31,7 @@ KEY_FOR_TYPE = {
     "PractitionerRole": "practitionerRole",
     "Practitioner": "practitioner",
     "AllergyIntolerance": "allergies",
+    "Procedure": "procedures",
 }
 SEARCH_KEYS = {
     "coverage",
@@ -40,6 +41,7 @@ SEARCH_KEYS = {
     "observations",
     "practitionerRole",
     "allergies",
+    "procedures",
 }
 
 

@@ -189,7 +189,7 @@ def test_requests_are_complete_and_self_contained() -> None:
         assert bundle["type"] == "collection" and all(e["fullUrl"].startswith("urn:uuid:") for e in bundle["entry"])
         prefetch = request["prefetch"]
         assert set(prefetch) == {"patient", "coverage", "conditions", "medicationStatements", "medicationRequests",
-                                 "observations", "practitionerRole", "allergies"}, path.name
+                                 "observations", "practitionerRole", "allergies", "procedures"}, path.name
         assert prefetch["patient"]["id"] == context["patientId"]
         role = prefetch["practitionerRole"]
         modes = [(e["resource"]["resourceType"], e["search"]["mode"]) for e in role["entry"]]

@@ -407,6 +407,7 @@ def prefetch_for(chart: Chart) -> dict[str, Any]:
         prefetch[key] = searchset(found.get(key, []))
     prefetch["practitionerRole"] = searchset(found.get("practitionerRole", []), found.get("practitioner", []))
     prefetch["allergies"] = searchset(found.get("allergies", []))
+    prefetch["procedures"] = searchset(found.get("procedures", []))
     return prefetch
 
 

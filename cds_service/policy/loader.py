@@ -204,6 +204,8 @@ class Policy:
     services: tuple[ServiceInfo, ...] = ()
     #: Where a reader finds the policy document (card link), and the payer's page for this policy.
     document_url: str | None = None
+    #: Safe suggestions (file ``regimen_markers``): diagnosis tag -> ingredients whose order shows that regimen.
+    regimen_markers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def pathway(self, pathway_id: str) -> Pathway:
         for pathway in self.pathways:
@@ -561,7 +563,17 @@ def _parse(raw_document: Any, vocabulary: Vocabulary, source: str) -> Policy:
     raw = _mapping(
         raw_document,
         source,
-        ("policy", "drug", "services", "provisional_tags", "referrals", "non_formulary", "label_notes", "pathways"),
+        (
+            "policy",
+            "drug",
+            "services",
+            "provisional_tags",
+            "referrals",
+            "non_formulary",
+            "label_notes",
+            "regimen_markers",
+            "pathways",
+        ),
         ("policy", "drug", "referrals", "pathways"),
     )
     header = _mapping(
@@ -601,6 +613,7 @@ def _parse(raw_document: Any, vocabulary: Vocabulary, source: str) -> Policy:
         services=_services(raw["services"]) if "services" in raw else (),
         source=source,
         label_notes=_label_notes(raw.get("label_notes"), env),
+        regimen_markers=_regimen_markers(raw.get("regimen_markers"), env),
         document_url=_text(header["document_url"], "policy", "document_url") if "document_url" in header else None,
     )
 
@@ -645,6 +658,23 @@ def _drug(raw: Any, vocabulary: Vocabulary) -> DrugInfo:
         labels,
         _text(words, "drug", "non_formulary_words") if words else None,
     )
+
+
+def _regimen_markers(raw: Any, env: CompileEnv) -> Mapping[str, tuple[str, ...]]:
+    """``regimen_markers``: diagnosis tag -> ingredient tags whose order shows the member is on that regimen."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise PolicyError("regimen_markers: expected a mapping of diagnosis tag -> ingredient tags")
+    out: dict[str, tuple[str, ...]] = {}
+    for diagnosis, drugs in raw.items():
+        where = f"regimen_markers.{diagnosis}"
+        if not isinstance(drugs, list) or not drugs or not all(isinstance(d, str) and d for d in drugs):
+            raise PolicyError(f"{where}: expected a non-empty list of ingredient tags")
+        check_tags((str(diagnosis),), "diagnosis", env, where)
+        check_tags(drugs, "ingredient", env, where)
+        out[str(diagnosis)] = tuple(drugs)
+    return out
 
 
 def _label_notes(raw: Any, env: CompileEnv) -> tuple[LabelNote, ...]:

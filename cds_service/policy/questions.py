@@ -342,6 +342,23 @@ def _previous_dose(link_id: str, increase: bool) -> tuple[tuple[Question, ...], 
     return (question,), decide
 
 
+def _procedure(link_id: str, p: Mapping[str, Any]) -> tuple[tuple[Question, ...], Decide]:
+    """A date: on or before the order date the procedure was received (met); after it, it is scheduled (met only
+    where the criterion accepts scheduled procedures, else the chart's answer stands)."""
+    tags = tuple(p.get("tags") or ())
+    scheduled = p.get("scheduled") is True
+    names = " or ".join(t.replace("-", " ") for t in tags)
+    text = f"Date the {names} was performed" + (" or is scheduled" if scheduled else "")
+
+    def decide(answers: Mapping[str, Answer], chart: Outcome, facts: Facts) -> Outcome:
+        when = _first_date(answers.get(link_id))
+        if when is None or (when > facts.evaluation_date and not scheduled):
+            return chart
+        return settle(chart, MET, answers, not_met_is_absence=True)
+
+    return (Question(link_id, "date", text),), decide
+
+
 def _documented(link_id: str, p: Mapping[str, Any]) -> tuple[tuple[Question, ...], Decide]:
     what = str(p.get("what") or "this")
     return _boolean(link_id, f"Documented in the record (and sent with the request): {what}?")
@@ -399,6 +416,8 @@ def leaf(name: str, params: Any, where: str, env: CompileEnv, fn: Predicate) -> 
         asks = _previous_dose(where, name == "dose_increase")
     elif name == "documented":
         asks = _documented(where, p)
+    elif name == "procedure_in":
+        asks = _procedure(where, p)
     else:  # product_in, dose_within, payer_review, diagnosis_within_days: not a question for the chart
         asks = None
     if asks is None:

@@ -136,6 +136,10 @@ class PolicyFile(_Strict):
     referrals: dict[str, ReferralTable]
     non_formulary: list[NonFormulary] | None = None
     label_notes: list[LabelNote] | None = None
+    regimen_markers: dict[str, list[str]] | None = Field(
+        default=None,
+        description="Safe suggestions: diagnosis tag -> ingredient tags whose order shows that regimen (organ)",
+    )
     pathways: list[Pathway] = Field(min_length=1)
 
 

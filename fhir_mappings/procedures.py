@@ -1,0 +1,89 @@
+"""Procedures of the chart -> the diagnosis tags they show, received or scheduled.
+
+A transplant (or a resection, an orchiectomy ...) is often recorded as a Procedure rather than a problem-list
+Condition. The pack's ``procedures.csv`` says which codes show which diagnosis tag; this module says how a
+Procedure's status and date count (FHIR R4 Procedure.status, event-status):
+
+* ``completed`` with a ``performed`` date on or before the evaluation date (or none): **received**;
+* ``preparation`` or ``in-progress``, or any counted status with a ``performed`` date after the evaluation date:
+  **scheduled** (a criterion counts it only when it says it accepts scheduled procedures);
+* ``not-done``, ``entered-in-error``, ``stopped``, ``on-hold`` and ``unknown`` never count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+
+from fhir.resources.R4B.procedure import Procedure
+
+from .codes import CodeTables
+from .model import Finding
+from .normalize import to_date
+from .read import codings
+
+RECEIVED_STATUS = frozenset({"completed"})
+SCHEDULED_STATUS = frozenset({"preparation", "in-progress"})
+
+
+@dataclass(frozen=True)
+class ProcedureFindings:
+    """Diagnosis tag -> the Procedures that show it, by whether it was received or is scheduled."""
+
+    received: Mapping[str, Finding]
+    scheduled: Mapping[str, Finding]
+
+
+def performed_on(procedure: Procedure) -> date | None:
+    """performedDateTime, else performedPeriod.start (else end); None for an age, a range or words."""
+    if procedure.performedDateTime is not None:
+        return to_date(procedure.performedDateTime)
+    period = procedure.performedPeriod
+    if period is not None:
+        return to_date(period.start) or to_date(period.end)
+    return None
+
+
+def procedure_state(procedure: Procedure, evaluation_date: date) -> str | None:
+    """ "received", "scheduled" or None (does not count)."""
+    status = procedure.status
+    when = performed_on(procedure)
+    if status not in RECEIVED_STATUS | SCHEDULED_STATUS:
+        return None
+    if when is not None and when > evaluation_date:
+        return "scheduled"
+    return "received" if status in RECEIVED_STATUS else "scheduled"
+
+
+def read_procedures(procedures: tuple[Procedure, ...], evaluation_date: date, tables: CodeTables) -> ProcedureFindings:
+    """Each counted Procedure's tags, with its date (a received one's date is when it was performed)."""
+    received: dict[str, dict[str, date | None]] = {}
+    scheduled: dict[str, dict[str, date | None]] = {}
+    for procedure in procedures:
+        state = procedure_state(procedure, evaluation_date)
+        if state is None:
+            continue
+        tags = {
+            tag
+            for coding in codings(procedure.code)
+            for tag in tables.procedure_tags(tables.system_name(coding.system), coding.code)
+        }
+        target = received if state == "received" else scheduled
+        for tag in tags:
+            target.setdefault(tag, {})[f"Procedure/{procedure.id}"] = performed_on(procedure)
+    return ProcedureFindings(_freeze(received, latest=True), _freeze(scheduled, latest=False))
+
+
+def _freeze(found: dict[str, dict[str, date | None]], *, latest: bool) -> dict[str, Finding]:
+    """A received transplant dates from its latest performance (a re-transplant restarts the clock); a scheduled
+    one from its soonest date."""
+    out: dict[str, Finding] = {}
+    for tag, refs in sorted(found.items()):
+        dates = [d for d in refs.values() if d is not None]
+        start = (max(dates) if latest else min(dates)) if dates else None
+        out[tag] = Finding(tuple(refs), start)
+    return out
+
+
+__all__ = ["ProcedureFindings", "performed_on", "procedure_state", "read_procedures"]
