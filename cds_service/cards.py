@@ -542,7 +542,11 @@ def suggestions_for(item: EvaluatedOrder) -> list[Suggestion]:
                 suggestion = suggestion.model_copy(update={"label": label})
             out.append(suggestion)
         elif fix.kind == "change-strength" and fix.rxcui:
-            out.append(change_strength(item.draft, fix))
+            suggestion = change_strength(item.draft, fix)
+            if mg_over:  # fewer tablets, same mg: say the day's mg is still over
+                label = _clip(f"{suggestion.label} (dose still over: {mg_over[0]})", 80)
+                suggestion = suggestion.model_copy(update={"label": label})
+            out.append(suggestion)
         elif fix.kind == "add-companion" and (fix.rxcui or fix.display):
             out.append(add_companion(item.draft, fix))
     return out

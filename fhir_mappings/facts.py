@@ -43,7 +43,7 @@ from .normalize import (
     to_date,
     to_float,
 )
-from .procedures import read_procedures
+from .procedures import read_procedures, resolve_possible
 from .read import codings, concept_texts, medication_concept, present, reference_of, status_code
 from .record import PatientRecord
 
@@ -276,7 +276,7 @@ def build_facts(
         age_years=age,
         age_evidence=age_evidence,
         diagnoses=found.confirmed,
-        possible_diagnoses=found.possible,
+        possible_diagnoses=resolve_possible(found.possible, found.confirmed, procedures, tables.possible_rules),
         generic_suggestions=found.generic_only,
         diagnosis_documented=bool(
             record.condition_count

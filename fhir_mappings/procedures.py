@@ -12,13 +12,13 @@ Procedure's status and date count (FHIR R4 Procedure.status, event-status):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 
 from fhir.resources.R4B.procedure import Procedure
 
-from .codes import CodeTables
+from .codes import CodeTables, PossibleRule
 from .model import Finding
 from .normalize import to_date
 from .read import codings
@@ -75,6 +75,29 @@ def read_procedures(procedures: tuple[Procedure, ...], evaluation_date: date, ta
     return ProcedureFindings(_freeze(received, latest=True), _freeze(scheduled, latest=False))
 
 
+def resolve_possible(
+    possible: Mapping[str, Finding],
+    confirmed: Mapping[str, Finding],
+    found: ProcedureFindings,
+    rules: Sequence[PossibleRule],
+) -> dict[str, Finding]:
+    """Possible diagnoses a Procedure settles: "awaiting organ transplant" suggests a kidney or a liver transplant
+    (possible.csv); a kidney transplant Procedure (received or scheduled) says which, so the other organ is no longer
+    suggested by that status. A tag suggested by anything else (its own words, a code) stays possible."""
+    shown = set(found.received) | set(found.scheduled)
+    drop: set[str] = set()
+    for rule in rules:
+        if not rule.then & shown:
+            continue
+        for tag in rule.then - shown:
+            finding = possible.get(tag)
+            sources = [f for source in rule.if_all for f in (confirmed.get(source), possible.get(source)) if f]
+            from_rule = {ref for f in sources for ref in f.evidence}
+            if finding is not None and set(finding.evidence) <= from_rule:
+                drop.add(tag)
+    return {tag: finding for tag, finding in possible.items() if tag not in drop}
+
+
 def _freeze(found: dict[str, dict[str, date | None]], *, latest: bool) -> dict[str, Finding]:
     """A received transplant dates from its latest performance (a re-transplant restarts the clock); a scheduled
     one from its soonest date."""
@@ -86,4 +109,4 @@ def _freeze(found: dict[str, dict[str, date | None]], *, latest: bool) -> dict[s
     return out
 
 
-__all__ = ["ProcedureFindings", "performed_on", "procedure_state", "read_procedures"]
+__all__ = ["ProcedureFindings", "performed_on", "procedure_state", "read_procedures", "resolve_possible"]

@@ -578,10 +578,12 @@ def _companion_fix(
         raise PolicyError(f"{where}: companion frequency_per_day must be a whole number >= 1")
     check_tags(before, "diagnosis", env, where)
     resolve = getattr(env.vocabulary, "ingredient_tags_for_code", None)
-    tags = tuple(sorted(resolve(rxcui))) if callable(resolve) else ()
-    if not tags:
+    groups = getattr(env.vocabulary, "with_groups", None)
+    found = frozenset(resolve(rxcui)) if callable(resolve) else frozenset()
+    if not found:
         words = display.lower()
-        tags = tuple(t for t in listed if t.replace("-", " ") in words)
+        found = frozenset(t for t in listed if t.replace("-", " ") in words)
+    tags = tuple(sorted(groups(found) if callable(groups) else found))
     return (
         Fix(
             kind="add-companion",

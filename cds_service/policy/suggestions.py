@@ -40,13 +40,8 @@ def vet(policy: Policy, facts: Facts, evaluation: OrderEvaluation) -> OrderEvalu
     view = organ_view(policy, facts)
     keep: set[Fix] = set()
     withheld: list[str] = []
-    seen: set[Fix] = set()
-    for result in evaluation.all_criteria():
-        fresh = [f for f in result.fixes if f not in seen]
-        if result.status is not Status.NOT_MET or not fresh:
-            continue
-        seen.update(fresh)  # the topmost failed criterion offering a fix is the one it must satisfy
-        safe, documented, reasons = _screen(policy, facts, fresh)
+    for result in _carriers(evaluation.all_criteria()):
+        safe, documented, reasons = _screen(policy, facts, result.fixes)
         withheld += reasons
         criterion = criteria.get(result.id)
         if not safe or criterion is None:
@@ -56,11 +51,33 @@ def vet(policy: Policy, facts: Facts, evaluation: OrderEvaluation) -> OrderEvalu
         else:
             names = ", ".join(dict.fromkeys(_name(f) for f in safe))
             withheld.append(f"{names} not suggested: {result.id} would still not be met with it on this chart")
+    withheld = [w for w in withheld if not _offered_anyway(w, keep)]
     return replace(
         evaluation,
         criteria=tuple(_pruned(c, keep) for c in evaluation.criteria),
         withheld=tuple(dict.fromkeys((*evaluation.withheld, *withheld))),
     )
+
+
+def _carriers(results: Iterable[CriterionResult]) -> list[CriterionResult]:
+    """Failed criteria offering fixes that no failed sub-item of theirs offers: where each fix comes from. A fix
+    must satisfy the criterion it was made for (I.G.7.b), not merely some alternative of its parent (I.G.7)."""
+    out = []
+    for result in results:
+        if result.status is not Status.NOT_MET or not result.fixes:
+            continue
+        below = {f for child in result.children if child.status is Status.NOT_MET for f in child.fixes}
+        if any(f not in below for f in result.fixes):
+            out.append(replace(result, fixes=tuple(f for f in result.fixes if f not in below)))
+    return out
+
+
+def _offered_anyway(reason: str, keep: set[Fix]) -> bool:
+    """A "would still not be met" line about fixes another criterion offers after all is not shown."""
+    if "would still not be met" not in reason:
+        return False
+    names = reason.split(" not suggested:", 1)[0].split(", ")
+    return all(any(_name(f) == n for f in keep) for n in names)
 
 
 def _screen(policy: Policy, facts: Facts, fixes: Iterable[Fix]) -> tuple[list[Fix], list[Fix], list[str]]:
