@@ -815,9 +815,11 @@ def _day_total(facts: Facts, family: str | None) -> _DayTotal:
     if unreadable or unclear_family:
         return _DayTotal(None, evidence, unreadable + unclear_family, None, others)
     total = round(sum(read(dose) or 0.0 for _, dose in parts), 6)
-    unit = "mg" if family is None else "tablet(s)"
-    words = " + ".join(dose.words or f"{read(dose):g} {unit}/day" for _, dose in parts) if len(parts) > 1 else None
-    return _DayTotal(total, evidence, (), words, others)
+    if family is None:  # "10 mg twice daily + 5 mg daily"
+        joined = " + ".join(dose.words or f"{read(dose):g} mg/day" for _, dose in parts)
+    else:  # "2 + 1"
+        joined = " + ".join(f"{read(dose):g}" for _, dose in parts)
+    return _DayTotal(total, evidence, (), joined if len(parts) > 1 else None, others)
 
 
 def _dose_within(p: Params, env: CompileEnv) -> Predicate:
