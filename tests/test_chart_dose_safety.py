@@ -13,16 +13,23 @@ Charts are built with the helpers of ``test_accuracy_rules`` and answered throug
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
+from datetime import date
 from typing import Any
 
 import pytest
+from fhir.resources.R4B.procedure import Procedure
 
+from cds_service.policy.predicates import CompileEnv, PolicyError, compile_predicate
+from cds_service.policy.results import Status
 from cds_service.service import HookHandler
+from fhir_mappings.codes import load_code_tables
+from fhir_mappings.model import Finding
+from fhir_mappings.procedures import procedure_state
 from tests.fhir_server import start_fhir_server
 
 from .scenarios import request_for
 from .test_accuracy_rules import (
-    AUTHORED,
     BREAST,
     ICD10,
     LIVER_METS,
@@ -39,6 +46,7 @@ from .test_accuracy_rules import (
     status,
     suggested_codes,
 )
+from .test_policy_cp_phar_63 import facts_for as _base_facts
 
 __all__ = ["handler"]  # the module-scoped HookHandler fixture, shared
 
@@ -232,6 +240,21 @@ def test_no_exemestane_for_a_member_who_cannot_take_it(
         assert ev["withheldSuggestions"]
 
 
+def test_nothing_is_suggested_when_the_allergies_cannot_be_read(handler: HookHandler) -> None:
+    sc = {
+        "hook": "order-sign",
+        "userId": "PractitionerRole/role1",
+        "patientId": "p1",
+        "draftOrders": [med_order("order-1", *GENERIC_10, dosage=daily(10))],
+        "resources": breast_chart(),
+    }
+    request = copy.deepcopy(request_for(sc))
+    request["prefetch"].pop("allergies")
+    body = handler.handle("everolimus-order-sign", request).body
+    assert EXEMESTANE[0] not in suggested_codes(body)
+    assert "allergies could not be read" in evaluation(body)["_card"]["detail"]
+
+
 def test_no_generic_switch_to_a_drug_the_member_is_allergic_to(handler: HookHandler) -> None:
     body = call(
         handler,
@@ -377,3 +400,52 @@ def test_procedures_come_from_the_fhir_server_when_not_prefetched(handler: HookH
         body = handler.handle("everolimus-order-sign", request).body
     ev = evaluation(body)
     assert status(ev, "I.G.2") == "met" and "Procedure/px1" in evidence(ev, "I.G.2")
+
+
+# ----------------------------------------------------------------------------- procedure states and the predicate
+
+
+def facts_for(pathway: str, **changes: Any) -> Any:
+    """The engine tests' hand-built facts for a pathway, with procedure findings set."""
+    return replace(_base_facts(pathway), **changes)
+
+
+@pytest.mark.parametrize(
+    ("state", "performed", "expected"),
+    [
+        ("completed", "2026-11-20", "received"),  # the order's own date: done
+        ("completed", "2026-11-21", "scheduled"),  # a date after the order: not done yet
+        ("completed", None, "received"),
+        ("in-progress", "2026-11-20", "scheduled"),
+        ("preparation", None, "scheduled"),
+        ("on-hold", IN_3_DAYS, None),
+        ("unknown", YESTERDAY, None),
+        ("not-done", YESTERDAY, None),
+        ("entered-in-error", None, None),
+    ],
+)
+def test_procedure_state(state: str, performed: str | None, expected: str | None) -> None:
+    model = Procedure.model_validate(procedure("px1", KIDNEY_TX, state, performed))
+    assert procedure_state(model, date(2026, 11, 20)) == expected
+
+
+def test_procedure_in_rejects_a_scheduled_flag_that_is_not_a_boolean() -> None:
+    tables = load_code_tables()
+    spec = {"procedure_in": {"tags": ["kidney-transplant"], "scheduled": "yes"}}
+    with pytest.raises(PolicyError, match="scheduled"):
+        compile_predicate(spec, "X.1", CompileEnv(tables))
+
+
+def test_scheduled_counts_only_where_the_criterion_accepts_it() -> None:
+    tables = load_code_tables()
+    received_only = compile_predicate({"procedure_in": {"tags": ["kidney-transplant"]}}, "X.1", CompileEnv(tables))
+    either = compile_predicate(
+        {"procedure_in": {"tags": ["kidney-transplant"], "scheduled": True}}, "X.2", CompileEnv(tables)
+    )
+    planned = Finding(("Procedure/px1",), date(2026, 11, 23))
+    facts = facts_for("I.G", scheduled_procedures={"kidney-transplant": planned})
+    assert received_only.fn(facts, ()).status is Status.UNKNOWN
+    assert either.fn(facts, ()).status is Status.MET
+    done = facts_for("I.G", procedures={"kidney-transplant": Finding(("Procedure/px0",), date(2026, 11, 19))})
+    assert received_only.fn(done, ()).status is Status.MET
+    assert received_only.fn(facts_for("I.G"), ()).status is Status.UNKNOWN  # absent: unknown by default

@@ -5,7 +5,8 @@ a card offers it:
 
 1. **Allergies.** A drug the chart records an active allergy OR intolerance to (any criticality; inactive, resolved,
    refuted or entered-in-error entries do not count) is never suggested; the card says why instead
-   ("exemestane 25 MG Oral Tablet not suggested: AllergyIntolerance/x records an intolerance").
+   ("exemestane 25 MG Oral Tablet not suggested: AllergyIntolerance/x records an intolerance"). When the allergies
+   could not be read at all, nothing is suggested (nothing could be checked).
 2. **Induction after the fact.** A companion given before a procedure (policy ``given_before``: basiliximab within
    2 hours before the transplant) is not suggested once that procedure was performed (a received Procedure, or a
    Condition showing the transplant); the card asks for documentation of the induction instead.
@@ -25,7 +26,7 @@ from dataclasses import replace
 from fhir_mappings.model import Dose, Facts, Finding
 
 from .loader import Criterion, Policy
-from .predicates import Outcome
+from .predicates import ALLERGY_KEYS, Outcome
 from .results import CriterionResult, Fix, OrderEvaluation, Status
 
 #: Evidence of a fix's drug in the re-check facts (never shown: re-check facts are thrown away).
@@ -85,8 +86,12 @@ def _screen(policy: Policy, facts: Facts, fixes: Iterable[Fix]) -> tuple[list[Fi
     safe: list[Fix] = []
     documented: list[Fix] = []
     reasons: list[str] = []
+    allergies_unread = not facts.unavailable.isdisjoint(ALLERGY_KEYS)
     for fix in fixes:
         allergy = _allergy(facts, fix_tags(fix, policy))
+        if allergies_unread:
+            reasons.append(f"{_name(fix)} not suggested: the chart's allergies could not be read; check them first")
+            continue
         if allergy is not None:
             reasons.append(f"{_name(fix)} not suggested: {allergy}")
             continue
