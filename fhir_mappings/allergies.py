@@ -10,7 +10,8 @@ side is expanded).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
@@ -39,6 +40,13 @@ def is_active(allergy: AllergyIntolerance) -> bool:
     return status_code(allergy.verificationStatus) not in EXCLUDED_VERIFICATION
 
 
+def class_tags_in_text(text: str, groups: Iterable[str]) -> frozenset[str]:
+    """Drug classes an entry names in words ("Corticosteroids", "calcineurin inhibitor"), by the tables' own
+    medication-group tags: an allergy to a class covers every member a suggestion could name."""
+    words = re.sub(r"[^a-z]+", " ", text.lower())
+    return frozenset(g for g in groups if re.search(rf"\b{re.escape(g.replace('-', ' '))}s?\b", words))
+
+
 def read_allergies(allergies: tuple[AllergyIntolerance, ...], tables: CodeTables) -> AllergyFindings:
     found: dict[str, dict[str, None]] = {}
     kinds: dict[str, str] = {}
@@ -51,6 +59,7 @@ def read_allergies(allergies: tuple[AllergyIntolerance, ...], tables: CodeTables
             if tables.system_name(coding.system) == "rxnorm":
                 tags |= tables.ingredient_tags_for_code(coding.code)
         tags |= tables.ingredient_tags_in_text(concept.text)
+        tags |= class_tags_in_text(concept.text, tables.medication_group_tags)
         ref = f"AllergyIntolerance/{allergy.id}"
         for tag in tags:
             found.setdefault(tag, {})[ref] = None

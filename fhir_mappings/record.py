@@ -45,6 +45,7 @@ from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.reference import Reference
 from pydantic import BaseModel, ValidationError
 
+from .allergies import class_tags_in_text
 from .codes import CodeTables
 from .normalize import (
     Code,
@@ -431,7 +432,8 @@ class _Builder:
         """To the drug (a generic exception) or to any ingredient a suggestion could name (never suggested then)."""
         concept = resource.get("code")
         text = " | ".join(raw_concept_texts(concept)) if concept is not None else ""
-        return bool(self._concept_tags(raw_codings(concept), text))
+        groups = self.tables.medication_group_tags
+        return bool(self._concept_tags(raw_codings(concept), text) or class_tags_in_text(text, groups))
 
     def _procedure_relevant(self, resource: dict[str, Any]) -> bool:
         system_name = self.tables.system_name

@@ -255,6 +255,15 @@ def test_nothing_is_suggested_when_the_allergies_cannot_be_read(handler: HookHan
     assert "allergies could not be read" in evaluation(body)["_card"]["detail"]
 
 
+def test_an_allergy_to_a_drug_class_covers_its_members(handler: HookHandler) -> None:
+    chart = transplant_chart(
+        condition("c1", (ICD10, "Z94.4", "Liver transplant status")), allergy("ai1", "Corticosteroids", kind="allergy")
+    )
+    body = call(handler, chart, [zortress()])
+    assert PREDNISONE not in suggested_codes(body)
+    assert "AllergyIntolerance/ai1 records an allergy" in evaluation(body)["_card"]["detail"]
+
+
 def test_no_generic_switch_to_a_drug_the_member_is_allergic_to(handler: HookHandler) -> None:
     body = call(
         handler,
