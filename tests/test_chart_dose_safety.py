@@ -24,7 +24,7 @@ from cds_service.policy.predicates import CompileEnv, PolicyError, compile_predi
 from cds_service.policy.results import Status
 from cds_service.service import HookHandler
 from fhir_mappings.codes import load_code_tables
-from fhir_mappings.model import Finding
+from fhir_mappings.model import Dose, DraftDose, Finding
 from fhir_mappings.procedures import procedure_state
 from tests.fhir_server import start_fhir_server
 
@@ -458,3 +458,16 @@ def test_scheduled_counts_only_where_the_criterion_accepts_it() -> None:
     done = facts_for("I.G", procedures={"kidney-transplant": Finding(("Procedure/px0",), date(2026, 11, 19))})
     assert received_only.fn(done, ()).status is Status.MET
     assert received_only.fn(facts_for("I.G"), ()).status is Status.UNKNOWN  # absent: unknown by default
+
+
+def test_a_dose_increase_counts_every_draft_of_the_day() -> None:
+    tables = load_code_tables()
+    increase = compile_predicate("dose_increase", "X.1", CompileEnv(tables))
+    same = facts_for("II.A")  # 10 mg/day before, 10 mg/day ordered
+    assert increase.fn(same, ()).status is Status.NOT_MET
+    second = DraftDose("MedicationRequest/order-2", "afinitor", Dose(5.0, 1.0, "5 mg daily"))
+    more = replace(same, other_doses=(second,))
+    outcome = increase.fn(more, ())
+    assert outcome.status is Status.MET and "MedicationRequest/order-2" in outcome.evidence
+    unreadable = replace(same, other_doses=(replace(second, dose=Dose(None, None)),))
+    assert increase.fn(unreadable, ()).status is Status.UNKNOWN

@@ -870,8 +870,9 @@ def _dose_within(p: Params, env: CompileEnv) -> Predicate:
 def _dose_compare(increase: bool) -> Callable[[Params, CompileEnv], Predicate]:
     def build(p: Params, env: CompileEnv) -> Predicate:
         def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
-            new, old = facts.dose.mg_per_day, facts.previous_mg_per_day
-            evidence = _merge(((facts.order_ref,), facts.drug_evidence))
+            total = _day_total(facts, None)  # the member's new day: every draft of the drug in the request
+            new, old = total.amount, facts.previous_mg_per_day
+            evidence = _merge((total.evidence, facts.drug_evidence))
             if new is None or old is None:
                 return Outcome(UNKNOWN, evidence)
             return Outcome(MET if (new > old) == increase else NOT_MET, evidence)
@@ -879,9 +880,9 @@ def _dose_compare(increase: bool) -> Callable[[Params, CompileEnv], Predicate]:
         return fn
 
     build.__doc__ = (
-        "Met when the new daily dose exceeds the previous one; unknown when either is unknown."
+        "Met when the new daily dose (all drafts of the drug) exceeds the previous one; unknown when either is unknown."
         if increase
-        else "Met when the new daily dose is at most the previous one; unknown when either is unknown."
+        else "Met when the new daily dose (all drafts) is at most the previous one; unknown when either is unknown."
     )
     return build
 
