@@ -284,6 +284,7 @@ def build_facts(
             or present(order.reasonReference)
             or procedures.received
             or procedures.scheduled
+            or procedures.possible
         ),
         receptors=_receptors(record, tables),
         specialties=specialties,

@@ -13,7 +13,7 @@ Procedure's status and date count (FHIR R4 Procedure.status, event-status):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 from fhir.resources.R4B.procedure import Procedure
@@ -21,7 +21,7 @@ from fhir.resources.R4B.procedure import Procedure
 from .codes import CodeTables, PossibleRule
 from .model import Finding
 from .normalize import to_date
-from .read import codings
+from .read import codings, concept_texts
 
 RECEIVED_STATUS = frozenset({"completed"})
 SCHEDULED_STATUS = frozenset({"preparation", "in-progress"})
@@ -29,10 +29,13 @@ SCHEDULED_STATUS = frozenset({"preparation", "in-progress"})
 
 @dataclass(frozen=True)
 class ProcedureFindings:
-    """Diagnosis tag -> the Procedures that show it, by whether it was received or is scheduled."""
+    """Diagnosis tag -> the Procedures that show it, by whether it was received or is scheduled; ``possible``: ones
+    only named in words (a Procedure without a code the table knows, "Living donor kidney transplant"), which
+    suggest the diagnosis as a text-only Condition does."""
 
     received: Mapping[str, Finding]
     scheduled: Mapping[str, Finding]
+    possible: Mapping[str, Finding] = field(default_factory=dict)
 
 
 def performed_on(procedure: Procedure) -> date | None:
@@ -60,6 +63,7 @@ def read_procedures(procedures: tuple[Procedure, ...], evaluation_date: date, ta
     """Each counted Procedure's tags, with its date (a received one's date is when it was performed)."""
     received: dict[str, dict[str, date | None]] = {}
     scheduled: dict[str, dict[str, date | None]] = {}
+    named: dict[str, dict[str, date | None]] = {}
     for procedure in procedures:
         state = procedure_state(procedure, evaluation_date)
         if state is None:
@@ -70,9 +74,14 @@ def read_procedures(procedures: tuple[Procedure, ...], evaluation_date: date, ta
             for tag in tables.procedure_tags(tables.system_name(coding.system), coding.code)
         }
         target = received if state == "received" else scheduled
+        if not tags:  # words only: a suggestion, never a received or scheduled procedure
+            tags = {t for text in concept_texts(procedure.code) for t in tables.condition_tags_in_text(text)}
+            target = named
         for tag in tags:
             target.setdefault(tag, {})[f"Procedure/{procedure.id}"] = performed_on(procedure)
-    return ProcedureFindings(_freeze(received, latest=True), _freeze(scheduled, latest=False))
+    return ProcedureFindings(
+        _freeze(received, latest=True), _freeze(scheduled, latest=False), _freeze(named, latest=True)
+    )
 
 
 def resolve_possible(
@@ -83,7 +92,8 @@ def resolve_possible(
 ) -> dict[str, Finding]:
     """Possible diagnoses a Procedure settles: "awaiting organ transplant" suggests a kidney or a liver transplant
     (possible.csv); a kidney transplant Procedure (received or scheduled) says which, so the other organ is no longer
-    suggested by that status. A tag suggested by anything else (its own words, a code) stays possible."""
+    suggested by that status. A tag suggested by anything else (its own words, a code) stays possible. Procedures
+    that only name a diagnosis in words add it as possible."""
     shown = set(found.received) | set(found.scheduled)
     drop: set[str] = set()
     for rule in rules:
@@ -95,7 +105,13 @@ def resolve_possible(
             from_rule = {ref for f in sources for ref in f.evidence}
             if finding is not None and set(finding.evidence) <= from_rule:
                 drop.add(tag)
-    return {tag: finding for tag, finding in possible.items() if tag not in drop}
+    out = {tag: finding for tag, finding in possible.items() if tag not in drop}
+    for tag, finding in found.possible.items():
+        if tag not in confirmed and tag not in shown:
+            known = out.get(tag)
+            refs = (*known.evidence, *finding.evidence) if known is not None else finding.evidence
+            out[tag] = Finding(tuple(dict.fromkeys(refs)), known.start if known is not None else finding.start)
+    return out
 
 
 def _freeze(found: dict[str, dict[str, date | None]], *, latest: bool) -> dict[str, Finding]:

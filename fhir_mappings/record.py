@@ -436,11 +436,11 @@ class _Builder:
         return bool(self._concept_tags(raw_codings(concept), text) or class_tags_in_text(text, groups))
 
     def _procedure_relevant(self, resource: dict[str, Any]) -> bool:
-        system_name = self.tables.system_name
-        return any(
-            self.tables.procedure_tags(system_name(system), code)
-            for system, code in raw_system_codes(resource.get("code"))
-        )
+        """A code the procedure table knows, or words naming a diagnosis ("kidney transplant")."""
+        system_name, concept = self.tables.system_name, resource.get("code")
+        if any(self.tables.procedure_tags(system_name(s), c) for s, c in raw_system_codes(concept)):
+            return True
+        return any(self.tables.condition_tags_in_text(text) for text in raw_concept_texts(concept))
 
     # -- validation --------------------------------------------------------------------------
 

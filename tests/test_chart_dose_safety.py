@@ -358,6 +358,17 @@ def test_a_procedure_that_did_not_happen_never_counts(handler: HookHandler, stat
     assert "Procedure/px1" not in str(ev["criteria"])
 
 
+def test_a_procedure_named_only_in_words_suggests_the_transplant(handler: HookHandler) -> None:
+    words_only = procedure("px1", KIDNEY_TX, "preparation", IN_3_DAYS)
+    words_only["code"] = {"text": "Living donor kidney transplant"}
+    ev = evaluation(call(handler, transplant_chart(words_only), [zortress()]))
+    assert ev["pathway"] == "I.G"
+    assert status(ev, "I.G.2") == "unknown" and "Procedure/px1" in evidence(ev, "I.G.2")  # words suggest, not prove
+    negated = procedure("px2", KIDNEY_TX, "completed", YESTERDAY)
+    negated["code"] = {"text": "No kidney transplant (evaluation only)"}
+    assert evaluation(call(handler, transplant_chart(negated), [zortress()])).get("pathway") != "I.G"
+
+
 def test_a_procedure_alone_selects_the_transplant_pathway(handler: HookHandler) -> None:
     ev = evaluation(
         call(handler, transplant_chart(procedure("px1", LIVER_TX, "completed", "2026-01-05")), [zortress()])
