@@ -294,6 +294,16 @@ def test_liver_regimen_drafted_never_gets_the_kidney_regimen(handler: HookHandle
     assert PREDNISONE in codes
 
 
+def test_no_second_calcineurin_inhibitor_is_suggested(handler: HookHandler) -> None:
+    # A kidney recipient on tacrolimus: the kidney regimen names cyclosporine, but two calcineurin inhibitors are not
+    # given together; without cyclosporine I.G.7.a cannot be met, so nothing of that regimen is proposed either.
+    chart = transplant_chart(condition("c1", (ICD10, "Z94.0", "Kidney transplant status")))
+    body = call(handler, chart, [zortress(), med_order("tac", TACROLIMUS, "Tacrolimus 1 MG Oral Capsule")])
+    assert not {CYCLOSPORINE, TACROLIMUS, BASILIXIMAB, PREDNISONE} & suggested_codes(body)
+    detail = evaluation(body)["_card"]["detail"]
+    assert "MedicationRequest/tac already orders a calcineurin inhibitor" in detail
+
+
 def test_no_regimen_is_guessed_when_neither_the_organ_nor_a_regimen_is_on_record(handler: HookHandler) -> None:
     body = call(handler, transplant_chart(condition("c1", AWAITING)), [zortress()])
     assert not {BASILIXIMAB, CYCLOSPORINE, TACROLIMUS, PREDNISONE} & suggested_codes(body)

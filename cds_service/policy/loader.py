@@ -206,6 +206,8 @@ class Policy:
     document_url: str | None = None
     #: Safe suggestions (file ``regimen_markers``): diagnosis tag -> ingredients whose order shows that regimen.
     regimen_markers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Safe suggestions (file ``duplicate_therapy_groups``): medication groups whose members are not given together.
+    duplicate_therapy_groups: tuple[str, ...] = ()
 
     def pathway(self, pathway_id: str) -> Pathway:
         for pathway in self.pathways:
@@ -572,6 +574,7 @@ def _parse(raw_document: Any, vocabulary: Vocabulary, source: str) -> Policy:
             "non_formulary",
             "label_notes",
             "regimen_markers",
+            "duplicate_therapy_groups",
             "pathways",
         ),
         ("policy", "drug", "referrals", "pathways"),
@@ -614,6 +617,7 @@ def _parse(raw_document: Any, vocabulary: Vocabulary, source: str) -> Policy:
         source=source,
         label_notes=_label_notes(raw.get("label_notes"), env),
         regimen_markers=_regimen_markers(raw.get("regimen_markers"), env),
+        duplicate_therapy_groups=_duplicate_groups(raw.get("duplicate_therapy_groups"), env),
         document_url=_text(header["document_url"], "policy", "document_url") if "document_url" in header else None,
     )
 
@@ -675,6 +679,16 @@ def _regimen_markers(raw: Any, env: CompileEnv) -> Mapping[str, tuple[str, ...]]
         check_tags(drugs, "ingredient", env, where)
         out[str(diagnosis)] = tuple(drugs)
     return out
+
+
+def _duplicate_groups(raw: Any, env: CompileEnv) -> tuple[str, ...]:
+    """``duplicate_therapy_groups``: medication-group tags; no suggestion adds a second member of one."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(g, str) and g for g in raw):
+        raise PolicyError("duplicate_therapy_groups: expected a list of medication-group tags")
+    check_tags(raw, "ingredient", env, "duplicate_therapy_groups")
+    return tuple(raw)
 
 
 def _label_notes(raw: Any, env: CompileEnv) -> tuple[LabelNote, ...]:

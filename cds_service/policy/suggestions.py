@@ -13,7 +13,9 @@ a card offers it:
 3. **The organ.** When the chart does not document the organ (awaiting transplant, text only), the regimen drafted
    or on record decides it (policy ``regimen_markers``): only that regimen may be completed, and the other organ's
    regimen is never proposed.
-4. **Re-check.** The fixes a failed criterion offers are applied to the facts together (companions added to the
+4. **No duplicate therapy.** A drug of a ``duplicate_therapy_groups`` group (calcineurin inhibitors) is not
+   suggested while another drug of that group is drafted or active (cyclosporine for a member on tacrolimus).
+5. **Re-check.** The fixes a failed criterion offers are applied to the facts together (companions added to the
    co-medications, the product switched, the dose changed) and the criterion is evaluated again: unless it turns
    met, none of them is offered.
 """
@@ -95,6 +97,10 @@ def _screen(policy: Policy, facts: Facts, fixes: Iterable[Fix]) -> tuple[list[Fi
         if allergy is not None:
             reasons.append(f"{_name(fix)} not suggested: {allergy}")
             continue
+        duplicate = _duplicate(facts, fix, policy)
+        if duplicate is not None:
+            reasons.append(f"{_name(fix)} not suggested: {duplicate}")
+            continue
         performed = _performed(facts, fix.given_before)
         if performed is not None:
             documented.append(fix)
@@ -117,6 +123,16 @@ def _allergy(facts: Facts, tags: Iterable[str]) -> str | None:
         return None
     ref = refs[0]
     return f"{ref} records {facts.allergy_kinds.get(ref, 'an allergy or intolerance')}"
+
+
+def _duplicate(facts: Facts, fix: Fix, policy: Policy) -> str | None:
+    """Words for another drug of a no-duplicates group already drafted or active (the fix is only ever made for a
+    missing ingredient, so a group member on record is another drug), or None."""
+    for group in policy.duplicate_therapy_groups:
+        found = facts.co_medications.get(group)
+        if group in fix.tags and found is not None:
+            return f"{', '.join(found.evidence)} already orders a {group.replace('-', ' ')} (not given two at a time)"
+    return None
 
 
 def _performed(facts: Facts, procedures: Iterable[str]) -> str | None:
