@@ -822,6 +822,11 @@ def _day_total(facts: Facts, family: str | None) -> _DayTotal:
     return _DayTotal(total, evidence, (), joined if len(parts) > 1 else None, others)
 
 
+def member_mg_per_day(facts: Facts) -> float | None:
+    """The member's new daily mg: this order and every other draft of the drug in the request (None if unreadable)."""
+    return _day_total(facts, None).amount
+
+
 def _dose_within(p: Params, env: CompileEnv) -> Predicate:
     """One limit: mg per day, or tablets per day for one product family (met for other families).
 

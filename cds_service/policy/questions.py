@@ -36,6 +36,7 @@ from .predicates import (
     combine_all,
     her2_positive,
     hormone_receptor_positive,
+    member_mg_per_day,
     not_status,
 )
 from .results import Status
@@ -333,7 +334,7 @@ def _previous_dose(link_id: str, increase: bool) -> tuple[tuple[Question, ...], 
     def decide(answers: Mapping[str, Answer], chart: Outcome, facts: Facts) -> Outcome:
         answer = answers.get(link_id)
         old = next((v.number for v in answer.values if v.number is not None), None) if answer else None
-        new = facts.dose.mg_per_day
+        new = member_mg_per_day(facts)
         if old is None or new is None:
             return chart
         return settle(chart, MET if (new > old) == increase else NOT_MET, answers)
