@@ -287,6 +287,9 @@ def detail_for(item: EvaluatedOrder) -> str:
                 parts.append(f"\n**{heading}:**")
                 for criterion in failing:
                     parts.extend(_criterion_lines(criterion))
+        if ev.withheld:
+            parts.append("\n**Not suggested (do this instead):**")
+            parts += [f"- {reason}" for reason in ev.withheld]
         met = [c for c in ev.criteria if c.status is Status.MET]
         if met:
             parts.append("\n**Met:**")
@@ -395,6 +398,8 @@ def evaluation_extension(ev: OrderEvaluation) -> dict[str, Any]:
         body["diagnosisOptions"] = [pid for pid, _, _ in ev.diagnosis_options]
     if ev.notes:
         body["notes"] = list(ev.notes)
+    if ev.withheld:
+        body["withheldSuggestions"] = list(ev.withheld)
     criteria = []
     for criterion in ev.all_criteria():
         entry: dict[str, Any] = {"id": criterion.id, "status": criterion.status.value, "text": criterion.text}
@@ -526,7 +531,7 @@ def suggestions_for(item: EvaluatedOrder) -> list[Suggestion]:
     mg_over = [
         c.note
         for c in item.evaluation.all_criteria()
-        if c.status is Status.NOT_MET and c.applicable and c.note and "mg/day" in c.note
+        if c.status is Status.NOT_MET and c.applicable and c.note and "mg/day exceeds" in c.note
     ]
     out = []
     for fix in fixes:
@@ -539,7 +544,11 @@ def suggestions_for(item: EvaluatedOrder) -> list[Suggestion]:
                 suggestion = suggestion.model_copy(update={"label": label})
             out.append(suggestion)
         elif fix.kind == "change-strength" and fix.rxcui:
-            out.append(change_strength(item.draft, fix))
+            suggestion = change_strength(item.draft, fix)
+            if mg_over:  # fewer tablets, same mg: say the day's mg is still over
+                label = _clip(f"{suggestion.label} (dose still over: {mg_over[0]})", 80)
+                suggestion = suggestion.model_copy(update={"label": label})
+            out.append(suggestion)
         elif fix.kind == "add-companion" and (fix.rxcui or fix.display):
             out.append(add_companion(item.draft, fix))
     return out

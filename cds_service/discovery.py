@@ -36,6 +36,8 @@ PREFETCH_TEMPLATES: dict[str, str] = {
     "practitionerRole": "PractitionerRole?_id={{userPractitionerRoleId}}&_include=PractitionerRole:practitioner",
     "practitioner": "Practitioner/{{userPractitionerId}}",
     "allergies": "AllergyIntolerance?patient={{context.patientId}}",
+    # Transplants (and other procedures a pack's procedures.csv names): received or scheduled.
+    "procedures": "Procedure?patient={{context.patientId}}",
     # Da Vinci DTR: the clinician's completed questionnaires for this patient; answers about the order count as
     # evidence (fhir_mappings.answers). Optional: when it cannot be read, answers are simply not used.
     "questionnaireResponses": "QuestionnaireResponse?subject=Patient/{{context.patientId}}&status=completed,amended",

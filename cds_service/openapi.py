@@ -188,6 +188,7 @@ def evaluation_extension_schema() -> JsonObject:
                 "description": "Pathways the prescriber may document: TSC manifestations, or every indication.",
             },
             "notes": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+            "withheldSuggestions": {"type": "array", "minItems": 1, "items": {"type": "string"}},
             "decision": {"type": "string", "enum": ["met", "not-met", "incomplete", "refer"]},
             "referTo": {"type": "string", "minLength": 1},
             "lineOfBusiness": {"type": "string", "enum": ["medicaid", "him", "commercial"]},

@@ -273,6 +273,7 @@ class CodeTables:
         self._load_ingredients()
         self._load_drug_forms()
         self._load_conditions()
+        self._load_procedures()
         self._load_receptors()
         self._load_specialties()
         self._load_coverage()
@@ -634,6 +635,22 @@ class CodeTables:
         self.condition_display: dict[tuple[str, str], str] = {
             (row.system, row.code): row.display for row in self.condition_codes
         }
+
+    def _load_procedures(self) -> None:
+        """procedures.csv (optional: a pack without one reads no procedures): code -> diagnosis tags it shows."""
+        self._procedure_codes: dict[tuple[str, str], frozenset[str]] = {}
+        paths = [d / "procedures.csv" for d in self.directories if (d / "procedures.csv").is_file()]
+        for path in paths[:1]:
+            for line, row in _rows(path, ("system", "code", "tags", "source")):
+                where = f"procedures.csv:{line}"
+                key = (self._system(row["system"], where), row["code"])
+                self._procedure_codes[key] = self._tags(row["tags"], ("diagnosis",), where)
+
+    def procedure_tags(self, system: str | None, code: str | None) -> frozenset[str]:
+        """Diagnosis tags a procedure code shows (a kidney transplant procedure -> kidney-transplant)."""
+        if not system or not code:
+            return frozenset()
+        return self._procedure_codes.get((system, code.strip()), frozenset())
 
     def _load_receptors(self) -> None:
         self.receptor_status: dict[tuple[str, str], frozenset[str]] = {}

@@ -108,7 +108,25 @@ def daily_dose(dosage_instructions: Sequence[Dosage | None] | None, product: Pro
         per_member = [_one_daily(d, strength) for d in members]
         mg_totals.append(_sum([m for m, _ in per_member]))
         tablet_totals.append(_sum([t for _, t in per_member]))
-    return Dose(_max(mg_totals), _max(tablet_totals))
+    mg_per_day = _max(mg_totals)
+    words = _words(dosages[0], strength) if len(dosages) == 1 else None
+    if words is None and mg_per_day is not None:
+        words = f"{mg_per_day:g} mg/day"
+    return Dose(mg_per_day, _max(tablet_totals), words)
+
+
+#: Administrations a day -> how a sig says it.
+TIMES_A_DAY_WORDS = {1.0: "daily", 2.0: "twice daily", 3.0: "three times daily", 4.0: "four times daily"}
+
+
+def _words(dosage: Dosage, strength: float | None) -> str | None:
+    """ "10 mg twice daily" for one readable Dosage; None when the amount or how often is not certain."""
+    mg, _ = amount_per_administration(dosage, strength)
+    per_day = administrations_per_day(dosage)
+    if mg is None or per_day is None:
+        return None
+    often = TIMES_A_DAY_WORDS.get(per_day) or f"{per_day:g} times a day"
+    return f"{mg:g} mg {often}"
 
 
 def _finite(value: float | None) -> float | None:

@@ -29,10 +29,11 @@ from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.observation import Observation, ObservationComponent
 from fhir.resources.R4B.practitionerrole import PractitionerRole
 
+from .allergies import read_allergies
 from .codes import CodeTables, IngredientForm
 from .diagnoses import ConditionReading, find_conflicts, read_condition, read_qualifiers
 from .dose import administrations_per_day, daily_dose
-from .model import Conflict, Facts, Finding, LineOfBusiness, Product, QualifierFinding
+from .model import Conflict, DraftDose, Facts, Finding, LineOfBusiness, Product, QualifierFinding
 from .normalize import (
     MedicationConcept,
     is_partial_date,
@@ -42,6 +43,7 @@ from .normalize import (
     to_date,
     to_float,
 )
+from .procedures import read_procedures, resolve_possible
 from .read import codings, concept_texts, medication_concept, present, reference_of, status_code
 from .record import PatientRecord
 from .therapy import (
@@ -70,6 +72,8 @@ CO_DRAFT_STATUS = frozenset({"draft", "active"})
 ACTIVE_REQUEST_STATUS = frozenset({"active", "on-hold"})
 ORDER_INTENTS = frozenset({"order", "original-order", "reflex-order", "filler-order", "instance-order", "plan"})
 ACTIVE_STATEMENT_STATUS = frozenset({"active", "intended"})
+#: Drafts of the request that are not orders any more: their dose does not add to the day's total.
+WITHDRAWN_DRAFT_STATUS = frozenset({"entered-in-error", "cancelled", "stopped", "completed"})
 INACTIVE_ALLERGY = frozenset({"inactive", "resolved"})
 #: v3 substanceAdminSubstitution "N": no substitution.
 NO_SUBSTITUTION_CODES = frozenset({"N"})
@@ -262,20 +266,28 @@ def build_facts(
     course, previous_mg = _drug_exposure(record, evaluation_date, tables, max_gap_days)
     response = therapy_response(record, tables, course.start, evaluation_date)
     lob, lob_evidence, coverage_ref = _line_of_business(record, order, plan_prefixes, tables)
+    procedures = read_procedures(record.procedures, evaluation_date, tables)
+    allergies = read_allergies(record.allergies, tables)
     return Facts(
         order_ref=order_ref,
         evaluation_date=evaluation_date,
         product=product,
         dose=daily_dose(order.dosageInstruction, product),
+        other_doses=_other_drug_drafts(record, order_ref, tables),
         age_years=age,
         age_evidence=age_evidence,
         diagnoses=found.confirmed,
-        possible_diagnoses=found.possible,
+        possible_diagnoses=resolve_possible(found.possible, found.confirmed, procedures, tables.possible_rules),
         generic_suggestions=found.generic_only,
         diagnosis_conflicts=found.conflicts,
         qualifiers=found.qualifiers,
         diagnosis_documented=bool(
-            record.condition_count or present(order.reasonCode) or present(order.reasonReference)
+            record.condition_count
+            or present(order.reasonCode)
+            or present(order.reasonReference)
+            or procedures.received
+            or procedures.scheduled
+            or procedures.possible
         ),
         receptors=_receptors(record, tables),
         specialties=specialties,
@@ -296,6 +308,10 @@ def build_facts(
         line_of_business_evidence=lob_evidence,
         requested_months=requested_months(order),
         coverage_ref=coverage_ref,
+        procedures=procedures.received,
+        scheduled_procedures=procedures.scheduled,
+        allergies=allergies.tags,
+        allergy_kinds=allergies.kinds,
     )
 
 
@@ -343,6 +359,27 @@ def resolve_product(concept: MedicationConcept, tables: CodeTables) -> Product:
         generic_display=generic.display if generic else None,
         generic_available=available,
     )
+
+
+# -- the day's dose ------------------------------------------------------------------------
+
+
+def _other_drug_drafts(record: PatientRecord, order_ref: str, tables: CodeTables) -> tuple[DraftDose, ...]:
+    """The request's other drafts of the drug (a member takes them all the same day), each with its daily dose."""
+    found: list[DraftDose] = []
+    for draft in record.draft_orders:
+        ref = f"MedicationRequest/{draft.id}"
+        if ref == order_ref or draft.status in WITHDRAWN_DRAFT_STATUS:
+            continue
+        subject = split_reference(reference_of(draft.subject))
+        if record.patient_id and subject[0] is not None and subject != ("Patient", record.patient_id):
+            continue  # another member's order: not this member's day
+        concept = medication_concept(draft, record.medications)
+        if not is_requested_drug(concept, tables):
+            continue
+        product = resolve_product(concept, tables)
+        found.append(DraftDose(ref, product.family, daily_dose(draft.dosageInstruction, product)))
+    return tuple(found)
 
 
 # -- age -----------------------------------------------------------------------------------

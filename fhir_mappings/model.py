@@ -87,6 +87,17 @@ class Dose:
 
     mg_per_day: float | None
     tablets_per_day: float | None
+    #: The sig in a few words for the card ("10 mg twice daily"); None when it cannot be said for certain.
+    words: str | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class DraftDose:
+    """Another draft of the requested drug in the same request: the day's dose is per member, so limits sum them."""
+
+    order_ref: str  # "MedicationRequest/<id>"
+    family: str | None  # the product family (tablet limits sum one family); None when unclear
+    dose: Dose
 
 
 @dataclass(frozen=True)
@@ -163,6 +174,9 @@ class Facts:
     therapy_response: str | None = None
     therapy_response_evidence: tuple[str, ...] = ()
     therapy_response_note: str | None = None
+    #: Every other draft of the requested drug in this request (not entered-in-error or cancelled), in request
+    #: order: daily limits apply to the member's total, not to one order line.
+    other_doses: tuple[DraftDose, ...] = ()
     #: The most recent prior daily dose of the requested drug, for "dose increase" (continued therapy).
     previous_mg_per_day: float | None = None
     #: Documented reason not to use the generic: substitution.allowedBoolean=false with a reason, or a
@@ -173,6 +187,16 @@ class Facts:
     #: Requested duration in whole 30-day months (validityPeriod, else supply x fills); None when absent.
     requested_months: int | None = None
     coverage_ref: str | None = None
+    #: Diagnosis tag -> Procedures showing it was received (completed, performed on or before evaluation_date);
+    #: ``start`` is the latest performed date. From the pack's procedures.csv (a kidney transplant procedure).
+    procedures: Mapping[str, Finding] = field(default_factory=dict)
+    #: Diagnosis tag -> Procedures scheduled (preparation / in-progress, or performed after evaluation_date).
+    scheduled_procedures: Mapping[str, Finding] = field(default_factory=dict)
+    #: Ingredient (or medication group) tag -> active AllergyIntolerance entries naming it (allergy or intolerance,
+    #: any criticality): a suggestion never names such a drug.
+    allergies: Mapping[str, Finding] = field(default_factory=dict)
+    #: "AllergyIntolerance/<id>" -> how the card names it ("an allergy", "an intolerance").
+    allergy_kinds: Mapping[str, str] = field(default_factory=dict)
     #: Prefetch keys whose data could not be obtained (the FHIR query failed, or it answered only with
     #: another patient's data). What they would have shown is missing, not absent: criteria that would be
     #: decided by absence (a diagnosis, a companion drug, an intolerance) stay unknown instead.

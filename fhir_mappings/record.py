@@ -42,9 +42,11 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.practitioner import Practitioner
 from fhir.resources.R4B.practitionerrole import PractitionerRole
+from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.reference import Reference
 from pydantic import BaseModel, ValidationError
 
+from .allergies import class_tags_in_text
 from .codes import CodeTables
 from .diagnoses import HISTOLOGY_EXTENSION
 from .normalize import (
@@ -77,6 +79,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "PractitionerRole": PractitionerRole,
     "AllergyIntolerance": AllergyIntolerance,
     "Medication": Medication,
+    "Procedure": Procedure,
 }
 
 #: Top-level elements the facts read, per type (choice elements by their stem: "onset" keeps onsetDateTime).
@@ -134,9 +137,10 @@ KEEP: dict[str, frozenset[str]] = {
     "PractitionerRole": frozenset({"active", "practitioner", "specialty"}),
     "Practitioner": frozenset({"qualification"}),
     "AllergyIntolerance": frozenset(
-        {"clinicalStatus", "verificationStatus", "code", "patient", "onset", "recordedDate"}
+        {"clinicalStatus", "verificationStatus", "type", "code", "patient", "onset", "recordedDate"}
     ),
     "Medication": frozenset({"code", "form"}),
+    "Procedure": frozenset({"status", "code", "subject", "performed"}),
 }
 #: What is read of an order or statement for a medication other than the drug (tags and start date only).
 KEEP_OTHER_MEDICATION = frozenset(
@@ -169,7 +173,7 @@ KEEP_DOSAGE = frozenset(
         "route",
     }
 )
-CHOICE_STEMS = frozenset({"onset", "abatement", "effective", "value", "medication"})
+CHOICE_STEMS = frozenset({"onset", "abatement", "effective", "value", "medication", "performed"})
 #: The element naming the patient a resource is about.
 PATIENT_ELEMENT: dict[str, str] = {
     "Condition": "subject",
@@ -179,6 +183,7 @@ PATIENT_ELEMENT: dict[str, str] = {
     "MedicationDispense": "subject",
     "Coverage": "beneficiary",
     "AllergyIntolerance": "patient",
+    "Procedure": "subject",
 }
 MAX_REPAIR_ROUNDS = 3
 #: Validated CodeableConcepts kept across requests (about 1.7 KB each); the cache is emptied when full.
@@ -202,7 +207,10 @@ class PatientRecord:
     coverages: tuple[Coverage, ...] = ()
     practitioners: Mapping[str, Practitioner] = field(default_factory=dict)
     practitioner_roles: Mapping[str, PractitionerRole] = field(default_factory=dict)
+    #: Allergies and intolerances to the drug or to an ingredient the tables know (safe suggestions read them).
     allergies: tuple[AllergyIntolerance, ...] = ()
+    #: Procedures whose code the procedure table knows (a kidney or liver transplant), any status.
+    procedures: tuple[Procedure, ...] = ()
     #: Medications referenced by the kept orders/statements, by "Medication/<id>".
     medications: Mapping[str, Medication] = field(default_factory=dict)
     #: Draft MedicationRequests of the request whose medication the tables know (the drug or an ingredient) and
@@ -354,6 +362,9 @@ class _Builder:
             allergies=self._validate_all(
                 AllergyIntolerance, [r for r in self.raw["AllergyIntolerance"].values() if self._allergy_relevant(r)]
             ),
+            procedures=self._validate_all(
+                Procedure, [r for r in self.raw["Procedure"].values() if self._procedure_relevant(r)]
+            ),
             medications={
                 f"Medication/{m.id}": m
                 for m in self._validate_all(Medication, [medications_raw[k] for k in sorted(referenced_meds)])
@@ -473,9 +484,18 @@ class _Builder:
         return is_receptor_test or self.tables.is_response_observation(system, code)
 
     def _allergy_relevant(self, resource: dict[str, Any]) -> bool:
+        """To the drug (a generic exception) or to any ingredient a suggestion could name (never suggested then)."""
         concept = resource.get("code")
         text = " | ".join(raw_concept_texts(concept)) if concept is not None else ""
-        return self.tables.drug_tag in self._concept_tags(raw_codings(concept), text)
+        groups = self.tables.medication_group_tags
+        return bool(self._concept_tags(raw_codings(concept), text) or class_tags_in_text(text, groups))
+
+    def _procedure_relevant(self, resource: dict[str, Any]) -> bool:
+        """A code the procedure table knows, or words naming a diagnosis ("kidney transplant")."""
+        system_name, concept = self.tables.system_name, resource.get("code")
+        if any(self.tables.procedure_tags(system_name(s), c) for s, c in raw_system_codes(concept)):
+            return True
+        return any(self.tables.condition_tags_in_text(text) for text in raw_concept_texts(concept))
 
     # -- validation --------------------------------------------------------------------------
 

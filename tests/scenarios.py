@@ -32,6 +32,7 @@ KEY_FOR_TYPE = {
     "PractitionerRole": "practitionerRole",
     "Practitioner": "practitioner",
     "AllergyIntolerance": "allergies",
+    "Procedure": "procedures",
 }
 SEARCH_KEYS = {
     "medicationDispenses",
@@ -43,6 +44,7 @@ SEARCH_KEYS = {
     "observations",
     "practitionerRole",
     "allergies",
+    "procedures",
 }
 
 

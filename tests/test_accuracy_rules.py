@@ -308,9 +308,12 @@ def test_kidney_transplant_suggests_only_the_kidney_regimen(handler: HookHandler
     ev = evaluation(body)
     assert ev["pathway"] == "I.G"
     codes = suggested_codes(body)
-    assert {"196102", "835894", "312617"} <= codes and "198377" not in codes  # no tacrolimus for a kidney
+    assert {"835894", "312617"} <= codes and "198377" not in codes  # no tacrolimus for a kidney
+    # Z94.0 is the status after a transplant: induction (basiliximab, before the surgery) is documented, not ordered
+    assert "196102" not in codes
     detail = ev["_card"]["detail"]
     assert "I.G.7.a" in detail and "**I.G.7.b**" not in detail
+    assert "document the induction given at the transplant instead" in detail
 
 
 def test_tablet_overrun_offers_the_same_mg_in_fewer_tablets(handler: HookHandler) -> None:

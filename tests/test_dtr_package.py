@@ -113,7 +113,10 @@ def test_enable_when_mirrors_the_policy() -> None:
     assert all(c["operator"] == "=" and "answerCoding" in c for c in then["enableWhen"])
     assert then["enableBehavior"] == "any"
     transplant = {i["linkId"]: i for i in items(_questionnaire("I.G"))}
-    assert transplant["I.G.5/then"]["enableWhen"][0]["question"] == "I.G.5/if"
+    # "for kidney transplant": a kidney transplant code, or the date of a kidney transplant procedure
+    conditions = transplant["I.G.5/then"]["enableWhen"]
+    assert {c["question"] for c in conditions} == {"I.G.5/if/1", "I.G.5/if/2"}
+    assert {"question": "I.G.5/if/2", "operator": "exists", "answerBoolean": True} in conditions
 
 
 def test_value_sets_come_from_the_code_tables() -> None:

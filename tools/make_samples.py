@@ -41,6 +41,8 @@ SOPT = "https://nahdo.org/sopt"
 UCUM = "http://unitsofmeasure.org"
 CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+ALLERGY_CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
+ALLERGY_VERIFICATION = "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification"
 CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 REQUEST_CATEGORY = "http://terminology.hl7.org/CodeSystem/medicationrequest-category"
@@ -70,6 +72,7 @@ MEDS: dict[str, str] = {
     "42316": "tacrolimus",
     "3008": "cyclosporine",
     "8640": "prednisone",
+    "196102": "basiliximab",
     "282388": "imatinib",
     "357977": "sunitinib",
     "1312397": "regorafenib",
@@ -373,6 +376,42 @@ class Chart:
         }
         self.add("diseaseStatus", resource)
 
+    def procedure(self, system: str, code: str, display: str, status: str, performed: str) -> str:
+        """A Procedure of the chart: completed (received) or planned (preparation, a future date)."""
+        pid = self.next_id("proc")
+        self.add(
+            "procedures",
+            {
+                "resourceType": "Procedure",
+                "id": pid,
+                "status": status,
+                "code": concept(system, code, display),
+                "subject": self.patient_ref,
+                "performedDateTime": performed,
+            },
+        )
+        return pid
+
+    def allergy(self, substance: dict[str, Any], kind: str, criticality: str, recorded: str) -> str:
+        """An active, confirmed AllergyIntolerance entry (``kind`` allergy or intolerance)."""
+        aid = self.next_id("allergy")
+        self.add(
+            "allergies",
+            {
+                "resourceType": "AllergyIntolerance",
+                "id": aid,
+                "clinicalStatus": concept(ALLERGY_CLINICAL, "active", "Active"),
+                "verificationStatus": concept(ALLERGY_VERIFICATION, "confirmed", "Confirmed"),
+                "type": kind,
+                "category": ["medication"],
+                "criticality": criticality,
+                "code": substance,
+                "patient": self.patient_ref,
+                "recordedDate": recorded,
+            },
+        )
+        return aid
+
     def draft(
         self,
         medication: dict[str, Any],
@@ -452,6 +491,7 @@ def prefetch_for(chart: Chart) -> dict[str, Any]:
         prefetch[key] = searchset(found.get(key, []))
     prefetch["practitionerRole"] = searchset(found.get("practitionerRole", []), found.get("practitioner", []))
     prefetch["allergies"] = searchset(found.get("allergies", []))
+    prefetch["procedures"] = searchset(found.get("procedures", []))
     return prefetch
 
 
@@ -525,7 +565,9 @@ def expect(
     refer: str | None = None,
     codes: tuple[str, ...] = (),
     names: tuple[str, ...] = (),
+    also: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """``also``: other orders of the drug in the same request -> criteria statuses they must show too."""
     out: dict[str, Any] = {"order": order, "pathway": pathway, "decision": decision}
     if lob is not None:
         out["lineOfBusiness"] = lob
@@ -538,6 +580,8 @@ def expect(
         out["suggestCodes"] = list(codes)
     if names:
         out["suggestMedication"] = list(names)
+    if also:
+        out["alsoOrders"] = {ref: statuses(criteria) for ref, criteria in also.items()}
     return out
 
 
@@ -1074,13 +1118,14 @@ def ig_kidney_missing_basiliximab() -> Sample:
     order = c.draft(med("977438"), dosage(0.75, 2, "0.75 mg by mouth twice daily"), quantity=60, reason=primary)
     return Sample(
         name,
-        "Kidney transplant, tacrolimus stopped for nephrotoxicity, now cyclosporine + prednisone but no basiliximab "
-        "(Simulect), nephrologist, generic 0.75 mg twice daily, Medicaid -> I.G.7 not-met, not-met",
+        "Kidney transplant 21 days ago, tacrolimus stopped for nephrotoxicity, now cyclosporine + prednisone but no "
+        "basiliximab (Simulect), nephrologist, generic 0.75 mg twice daily, Medicaid -> I.G.7 not-met, not-met; "
+        "basiliximab is not suggested after the transplant (the card asks to document the induction)",
         request_for(name, c),
         expect(order, "I.G", "not-met",
                "I.G.1 met, I.G.2 met, I.G.3 met, I.G.4 met, I.G.5 met, I.G.6 met, I.G.7 not-met, "
                "I.G.7.a not-met, I.G.7.b not-met",
-               lob="medicaid", months=6, codes=("196102",), names=("basiliximab",)),
+               lob="medicaid", months=6),
     )
 
 
@@ -1502,6 +1547,96 @@ def id_tsc_aml_no_immediate_surgery_note() -> Sample:
     )
 
 
+# ----------------------------------------------------------------------------- issue 14: procedures, dose, safety
+
+KIDNEY_TRANSPLANT = ("70536003", "Transplant of kidney")
+
+
+def ig_kidney_scheduled() -> Sample:
+    name = "I.G-kidney-scheduled-transplant"
+    c = Chart("ig-kidney-planned")
+    c.patient("Osric", "Penhallow", "male", "1977-03-14")
+    c.prescriber("Dorian", "Achebe-Lund", NEPHROLOGY, "Example Kidney Transplant Center")
+    c.coverage("medicaid")
+    c.condition(ICD10, "Z76.82", "Awaiting organ transplant status", ago(120), category="encounter-diagnosis")
+    c.procedure(SNOMED, *KIDNEY_TRANSPLANT, "preparation", after(5))
+    order = c.draft(med("977438"), dosage(0.75, 2, "0.75 mg by mouth twice daily"), quantity=60)
+    return Sample(
+        name,
+        "Awaiting a transplant (Z76.82) with a kidney transplant Procedure planned in 5 days (preparation), nothing "
+        "else ordered, nephrologist, Medicaid -> I.G.2 met (scheduled), I.G.5 unknown (no tacrolimus failure on "
+        "record), I.G.7 not-met; suggests the kidney regimen only (basiliximab before the surgery, cyclosporine, "
+        "prednisone)",
+        request_for(name, c),
+        expect(order, "I.G", "not-met",
+               "I.G.1 met, I.G.2 met, I.G.3 met, I.G.4 met, I.G.5 unknown, I.G.6 met, I.G.7 not-met, "
+               "I.G.7.a not-met, I.G.7.b not-met",
+               lob="medicaid", months=6, codes=("196102", "835894", "312617"),
+               names=("basiliximab", "cyclosporine", "prednisone")),
+    )
+
+
+def ia_two_drafts_25mg() -> Sample:
+    name = "I.A-two-drafts-25mg"
+    c = Chart("ia-two-drafts")
+    primary = breast_chart(c, given="Henrietta", family="Coldwater", born="1963-06-21", lob="commercial")
+    order = c.draft(med("845507"), dosage(10, 2, "10 mg by mouth twice daily"), quantity=60, reason=primary)
+    second = c.draft(med("845515"), dosage(5, 1, "5 mg by mouth once daily"), quantity=30, reason=primary)
+    exemestane_draft(c)
+    return Sample(
+        name,
+        "Two generic everolimus drafts signed together, 10 mg twice daily + 5 mg daily (25 mg, 3 tablets a day), "
+        "otherwise complete, commercial -> I.A.9.a.i and ii not-met for the member's day, I.A.9 unknown, incomplete; "
+        "no fewer-tablets suggestion (none fits the total)",
+        request_for(name, c),
+        expect(order, "I.A", "incomplete", ia_criteria(dose=dose_tree("I.A.9", i="not-met", ii="not-met")),
+               lob="commercial", months=3, also={second: "I.A.9.a.i not-met, I.A.9.a.ii not-met"}),
+    )
+
+
+def ia_exemestane_intolerance() -> Sample:
+    name = "I.A-exemestane-intolerance-no-suggestion"
+    c = Chart("ia-exe-intol")
+    primary = breast_chart(c, given="Cordelia", family="Ashby-Vane", born="1959-02-17", lob="medicaid")
+    c.allergy(med("258494"), "intolerance", "low", ago(200))
+    order = c.draft(med("845507"), ten_mg_daily(), quantity=30, reason=primary)
+    return Sample(
+        name,
+        "Generic everolimus 10 mg alone after letrozole; the chart records an active exemestane intolerance (low "
+        "criticality), Medicaid -> I.A.8 not-met; exemestane is NOT suggested (the card says why: fulvestrant or "
+        "tamoxifen remain the prescriber's choice)",
+        request_for(name, c),
+        expect(order, "I.A", "not-met", ia_criteria(I_A_8="not-met"), lob="medicaid", months=6),
+    )
+
+
+def ig_kidney_long_ago_no_induction() -> Sample:
+    name = "I.G-kidney-transplanted-long-ago-no-induction"
+    c = Chart("ig-kidney-old")
+    c.patient("Lucasta", "Fenwright", "female", "1968-09-09")
+    c.prescriber("Dorian", "Achebe-Lund", NEPHROLOGY, "Example Kidney Transplant Center")
+    c.coverage("medicaid")
+    primary = c.condition(ICD10, "Z94.0", "Kidney transplant status", ago(2900), category="encounter-diagnosis")
+    c.procedure(SNOMED, *KIDNEY_TRANSPLANT, "completed", ago(2900))
+    c.order(med("42316", "tacrolimus 1 MG Oral Capsule"), ago(400), status="completed",
+            dose=text_dosage("3 mg by mouth twice daily (stopped: biopsy-proven calcineurin toxicity)"))
+    c.order(med("3008", "cyclosporine 100 MG Oral Capsule (modified)"), ago(30),
+            dose=text_dosage("75 mg by mouth twice daily (reduced dose)"), supply_days=30)
+    c.statement(med("8640", "prednisone 5 MG Oral Tablet"), ago(2890), status="active")
+    order = c.draft(med("977438"), dosage(0.75, 2, "0.75 mg by mouth twice daily"), quantity=60, reason=primary)
+    return Sample(
+        name,
+        "Kidney transplanted 8 years ago (Procedure + Z94.0), on cyclosporine + prednisone after tacrolimus "
+        "toxicity, no basiliximab on record, Medicaid -> I.G.7.a not-met; basiliximab induction (before the "
+        "surgery) is NOT suggested: the card asks for documentation of the induction instead",
+        request_for(name, c),
+        expect(order, "I.G", "not-met",
+               "I.G.1 met, I.G.2 met, I.G.3 met, I.G.4 met, I.G.5 met, I.G.6 met, I.G.7 not-met, "
+               "I.G.7.a not-met, I.G.7.b not-met",
+               lob="medicaid", months=6),
+    )
+
+
 # ----------------------------------------------------------------------------- issue 14: the whole therapy record
 
 II_A_MET = (
@@ -1654,6 +1789,10 @@ SAMPLES: tuple[Callable[[], Sample], ...] = (
     iia_progression,
     iia_dispense_only_renewal,
     iib_epilepsy_without_tsc,
+    ig_kidney_scheduled,
+    ia_two_drafts_25mg,
+    ia_exemestane_intolerance,
+    ig_kidney_long_ago_no_induction,
 )
 
 README_HEAD = """\
@@ -1663,8 +1802,8 @@ Complete `order-sign` / `order-select` requests a user can post to the service o
 Each carries a fixed `hookInstance`, `context` (the signing `PractitionerRole`, the patient, the draft orders
 as a `collection` Bundle) and `prefetch` under the service's discovery keys (`patient`, `coverage`,
 `conditions`, `medicationStatements`, `medicationRequests`, `medicationDispenses`, `observations`,
-`diseaseStatus`, `practitionerRole` with the Practitioner as an `_include` entry, `allergies`); there is no
-`fhirServer`, so nothing is fetched.
+`diseaseStatus`, `practitionerRole` with the Practitioner as an `_include` entry, `allergies`, `procedures`);
+there is no `fhirServer`, so nothing is fetched.
 
 All people, identifiers and organisations are fictional. Clinical codes come only from
 `fhir_mappings/tables/*.csv` and `shared/reference/codes.csv`. Every order is authored on 2026-11-20; chart

@@ -148,6 +148,8 @@ def evidence_rank(pathway: Pathway, facts: Facts) -> int | None:
     confirmed = [facts.diagnoses[t] for t in pathway.diagnoses if t in facts.diagnoses]
     if any(ref.startswith("Condition/") for finding in confirmed for ref in finding.evidence):
         return CODED
+    if any(t in facts.procedures or t in facts.scheduled_procedures for t in pathway.diagnoses):
+        return CODED  # a coded Procedure (received or scheduled) shows the diagnosis as firmly as a Condition
     if confirmed:
         return SPECIFIC
     possible = [t for t in pathway.diagnoses if t in facts.possible_diagnoses]
@@ -298,7 +300,9 @@ def evaluate(policy: Policy, facts: Facts) -> OrderEvaluation:
     referred, refer_to = _referral(policy, result, facts)
     formulary = _non_formulary(policy, facts)
     reason = formulary.text if referred and formulary is not None and refer_to == formulary.refer_to else None
-    return OrderEvaluation(
+    from .suggestions import vet  # late: it re-evaluates criteria of the loaded policy
+
+    evaluation = OrderEvaluation(
         order_ref=facts.order_ref,
         policy=policy.id,
         policy_version=policy.version,
@@ -316,3 +320,4 @@ def evaluate(policy: Policy, facts: Facts) -> OrderEvaluation:
         drug=policy.drug.name,
         product_words=(policy.drug.non_formulary_words if reason else None),
     )
+    return vet(policy, facts, evaluation)

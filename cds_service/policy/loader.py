@@ -210,6 +210,10 @@ class Policy:
     services: tuple[ServiceInfo, ...] = ()
     #: Where a reader finds the policy document (card link), and the payer's page for this policy.
     document_url: str | None = None
+    #: Safe suggestions (file ``regimen_markers``): diagnosis tag -> ingredients whose order shows that regimen.
+    regimen_markers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Safe suggestions (file ``duplicate_therapy_groups``): medication groups whose members are not given together.
+    duplicate_therapy_groups: tuple[str, ...] = ()
 
     def pathway(self, pathway_id: str) -> Pathway:
         for pathway in self.pathways:
@@ -594,7 +598,18 @@ def _parse(raw_document: Any, vocabulary: Vocabulary, source: str) -> Policy:
     raw = _mapping(
         raw_document,
         source,
-        ("policy", "drug", "services", "provisional_tags", "referrals", "non_formulary", "label_notes", "pathways"),
+        (
+            "policy",
+            "drug",
+            "services",
+            "provisional_tags",
+            "referrals",
+            "non_formulary",
+            "label_notes",
+            "regimen_markers",
+            "duplicate_therapy_groups",
+            "pathways",
+        ),
         ("policy", "drug", "referrals", "pathways"),
     )
     header = _mapping(
@@ -639,6 +654,8 @@ def _parse(raw_document: Any, vocabulary: Vocabulary, source: str) -> Policy:
         services=_services(raw["services"]) if "services" in raw else (),
         source=source,
         label_notes=_label_notes(raw.get("label_notes"), env),
+        regimen_markers=_regimen_markers(raw.get("regimen_markers"), env),
+        duplicate_therapy_groups=_duplicate_groups(raw.get("duplicate_therapy_groups"), env),
         document_url=_text(header["document_url"], "policy", "document_url") if "document_url" in header else None,
     )
 
@@ -689,6 +706,33 @@ def _drug(raw: Any, vocabulary: Vocabulary) -> DrugInfo:
         _text(words, "drug", "non_formulary_words") if words else None,
         gap,
     )
+
+
+def _regimen_markers(raw: Any, env: CompileEnv) -> Mapping[str, tuple[str, ...]]:
+    """``regimen_markers``: diagnosis tag -> ingredient tags whose order shows the member is on that regimen."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise PolicyError("regimen_markers: expected a mapping of diagnosis tag -> ingredient tags")
+    out: dict[str, tuple[str, ...]] = {}
+    for diagnosis, drugs in raw.items():
+        where = f"regimen_markers.{diagnosis}"
+        if not isinstance(drugs, list) or not drugs or not all(isinstance(d, str) and d for d in drugs):
+            raise PolicyError(f"{where}: expected a non-empty list of ingredient tags")
+        check_tags((str(diagnosis),), "diagnosis", env, where)
+        check_tags(drugs, "ingredient", env, where)
+        out[str(diagnosis)] = tuple(drugs)
+    return out
+
+
+def _duplicate_groups(raw: Any, env: CompileEnv) -> tuple[str, ...]:
+    """``duplicate_therapy_groups``: medication-group tags; no suggestion adds a second member of one."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(g, str) and g for g in raw):
+        raise PolicyError("duplicate_therapy_groups: expected a list of medication-group tags")
+    check_tags(raw, "ingredient", env, "duplicate_therapy_groups")
+    return tuple(raw)
 
 
 def _label_notes(raw: Any, env: CompileEnv) -> tuple[LabelNote, ...]:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
-from fhir_mappings.model import Facts, Finding
+from fhir_mappings.model import Dose, Facts, Finding
 
 from .results import Fix, Status
 
@@ -259,6 +259,15 @@ class Params:
             raise PolicyError(f"{self.where}: {key!r} must be a non-negative number")
         return float(value)
 
+    def boolean(self, key: str) -> bool:
+        """An optional true/false flag (false when absent)."""
+        value = self._get(key, False)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise PolicyError(f"{self.where}: {key!r} must be true or false")
+        return value
+
     def mapping(self, key: str) -> Mapping[str, Any] | None:
         value = self._get(key, False)
         if value is None:
@@ -304,6 +313,7 @@ def _evidence(findings: Iterable[Finding]) -> tuple[str, ...]:
 CONDITION_KEYS = frozenset({"conditions"})
 MEDICATION_KEYS = frozenset({"medicationRequests", "medicationStatements", "medicationDispenses"})
 ALLERGY_KEYS = frozenset({"allergies"})
+PROCEDURE_KEYS = frozenset({"procedures"})
 
 
 def _missing(facts: Facts, keys: frozenset[str]) -> bool:
@@ -408,12 +418,39 @@ def _diagnosis_within_days(p: Params, env: CompileEnv) -> Predicate:
     check_tags(tags, "diagnosis", env, p.where)
 
     def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
-        recent = [
-            f
-            for f in _findings(facts.diagnoses, tags)
-            if f.start is not None and 0 <= (facts.evaluation_date - f.start).days < days
-        ]
+        # A received procedure's date is when it happened: it wins over a Condition's onset or recorded date.
+        dated = {t: f for t in tags if (f := facts.procedures.get(t)) is not None and f.start is not None}
+        findings = list(dated.values()) + [f for t in tags if t not in dated for f in _findings(facts.diagnoses, (t,))]
+        recent = [f for f in findings if f.start is not None and 0 <= (facts.evaluation_date - f.start).days < days]
         return Outcome(MET, _evidence(recent)) if recent else Outcome(NOT_MET)
+
+    return fn
+
+
+def _procedure_in(p: Params, env: CompileEnv) -> Predicate:
+    """Met when a Procedure showing a listed tag was received (completed, performed by the evaluation date) or,
+    with ``scheduled: true``, is scheduled (preparation / in-progress / a future performed date); ``absent`` says
+    what no such Procedure means (unknown by default: the chart may record it as a Condition or in notes)."""
+    tags = p.strings("tags")
+    absent = Status(p.string("absent", required=False, choices=("unknown", "not-met")) or "unknown")
+    accepts_scheduled = p.boolean("scheduled")
+    assert tags is not None
+    check_tags(tags, "diagnosis", env, p.where)
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        received = _findings(facts.procedures, tags)
+        if received:
+            return Outcome(MET, _evidence(received))
+        planned = _findings(facts.scheduled_procedures, tags)
+        if planned and accepts_scheduled:
+            dates = sorted(f.start.isoformat() for f in planned if f.start is not None)
+            when = f" for {dates[0]}" if dates else ""
+            return Outcome(MET, _evidence(planned), note=f"scheduled{when} ({', '.join(_evidence(planned))})")
+        if _missing(facts, PROCEDURE_KEYS):
+            return Outcome(UNKNOWN)
+        if planned:  # scheduled, but this criterion asks for one received: not yet
+            return Outcome(UNKNOWN, _evidence(planned), note="scheduled, not yet performed")
+        return Outcome(absent, gate=absent is NOT_MET)
 
     return fn
 
@@ -425,6 +462,7 @@ def diagnosis_link(facts: Facts, diagnoses: Sequence[str], suggested_by: Sequenc
     The engine selects pathways with this; ``indication_of`` reports it as a criterion.
     """
     confirmed = _findings(facts.diagnoses, diagnoses)
+    confirmed += _findings(facts.procedures, diagnoses) + _findings(facts.scheduled_procedures, diagnoses)
     if confirmed:
         return Outcome(MET, _evidence(confirmed))
     possible = _findings(facts.possible_diagnoses, diagnoses)
@@ -618,7 +656,11 @@ def _generic_if_available(p: Params, env: CompileEnv) -> Predicate:
     return fn
 
 
-def _companion_fix(raw: Mapping[str, Any] | None, where: str) -> tuple[Fix, ...]:
+def _companion_fix(
+    raw: Mapping[str, Any] | None, where: str, env: CompileEnv, listed: Sequence[str] = ()
+) -> tuple[Fix, ...]:
+    """The companion order a criterion offers; its ingredient tags come from the code tables (RxNorm code), else
+    from the listed tags its name spells (so a safe-suggestion check knows what it orders)."""
     if raw is None:
         return ()
     p = Params(raw, where, "companion")
@@ -627,12 +669,30 @@ def _companion_fix(raw: Mapping[str, Any] | None, where: str) -> tuple[Fix, ...]
     sig = p.string("sig")
     dose = p.number("dose_mg", required=False)
     per_day = p.number("frequency_per_day")
+    before = p.strings("given_before", required=False) or ()
     p.done()
-    assert per_day is not None
+    assert per_day is not None and display is not None
     if per_day != int(per_day) or per_day < 1:
         raise PolicyError(f"{where}: companion frequency_per_day must be a whole number >= 1")
+    check_tags(before, "diagnosis", env, where)
+    resolve = getattr(env.vocabulary, "ingredient_tags_for_code", None)
+    groups = getattr(env.vocabulary, "with_groups", None)
+    found = frozenset(resolve(rxcui)) if callable(resolve) else frozenset()
+    if not found:
+        words = display.lower()
+        found = frozenset(t for t in listed if t.replace("-", " ") in words)
+    tags = tuple(sorted(groups(found) if callable(groups) else found))
     return (
-        Fix(kind="add-companion", rxcui=rxcui, display=display, sig=sig, dose_mg=dose, frequency_per_day=int(per_day)),
+        Fix(
+            kind="add-companion",
+            rxcui=rxcui,
+            display=display,
+            sig=sig,
+            dose_mg=dose,
+            frequency_per_day=int(per_day),
+            tags=tags,
+            given_before=tuple(before),
+        ),
     )
 
 
@@ -651,7 +711,7 @@ def _combined_with_any(p: Params, env: CompileEnv) -> Predicate:
     tags = p.strings("tags")
     assert tags is not None
     check_tags(tags, "ingredient", env, p.where)
-    fixes = _companion_fix(p.mapping("companion"), p.where)
+    fixes = _companion_fix(p.mapping("companion"), p.where, env, tags)
     form_parents = _form_parents(env, tags)
     parents: Mapping[str, str] = getattr(env.vocabulary, "form_parents", {})
     forms: Mapping[str, Any] = getattr(env.vocabulary, "ingredient_forms", {})
@@ -690,7 +750,7 @@ def _combined_with_all(p: Params, env: CompileEnv) -> Predicate:
         if isinstance(item, Mapping):
             inner = Params(item, f"{p.where}.groups[{index}]", "group")
             group = inner.strings("tags") or ()
-            fixes = _companion_fix(inner.mapping("companion"), inner.where)
+            fixes = _companion_fix(inner.mapping("companion"), inner.where, env, group)
             inner.done()
         else:
             group = (item,) if isinstance(item, str) else item
@@ -829,7 +889,7 @@ def _strengths(env: CompileEnv, family: str) -> list[tuple[float, str, str]]:
 
 def _fewer_tablets(mg_per_day: float | None, limit: float, strengths: list[tuple[float, str, str]]) -> Fix | None:
     """The same daily mg in at most ``limit`` tablets of one strength, fewest tablets first."""
-    if mg_per_day is None or mg_per_day <= 0:
+    if mg_per_day is None or mg_per_day <= 0 or limit < 1:
         return None
     for strength, rxcui, display in strengths:
         count = mg_per_day / strength
@@ -845,10 +905,54 @@ def _fewer_tablets(mg_per_day: float | None, limit: float, strengths: list[tuple
     return None
 
 
+@dataclass(frozen=True)
+class _DayTotal:
+    """The member's daily amount over every draft of the drug a limit counts (this order first)."""
+
+    amount: float | None
+    evidence: tuple[str, ...]
+    #: Orders whose dose cannot be read (the total is then unknown).
+    unreadable: tuple[str, ...]
+    #: "10 mg twice daily + 5 mg daily": set only when more than one order adds up.
+    words: str | None
+    #: The other orders' share (tablet budgets for a one-order fix).
+    others: float
+
+
+def _day_total(facts: Facts, family: str | None) -> _DayTotal:
+    """Sum this order and the request's other drafts of the drug (one family for a tablet limit)."""
+
+    def read(dose: Dose) -> float | None:
+        return dose.mg_per_day if family is None else dose.tablets_per_day
+
+    parts = [(facts.order_ref, facts.dose)] + [
+        (o.order_ref, o.dose) for o in facts.other_doses if family is None or o.family in (family, None)
+    ]
+    unreadable = tuple(ref for ref, dose in parts if read(dose) is None)
+    unclear_family = tuple(o.order_ref for o in facts.other_doses if family is not None and o.family is None)
+    evidence = tuple(ref for ref, _ in parts)
+    others = sum(read(dose) or 0.0 for _, dose in parts[1:])
+    if unreadable or unclear_family:
+        return _DayTotal(None, evidence, unreadable + unclear_family, None, others)
+    total = round(sum(read(dose) or 0.0 for _, dose in parts), 6)
+    if family is None:  # "10 mg twice daily + 5 mg daily"
+        joined = " + ".join(dose.words or f"{read(dose):g} mg/day" for _, dose in parts)
+    else:  # "2 + 1"
+        joined = " + ".join(f"{read(dose):g}" for _, dose in parts)
+    return _DayTotal(total, evidence, (), joined if len(parts) > 1 else None, others)
+
+
+def member_mg_per_day(facts: Facts) -> float | None:
+    """The member's new daily mg: this order and every other draft of the drug in the request (None if unreadable)."""
+    return _day_total(facts, None).amount
+
+
 def _dose_within(p: Params, env: CompileEnv) -> Predicate:
     """One limit: mg per day, or tablets per day for one product family (met for other families).
 
-    Over the limit it says so with the numbers, and a tablet overrun offers the same daily mg in fewer tablets.
+    The limit is per member and day: every draft of the drug in the request adds up (a tablet limit, the family's
+    drafts), and a draft whose dose cannot be read leaves the total unknown. Over the limit it says so with the
+    numbers, and a tablet overrun offers the same daily mg in fewer tablets when that brings the total within.
     """
     max_mg = p.number("max_mg_per_day", required=False)
     max_tablets = p.number("max_tablets_per_day", required=False)
@@ -865,23 +969,25 @@ def _dose_within(p: Params, env: CompileEnv) -> Predicate:
 
     def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
         order = (facts.order_ref,)
-        if family is None:
-            amount = facts.dose.mg_per_day
-        elif facts.product.family is None:
+        if family is not None and facts.product.family is None:
             return Outcome(UNKNOWN, order)
-        elif facts.product.family != family:
+        if family is not None and facts.product.family != family:
             return Outcome(MET, order)
-        else:
-            amount = facts.dose.tablets_per_day
-        if amount is None:
-            return Outcome(UNKNOWN, order, gaps=("a dose that can be read (mg and times a day)",))
-        if amount <= limit:
-            return Outcome(MET, order)
+        total = _day_total(facts, family)
+        if total.amount is None:
+            if total.unreadable == order:
+                return Outcome(UNKNOWN, order, gaps=("a dose that can be read (mg and times a day)",))
+            others = ", ".join(ref for ref in total.unreadable if ref != facts.order_ref)
+            note = f"the dose of {others} cannot be read, so the member's daily total is unknown"
+            return Outcome(UNKNOWN, total.evidence, note=note, gaps=(f"a dose that can be read for {others}",))
+        if total.amount <= limit:
+            return Outcome(MET, total.evidence)
+        sum_words = f"{total.words} = " if total.words else ""
         if family is None:
-            return Outcome(NOT_MET, order, note=f"{amount:g} mg/day exceeds {limit:g} mg/day")
-        fix = _fewer_tablets(facts.dose.mg_per_day, limit, strengths)
-        note = f"{amount:g} {label} tablets/day exceeds {limit:g} tablets/day"
-        return Outcome(NOT_MET, order, (fix,) if fix else (), note=note)
+            return Outcome(NOT_MET, total.evidence, note=f"{sum_words}{total.amount:g} mg/day exceeds {limit:g} mg/day")
+        fix = _fewer_tablets(facts.dose.mg_per_day, limit - total.others, strengths)
+        note = f"{sum_words}{total.amount:g} {label} tablets/day exceeds {limit:g} tablets/day"
+        return Outcome(NOT_MET, total.evidence, (fix,) if fix else (), note=note)
 
     return fn
 
@@ -889,8 +995,9 @@ def _dose_within(p: Params, env: CompileEnv) -> Predicate:
 def _dose_compare(increase: bool) -> Callable[[Params, CompileEnv], Predicate]:
     def build(p: Params, env: CompileEnv) -> Predicate:
         def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
-            new, old = facts.dose.mg_per_day, facts.previous_mg_per_day
-            evidence = _merge(((facts.order_ref,), facts.drug_evidence))
+            total = _day_total(facts, None)  # the member's new day: every draft of the drug in the request
+            new, old = total.amount, facts.previous_mg_per_day
+            evidence = _merge((total.evidence, facts.drug_evidence))
             if new is None or old is None:
                 return Outcome(UNKNOWN, evidence)
             return Outcome(MET if (new > old) == increase else NOT_MET, evidence)
@@ -898,9 +1005,9 @@ def _dose_compare(increase: bool) -> Callable[[Params, CompileEnv], Predicate]:
         return fn
 
     build.__doc__ = (
-        "Met when the new daily dose exceeds the previous one; unknown when either is unknown."
+        "Met when the new daily dose (all drafts of the drug) exceeds the previous one; unknown when either is unknown."
         if increase
-        else "Met when the new daily dose is at most the previous one; unknown when either is unknown."
+        else "Met when the new daily dose (all drafts) is at most the previous one; unknown when either is unknown."
     )
     return build
 
@@ -948,6 +1055,7 @@ LEAVES: dict[str, Callable[[Params, CompileEnv], Predicate]] = {
     "qualifier_documented": _qualifier_documented,
     "payer_review": _payer_review,
     "diagnosis_within_days": _diagnosis_within_days,
+    "procedure_in": _procedure_in,
 }
 COMBINATORS = ("all_of", "any_of", "not", "conditional", "sub_items")
 PREDICATE_NAMES = frozenset(LEAVES) | frozenset(COMBINATORS)

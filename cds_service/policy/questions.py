@@ -36,6 +36,7 @@ from .predicates import (
     combine_all,
     her2_positive,
     hormone_receptor_positive,
+    member_mg_per_day,
     not_status,
 )
 from .results import Status
@@ -333,13 +334,30 @@ def _previous_dose(link_id: str, increase: bool) -> tuple[tuple[Question, ...], 
     def decide(answers: Mapping[str, Answer], chart: Outcome, facts: Facts) -> Outcome:
         answer = answers.get(link_id)
         old = next((v.number for v in answer.values if v.number is not None), None) if answer else None
-        new = facts.dose.mg_per_day
+        new = member_mg_per_day(facts)
         if old is None or new is None:
             return chart
         return settle(chart, MET if (new > old) == increase else NOT_MET, answers)
 
     question = Question(link_id, "quantity", "Previous daily dose", unit=MG_PER_DAY)
     return (question,), decide
+
+
+def _procedure(link_id: str, p: Mapping[str, Any]) -> tuple[tuple[Question, ...], Decide]:
+    """A date: on or before the order date the procedure was received (met); after it, it is scheduled (met only
+    where the criterion accepts scheduled procedures, else the chart's answer stands)."""
+    tags = tuple(p.get("tags") or ())
+    scheduled = p.get("scheduled") is True
+    names = " or ".join(t.replace("-", " ") for t in tags)
+    text = f"Date the {names} was performed" + (" or is scheduled" if scheduled else "")
+
+    def decide(answers: Mapping[str, Answer], chart: Outcome, facts: Facts) -> Outcome:
+        when = _first_date(answers.get(link_id))
+        if when is None or (when > facts.evaluation_date and not scheduled):
+            return chart
+        return settle(chart, MET, answers, not_met_is_absence=True)
+
+    return (Question(link_id, "date", text),), decide
 
 
 def _documented(link_id: str, p: Mapping[str, Any]) -> tuple[tuple[Question, ...], Decide]:
@@ -401,6 +419,8 @@ def leaf(name: str, params: Any, where: str, env: CompileEnv, fn: Predicate) -> 
         asks = _previous_dose(where, name == "dose_increase")
     elif name in ("documented", "qualifier_documented"):
         asks = _documented(where, p)
+    elif name == "procedure_in":
+        asks = _procedure(where, p)
     else:  # product_in, dose_within, payer_review, diagnosis_within_days: not a question for the chart
         asks = None
     if asks is None:

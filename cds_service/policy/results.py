@@ -6,7 +6,7 @@ This module is the contract between ``cds_service.policy.engine`` and ``cds_serv
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 
@@ -41,6 +41,11 @@ class Fix:
     sig: str | None = None  # e.g. "25 mg by mouth once daily"
     dose_mg: float | None = None
     frequency_per_day: int | None = None
+    #: Ingredient tags of the drug it orders (an allergy to any withholds it); the drug itself for a switch.
+    tags: tuple[str, ...] = field(default=(), compare=False)
+    #: Diagnosis tags of a procedure the drug is given before (an induction agent before the transplant): once
+    #: that procedure was performed, the order is not suggested; the card asks for the induction's documentation.
+    given_before: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,9 @@ class OrderEvaluation:
     #: The drug as cards name it (policy file ``drug.name``), and the product when it is non-formulary.
     drug: str = "the drug"
     product_words: str | None = None
+    #: Suggestions not offered and why (an allergy on record, an induction after the transplant, a fix that would
+    #: not satisfy its criterion): shown on the card so the prescriber knows what to do instead.
+    withheld: tuple[str, ...] = ()
 
     def all_criteria(self) -> Iterator[CriterionResult]:
         for criterion in self.criteria:

@@ -140,6 +140,14 @@ class PolicyFile(_Strict):
     referrals: dict[str, ReferralTable]
     non_formulary: list[NonFormulary] | None = None
     label_notes: list[LabelNote] | None = None
+    regimen_markers: dict[str, list[str]] | None = Field(
+        default=None,
+        description="Safe suggestions: diagnosis tag -> ingredient tags whose order shows that regimen (organ)",
+    )
+    duplicate_therapy_groups: list[str] | None = Field(
+        default=None,
+        description="Safe suggestions: medication groups never given two at a time (a member of one already ordered)",
+    )
     pathways: list[Pathway] = Field(min_length=1)
 
 
