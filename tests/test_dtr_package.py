@@ -61,8 +61,12 @@ def test_every_pathway_questionnaire_has_what_the_dtr_standard_profile_requires(
         assert item["linkId"].split("/")[0] in criterion_ids, "every linkId starts with the policy's criterion id"
         if item["type"] in ("choice", "open-choice"):  # dtrq-2
             assert item.get("answerOption") or item.get("answerValueSet")
-            if item.get("answerValueSet"):
-                assert item["answerValueSet"].endswith(f"|{POLICY.version}"), "oper-16: version-specific"
+            if item.get("answerValueSet"):  # contained (self-contained form), itself version-specific (oper-16)
+                contained = {f"#{r['id']}": r for r in q.get("contained", [])}
+                value_set = contained[item["answerValueSet"]]
+                assert value_set["resourceType"] == "ValueSet" and value_set["version"] == POLICY.version
+                assert value_set["url"].startswith("https://payer.example/fhir/ValueSet/")
+                assert value_set["expansion"]["contains"], "expanded: renderers need no terminology server"
         if item["type"] == "quantity":  # dtrq-3
             assert any(e["url"].endswith("questionnaire-unitOption") for e in item.get("extension", []))
         for condition in item.get("enableWhen", []):
@@ -191,7 +195,9 @@ def test_package_shape_and_prefill_match_the_evaluation(client: Any, name: str) 
         value_sets = {v["url"] + "|" + v["version"]: v for v in resources(bundle, "ValueSet")}
         for item in items(questionnaire):
             if "answerValueSet" in item:
-                vs = value_sets[item["answerValueSet"]]  # oper-14: every referenced ValueSet is in the Bundle
+                inside = next(r for r in questionnaire["contained"] if f"#{r['id']}" == item["answerValueSet"])
+                vs = value_sets[f"{inside['url']}|{inside['version']}"]  # oper-14: each ValueSet is in the Bundle too
+                assert vs["expansion"]["contains"] == inside["expansion"]["contains"]
                 ValueSet.model_validate(vs)
                 assert vs["expansion"]["total"] == len(vs["expansion"]["contains"])  # oper-15: expanded
         for answered in items(draft):

@@ -158,8 +158,8 @@ def _bundle(
     now: datetime,
 ) -> dict[str, Any]:
     pathway = pack.policy.pathway(pathway_id)
-    questionnaire, value_sets = build_questionnaire(pack.policy, pathway, pack.tables, base, publisher)
     stamp = now.isoformat(timespec="seconds")
+    questionnaire, value_sets = build_questionnaire(pack.policy, pathway, pack.tables, base, publisher, stamp)
     response = draft_response(
         questionnaire, answers, patient_ref=patient_ref, order_ref=order_ref, coverage_ref=coverage_ref, now=now
     )
