@@ -411,3 +411,13 @@ def test_expand_resolves_url_with_version(client: Any) -> None:
     assert encoded.status_code == 200 and encoded.get_json()["expansion"]["contains"]
     stale = client.get("/fhir/ValueSet/$expand?url=" + canonical.replace("02.25", "01.24"))
     assert stale.status_code == 404
+
+
+def test_escaped_answer_text_stays_literal_in_the_terminal_view_of_a_card() -> None:
+    from cds_service.plaintext import markdown_to_text
+    from fhir_mappings.answers import card_text
+
+    said = card_text("**now** [click](https://evil.example) <b>~x~</b>\x1b[2J")
+    assert markdown_to_text(f"- {said} and **real** emphasis") == (
+        "- **now** [click](https://evil.example) <b>~x~</b> [2J and real emphasis"
+    )
