@@ -307,7 +307,7 @@ def read_answers(
         if problem == "":
             if order_ref not in _raw_orders(raw):
                 continue  # another payer's or another policy's form about something else
-            problem = "questionnaire of another service"
+            problem = "questionnaire of another service" if canonical else "names no questionnaire"
         try:
             response = QuestionnaireResponse.model_validate(raw)
         except (ValidationError, ValueError, RecursionError) as exc:

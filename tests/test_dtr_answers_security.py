@@ -266,6 +266,7 @@ def _context(response: dict[str, Any], reference: str | None) -> dict[str, Any]:
         (lambda r: _context(r, "MedicationRequest/another-order"), "for another order"),
         (lambda r: _context(r, None), "names no order (no DTR qr-context)"),
         (lambda r: {**r, "subject": {"reference": "Patient/someone-else"}}, "about another patient"),
+        (lambda r: {k: v for k, v in r.items() if k != "questionnaire"}, "names no questionnaire"),
         (lambda r: {**r, "authored": "yesterday"}, "not a valid QuestionnaireResponse (ValidationError)"),
     ],
 )
