@@ -213,7 +213,9 @@ class HookHandler:
                 # Why, not which: response ids stay out of the log like every other resource reference.
                 whys = sorted({n.why for n in heard.not_used})
                 log_event(log, "dtr.responses_ignored", count=len(heard.not_used), reasons="; ".join(whys)[:500])
-            evaluation = evaluate(self.policy, with_answers(facts, heard))
+            evaluation = evaluate(
+                self.policy, with_answers(facts, heard, offer.suggested_diagnoses(self.policy, facts))
+            )
             dtr = offer.offer(self.policy, self.tables, evaluation, facts, record, heard, base=base, hook=request.hook)
             draft = next(d for d in drafts if d.get("resourceType") == "MedicationRequest" and d.get("id") == order_id)
             answered.append(

@@ -344,28 +344,33 @@ def read_answers(
 # ----------------------------------------------------------------------------- diagnoses
 
 
-def _answered_diagnoses(facts: Facts, read: ReadAnswers) -> tuple[dict[str, list[Answer]], dict[str, list[Answer]]]:
+def _answered_diagnoses(
+    facts: Facts, read: ReadAnswers, suggested: frozenset[str]
+) -> tuple[dict[str, list[Answer]], dict[str, list[Answer]]]:
     """Diagnosis tags the answers code: (heard, set aside). An answered diagnosis is heard when the chart shows
-    it (or suggests it: TSC for its manifestations) or codes no diagnosis the policy names; otherwise the chart's
-    coded diagnosis stands."""
-    known = set(facts.diagnoses) | set(facts.possible_diagnoses) | set(facts.generic_suggestions)
+    it or suggests it (``suggested``: the policy's reading, TSC for each of its manifestations) or codes no
+    diagnosis the policy names; otherwise the chart's coded diagnosis stands."""
+    known = set(facts.diagnoses) | set(facts.possible_diagnoses) | set(facts.generic_suggestions) | suggested
     heard: dict[str, list[Answer]] = {}
     aside: dict[str, list[Answer]] = {}
     for answer in read.answers.values():
         for value in answer.values:
             if value.system not in ("icd-10-cm", "snomed"):
                 continue
+            # One coding, one diagnosis: it agrees with the chart when any of its tags does (G40.1 is both
+            # partial-onset seizures, which TSC suggests, and a seizure disorder).
+            target = heard if known.intersection(value.tags) or not facts.diagnoses else aside
             for tag in value.tags:
-                target = heard if tag in known or not facts.diagnoses else aside
                 target.setdefault(tag, []).append(answer)
     return heard, aside
 
 
-def with_answers(facts: Facts, read: ReadAnswers) -> Facts:
-    """The facts with the clinician's answers, and the diagnoses they code added where the chart allows it."""
+def with_answers(facts: Facts, read: ReadAnswers, suggested: frozenset[str] = frozenset()) -> Facts:
+    """The facts with the clinician's answers, and the diagnoses they code added where the chart allows it
+    (``suggested``: diagnosis tags the chart's findings suggest under the policy)."""
     if not read.answers:
         return facts
-    heard, _ = _answered_diagnoses(facts, read)
+    heard, _ = _answered_diagnoses(facts, read, suggested)
     diagnoses = dict(facts.diagnoses)
     for tag, answers in heard.items():
         known = diagnoses.get(tag)
@@ -379,9 +384,9 @@ def with_answers(facts: Facts, read: ReadAnswers) -> Facts:
     )
 
 
-def diagnosis_notes(facts: Facts, read: ReadAnswers) -> tuple[str, ...]:
+def diagnosis_notes(facts: Facts, read: ReadAnswers, suggested: frozenset[str] = frozenset()) -> tuple[str, ...]:
     """What the card says about diagnoses answered in a questionnaire (``facts``: the chart's, before answers)."""
-    heard, aside = _answered_diagnoses(facts, read)
+    heard, aside = _answered_diagnoses(facts, read, suggested)
     notes: list[str] = []
     chart = ", ".join(dict.fromkeys(ref for finding in facts.diagnoses.values() for ref in finding.evidence))
     for answer in dict.fromkeys(a for answers in aside.values() for a in answers):

@@ -422,3 +422,54 @@ def test_escaped_answer_text_stays_literal_in_the_terminal_view_of_a_card() -> N
     assert markdown_to_text(f"- {said} and **real** emphasis") == (
         "- **now** [click](https://evil.example) <b>~x~</b> [2J and real emphasis"
     )
+
+
+def test_a_manifestation_answered_for_tsc_alone_documents_it(client: Any) -> None:
+    """TSC alone suggests each of its manifestations: the clinician's answer naming one (partial-onset seizures) is
+    not a contradiction of the chart but the documentation asked for, and moves the order to that pathway."""
+    request = sample("TSC-alone-which-manifestation")
+    first = evaluation(sign(client, request))
+    assert first["pathway"] == "I.D" and "I.F" in first["diagnosisOptions"]
+    response = {
+        "resourceType": "QuestionnaireResponse",
+        "id": "qr-seizures",
+        "questionnaire": "http://localhost/fhir/Questionnaire/cp-phar-63-i-f|02.25",
+        "status": "completed",
+        "subject": {"reference": f"Patient/{request['context']['patientId']}"},
+        "author": {"reference": "Practitioner/neuro"},
+        "extension": [{"url": QR_CONTEXT, "valueReference": {"reference": first["order"]}}],
+        "item": [{"linkId": "I.F.2/1", "answer": [_manual({"valueCoding": {"system": ICD10, "code": "G40.1"}})]}],
+    }
+    ev = evaluation(sign(client, with_responses(request, response)))
+    assert ev["pathway"] == "I.F"
+    assert not [n for n in ev.get("notes", []) if "chart's coded diagnosis decides" in n]
+    assert not ev.get("answersNotUsed")
+
+
+def test_a_primary_the_charts_finding_suggests_under_the_policy_is_heard() -> None:
+    """Carcinoid syndrome on the chart suggests a neuroendocrine tumour (pathway I.B ``suggested_by``): the NET
+    primary a clinician answers documents it; a breast cancer answered beside the same chart is set aside."""
+    from cds_service.dtr.offer import suggested_diagnoses
+    from cds_service.registry import default_registry
+    from fhir_mappings.answers import ReadAnswers, diagnosis_notes, with_answers
+    from fhir_mappings.model import Answer, AnswerValue
+    from tests.test_policy_cp_phar_63 import make_facts
+
+    policy = default_registry().default.policy
+    chart = make_facts(diagnoses=("functional-carcinoid",))
+    suggested = suggested_diagnoses(policy, chart)
+    assert "net-pancreas" in suggested
+    net = AnswerValue(system="icd-10-cm", code="C25.4", tags=frozenset({"net-pancreas"}))
+    breast = AnswerValue(system="icd-10-cm", code="C50.911", tags=frozenset({"breast-cancer"}))
+    read = ReadAnswers(
+        {
+            "I.B.2/1": Answer("I.B.2/1", "QuestionnaireResponse/net", "manual", (net,)),
+            "I.A.2/1": Answer("I.A.2/1", "QuestionnaireResponse/breast", "manual", (breast,)),
+        }
+    )
+    heard = with_answers(chart, read, suggested)
+    assert heard.diagnoses["net-pancreas"].evidence == ("QuestionnaireResponse/net",)
+    assert "breast-cancer" not in heard.diagnoses
+    (note,) = diagnosis_notes(chart, read, suggested)
+    assert note.startswith("The diagnosis answered in QuestionnaireResponse/breast (C50.911) is not the one")
+    assert "net-pancreas" not in with_answers(chart, read).diagnoses  # without the policy's suggestion: set aside

@@ -49,6 +49,13 @@ def answerable(policy: Policy, base: str) -> dict[str, frozenset[str]]:
     return {questionnaire_canonical(base, policy, pid): ids for pid, ids in link_ids.items()}
 
 
+def suggested_diagnoses(policy: Policy, facts: Facts) -> frozenset[str]:
+    """Diagnosis tags the chart suggests under the policy (TSC suggests each manifestation's pathway): an answer
+    naming one documents what the chart left open rather than contradicting it."""
+    found = set(facts.diagnoses) | set(facts.possible_diagnoses)
+    return frozenset(tag for p in policy.pathways if found.intersection(p.suggested_by) for tag in p.diagnoses)
+
+
 def _pathways(policy: Policy, evaluation: OrderEvaluation) -> list[Pathway]:
     if evaluation.decision is Decision.REFER:
         return []
@@ -97,7 +104,7 @@ def offer(
     for link_id, answer in answers.answers.items():
         if link_id in asked_ids:
             used.setdefault(answer.source, []).append(link_id)
-    notes = list(diagnosis_notes(chart_facts, answers))
+    notes = list(diagnosis_notes(chart_facts, answers, suggested_diagnoses(policy, chart_facts)))
     if used:
         words = "; ".join(f"{ref}: {', '.join(ids)}" for ref, ids in used.items())
         notes.append(f"Clinician answers used ({words}).")
