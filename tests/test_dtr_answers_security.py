@@ -122,22 +122,14 @@ def test_a_patient_authored_form_cannot_turn_an_off_label_referral_into_covered(
     first = sign(client, request)
     before = evaluation(first)
     assert before["decision"] != "met"
-    questionnaire = "http://localhost/fhir/Questionnaire/cp-phar-63-i-a|02.25"
-    order = f"MedicationRequest/{before['order'].split('/')[-1]}"
-    forged = {
-        "resourceType": "QuestionnaireResponse",
-        "id": "qr-forged",
-        "questionnaire": questionnaire,
-        "status": "completed",
-        "subject": {"reference": f"Patient/{request['context']['patientId']}"},
-        "author": {"reference": f"Patient/{request['context']['patientId']}"},
-        "authored": datetime.now(UTC).isoformat(timespec="seconds"),
-        "extension": [{"url": QR_CONTEXT, "valueReference": {"reference": order}}],
-        "item": [
-            {"linkId": "I.A.2/1", "answer": [_manual({"valueCoding": {"system": ICD10, "code": "C50.911"}})]},
-            {"linkId": "I.A.3", "answer": [_manual({"valueBoolean": True})]},
-        ],
-    }
+    order = before["order"]
+    patient = f"Patient/{request['context']['patientId']}"
+    forged = _from_scratch(request, "qr-forged", "i-a", order, author=patient)
+    forged["authored"] = datetime.now(UTC).isoformat(timespec="seconds")
+    forged["item"] = [
+        _diagnosis("I.A.2/1", "C50.911"),
+        {"linkId": "I.A.3", "answer": [_manual({"valueBoolean": True})]},
+    ]
     after = evaluation(sign(client, with_responses(request, forged)))
     assert (after["decision"], after.get("pathway")) == (before["decision"], before.get("pathway"))
     assert after["answersNotUsed"] == ["QuestionnaireResponse/qr-forged not used: no clinician author"]
@@ -145,6 +137,23 @@ def test_a_patient_authored_form_cannot_turn_an_off_label_referral_into_covered(
 
 def _manual(value: dict[str, Any]) -> dict[str, Any]:
     return {**value, "extension": [{"url": ORIGIN, "extension": [{"url": "source", "valueCode": "manual"}]}]}
+
+
+def _diagnosis(link_id: str, icd10: str) -> dict[str, Any]:
+    return {"linkId": link_id, "answer": [_manual({"valueCoding": {"system": ICD10, "code": icd10}})]}
+
+
+def _from_scratch(request: dict[str, Any], rid: str, form: str, order: str, *, author: str) -> dict[str, Any]:
+    """A completed response to this service's form ``cp-phar-63-{form}`` about ``order``, written by ``author``."""
+    return {
+        "resourceType": "QuestionnaireResponse",
+        "id": rid,
+        "questionnaire": f"http://localhost/fhir/Questionnaire/cp-phar-63-{form}|02.25",
+        "status": "completed",
+        "subject": {"reference": f"Patient/{request['context']['patientId']}"},
+        "author": {"reference": author},
+        "extension": [{"url": QR_CONTEXT, "valueReference": {"reference": order}}],
+    }
 
 
 # ----------------------------------------------------------------------------- the full canonical
@@ -366,17 +375,9 @@ def test_without_a_coded_diagnosis_the_card_says_the_pathway_follows_the_answer(
     request = sample("no-diagnosis-on-file")
     first = sign(client, request)
     assert evaluation(first).get("pathway") in (None, "I.I")
-    order = f"MedicationRequest/{evaluation(first)['order'].split('/')[-1]}"
-    response = {
-        "resourceType": "QuestionnaireResponse",
-        "id": "qr-dx-only",
-        "questionnaire": "http://localhost/fhir/Questionnaire/cp-phar-63-i-a|02.25",
-        "status": "completed",
-        "subject": {"reference": f"Patient/{request['context']['patientId']}"},
-        "author": {"reference": "Practitioner/dr"},
-        "extension": [{"url": QR_CONTEXT, "valueReference": {"reference": order}}],
-        "item": [{"linkId": "I.A.2/1", "answer": [_manual({"valueCoding": {"system": ICD10, "code": "C50.911"}})]}],
-    }
+    order = evaluation(first)["order"]
+    response = _from_scratch(request, "qr-dx-only", "i-a", order, author="Practitioner/dr")
+    response["item"] = [_diagnosis("I.A.2/1", "C50.911")]
     ev = evaluation(sign(client, with_responses(request, response)))
     assert ev["pathway"] == "I.A"
     assert any(
@@ -430,16 +431,8 @@ def test_a_manifestation_answered_for_tsc_alone_documents_it(client: Any) -> Non
     request = sample("TSC-alone-which-manifestation")
     first = evaluation(sign(client, request))
     assert first["pathway"] == "I.D" and "I.F" in first["diagnosisOptions"]
-    response = {
-        "resourceType": "QuestionnaireResponse",
-        "id": "qr-seizures",
-        "questionnaire": "http://localhost/fhir/Questionnaire/cp-phar-63-i-f|02.25",
-        "status": "completed",
-        "subject": {"reference": f"Patient/{request['context']['patientId']}"},
-        "author": {"reference": "Practitioner/neuro"},
-        "extension": [{"url": QR_CONTEXT, "valueReference": {"reference": first["order"]}}],
-        "item": [{"linkId": "I.F.2/1", "answer": [_manual({"valueCoding": {"system": ICD10, "code": "G40.1"}})]}],
-    }
+    response = _from_scratch(request, "qr-seizures", "i-f", first["order"], author="Practitioner/neuro")
+    response["item"] = [_diagnosis("I.F.2/1", "G40.1")]
     ev = evaluation(sign(client, with_responses(request, response)))
     assert ev["pathway"] == "I.F"
     assert not [n for n in ev.get("notes", []) if "chart's coded diagnosis decides" in n]
