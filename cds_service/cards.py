@@ -319,7 +319,7 @@ MAX_UNUSED_ANSWER_LINES = 5
 
 def unused_answer_lines(item: EvaluatedOrder) -> list[str]:
     """Markdown lines naming each QuestionnaireResponse about this order that was not used, and why: answers are
-    never ignored in silence. The client may report a form it could not fill with ``$log-questionnaire-errors``."""
+    never ignored in silence (the lines come from ``fhir_mappings.answers``, with ids checked and text escaped)."""
     lines = list(item.answers_not_used)
     if not lines:
         return []
