@@ -49,6 +49,8 @@ class EvaluatedOrder:
     documentable: bool = False
     dtr_prefill: Mapping[str, Any] = field(default_factory=dict)
     answers_used: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: One line per QuestionnaireResponse about this order the decision did not use ("... not used: why").
+    answers_not_used: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,7 @@ def detail_for(item: EvaluatedOrder) -> str:
     if ev.notes:
         parts.append("\n**Information (does not change the decision):**")
         parts += [f"- {note}" for note in ev.notes]
+    parts += unused_answer_lines(item)
     if not item.coverage_ref:
         if "coverage" in item.unavailable:
             parts.append("\nThe member's Coverage could not be read from the EHR: no coverage determination is made.")
@@ -313,6 +316,22 @@ def detail_for(item: EvaluatedOrder) -> str:
             f"\nThe EHR's FHIR server did not return: {keys}; criteria that depend on them show as undocumented."
         )
     return "\n".join(parts)
+
+
+#: At most this many "not used" lines on a card; the rest are counted.
+MAX_UNUSED_ANSWER_LINES = 5
+
+
+def unused_answer_lines(item: EvaluatedOrder) -> list[str]:
+    """Markdown lines naming each QuestionnaireResponse about this order that was not used, and why: answers are
+    never ignored in silence (the lines come from ``fhir_mappings.answers``, with ids checked and text escaped)."""
+    lines = list(item.answers_not_used)
+    if not lines:
+        return []
+    shown = [f"- {line}" for line in lines[:MAX_UNUSED_ANSWER_LINES]]
+    if len(lines) > MAX_UNUSED_ANSWER_LINES:
+        shown.append(f"- and {len(lines) - MAX_UNUSED_ANSWER_LINES} more")
+    return ["\n**Questionnaire answers not used:**", *shown]
 
 
 # ----------------------------------------------------------------------------- unreadable orders
@@ -416,6 +435,12 @@ def evaluation_extension(ev: OrderEvaluation) -> dict[str, Any]:
         criteria.append(entry)
     if criteria:
         body["criteria"] = criteria
+    return body
+
+
+def _with_unused_answers(body: dict[str, Any], item: EvaluatedOrder) -> dict[str, Any]:
+    if item.answers_not_used:
+        body["answersNotUsed"] = list(item.answers_not_used)
     return body
 
 
@@ -686,7 +711,7 @@ def render(
                     detail=detail_for(item),
                     overrideReasons=list(OVERRIDE_REASONS) if ev.decision is not Decision.MET else [],
                     links=links,
-                    extension={EVALUATION_KEY: evaluation_extension(ev)},
+                    extension={EVALUATION_KEY: _with_unused_answers(evaluation_extension(ev), item)},
                 )
             )
             if decision is not None:

@@ -208,13 +208,15 @@ class HookHandler:
                 self.tables,
                 patient_id=request.context.patientId,
                 order_ref=facts.order_ref,
-                questionnaires=offer.questionnaire_versions(self.policy),
+                questionnaires=offer.answerable(self.policy, base),
             )
-            if heard.ignored:
+            if heard.not_used:
                 # Why, not which: response ids stay out of the log like every other resource reference.
-                whys = sorted({reason.split(": ", 1)[-1] for reason in heard.ignored})
-                log_event(log, "dtr.responses_ignored", count=len(heard.ignored), reasons="; ".join(whys)[:500])
-            evaluation = evaluate(self.policy, with_answers(facts, heard))
+                whys = sorted({n.why for n in heard.not_used})
+                log_event(log, "dtr.responses_ignored", count=len(heard.not_used), reasons="; ".join(whys)[:500])
+            evaluation = evaluate(
+                self.policy, with_answers(facts, heard, offer.suggested_diagnoses(self.policy, facts))
+            )
             dtr = offer.offer(self.policy, self.tables, evaluation, facts, record, heard, base=base, hook=request.hook)
             draft = next(d for d in drafts if d.get("resourceType") == "MedicationRequest" and d.get("id") == order_id)
             answered.append(
@@ -228,6 +230,7 @@ class HookHandler:
                     documentable=dtr.documentable,
                     dtr_prefill=dtr.prefill,
                     answers_used=dtr.answers_used,
+                    answers_not_used=dtr.answers_not_used,
                 )
             )
         items = [answer for answer in answered if isinstance(answer, card_builder.EvaluatedOrder)]

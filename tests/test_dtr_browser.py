@@ -1,7 +1,8 @@
 """The DTR questionnaire package seen in a real renderer: LHC-Forms in headless Chromium.
 
 The package the service generates for an order (Questionnaire + prefilled QuestionnaireResponse) is rendered in
-LHC-Forms; a person's clicks answer what the chart left open; the QuestionnaireResponse LHC-Forms builds is read
+LHC-Forms exactly as received (the Questionnaire carries its expanded ValueSets as ``contained`` resources, so the
+renderer needs no terminology server and no step of ours in between); a person's clicks answer what the chart left open; the QuestionnaireResponse LHC-Forms builds is read
 back, completed the way a DTR app completes it, and sent with the re-signed order, which moves from incomplete to
 met. ``PRIORAUTH_DTR_SCREENSHOT=path`` keeps a screenshot of the rendered form (docs/dtr-questionnaire.png).
 """
@@ -38,23 +39,6 @@ def completed_by_dtr_app(draft: dict[str, Any], harvested: dict[str, Any], autho
     return response
 
 
-def renderable(questionnaire: dict[str, Any], bundle: dict[str, Any]) -> dict[str, Any]:
-    """The Questionnaire as a DTR app hands it to LHC-Forms: the package's expanded ValueSets contained in it (the
-    renderer resolves ``#id`` locally instead of calling a terminology server)."""
-    value_sets = {f"{v['url']}|{v['version']}": v for v in resources(bundle, "ValueSet")}
-    form = copy.deepcopy(questionnaire)
-    form["contained"] = list(value_sets.values())
-
-    def point_inside(items: list[dict[str, Any]]) -> None:
-        for item in items:
-            if item.get("answerValueSet") in value_sets:
-                item["answerValueSet"] = "#" + value_sets[item["answerValueSet"]]["id"]
-            point_inside(item.get("item") or [])
-
-    point_inside(form["item"])
-    return form
-
-
 def _screenshot(browser: LFormsBrowser, tmp_path: Path) -> None:
     target = os.environ.get("PRIORAUTH_DTR_SCREENSHOT")
     browser.screenshot(Path(target) if target else tmp_path / "dtr-questionnaire.png", whole_page=True)
@@ -65,7 +49,7 @@ def test_the_package_renders_in_lhc_forms_and_a_clicked_answer_decides_the_order
     first = sign(client, request)
     assert evaluation(first)["decision"] == "incomplete" and statuses(first)["I.A.3"] == "unknown"
     bundle = package_for(client, request, first)
-    questionnaire = renderable(resources(bundle, "Questionnaire")[0], bundle)
+    questionnaire = resources(bundle, "Questionnaire")[0]  # exactly as received: its ValueSets are contained
     draft = resources(bundle, "QuestionnaireResponse")[0]
 
     with LFormsBrowser() as browser:
@@ -74,6 +58,7 @@ def test_the_package_renders_in_lhc_forms_and_a_clicked_answer_decides_the_order
         year, month, day = birth.split("-")
         assert browser.shown_answer("I.A.4") == f"{month}/{day}/{year}"
         assert browser.shown_answer("I.A.3") in ("", "Not Answered", None)  # left open for the clinician
+        assert not [e for e in browser.console_errors if "ValueSet" in e], browser.console_errors  # nothing unresolved
         browser.answer_boolean("I.A.3", True)
         harvested = browser.harvest()
         _screenshot(browser, tmp_path)
@@ -93,7 +78,7 @@ def test_a_choice_picked_from_the_value_set_in_the_form_counts(client: Any) -> N
     first = sign(client, request)
     assert statuses(first)["I.A.6"] == "unknown"
     bundle = package_for(client, request, first)
-    questionnaire = renderable(resources(bundle, "Questionnaire")[0], bundle)
+    questionnaire = resources(bundle, "Questionnaire")[0]  # exactly as received: its ValueSets are contained
     draft = resources(bundle, "QuestionnaireResponse")[0]
     with LFormsBrowser() as browser:
         browser.render(questionnaire, draft)

@@ -312,5 +312,5 @@ def test_ignored_responses_are_logged_by_reason_without_resource_ids(client: Any
             ext["valueReference"]["reference"] = "MedicationRequest/secret-order-id"
     sign(client, with_responses(request, other_order))
     text = service_log()
-    assert "dtr.responses_ignored" in text and "does not name this order" in text
+    assert "dtr.responses_ignored" in text and "for another order" in text
     assert "secret" not in text

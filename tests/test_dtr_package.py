@@ -71,8 +71,12 @@ def test_every_pathway_questionnaire_has_what_the_dtr_standard_profile_requires(
         assert item["linkId"].split("/")[0] in criterion_ids, "every linkId starts with the policy's criterion id"
         if item["type"] in ("choice", "open-choice"):  # dtrq-2
             assert item.get("answerOption") or item.get("answerValueSet")
-            if item.get("answerValueSet"):
-                assert item["answerValueSet"].endswith(f"|{POLICY.version}"), "oper-16: version-specific"
+            if item.get("answerValueSet"):  # contained (self-contained form), itself version-specific (oper-16)
+                contained = {f"#{r['id']}": r for r in q.get("contained", [])}
+                value_set = contained[item["answerValueSet"]]
+                assert value_set["resourceType"] == "ValueSet" and value_set["version"] == POLICY.version
+                assert value_set["url"].startswith("https://payer.example/fhir/ValueSet/")
+                assert value_set["expansion"]["contains"], "expanded: renderers need no terminology server"
         if item["type"] == "quantity":  # dtrq-3
             assert any(e["url"].endswith("questionnaire-unitOption") for e in item.get("extension", []))
         for condition in item.get("enableWhen", []):
@@ -179,7 +183,9 @@ def test_package_shape_and_prefill_match_the_evaluation(client: Any, name: str) 
         assert ev["decision"] == "refer" or not body.get("systemActions") or ev.get("pathway") in (None, "I.I", "II.B")
         return
     Parameters.model_validate(output)
-    assert [p["name"] for p in output["parameter"]] == ["packagebundle"] * len(output["parameter"])
+    bundles = [p for p in output["parameter"] if p["name"] != "outcome"]
+    assert [p["name"] for p in output["parameter"]] == ["packagebundle"] * len(bundles) + ["outcome"]
+    assert _log_errors_offered(output["parameter"][-1]["resource"])
     evidence = {c["id"]: set(c.get("evidence") or []) for c in ev.get("criteria", [])}
     on_record = {
         f"{r['resourceType']}/{r['id']}"
@@ -187,7 +193,7 @@ def test_package_shape_and_prefill_match_the_evaluation(client: Any, name: str) 
         for r in ([e["resource"] for e in value.get("entry", [])] if value.get("resourceType") == "Bundle" else [value])
     } | {f"MedicationRequest/{e['resource']['id']}" for e in request["context"]["draftOrders"]["entry"]}
     prefilled = 0
-    for parameter in output["parameter"]:
+    for parameter in bundles:
         bundle = parameter["resource"]
         Bundle.model_validate(bundle)
         assert bundle["type"] == "collection"
@@ -204,7 +210,9 @@ def test_package_shape_and_prefill_match_the_evaluation(client: Any, name: str) 
         value_sets = {v["url"] + "|" + v["version"]: v for v in resources(bundle, "ValueSet")}
         for item in items(questionnaire):
             if "answerValueSet" in item:
-                vs = value_sets[item["answerValueSet"]]  # oper-14: every referenced ValueSet is in the Bundle
+                inside = next(r for r in questionnaire["contained"] if f"#{r['id']}" == item["answerValueSet"])
+                vs = value_sets[f"{inside['url']}|{inside['version']}"]  # oper-14: each ValueSet is in the Bundle too
+                assert vs["expansion"]["contains"] == inside["expansion"]["contains"]
                 ValueSet.model_validate(vs)
                 assert vs["expansion"]["total"] == len(vs["expansion"]["contains"])  # oper-15: expanded
         for answered in items(draft):
@@ -222,6 +230,15 @@ def test_package_shape_and_prefill_match_the_evaluation(client: Any, name: str) 
         prefilled += sum(1 for i in items(draft) if i.get("answer"))
     if ev.get("pathway") and any(c["status"] != "unknown" and c.get("evidence") for c in ev.get("criteria", [])):
         assert prefilled, f"{name}: the chart decides criteria, yet nothing is prefilled"
+
+
+def _log_errors_offered(outcome: dict[str, Any]) -> bool:
+    """The package's instructions: an informational issue naming $log-questionnaire-errors at this service."""
+    return any(
+        issue["severity"] == "information"
+        and "http://localhost/fhir/Questionnaire/$log-questionnaire-errors" in issue["diagnostics"]
+        for issue in outcome["issue"]
+    )
 
 
 def test_unknown_criteria_are_left_open_in_the_prefill(client: Any) -> None:
@@ -339,6 +356,7 @@ def test_an_explicit_questionnaire_and_an_unknown_one(client: Any) -> None:
     names = [p["name"] for p in body["parameter"]]
     assert names == ["packagebundle", "outcome"]  # oper-9: a warning for the one not found
     assert body["parameter"][1]["resource"]["issue"][0]["severity"] == "warning"
+    assert _log_errors_offered(body["parameter"][1]["resource"])
 
 
 def test_the_official_input_example_gets_an_operation_outcome_not_a_crash(client: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from fhir_mappings.answers import ReadAnswers
+from fhir_mappings.answers import ReadAnswers, diagnosis_notes
 from fhir_mappings.codes import CodeTables
 from fhir_mappings.model import Facts
 from fhir_mappings.record import PatientRecord
@@ -34,14 +34,26 @@ class DtrOffer:
     prefill: Mapping[str, Prefill] = field(default_factory=dict)
     #: QuestionnaireResponse reference -> the linkIds whose answers this decision used.
     answers_used: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: One line per QuestionnaireResponse (or part of one) about this order that was not used, and why.
+    answers_not_used: tuple[str, ...] = ()
 
 
-def questionnaire_versions(policy: Policy) -> dict[str, str]:
-    """Questionnaire id -> the version its answers must carry (the policy's)."""
-    versions: dict[str, str] = memoised(
-        "versions", policy, lambda: {questionnaire_id(policy, p.id): policy.version for p in asked_pathways(policy)}
+def answerable(policy: Policy, base: str) -> dict[str, frozenset[str]]:
+    """This service's full version-specific Questionnaire canonicals (``base``) -> the linkIds each asks: only
+    answers to a questionnaire's own items, in a response naming that exact canonical, count."""
+    link_ids: dict[str, frozenset[str]] = memoised(
+        "link-ids",
+        policy,
+        lambda: {p.id: frozenset(q.link_id for q in questions_of(p)) for p in asked_pathways(policy)},
     )
-    return versions
+    return {questionnaire_canonical(base, policy, pid): ids for pid, ids in link_ids.items()}
+
+
+def suggested_diagnoses(policy: Policy, facts: Facts) -> frozenset[str]:
+    """Diagnosis tags the chart suggests under the policy (TSC suggests each manifestation's pathway): an answer
+    naming one documents what the chart left open rather than contradicting it."""
+    found = set(facts.diagnoses) | set(facts.possible_diagnoses)
+    return frozenset(tag for p in policy.pathways if found.intersection(p.suggested_by) for tag in p.diagnoses)
 
 
 def _pathways(policy: Policy, evaluation: OrderEvaluation) -> list[Pathway]:
@@ -92,11 +104,15 @@ def offer(
     for link_id, answer in answers.answers.items():
         if link_id in asked_ids:
             used.setdefault(answer.source, []).append(link_id)
+    notes = list(diagnosis_notes(chart_facts, answers, suggested_diagnoses(policy, chart_facts)))
     if used:
         words = "; ".join(f"{ref}: {', '.join(ids)}" for ref, ids in used.items())
-        evaluation = replace(evaluation, notes=(*evaluation.notes, f"Clinician answers used ({words})."))
+        notes.append(f"Clinician answers used ({words}).")
+    if notes:
+        evaluation = replace(evaluation, notes=(*evaluation.notes, *notes))
+    not_used = tuple(n.line() for n in answers.not_used)
     if hook != "order-sign" or not pathways:
-        return DtrOffer(evaluation, answers_used={k: tuple(v) for k, v in used.items()})
+        return DtrOffer(evaluation, answers_used={k: tuple(v) for k, v in used.items()}, answers_not_used=not_used)
     canonicals = {p.id: questionnaire_canonical(base, policy, p.id) for p in pathways}
     return DtrOffer(
         evaluation,
@@ -104,4 +120,5 @@ def offer(
         _documentable(evaluation, pathways),
         {questionnaire_id(policy, p.id): prefill(p, chart_facts, record, tables) for p in pathways},
         {k: tuple(v) for k, v in used.items()},
+        not_used,
     )

@@ -179,8 +179,8 @@ def _bundle(
     now: datetime,
 ) -> dict[str, Any]:
     pathway = pack.policy.pathway(pathway_id)
-    questionnaire, value_sets = build_questionnaire(pack.policy, pathway, pack.tables, base, publisher)
     stamp = now.isoformat(timespec="seconds")
+    questionnaire, value_sets = build_questionnaire(pack.policy, pathway, pack.tables, base, publisher, stamp)
     response = draft_response(
         questionnaire, answers, patient_ref=patient_ref, order_ref=order_ref, coverage_ref=coverage_ref, now=now
     )
@@ -294,15 +294,31 @@ def questionnaire_package(
             now=now,
         )
         parameters.append({"name": name, "resource": bundle})
+    parameters.append({"name": "outcome", "resource": package_outcome(base, unknown)})
+    body = {"resourceType": "Parameters", "meta": {"profile": [OUTPUT_PROFILE]}, "parameter": parameters}
+    return PackageResult(body, (row or {}).get("assertion_id"), order_ref, request.coverage_ref, tuple(wanted))
+
+
+def package_outcome(base: str, unknown: Sequence[str]) -> dict[str, Any]:
+    """The package's ``outcome``: a warning per questionnaire nobody here publishes, and always the instruction to
+    report a form the client cannot render or run with ``$log-questionnaire-errors`` (the payer reads those)."""
+    issues: list[dict[str, Any]] = []
     if unknown:
-        outcome = operation_outcome(
+        issues += operation_outcome(
             "not-found",
             f"questionnaire(s) not published here: {', '.join(u[:100] for u in unknown)}",
             severity="warning",
-        )
-        parameters.append({"name": "outcome", "resource": outcome})
-    body = {"resourceType": "Parameters", "meta": {"profile": [OUTPUT_PROFILE]}, "parameter": parameters}
-    return PackageResult(body, (row or {}).get("assertion_id"), order_ref, request.coverage_ref, tuple(wanted))
+        )["issue"]
+    issues += operation_outcome(
+        "informational",
+        f"If a questionnaire cannot be rendered, prefilled or completed, report it: POST "
+        f"{base.rstrip('/')}/fhir/Questionnaire/$log-questionnaire-errors with its 'questionnaire' canonical and "
+        "an 'operationOutcome' per error. A completed QuestionnaireResponse counts when a Practitioner or "
+        "PractitionerRole authored it, it names this Questionnaire's canonical with its version and the order in "
+        "qr-context; the next order-sign card names any response it did not use and why.",
+        severity="information",
+    )["issue"]
+    return {"resourceType": "OperationOutcome", "issue": issues}
 
 
 # ----------------------------------------------------------------------------- value sets, metadata

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from fhir_mappings.codes import CodeRow, CodeTables
@@ -189,7 +190,7 @@ class _ItemBuilder:
         ref = value_set_for(q, self.policy, self.tables, self.base)
         if ref is not None:
             self.value_sets[ref.url] = (ref, q)
-            item["answerValueSet"] = f"{ref.url}|{self.policy.version}"
+            item["answerValueSet"] = f"#{ref.id}"  # contained, expanded: renderers need no terminology server
         if q.unit is not None:
             system, code, display = q.unit
             item["extension"] = [
@@ -265,11 +266,19 @@ def _is_any_of(criterion: Criterion) -> bool:
 
 
 def build_questionnaire(
-    policy: Policy, pathway: Pathway, tables: CodeTables, base: str, publisher: str
+    policy: Policy, pathway: Pathway, tables: CodeTables, base: str, publisher: str, timestamp: str | None = None
 ) -> tuple[dict[str, Any], list[tuple[ValueSetRef, Question]]]:
-    """The pathway's Questionnaire and the value sets it references (url -> ref, question)."""
+    """The pathway's Questionnaire and the value sets it references (ref, question).
+
+    Self-contained: each value set is also in ``contained``, expanded as of ``timestamp`` (default now), with its
+    canonical ``url`` and ``version``, and items reference it as ``#id``; LHC-Forms and Smart Forms render the form
+    as delivered, without resolving canonicals. The package Bundle still carries the same ValueSets for clients that
+    resolve canonicals (DTR oper-14), and ``$expand`` answers for their ``url|version``.
+    """
     builder = _ItemBuilder(policy, tables, base)
     items = [item for c in pathway.criteria if (item := builder.criterion(c))]
+    stamp = timestamp or datetime.now(UTC).isoformat(timespec="seconds")
+    contained = [value_set_resource(ref, q, policy, tables, stamp) for ref, q in builder.value_sets.values()]
     qid = questionnaire_id(policy, pathway.id)
     questionnaire = {
         "resourceType": "Questionnaire",
@@ -287,6 +296,7 @@ def build_questionnaire(
             "the policy file that decides the coverage check. Each item's linkId is the policy's criterion id; "
             "criteria decided by the order itself (product, dose) are fixed on the order, not asked here."
         ),
+        **({"contained": contained} if contained else {}),
         "item": items,
     }
     return questionnaire, list(builder.value_sets.values())
