@@ -20,11 +20,10 @@ from datetime import datetime
 from typing import Any
 
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse, QuestionnaireResponseItem
-from pydantic import ValidationError
 
 from .codes import CodeTables
 from .model import Answer, AnswerValue, Facts, Finding
-from .normalize import iter_bundle
+from .normalize import INVALID_RESOURCE_ERRORS, iter_bundle
 
 INFORMATION_ORIGIN = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/information-origin"
 QR_CONTEXT = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/qr-context"
@@ -137,7 +136,7 @@ def read_answers(
             continue  # another payer's or another policy's form
         try:
             response = QuestionnaireResponse.model_validate(raw)
-        except (ValidationError, ValueError, RecursionError) as exc:
+        except INVALID_RESOURCE_ERRORS as exc:
             ignored.append(f"{label}: not a valid QuestionnaireResponse ({type(exc).__name__})")
             continue
         if response.status not in USED_STATUSES:
