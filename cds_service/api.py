@@ -318,11 +318,8 @@ def _finish(response: Response) -> Response:
     if "body_error" in g.get("log_fields", {}):  # the framing is lost: the next request cannot be found in it
         response.headers["Connection"] = "close"
     elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-    rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    metrics.record_request(rule, request.method, response.status_code)
-    service_id = (request.view_args or {}).get("service_id")
-    if request.endpoint == "cds.call_service" and _services().registry.hook_of(str(service_id)) is not None:
-        metrics.record_hook(str(service_id), elapsed / 1000, g.get("decisions", ()))
+    if _services().config.metrics:  # off: nothing recorded at all
+        _record_metrics(response, elapsed)
     log_event(
         log,
         "request",
@@ -333,6 +330,14 @@ def _finish(response: Response) -> Response:
         **g.get("log_fields", {}),
     )
     return response
+
+
+def _record_metrics(response: Response, elapsed_ms: float) -> None:
+    rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    metrics.record_request(rule, request.method, response.status_code)
+    service_id = (request.view_args or {}).get("service_id")
+    if request.endpoint == "cds.call_service" and _services().registry.hook_of(str(service_id)) is not None:
+        metrics.record_hook(str(service_id), elapsed_ms / 1000, g.get("decisions", ()))
 
 
 def register_error_handlers(app: Any) -> None:
