@@ -33,8 +33,8 @@ from schemathesis.specs.openapi.checks import (
 from cds_service.app import create_app
 from cds_service.config import Config
 
-#: Per operation: ~1 min for every route on 2 cores in CI; PRIORAUTH_FUZZ_EXAMPLES=500 explores further by hand.
-MAX_EXAMPLES = int(os.environ.get("PRIORAUTH_FUZZ_EXAMPLES", "40"))
+#: Per operation: ~1.5 min for every route on 2 cores in CI; PRIORAUTH_FUZZ_EXAMPLES=500 explores further by hand.
+MAX_EXAMPLES = int(os.environ.get("PRIORAUTH_FUZZ_EXAMPLES", "100"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
