@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request
+from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import metrics
@@ -80,12 +81,22 @@ def _read_json_body() -> Any:
     limit = _services().config.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"request body exceeds {limit} bytes")
-    data = _read_at_most(limit + 1)
+    data = _read_body_bytes(limit + 1)
     if len(data) > limit:  # whatever the framing (Content-Length or chunked): never truncated and parsed
         raise BodyTooLarge(f"request body exceeds {limit} bytes")
     if not data:
         raise ProtocolError("request body is empty")
     return parse_json(data)
+
+
+def _read_body_bytes(size: int) -> bytes:
+    """``_read_at_most``, with a body whose framing cannot be decoded (a bad chunk size, extension or terminator;
+    a client that hung up mid-body) answered 400: the client's mistake, never a 500."""
+    try:
+        return _read_at_most(size)
+    except (ParseException, OSError, ValueError) as exc:  # gunicorn's chunk errors, NoMoreData, werkzeug's OSError
+        g.log_fields["body_error"] = type(exc).__name__
+        raise ProtocolError("the request body could not be read: malformed chunked framing or a cut-off body") from None
 
 
 def _read_at_most(size: int) -> bytes:
@@ -304,12 +315,11 @@ def _finish(response: Response) -> Response:
         response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
         response.headers["Access-Control-Max-Age"] = "600"
+    if "body_error" in g.get("log_fields", {}):  # the framing is lost: the next request cannot be found in it
+        response.headers["Connection"] = "close"
     elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-    rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    metrics.record_request(rule, request.method, response.status_code)
-    service_id = (request.view_args or {}).get("service_id")
-    if request.endpoint == "cds.call_service" and _services().registry.hook_of(str(service_id)) is not None:
-        metrics.record_hook(str(service_id), elapsed / 1000, g.get("decisions", ()))
+    if _services().config.metrics:  # off: nothing recorded at all
+        _record_metrics(response, elapsed)
     log_event(
         log,
         "request",
@@ -320,6 +330,14 @@ def _finish(response: Response) -> Response:
         **g.get("log_fields", {}),
     )
     return response
+
+
+def _record_metrics(response: Response, elapsed_ms: float) -> None:
+    rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    metrics.record_request(rule, request.method, response.status_code)
+    service_id = (request.view_args or {}).get("service_id")
+    if request.endpoint == "cds.call_service" and _services().registry.hook_of(str(service_id)) is not None:
+        metrics.record_hook(str(service_id), elapsed_ms / 1000, g.get("decisions", ()))
 
 
 def register_error_handlers(app: Any) -> None:

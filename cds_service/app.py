@@ -73,7 +73,7 @@ def create_app(config: Config | None = None, *, store: Store | None = None, **ha
     handler = pack_handlers[default.name]
     tables, policy = default.tables, default.policy
 
-    app = Flask("priorauth_cds")
+    app = Flask("priorauth_cds", static_folder=None)  # no /static route: every route is in /openapi.json
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     limiter = RateLimiter(config.rate_limit_per_minute)

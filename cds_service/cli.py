@@ -307,14 +307,22 @@ def _samples_list(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _samples_load(args: argparse.Namespace, out: TextIO) -> int:
-    from .samples import charts, load, sample_files, select
+    from .samples import TOKEN_ENV, charts, load, sample_files, select
 
     base = args.fhir_base.rstrip("/")
     if not base.startswith(("http://", "https://")):
         return _fail(f"FHIR_BASE must be an http(s) URL, not {args.fhir_base!r}", EXIT_USAGE)
+    token = os.environ.get(TOKEN_ENV) or None
+    if args.token:
+        print(
+            f"{PROG}: warning: --token is deprecated (process lists and shell histories show it); "
+            f"set {TOKEN_ENV} instead",
+            file=sys.stderr,
+        )
+        token = args.token
     patient_charts = charts(select(sample_files(args.dir), args.only))
     failed = 0
-    for result in load(base, patient_charts, token=args.token):
+    for result in load(base, patient_charts, token=token, deadline_seconds=args.deadline):
         chart = result.chart
         line = f"Patient/{chart.patient_id}: {len(chart.resources)} resources from {', '.join(chart.samples)}"
         if result.ok:
@@ -346,7 +354,7 @@ transaction or could not be reached); 2 usage, unreadable input or bad configura
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .samples import DEFAULT_DIR
+    from .samples import DEADLINE_SECONDS, DEFAULT_DIR, TOKEN_ENV
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -395,10 +403,18 @@ def _parser() -> argparse.ArgumentParser:
         "load",
         help="PUT each sample patient's chart on a FHIR server (one transaction per patient)",
         description="POST one FHIR transaction per sample patient (PUT Type/id entries, so loading again changes "
-        "nothing) with the chart from the samples' prefetch; draft orders are not loaded.",
+        f"nothing) with the chart from the samples' prefetch; draft orders are not loaded. The FHIR server's bearer "
+        f"token, if it needs one, comes from {TOKEN_ENV}.",
     )
     load.add_argument("fhir_base", metavar="FHIR_BASE", help="FHIR R4 base URL, e.g. http://127.0.0.1:8090/fhir")
-    load.add_argument("--token", help="bearer token for the FHIR server")
+    load.add_argument("--token", help=f"deprecated: set {TOKEN_ENV} (the FHIR server's bearer token) instead")
+    load.add_argument(
+        "--deadline",
+        type=float,
+        default=DEADLINE_SECONDS,
+        metavar="SECONDS",
+        help=f"give up on the FHIR server after this long, for the whole load (default {DEADLINE_SECONDS:g})",
+    )
     load.add_argument("--only", action="append", metavar="NAME", help="only this sample file (repeatable)")
     return parser
 

@@ -181,6 +181,11 @@ class Config:
                 "CDS_PUBLIC_BASE_URL is required with CDS_TRUSTED_ISSUERS (the JWT audience never comes from the "
                 "Host header); set it to the URL EHRs call, e.g. https://cds.payer.example"
             )
+        if self.metrics and self.auth_enabled and not self.metrics_token:
+            raise ConfigError(
+                "CDS_METRICS_TOKEN is required with CDS_METRICS and CDS_TRUSTED_ISSUERS: behind a proxy that adds no "
+                "forwarding header every client looks like loopback; set a long random token for the scraper"
+            )
         if not self.auth_enabled and self.cors_origins and "*" in self.cors_origins:
             raise ConfigError("CDS_CORS_ORIGINS '*' is not allowed without JWT issuers; list the origins")
         for prefix, lob in self.plan_prefixes.items():

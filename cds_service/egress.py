@@ -3,7 +3,9 @@
 A hook request names its ``fhirServer``; the service only calls it when it matches the allow-list of
 the issuer whose JWT was verified (``CDS_TRUSTED_ISSUERS`` entry ``fhirServers``), or, without JWT
 issuers (development on loopback), when it is a loopback server or listed in ``CDS_FHIR_SERVERS``.
-A match is on scheme, host, port and path prefix at a segment boundary.
+A match is on scheme, host, port and path prefix at a segment boundary; a path with a dot segment (even
+percent-encoded), ``;``, a backslash or an encoded ``%``, ``\\`` or ``/`` is refused outright, in ``fhirServer`` and
+in every ``next`` link, since a server behind the prefix check may read it as a different path.
 
 The name check alone could be defeated by DNS (a listed host that resolves to 127.0.0.1, or changes
 its answer between a check and the connection), so the address actually connected to is checked too,
@@ -15,6 +17,7 @@ itself names such an address or ``localhost`` (or, in development, the server is
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -24,6 +27,11 @@ from cds_service.config import Config, ConfigError, issuer_settings
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+#: Path characters no FHIR base or ``next`` link needs, that servers and proxies behind the prefix check read
+#: differently from us: ``;`` (path parameters: Tomcat/Jetty drop ``..;`` to ``..``), ``%25`` (a second decoding
+#: turns ``%252e%252e`` into ``..``), ``%5c`` and ``\\`` (a backslash is a slash to some servers), ``%2f`` (an
+#: encoded slash, a segment boundary to some and not to others). Refused anywhere in the path, any case.
+_TRICKY_PATH = re.compile(r"[;\\]|%(?:25|5c|2f)", re.IGNORECASE)
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -78,8 +86,10 @@ def _split(url: str) -> _Url | None:
         return None
     if scheme not in _DEFAULT_PORTS or not host or parts.username is not None or parts.password is not None:
         return None
+    if _TRICKY_PATH.search(parts.path):
+        return None
     segments = unquote(parts.path).split("/")
-    if any(segment in (".", "..") for segment in segments) or "\\" in parts.path:
+    if any(segment in (".", "..") for segment in segments):
         return None
     return _Url(scheme, host, port, parts.path.rstrip("/"))
 

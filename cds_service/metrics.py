@@ -10,10 +10,16 @@ Labels carry only fixed vocabularies: the URL rule (``/cds-services/<service_id>
 the method and status, the service id of a known service, the decision, the prefetch key (a template name),
 where the key's data came from and a failure class. Never a patient id, a token, a URL or PHI.
 
+The method label is one of ``GET``, ``POST``, ``OPTIONS``, ``HEAD`` or ``other``: any token is a valid HTTP
+method, and one series per invented name would grow the scrape (and every worker's files) without bound. With
+``CDS_METRICS`` off nothing is recorded at all (the call sites check ``config.metrics``).
+
 Access (``api.py``): the route answers 404 unless ``CDS_METRICS`` is on; then, with ``CDS_METRICS_TOKEN``
 set, only to ``Authorization: Bearer <token>`` (401 otherwise), and without it only to a loopback client
 whose request carries no proxy header (``Forwarded``, ``X-Forwarded-For``, ``X-Real-IP``), so a reverse proxy
-on the same host does not expose it (404 otherwise).
+on the same host does not expose it (404 otherwise). A proxy that adds none of those headers would make every
+client loopback, so with JWT issuers configured (an exposed deployment) start-up refuses ``CDS_METRICS``
+without ``CDS_METRICS_TOKEN`` (``Config.validate``).
 """
 
 from __future__ import annotations
@@ -104,6 +110,7 @@ def _m() -> _Metrics:
 
 
 _DECISIONS = frozenset({"met", "not-met", "incomplete", "refer"})
+METHODS = frozenset({"GET", "POST", "OPTIONS", "HEAD"})
 
 
 def failure_class(reason: str | None) -> str:
@@ -116,9 +123,12 @@ def failure_class(reason: str | None) -> str:
 
 
 def record_request(route: str, method: str, status: int) -> None:
-    _m().requests.labels(
-        route=route, method=method if method.isalpha() and len(method) <= 10 else "other", status=str(status)
-    ).inc()
+    _m().requests.labels(route=route, method=method_label(method), status=str(status)).inc()
+
+
+def method_label(method: str) -> str:
+    """One of the fixed method labels: the methods this API serves, else ``other``."""
+    return method if method in METHODS else "other"
 
 
 def record_hook(service: str, seconds: float, decisions: Iterable[str]) -> None:

@@ -12,6 +12,7 @@ emits, so the derived schemas go in unchanged.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Mapping
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -624,6 +625,30 @@ def _paths(services: Mapping[str, str]) -> JsonObject:
             },
             "options": _preflight("Health"),
         },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics (off unless CDS_METRICS; then loopback-only or CDS_METRICS_TOKEN)",
+                "tags": ["operations"],
+                "responses": {
+                    "200": {
+                        "description": "The Prometheus text format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": {
+                        "description": "CDS_METRICS_TOKEN is set and the bearer token is missing or wrong.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "404": _outcome(
+                        "CDS_METRICS is off, or (without a token) the client is not a direct loopback one."
+                    ),
+                    "405": METHOD_NOT_ALLOWED,
+                    "421": MISDIRECTED,
+                    "500": INTERNAL_ERROR,
+                },
+            },
+            "options": _preflight("Metrics"),
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",
@@ -688,7 +713,18 @@ def _dtr_paths() -> JsonObject:
         "404": _outcome("No such value set (or version) here."),
         "421": MISDIRECTED,
     }
-    return {
+    expand_query = [
+        {"name": "url", "in": "query", "required": False, "schema": {"type": "string"}},
+        {"name": "valueSetVersion", "in": "query", "required": False, "schema": {"type": "string"}},
+    ]
+    vs_id = {"name": "vs_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    by_id = {
+        "200": _fhir_ok("The expanded ValueSet."),
+        "400": _outcome("The id `$expand` is the operation itself: without a url it is this 400."),
+        "404": _outcome("No such value set here."),
+        "421": MISDIRECTED,
+    }
+    paths: JsonObject = {
         "/fhir/metadata": {
             "get": {
                 "operationId": "capabilityStatement",
@@ -717,10 +753,23 @@ def _dtr_paths() -> JsonObject:
             )
         },
         "/fhir/ValueSet/$expand": {
-            "get": _dtr_operation(
-                "expandValueSet", "ValueSet/$expand by url (and valueSetVersion)", expand, body=False
-            ),
+            "get": {
+                **_dtr_operation("expandValueSet", "ValueSet/$expand by url (and valueSetVersion)", expand, body=False),
+                "parameters": copy.deepcopy(expand_query),
+            },
             "post": _dtr_operation("expandValueSetPost", "ValueSet/$expand with Parameters (url)", expand),
+        },
+        "/fhir/ValueSet/{vs_id}/$expand": {
+            "parameters": [vs_id],
+            "get": {
+                **_dtr_operation("expandValueSetById", "ValueSet/{id}/$expand", by_id, body=False),
+                "parameters": copy.deepcopy(expand_query),
+            },
+            "post": _dtr_operation("expandValueSetByIdPost", "ValueSet/{id}/$expand with Parameters (url)", by_id),
+        },
+        "/fhir/ValueSet/{vs_id}": {
+            "parameters": [copy.deepcopy(vs_id)],
+            "get": _dtr_operation("readValueSet", "Read a value set (expanded)", by_id, body=False),
         },
         "/fhir/Questionnaire/{qid}": {
             "parameters": [{"name": "qid", "in": "path", "required": True, "schema": {"type": "string"}}],
@@ -732,6 +781,9 @@ def _dtr_paths() -> JsonObject:
             ),
         },
     }
+    for path, item in paths.items():  # preflight is answered on every path
+        item["options"] = _preflight("Fhir" + re.sub(r"[^A-Za-z0-9]+", " ", path).title().replace(" ", ""))
+    return paths
 
 
 def _hooks(services: Mapping[str, str] | None) -> Mapping[str, str]:

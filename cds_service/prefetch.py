@@ -7,7 +7,9 @@ shape, are fetched from ``fhirServer`` with the client's bearer token: in parall
 budget, with a byte cap per response and one shared by the whole call (``CDS_FHIR_MAX_CALL_BYTES``),
 following same-origin ``next`` links only — and only when ``fhirServer`` is on the call's allow-list
 (``egress.FhirAccess``: checked on the URL before any connection, and on the address actually connected to,
-so DNS cannot redirect a fetch to loopback or a private network). Nothing here raises for bad data or a bad
+so DNS cannot redirect a fetch to loopback or a private network). Bodies are asked for as ``gzip`` (or
+identity) and decoded here, a chunk at a time, never past the bytes still allowed: the per-response cap and the
+call's budget count decoded bytes, so a small compressed answer cannot expand past either. Nothing here raises for bad data or a bad
 server: every key ends with an origin and, when it failed, a short reason code (no token, no PHI) that is safe
 to log. Whether a failure means 412 or a degraded answer is the caller's decision.
 """
@@ -19,6 +21,7 @@ import re
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -69,6 +72,8 @@ _MAX_WORKERS = 4
 #: Extra wait past the budget for a worker that is handing back a finished result.
 _GRACE_SECONDS = 0.1
 _FHIR_JSON = "application/fhir+json"
+#: The one content coding asked for (besides identity); ``_BoundedDecoder`` decodes it.
+_ACCEPTED_CODING = "gzip"
 
 
 @dataclass(frozen=True)
@@ -503,7 +508,7 @@ def _origin(url: str) -> tuple[str, str, int] | None:
 
 
 def _headers(access_token: str | None) -> dict[str, str]:
-    headers = {"Accept": _FHIR_JSON}
+    headers = {"Accept": _FHIR_JSON, "Accept-Encoding": _ACCEPTED_CODING}
     if access_token:
         headers["Authorization"] = f"Bearer {access_token}"
     return headers
@@ -649,22 +654,26 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
 def _read_body(
     response: requests.Response, max_bytes: int, deadline: float, budget: _CallBudget | None = None
 ) -> bytes:
-    """The body, read as it arrives so a server trickling bytes or sending too many is cut off."""
+    """The decoded body, read as it arrives so a server trickling bytes or sending too many is cut off.
+
+    Both caps count decoded bytes: the per-response one and the call's budget, charged as each decoded chunk
+    arrives (a ``Content-Length`` is the compressed size, so it is only checked against the cap up front).
+    """
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise _FetchFailure("too-large")
-    if budget is not None and declared.isdigit():
-        budget.take(int(declared))  # what it says it will send, charged up front
-        budget = None
+    decoder = _BoundedDecoder(response.headers.get("Content-Encoding", ""))
     chunks: list[bytes] = []
     size = 0
     try:
         while True:
             if time.monotonic() > deadline:
                 raise _FetchFailure("timeout")
-            chunk = response.raw.read1(_READ_CHUNK, decode_content=True)
-            if not chunk:
+            data = response.raw.read1(_READ_CHUNK, decode_content=False)
+            if not data:
+                decoder.finish()
                 return b"".join(chunks)
+            chunk = decoder.decode(data, max_bytes - size)
             size += len(chunk)
             if size > max_bytes:
                 raise _FetchFailure("too-large")
@@ -677,3 +686,36 @@ def _read_body(
         raise _FetchFailure("bad-encoding") from exc
     except (urllib3.exceptions.ProtocolError, urllib3.exceptions.HTTPError, OSError) as exc:
         raise _FetchFailure("incomplete-body") from exc
+
+
+class _BoundedDecoder:
+    """A body's content coding undone chunk by chunk, never producing more than the bytes still allowed.
+
+    urllib3 decodes each chunk whole (64 KB of a gzip bomb becomes 64 MB before any cap is looked at); here
+    ``zlib``'s ``max_length`` stops at one byte past what the caps allow, which is enough to know the answer is
+    too large. Only identity and ``gzip`` (what ``Accept-Encoding`` asked for) are accepted: any other coding is
+    ``bad-encoding``, as is a gzip stream that is corrupt or does not end.
+    """
+
+    def __init__(self, content_encoding: str) -> None:
+        coding = content_encoding.strip().lower()
+        if coding in ("", "identity"):
+            self._zlib: Any = None
+        elif coding in ("gzip", "x-gzip"):
+            self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        else:
+            raise _FetchFailure("bad-encoding")
+
+    def decode(self, data: bytes, room: int) -> bytes:
+        """The decoded bytes of ``data``, at most ``room + 1`` of them."""
+        if self._zlib is None:
+            return data
+        try:
+            return bytes(self._zlib.decompress(data, max(room, 0) + 1))
+        except zlib.error as exc:
+            raise _FetchFailure("bad-encoding") from exc
+
+    def finish(self) -> None:
+        """At the end of the body: a gzip stream must have ended too."""
+        if self._zlib is not None and not self._zlib.eof:
+            raise _FetchFailure("bad-encoding")

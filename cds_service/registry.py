@@ -8,12 +8,15 @@ the ids, titles and descriptions of its ``services`` block; discovery lists ever
 prefetch templates.
 
 Start-up refuses to run (``PolicyError`` / ``ConfigError``, with the file and line where the loader knows it) on a
-pack that fails validation, a pack without a ``services`` block, or a service id used twice.
+pack that fails validation, a pack without a ``services`` block, or any name two packs share, naming both packs'
+``policy.yaml``: a folder name (a ``cp-phar-63`` folder elsewhere would shadow the packaged one wherever packs are
+found by name), a policy id (also compared as the lower-case slug that DTR ids are made of), a service id, or a
+DTR Questionnaire id. A pack never silently replaces another.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -55,16 +58,8 @@ class Registry:
     _by_service: Mapping[str, tuple[ServiceInfo, Pack]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        by_service: dict[str, tuple[ServiceInfo, Pack]] = {}
-        for pack in self.packs:
-            for service in pack.services:
-                if service.id in by_service:
-                    other = by_service[service.id][1]
-                    raise ConfigError(
-                        f"service id {service.id!r} is declared by two policy packs: {other.policy.source} and "
-                        f"{pack.policy.source}; service ids must be unique"
-                    )
-                by_service[service.id] = (service, pack)
+        _refuse_shared_names(self.packs)
+        by_service = {service.id: (service, pack) for pack in self.packs for service in pack.services}
         object.__setattr__(self, "_by_service", by_service)
 
     @property
@@ -92,6 +87,33 @@ class Registry:
 
     def pack(self, name: str) -> Pack:
         return next(pack for pack in self.packs if pack.name == name)
+
+
+def _names(pack: Pack) -> Iterator[tuple[str, str]]:
+    """(kind, name) of everything of ``pack`` that must be unique across packs."""
+    from .dtr.questionnaire import asked_pathways, questionnaire_id, slug  # late: dtr imports the registry's users
+
+    yield "folder name", pack.name
+    yield "policy id", pack.policy.id
+    yield "policy id slug", slug(pack.policy.id)
+    for service in pack.services:
+        yield "service id", service.id
+    for pathway in asked_pathways(pack.policy):
+        yield "questionnaire id", questionnaire_id(pack.policy, pathway.id)
+
+
+def _refuse_shared_names(packs: Iterable[Pack]) -> None:
+    """``ConfigError`` naming both packs' files when two packs (or two pathways of one) share a name."""
+    owners: dict[tuple[str, str], Pack] = {}
+    for pack in packs:
+        for key in dict.fromkeys(_names(pack)):  # a pack's own repeats (id == its slug) are not a clash
+            other = owners.setdefault(key, pack)
+            if other is not pack:
+                kind, name = key
+                raise ConfigError(
+                    f"{kind} {name!r} is used by two policy packs: {other.folder / POLICY_FILE} and "
+                    f"{pack.folder / POLICY_FILE}; {kind}s must be unique (a pack never replaces another)"
+                )
 
 
 def _packaged_folders() -> list[Path]:

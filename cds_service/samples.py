@@ -16,8 +16,12 @@ is in a clone or an editable install; otherwise ``--dir`` names it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,15 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 #: A transaction of a dozen resources; generous for a server validating each one.
 READ_TIMEOUT_SECONDS = 60.0
 FHIR_JSON = "application/fhir+json"
+#: Enough for any OperationOutcome explaining a refusal; the rest of a larger answer is never read.
+MAX_ANSWER_BYTES = 64 * 1024
+#: One deadline for the whole load (every patient), however the server trickles its answers.
+DEADLINE_SECONDS = 300.0
+#: Where ``samples load`` reads the FHIR server's bearer token (not a command-line argument: process lists and
+#: shell histories show those).
+TOKEN_ENV = "PRIORAUTH_FHIR_TOKEN"
+#: Unicode categories never printed: controls (C0, DEL, C1: terminal escapes) and format characters (bidi).
+_UNPRINTABLE = frozenset({"Cc", "Cf"})
 
 
 class SamplesError(Exception):
@@ -138,54 +151,117 @@ def charts(paths: Iterable[Path]) -> list[PatientChart]:
     ]
 
 
-def _diagnostics(response: requests.Response) -> str:
-    """The server's OperationOutcome in plain words (or the start of whatever it sent instead)."""
+def printable(text: str, limit: int = 300) -> str:
+    """``text`` safe to print on a terminal: control and format characters (escape sequences, bidi overrides,
+    zero-width marks) dropped, whitespace runs collapsed to one space, cut at ``limit`` characters."""
+    kept = "".join(c if unicodedata.category(c) not in _UNPRINTABLE else " " for c in text)
+    return " ".join(kept.split())[:limit]
+
+
+def _diagnostics(body: bytes, reason: str) -> str:
+    """The server's OperationOutcome in plain words (or the start of whatever it sent instead), printable.
+
+    The body is the server's, of any shape: nothing in it may raise (deep nesting, a ``details`` that is not an
+    object, bytes that are not UTF-8) or reach the terminal unfiltered.
+    """
     try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
-        words = [
-            str(issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code") or "")
-            for issue in body.get("issue") or []
-            if isinstance(issue, dict)
-        ]
-        if any(words):
-            return "; ".join(w for w in words if w)
-    text = " ".join(response.text.split())
-    return text[:300] or response.reason or "no explanation given"
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        document = None
+    if isinstance(document, dict) and document.get("resourceType") == "OperationOutcome":
+        issues = document.get("issue")
+        words = [_issue_text(issue) for issue in issues if isinstance(issue, dict)] if isinstance(issues, list) else []
+        text = printable("; ".join(w for w in words if w))
+        if text:
+            return text
+    return printable(body.decode("utf-8", errors="replace")) or printable(reason) or "no explanation given"
 
 
-def load(base_url: str, patient_charts: Iterable[PatientChart], token: str | None = None) -> Iterator[LoadResult]:
+def _issue_text(issue: Mapping[str, Any]) -> str:
+    details = issue.get("details")
+    for value in (
+        issue.get("diagnostics"),
+        details.get("text") if isinstance(details, dict) else None,
+        issue.get("code"),
+    ):
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def load(
+    base_url: str,
+    patient_charts: Iterable[PatientChart],
+    token: str | None = None,
+    deadline_seconds: float = DEADLINE_SECONDS,
+) -> Iterator[LoadResult]:
     """POST each chart's transaction to ``base_url``, yielding as each answer arrives.
 
     No proxy, ``.netrc`` or environment certificate settings apply (``trust_env`` off): a tester's loopback
-    server must not be reached through a corporate proxy, nor a token leak to one.
+    server must not be reached through a corporate proxy, nor a token leak to one. The server is not trusted
+    either: its answer is read up to ``MAX_ANSWER_BYTES``, what is printed of it is filtered (``printable``), and
+    the whole load has one deadline (a server trickling bytes resets no per-read timeout past it): charts not
+    answered by then are reported, not waited for.
     """
     headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    deadline = time.monotonic() + deadline_seconds
     with requests.Session() as session:
         session.trust_env = False
         for chart in patient_charts:
-            try:
-                response = session.post(
-                    base_url,
-                    data=json.dumps(chart.transaction()),
-                    headers=headers,
-                    timeout=(CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS),
-                    allow_redirects=False,
-                )
-            except requests.RequestException as exc:
-                yield LoadResult(chart, None, f"cannot reach the FHIR server at {base_url}: {_reason(exc)}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                yield LoadResult(chart, None, f"not sent: the {deadline_seconds:g} s deadline of the load had passed")
                 continue
-            if response.status_code >= 300:
-                problem = (
-                    f"the FHIR server refused the transaction (HTTP {response.status_code}): {_diagnostics(response)}"
-                )
-                yield LoadResult(chart, response.status_code, problem)
-            else:
-                yield LoadResult(chart, response.status_code, None)
+            yield _within(remaining, chart, partial(_post, session, base_url, chart, headers, remaining))
+
+
+def _within(seconds: float, chart: PatientChart, post: Callable[[], LoadResult]) -> LoadResult:
+    """``post()`` run in a daemon thread, given up after ``seconds`` (the process exits without waiting for it)."""
+    done: list[LoadResult] = []
+    worker = threading.Thread(target=lambda: done.append(post()), name="samples-load", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if done:
+        return done[0]
+    return LoadResult(chart, None, "no complete answer from the FHIR server before the deadline of the load")
+
+
+def _post(
+    session: requests.Session, base_url: str, chart: PatientChart, headers: Mapping[str, str], remaining: float
+) -> LoadResult:
+    try:
+        with session.post(
+            base_url,
+            data=json.dumps(chart.transaction()),
+            headers=dict(headers),
+            timeout=(min(CONNECT_TIMEOUT_SECONDS, remaining), min(READ_TIMEOUT_SECONDS, remaining)),
+            allow_redirects=False,
+            stream=True,
+        ) as response:
+            if response.status_code < 300:
+                return LoadResult(chart, response.status_code, None)
+            body = _read_at_most(response, MAX_ANSWER_BYTES)
+            problem = (
+                f"the FHIR server refused the transaction (HTTP {response.status_code}): "
+                f"{_diagnostics(body, response.reason or '')}"
+            )
+            return LoadResult(chart, response.status_code, problem)
+    except requests.RequestException as exc:
+        return LoadResult(chart, None, f"cannot reach the FHIR server at {printable(base_url)}: {_reason(exc)}")
+
+
+def _read_at_most(response: requests.Response, limit: int) -> bytes:
+    """The first ``limit`` bytes of the (decoded) answer; the rest is never read."""
+    parts: list[bytes] = []
+    size = 0
+    for part in response.iter_content(chunk_size=16 * 1024):
+        parts.append(part[: limit - size])
+        size += len(parts[-1])
+        if size >= limit:
+            break
+    return b"".join(parts)
 
 
 def _reason(exc: requests.RequestException) -> str:

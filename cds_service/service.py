@@ -163,7 +163,8 @@ class HookHandler:
             session_factory=self.session_factory,
             fhir_access=fhir_access_for(self.config, issuer),
         )
-        metrics.record_prefetch(outcome.origin, outcome.failed)
+        if self.config.metrics:
+            metrics.record_prefetch(outcome.origin, outcome.failed)
         started = timings.mark("prefetch", started)
         missing = outcome.missing_required(REQUIRED_PREFETCH_KEYS)
         obtained = [k for k, origin in outcome.origin.items() if origin in ("prefetch", "fetched")]

@@ -35,11 +35,10 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse, QuestionnaireResponseItem
-from pydantic import ValidationError
 
 from .codes import CodeTables
 from .model import Answer, AnswerValue, Facts, Finding
-from .normalize import iter_bundle
+from .normalize import INVALID_RESOURCE_ERRORS, iter_bundle
 
 INFORMATION_ORIGIN = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/information-origin"
 QR_CONTEXT = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/qr-context"
@@ -310,7 +309,7 @@ def read_answers(
             problem = "questionnaire of another service" if canonical else "names no questionnaire"
         try:
             response = QuestionnaireResponse.model_validate(raw)
-        except (ValidationError, ValueError, RecursionError) as exc:
+        except INVALID_RESOURCE_ERRORS as exc:
             not_used.append(NotUsed(label, f"not a valid QuestionnaireResponse ({type(exc).__name__})"))
             continue
         why = _refusal(response, patient_id=patient_id, order_ref=order_ref, problem=problem, now=now)

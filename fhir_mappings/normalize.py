@@ -47,6 +47,12 @@ DOSAGE_ELEMENTS: dict[str, str] = {"MedicationRequest": "dosageInstruction", "Me
 #: Dose and rate elements that STU3 put directly on Dosage and R4 moved into Dosage.doseAndRate.
 STU3_DOSE_KEYS = ("doseQuantity", "doseRange", "rateQuantity", "rateRange", "rateRatio")
 
+#: What validating one raw resource with the model library can raise: its ``ValidationError`` (a ``ValueError``),
+#: and, on input it does not expect, ``KeyError`` (an unknown or empty ``resourceType`` in ``contained``),
+#: ``AttributeError`` (a primitive's ``_status`` given as a string), ``TypeError``, or ``RecursionError`` (deep
+#: nesting). Each makes that one resource invalid, never the request a 500.
+INVALID_RESOURCE_ERRORS: tuple[type[Exception], ...] = (ValueError, KeyError, AttributeError, TypeError, RecursionError)
+
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
 
 

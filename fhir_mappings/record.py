@@ -514,12 +514,18 @@ class _Builder:
         """The validated model, or None when even the repaired data does not validate (named in ``dropped``).
 
         A resource nested deeper than Python's recursion allows (prefetch is not depth-checked at the door, to
-        keep large charts cheap) is dropped like any other invalid entry.
+        keep large charts cheap) is dropped like any other invalid entry. So is one the model library fails on
+        with something other than a ``ValidationError`` (an unknown ``resourceType`` in ``contained`` raises
+        ``KeyError``, a primitive's ``_status`` given as a string ``AttributeError``): any exception validating
+        one resource makes that resource invalid, never the request.
         """
         try:
             return self._validate_once(raw, model_cls, lean)
         except RecursionError:
             self.dropped.append(f"{raw.get('resourceType', '?')}/{raw.get('id')}: nested too deeply")
+            return None
+        except Exception as exc:  # noqa: BLE001 - the library's own failure on odd input: the resource is invalid
+            self.dropped.append(f"{raw.get('resourceType', '?')}/{raw.get('id')}: not valid ({type(exc).__name__})")
             return None
 
     def _validate_once(self, raw: dict[str, Any], model_cls: type[M], lean: bool = False) -> M | None:

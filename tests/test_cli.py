@@ -279,10 +279,11 @@ def test_charts_hold_the_prefetch_but_not_the_drafts() -> None:
 
 
 def test_samples_load_one_transaction_per_patient_idempotent(
-    fhir: RunningFhirServer, capsys: pytest.CaptureFixture[str]
+    fhir: RunningFhirServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("PRIORAUTH_FHIR_TOKEN", TOKEN)
     patients = {c.patient_id for c in charts(sample_files())}
-    assert main(["samples", "load", fhir.base_url + "/", "--token", TOKEN]) == 0
+    assert main(["samples", "load", fhir.base_url + "/"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == len(patients)
     assert all(
@@ -290,7 +291,7 @@ def test_samples_load_one_transaction_per_patient_idempotent(
     )
     counts = {t: _count(fhir, t) for t in ("Patient", "Condition", "MedicationRequest", "Coverage")}
     assert counts["Patient"] == len(patients)
-    assert main(["samples", "load", fhir.base_url, "--token", TOKEN]) == 0
+    assert main(["samples", "load", fhir.base_url]) == 0
     capsys.readouterr()
     assert {t: _count(fhir, t) for t in counts} == counts
     drafts = json.loads(SAMPLE.read_text())["context"]["draftOrders"]["entry"]
@@ -299,10 +300,14 @@ def test_samples_load_one_transaction_per_patient_idempotent(
     assert missing.status_code == 404  # drafts are not in the EHR yet
 
 
-def test_samples_load_only_and_server_refusal(fhir: RunningFhirServer, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["samples", "load", fhir.base_url, "--token", TOKEN, "--only", SAMPLE.stem]) == 0
+def test_samples_load_only_and_server_refusal(
+    fhir: RunningFhirServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PRIORAUTH_FHIR_TOKEN", TOKEN)
+    assert main(["samples", "load", fhir.base_url, "--only", SAMPLE.stem]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 1
-    assert main(["samples", "load", fhir.base_url, "--token", "wrong", "--only", SAMPLE.name]) == 1
+    monkeypatch.setenv("PRIORAUTH_FHIR_TOKEN", "wrong")
+    assert main(["samples", "load", fhir.base_url, "--only", SAMPLE.name]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "Patient/ia-brand: the FHIR server refused the transaction (HTTP 401)" in captured.err

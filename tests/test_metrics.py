@@ -46,8 +46,7 @@ def test_token_required_when_set(tmp_path: Path) -> None:
     client = _client(tmp_path, metrics=True, metrics_token=TOKEN)
     assert client.get("/metrics").status_code == 401  # loopback is not enough once a token is set
     assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    ok = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"},
-                    environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    ok = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, environ_base={"REMOTE_ADDR": "10.1.2.3"})
     assert ok.status_code == 200
     assert ok.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     assert TOKEN not in ok.get_data(as_text=True)
@@ -80,8 +79,10 @@ def metrics_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[L
     folder = tmp_path_factory.mktemp("metrics")
     tmpdir = folder / "tmp"
     tmpdir.mkdir()
-    server = LiveServer(f"sqlite:///{folder / 'm.sqlite3'}", extra_env={"CDS_METRICS": "1", "TMPDIR": str(tmpdir),
-                                                                        "PROMETHEUS_MULTIPROC_DIR": str(folder)})
+    server = LiveServer(
+        f"sqlite:///{folder / 'm.sqlite3'}",
+        extra_env={"CDS_METRICS": "1", "TMPDIR": str(tmpdir), "PROMETHEUS_MULTIPROC_DIR": str(folder)},
+    )
     server.start(folder / "server.log")
     yield server, tmpdir
     server.stop()
@@ -92,11 +93,18 @@ def test_multiprocess_sum_and_private_dir(metrics_server: tuple[LiveServer, Path
     server, tmpdir = metrics_server
     body = SAMPLE.read_bytes()
     for _ in range(12):  # fresh connections: both workers answer some
-        assert requests.post(server.url + HOOK, data=body, headers={"Content-Type": "application/json",
-                                                                     "Connection": "close"}, timeout=10).ok
+        assert requests.post(
+            server.url + HOOK,
+            data=body,
+            headers={"Content-Type": "application/json", "Connection": "close"},
+            timeout=10,
+        ).ok
     text = requests.get(server.url + "/metrics", timeout=10).text
-    line = next(x for x in text.splitlines()
-                if x.startswith("priorauth_cds_http_requests_total") and 'route="/cds-services/<service_id>"' in x)
+    line = next(
+        x
+        for x in text.splitlines()
+        if x.startswith("priorauth_cds_http_requests_total") and 'route="/cds-services/<service_id>"' in x
+    )
     assert float(line.rsplit(" ", 1)[1]) == 12.0
     # The inherited PROMETHEUS_MULTIPROC_DIR is not used: a fresh private one (0700) under TMPDIR is.
     dirs = list(tmpdir.glob("priorauth-cds-metrics-*"))
@@ -116,5 +124,78 @@ def test_private_dir_removed_at_exit(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert list(tmpdir.glob("priorauth-cds-metrics-*")) == []
-    assert os.environ.get("PROMETHEUS_MULTIPROC_DIR") is None or "priorauth-cds-metrics-" not in os.environ[
-        "PROMETHEUS_MULTIPROC_DIR"]
+    assert (
+        os.environ.get("PROMETHEUS_MULTIPROC_DIR") is None
+        or "priorauth-cds-metrics-" not in os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    )
+
+
+# ----------------------------------------------------------------------------- issue 15: items 8 and 17
+
+
+def test_method_label_is_one_of_a_fixed_set(tmp_path: Path) -> None:
+    """Any token is an HTTP method: invented ones (any length, any case) are all counted as ``other``."""
+    client = _client(tmp_path, metrics=True)
+    for method in ("QWERTYUIOP", "PROPFIND", "X"):
+        assert client.open("/healthz", method=method).status_code in (404, 405)
+    assert client.head("/healthz").status_code == 200
+    text = client.get("/metrics").get_data(as_text=True)
+    methods = {
+        line.split('method="', 1)[1].split('"', 1)[0]
+        for line in text.splitlines()
+        if line.startswith("priorauth_cds_http_requests_total{")
+    }
+    assert methods <= {"GET", "POST", "OPTIONS", "HEAD", "other"}, methods
+    assert "other" in methods and "HEAD" in methods
+
+
+def _ours() -> list[str]:
+    """This service's series and values (the client's own process and GC series change by themselves)."""
+    from cds_service.metrics import exposition
+
+    return [line for line in exposition().decode().splitlines() if line.startswith("priorauth_cds_")]
+
+
+def test_nothing_is_recorded_when_metrics_are_off(tmp_path: Path) -> None:
+    before = _ours()
+    client = _client(tmp_path)
+    assert client.post(HOOK, data=SAMPLE.read_bytes(), content_type="application/json").status_code == 200
+    for method in ("ABCDEFGHIJ", "GET"):
+        client.open("/healthz", method=method)
+    assert _ours() == before
+
+
+ISSUER_ENV = {
+    "CDS_TRUSTED_ISSUERS": '{"https://ehr.example": "https://ehr.example/jwks.json"}',
+    "CDS_PUBLIC_BASE_URL": "https://cds.payer.example",
+    "CDS_METRICS": "1",
+}
+
+
+def test_metrics_with_issuers_need_a_token() -> None:
+    from cds_service.config import ConfigError
+
+    with pytest.raises(ConfigError, match="CDS_METRICS_TOKEN"):
+        Config.from_env(ISSUER_ENV)
+    assert Config.from_env({**ISSUER_ENV, "CDS_METRICS_TOKEN": TOKEN}).metrics_token == TOKEN
+    assert Config.from_env({**ISSUER_ENV, "CDS_METRICS": "0"}).metrics is False
+    assert Config.from_env({"CDS_METRICS": "1"}).metrics is True  # development (no issuers): loopback-only
+
+
+def test_serve_refuses_metrics_with_issuers_without_token(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'x.sqlite3'}", **ISSUER_ENV}
+    env.pop("CDS_METRICS_TOKEN", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "cds_service", "serve", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert b"refusing to start" in result.stderr and b"CDS_METRICS_TOKEN" in result.stderr

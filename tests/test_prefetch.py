@@ -413,6 +413,20 @@ def test_cross_origin_next_link_is_not_followed_and_token_not_leaked(fake: FakeF
     assert fake.urls() == [f"{BASE}/Condition?patient=ava"]
 
 
+@pytest.mark.parametrize(
+    "next_path",
+    ["/r4/..;/admin/Condition", "/r4/%252e%252e/admin/Condition", "/r4/%5c..%5cadmin", "/r4/..%2Fadmin",
+     "/r4;jsessionid=1/Condition"],
+)
+def test_next_link_with_path_tricks_is_not_followed(fake: FakeFhir, next_path: str) -> None:
+    """Same origin, under the allowed base as a prefix, but a path another server reads differently (item 16)."""
+    next_url = f"http://fhir.test{next_path}?page=2"
+    fake.json(f"{BASE}/Condition?patient=ava", bundle(CONDITION, next_url=next_url))
+    result = run(["conditions"])
+    assert result.failed == {"conditions": "next-not-allowed"}
+    assert fake.urls() == [f"{BASE}/Condition?patient=ava"]
+
+
 def test_declared_size_over_the_byte_cap_fails(fake: FakeFhir) -> None:
     conditions = [dict(CONDITION, id=f"c{n}") for n in range(200)]
     fake.json(f"{BASE}/Condition?patient=ava", bundle(*conditions))

@@ -31,9 +31,84 @@ def _copy(tmp_path: Path, name: str) -> Path:
 
 
 def test_a_service_id_used_twice_refuses_to_start(tmp_path: Path) -> None:
-    _copy(tmp_path, "again")
-    with pytest.raises(ConfigError, match="'everolimus-order-sign' is declared by two policy packs"):
+    pack = _edited(_copy(tmp_path, "again"), ("id: CP.PHAR.63", "id: CP.PHAR.99"))
+    with pytest.raises(ConfigError, match="service id 'everolimus-order-sign' is used by two policy packs") as err:
         load_registry([str(tmp_path)])
+    assert str(PACKAGED / "policy.yaml") in str(err.value) and str(pack / "policy.yaml") in str(err.value)
+
+
+# ----------------------------------------------------------------------------- issue 15 item 9: no silent shadowing
+
+ZENTORIMAB = Path(__file__).resolve().parent / "packs" / "zentorimab"
+
+
+def _zentorimab(parent: Path, name: str = "zentorimab") -> Path:
+    target = parent / name
+    shutil.copytree(ZENTORIMAB, target)
+    return target
+
+
+def _edited(pack: Path, *replacements: tuple[str, str]) -> Path:
+    policy = pack / "policy.yaml"
+    text = policy.read_text(encoding="utf-8")
+    for old, new in replacements:
+        assert old in text, old
+        text = text.replace(old, new)
+    policy.write_text(text, encoding="utf-8")
+    return pack
+
+
+def _other_services(pack: Path, prefix: str) -> Path:
+    return _edited(
+        pack,
+        ("id: zentorimab-order-sign", f"id: {prefix}-order-sign"),
+        ("id: zentorimab-order-select", f"id: {prefix}-order-select"),
+    )
+
+
+def _refused(folders: list[Path], *named: str) -> str:
+    with pytest.raises(ConfigError) as err:
+        load_registry([str(folder) for folder in folders])
+    message = str(err.value)
+    for text in named:
+        assert text in message, message
+    return message
+
+
+def test_a_pack_folder_named_like_the_packaged_one_refuses_to_start(tmp_path: Path) -> None:
+    """A folder ``cp-phar-63`` in CDS_POLICY_DIRS (another policy in it) would shadow the packaged pack by name."""
+    shadow = _other_services(_zentorimab(tmp_path, "cp-phar-63"), "shadow")
+    _refused([shadow], "folder name 'cp-phar-63'", str(PACKAGED / "policy.yaml"), str(shadow / "policy.yaml"))
+
+
+def test_two_pack_folders_with_one_name_refuse_to_start(tmp_path: Path) -> None:
+    first = _zentorimab(tmp_path / "a")
+    second = _edited(_other_services(_zentorimab(tmp_path / "b"), "other"), ("id: ZP.TEST.01", "id: ZP.TEST.02"))
+    _refused([first, second], "folder name 'zentorimab'", str(first / "policy.yaml"), str(second / "policy.yaml"))
+
+
+def test_a_policy_id_used_twice_refuses_to_start(tmp_path: Path) -> None:
+    first = _zentorimab(tmp_path, "zentorimab")
+    second = _other_services(_zentorimab(tmp_path, "zentorimab-copy"), "copy")
+    _refused([tmp_path], "policy id 'ZP.TEST.01'", str(first / "policy.yaml"), str(second / "policy.yaml"))
+    # the same id in another spelling makes the same DTR ids: refused too
+    _edited(second, ("id: ZP.TEST.01", "id: zp-test-01"))
+    _refused([tmp_path], "policy id slug 'zp-test-01'", str(first / "policy.yaml"), str(second / "policy.yaml"))
+
+
+def test_a_questionnaire_id_used_twice_refuses_to_start(tmp_path: Path) -> None:
+    """Questionnaire ids are cut at 64 characters: two long policy ids differing after that would share them."""
+    long_id = "ZP." + "X" * 70
+    first = _edited(_zentorimab(tmp_path, "first"), ("id: ZP.TEST.01", f"id: {long_id}.A"))
+    second = _edited(_other_services(_zentorimab(tmp_path, "second"), "second"), ("id: ZP.TEST.01", f"id: {long_id}.B"))
+    _refused([tmp_path], "questionnaire id", str(first / "policy.yaml"), str(second / "policy.yaml"))
+
+
+def test_distinct_packs_load_side_by_side(tmp_path: Path) -> None:
+    pack = _zentorimab(tmp_path)
+    registry = load_registry([str(pack)])
+    assert [p.name for p in registry.packs] == ["cp-phar-63", "zentorimab"]
+    assert registry.pack_of("zentorimab-order-sign") is registry.pack("zentorimab")
 
 
 def test_a_broken_pack_is_reported_with_file_and_line(tmp_path: Path) -> None:

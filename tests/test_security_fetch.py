@@ -174,6 +174,17 @@ def _signed(key: Any, issuer: str, path: str = SIGN, audience_base: str = PUBLIC
     ("https://ehr.example:8443/fhir", False),
     ("https://ehr.example.evil.test/fhir", False),
     ("https://user:pw@ehr.example/fhir", False),
+    # issue 15 item 16: what a server behind the prefix check may read as another path
+    ("https://ehr.example/fhir/..;/admin", False),
+    ("https://ehr.example/fhir;x=1/R4", False),
+    ("https://ehr.example/fhir/%252e%252e/admin", False),
+    ("https://ehr.example/fhir/%252E%252E/admin", False),
+    ("https://ehr.example/fhir/%5c..%5cadmin", False),
+    ("https://ehr.example/fhir/%5C..%5Cadmin", False),
+    ("https://ehr.example/fhir/..%2fadmin", False),
+    ("https://ehr.example/fhir/%2F..%2Fadmin", False),
+    ("https://ehr.example/fhir\\..\\admin", False),
+    ("https://ehr.example/fhir/R4?_elements=a;b", True),  # only the path is checked
 ])
 def test_allow_list_matches_scheme_host_port_and_path_segments(url: str, allowed: bool) -> None:
     access = FhirAccess(rules=(ServerRule.parse("https://ehr.example/fhir"),))

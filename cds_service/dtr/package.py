@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from fhir.resources.R4B.coverage import Coverage
-from pydantic import ValidationError
+
+from fhir_mappings.normalize import INVALID_RESOURCE_ERRORS
 
 from .. import __version__
 from ..errors import CoverageMismatch, ProtocolError, UnknownContext, operation_outcome
@@ -105,7 +106,7 @@ def parse_package_request(payload: Any) -> PackageRequest:
         )
     try:
         coverage = Coverage.model_validate(coverages[0])
-    except (ValidationError, ValueError) as exc:
+    except INVALID_RESOURCE_ERRORS as exc:
         raise ProtocolError(
             f"'coverage' is not a valid Coverage ({type(exc).__name__})", expression=["coverage"]
         ) from None
