@@ -325,3 +325,27 @@ def test_smart_answers_are_as_documented(client: Any) -> None:
     terminology = bearer(access_token(client, scope="system/ValueSet.rs"))
     assert_documented("POST", PACKAGE, client.post(PACKAGE, json=parameters, headers={"Authorization": terminology}))
     assert_documented("GET", "/fhir/metadata", client.get("/fhir/metadata"))
+
+
+def test_the_capability_statement_points_to_the_token_endpoint(client: Any) -> None:
+    security = client.get("/fhir/metadata").get_json()["rest"][0]["security"]
+    uris = next(e for e in security["extension"] if e["url"].endswith("/oauth-uris"))
+    assert {"url": "token", "valueUri": TOKEN_URL} in uris["extension"]
+    assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+
+
+def test_a_client_with_a_jwks_url_is_checked_against_the_fetched_keys(tmp_path: Path) -> None:
+    import responses
+
+    url = "https://dtr-app.example/.well-known/jwks.json"
+    fetched = ec_key("ES384")
+    clients = {"url-app": {"jwks": url, "scopes": ["system/Questionnaire.rs"], "issuer": EHR}}
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        mock.get(url, json=jwks(fetched))
+        app = create_app(_config(tmp_path, "url", dtr_clients=clients))
+        client = app.test_client()
+        assert access_token(client, key=fetched, client_id="url-app")
+        jku_elsewhere = fetched.sign(_claims() | {"iss": "url-app", "sub": "url-app"}, jku="https://evil.example/j")
+        _refused(token_request(client, jku_elsewhere), "invalid_client", 401)
+        assert len(mock.calls) == 1  # fetched once, cached; never from the jku the assertion names
+    app.extensions["priorauth_cds"].store.dispose()

@@ -355,7 +355,28 @@ def capability_statement(base: str, publisher: str) -> dict[str, Any]:
             {
                 "mode": "server",
                 "documentation": "Questionnaires are generated from the policy packs that make the CRD decision.",
-                "security": {"description": "Bearer JWT from a trusted issuer when CDS_TRUSTED_ISSUERS is set."},
+                "security": {
+                    "extension": [
+                        {
+                            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                            "extension": [{"url": "token", "valueUri": f"{base.rstrip('/')}/auth/token"}],
+                        }
+                    ],
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ]
+                        }
+                    ],
+                    "description": (
+                        "With CDS_TRUSTED_ISSUERS set: the EHR's CDS Hooks JWT, or a SMART Backend Services access "
+                        "token (see .well-known/smart-configuration). Terminology reads need no token."
+                    ),
+                },
                 "resource": [
                     {
                         "type": "Questionnaire",
