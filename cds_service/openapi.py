@@ -748,12 +748,19 @@ def _dtr_paths() -> JsonObject:
         "questionnairePackage",
         "DTR $questionnaire-package: Parameters (coverage, order, questionnaire, context) -> package Bundles",
         {
-            "200": _fhir_ok("Parameters with one packagebundle per questionnaire (and an outcome for unknown ones)."),
+            "200": _fhir_ok(
+                "Parameters with one packagebundle per questionnaire (and an outcome for unknown ones); without a "
+                "context, for orders no questionnaire applies to: only an outcome warning that says so. A client "
+                "declaring DTR 2.0.x or 2.1.x gets the names PackageBundle and operationOutcome."
+            ),
             "400": _outcome(
                 "Not a Parameters resource, no Coverage, none of order / questionnaire / context, or more than 10 "
                 "order or questionnaire parameters."
             ),
-            "404": _outcome("Unknown context (coverage-assertion-id), or no questionnaire applies to the order."),
+            "404": _outcome(
+                "Unknown context (coverage-assertion-id), or (DTR 2.0.x clients, whose output needs a package) no "
+                "questionnaire applies to the order."
+            ),
             "422": _outcome("The Coverage or order is not the one the coverage assertion was made for."),
         },
         scope="system/Questionnaire.rs",
