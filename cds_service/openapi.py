@@ -864,6 +864,7 @@ def _smart_paths() -> JsonObject:
                     "421": MISDIRECTED,
                     "429": RATE_LIMITED,
                     "500": INTERNAL_ERROR,
+                    "503": STORAGE_UNAVAILABLE,
                 },
             }
         },

@@ -349,3 +349,50 @@ def test_a_client_with_a_jwks_url_is_checked_against_the_fetched_keys(tmp_path: 
         _refused(token_request(client, jku_elsewhere), "invalid_client", 401)
         assert len(mock.calls) == 1  # fetched once, cached; never from the jku the assertion names
     app.extensions["priorauth_cds"].store.dispose()
+
+
+def test_an_hs256_assertion_signed_with_the_public_key_is_refused(client: Any) -> None:
+    from tests.jwt_helpers import hmac_token
+
+    forged = hmac_token({"alg": "HS256", "typ": "JWT", "kid": APP_KEY.kid}, _claims(), APP_KEY.public_pem())
+    _refused(token_request(client, forged), "invalid_client", 401)
+
+
+def test_every_gunicorn_worker_accepts_a_token_another_one_issued(tmp_path: Path) -> None:
+    """No CDS_DTR_TOKEN_KEY: the key is made in the master before the fork, so all workers share it."""
+    import json
+
+    import requests
+
+    from tests.conftest import LiveServer
+
+    server = LiveServer(f"sqlite:///{tmp_path / 'live.sqlite3'}")
+    server.extra_env.update(
+        {
+            "CDS_WORKERS": "2",
+            "CDS_PUBLIC_BASE_URL": server.url,
+            "CDS_TRUSTED_ISSUERS": json.dumps({EHR: jwks(EHR_KEY)}),
+            "CDS_DTR_CLIENTS": json.dumps({"dtr-app": CLIENTS["dtr-app"]}),
+            "CDS_RATE_LIMIT_PER_MINUTE": "0",
+        }
+    )
+    server.start(tmp_path / "server.log")
+    try:
+        now = int(time.time())
+        claims = {"iss": "dtr-app", "sub": "dtr-app", "aud": f"{server.url}/auth/token", "exp": now + 240}
+        form = {
+            "grant_type": "client_credentials",
+            "scope": "system/Questionnaire.rs",
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": APP_KEY.sign({**claims, "jti": str(uuid.uuid4())}),
+        }
+        issued = requests.post(f"{server.url}/auth/token", data=form, timeout=10)
+        assert issued.status_code == 200, issued.text
+        header = {"Authorization": bearer(issued.json()["access_token"]), "Connection": "close"}
+        codes = [
+            requests.get(f"{server.url}/fhir/Questionnaire/cp-phar-63-i-a", headers=header, timeout=10).status_code
+            for _ in range(30)
+        ]  # a new connection each time: the kernel spreads them over both workers
+        assert codes == [200] * 30
+    finally:
+        server.stop()
