@@ -3,8 +3,8 @@
 A caller is the EHR (its CDS Hooks JWT from a trusted issuer, audience = this URL) or a DTR app with a SMART
 Backend Services access token (``cds_service.smart``: scopes checked per route, and it acts for one EHR issuer);
 either way a package is only ever given to the EHR whose hook call made the assertion. Terminology reads
-(``metadata``, ``ValueSet`` read and ``$expand``) carry no PHI: open, rate-limited per client address. Errors are OperationOutcomes through the
-app's one error mapping (``errors.py`` via ``api.register_error_handlers``).
+(``metadata``, ``ValueSet`` read and ``$expand``) carry no PHI: open, rate-limited per client address. Errors
+are OperationOutcomes through the app's one error mapping (``errors.py`` via ``api.register_error_handlers``).
 """
 
 from __future__ import annotations
