@@ -640,15 +640,21 @@ def coverage_extension(
     return {"url": CRD_COVERAGE_INFO, "extension": parts}
 
 
-def dtr_link(launch_url: str, item: EvaluatedOrder, decision: CoverageDecision) -> Link:
+def dtr_link(
+    launch_url: str, item: EvaluatedOrder, decision: CoverageDecision, payer_fhir_base: str | None = None
+) -> Link:
     """A SMART link that launches the EHR's DTR app on this order: appContext names the order, its coverage, the
-    questionnaires and the coverage-assertion-id (the ``context`` of ``$questionnaire-package``)."""
-    context = {
+    questionnaires, the coverage-assertion-id (the ``context`` of ``$questionnaire-package``) and the payer's FHIR
+    base, where the app finds ``.well-known/smart-configuration`` and so its token endpoint (SMART Backend
+    Services)."""
+    context: dict[str, Any] = {
         "order": item.evaluation.order_ref,
         "coverage": item.coverage_ref,
         "questionnaire": list(item.questionnaires),
         "coverageAssertionId": decision.assertion_id,
     }
+    if payer_fhir_base:
+        context["payerFhirBase"] = payer_fhir_base
     return Link(
         label=_clip(f"Document the open {item.evaluation.policy} criteria (DTR questionnaire)", 80),
         url=launch_url,
@@ -678,6 +684,7 @@ def render(
     policy_url: str | None = None,
     assertion_ids: Mapping[str, str] | None = None,
     dtr_launch_url: str | None = None,
+    payer_fhir_base: str | None = None,
 ) -> Rendered:
     """All cards and system actions for the orders in scope, in their order, honouring the CRD configuration.
 
@@ -702,7 +709,7 @@ def render(
         if show_coverage:
             links = [Link(label=f"{ev.policy} policy document", url=policy_url, type="absolute")] if policy_url else []
             if dtr_launch_url and decision is not None and decision.doc_needed and item.documentable:
-                links.insert(0, dtr_link(dtr_launch_url, item, decision))
+                links.insert(0, dtr_link(dtr_launch_url, item, decision, payer_fhir_base))
             out.cards.append(
                 Card(
                     summary=summary_for(ev),
