@@ -85,6 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
     BufferedThreadWorker.header_timeout = config.header_timeout_seconds
     BufferedThreadWorker.body_timeout = config.body_timeout_seconds
     BufferedThreadWorker.max_body_bytes = config.max_body_bytes
+    BufferedThreadWorker.max_connections_per_client = config.max_connections_per_client
 
     class Server(BaseApplication):  # type: ignore[misc]
         """gunicorn with our settings; no config file, no control socket."""

@@ -1,0 +1,175 @@
+"""Unauthenticated stalls (issue 15 items 1, 2, 11, 12) against the real server, socket level.
+
+Each attack of ``benchmarks/attacks.py`` (13 sockets announcing 5 MB they never send, over-limit lengths, trickled
+chunked bodies, lengths with leading zeros or 14 digits, 2,500 idle connections) runs from 127.0.0.2 for a few
+seconds while normal order-sign calls come from 127.0.0.1: every normal call is answered 200 in well under a second,
+and the attacking sockets are refused or cut. Then the pure pieces: gunicorn's own length parser in the loop, the
+chunked-body scanner, and gunicorn's "Invalid request" log line without the request's text.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gunicorn.config import Config as GunicornConfig
+from gunicorn.http.errors import InvalidRequestLine
+
+from cds_service.gunicorn_logging import GunicornJsonLogger
+from cds_service.server import body_framing, chunked_end
+from tests.conftest import LiveServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from attacks import ATTACKS, HOOK_PATH, run_attack
+
+TIMEOUT = 3.0
+
+
+@pytest.fixture(scope="module")
+def attacked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    folder = tmp_path_factory.mktemp("attacks")
+    server = LiveServer(
+        f"sqlite:///{folder / 'attacks.sqlite3'}",
+        extra_env={
+            "CDS_HEADER_TIMEOUT_SECONDS": str(TIMEOUT),
+            "CDS_BODY_TIMEOUT_SECONDS": str(TIMEOUT),
+            "CDS_RATE_LIMIT_PER_MINUTE": "0",
+        },
+    )
+    server.start(folder / "server.log")
+    yield server
+    server.stop()
+
+
+#: What the server must have done to the attacking sockets, besides answering every normal call.
+REFUSED_WITH = {"oversized": "413", "14-digit-length": "413", "idle-2500": "503"}
+CUT = {"stalled-5mb", "chunked-trickle", "leading-zeros"}
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_normal_calls_are_answered_during_the_attack(attacked: LiveServer, name: str) -> None:
+    attack = ATTACKS[name]
+    summary = run_attack(attacked.url, attack, seconds=4.0, rate=5.0).summary()
+    assert summary["errors"] == {} and summary["non_200"] == {}, summary
+    assert summary["ok"] >= 10, summary
+    assert summary["p99_ms"] is not None and summary["p99_ms"] <= 1000, summary
+    if name in REFUSED_WITH:  # answered at once from the event loop, nothing waited for
+        assert summary["attack_answers"].get(REFUSED_WITH[name], 0) >= 1, summary
+    if name in CUT:  # every socket cut at the body timeout (408), not drained nor held
+        assert summary["attack_closed_by_server"] >= attack.connections, summary
+        assert summary["attack_answers"].get("408", 0) >= attack.connections, summary
+
+
+def _exchange(port: int, data: bytes, wait: float = 5.0) -> tuple[bytes, float]:
+    """Send ``data``, read until the server closes or ``wait`` passes: (answer, seconds)."""
+    started = time.monotonic()
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(data)
+        try:
+            while time.monotonic() - started < wait:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return answer, time.monotonic() - started
+
+
+def _post(headers: str, body: bytes = b"") -> bytes:
+    return (
+        f"POST {HOOK_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\n{headers}\r\n".encode()
+        + body
+    )
+
+
+@pytest.mark.server
+def test_leading_zeros_length_is_read_as_gunicorn_reads_it(attacked: LiveServer) -> None:
+    """``0000000000000100`` is 100 for the loop as for gunicorn: the body is read whole and answered at once."""
+    answer, seconds = _exchange(attacked.port, _post("Content-Length: 0000000000000100\r\n", b"{" * 100), wait=5)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
+    assert seconds < TIMEOUT
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("headers", ["Content-Length: 10000000000000\r\n", "Content-Length: 6000000\r\n"])
+def test_over_limit_length_gets_413_before_any_body(attacked: LiveServer, headers: str) -> None:
+    answer, seconds = _exchange(attacked.port, _post(headers), wait=5)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
+    assert seconds < 1.0
+
+
+@pytest.mark.server
+def test_chunked_body_is_buffered_then_served(attacked: LiveServer) -> None:
+    body = b'{"hook": 1}'
+    chunked = b"".join(f"{len(part):x}\r\n".encode() + part + b"\r\n" for part in (body[:4], body[4:])) + b"0\r\n\r\n"
+    answer, _ = _exchange(attacked.port, _post("Transfer-Encoding: chunked\r\n", chunked))
+    assert answer.startswith(b"HTTP/1.1 400") and b"OperationOutcome" in answer, answer[:200]
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("framing", [b"zz\r\nabc\r\n", b"3\r\nabcdef"])
+def test_malformed_chunk_framing_is_400(attacked: LiveServer, framing: bytes) -> None:
+    answer, seconds = _exchange(attacked.port, _post("Transfer-Encoding: chunked\r\n", framing))
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
+    assert seconds < TIMEOUT
+
+
+@pytest.mark.server
+def test_duplicate_lengths_are_refused_by_gunicorn(attacked: LiveServer) -> None:
+    answer, seconds = _exchange(attacked.port, _post("Content-Length: 2\r\nContent-Length: 3\r\n", b"{}"))
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
+    assert seconds < TIMEOUT
+
+
+def _head(lines: str) -> bytes:
+    return f"POST / HTTP/1.1\r\nHost: x\r\n{lines}\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ("Content-Length: 0000000000000100\r\n", 100),
+        ("Content-Length: 10000000000000\r\n", 10_000_000_000_000),
+        ("Transfer-Encoding: chunked\r\n", -1),
+        ("", 0),
+        ("Content-Length: 1\r\nContent-Length: 1\r\n", None),
+        ("Content-Length: -1\r\n", None),
+        ("Content-Length: 1\r\nTransfer-Encoding: chunked\r\n", None),
+    ],
+)
+def test_body_framing_is_gunicorns(lines: str, expected: int | None) -> None:
+    assert body_framing(_head(lines), GunicornConfig(), ("127.0.0.1", 1)) == expected
+
+
+def test_chunked_end_resumes_and_refuses_bad_framing() -> None:
+    body = bytearray(b"4\r\nabcd\r\n")
+    pos, done = chunked_end(body, 0)
+    assert (pos, done) == (len(body), False)
+    body += b"0\r\nX-T: 1\r\n"
+    assert chunked_end(body, pos) == (pos, False)  # trailers not finished
+    body += b"\r\nGET"
+    assert chunked_end(body, pos) == (len(body) - 3, True)
+    for bad in (b"g\r\n", b"2\r\nabc\r\n", b"1" * 2000):
+        with pytest.raises(ValueError):
+            chunked_end(bad, 0)
+
+
+def test_invalid_request_warning_keeps_only_the_error_class(capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = GunicornConfig()
+    cfg.set("loglevel", "warning")
+    logger = GunicornJsonLogger(cfg)
+    try:
+        raise InvalidRequestLine("GET /Patient/pat-123?access_token=secret HTTP/1.1")
+    except InvalidRequestLine as exc:
+        logger.warning(f"Invalid request from ip=10.1.2.3: {exc}")
+    logger.warning("Worker exiting")
+    err = capsys.readouterr().err
+    assert "InvalidRequestLine" in err and "Worker exiting" in err
+    assert "pat-123" not in err and "secret" not in err and "10.1.2.3" not in err
