@@ -40,6 +40,8 @@ class Attack:
     opening: bytes
     trickle: bytes = b""
     interval: float = 1.0
+    #: Leave the socket open when the server closes it (a client that never closes its side).
+    hold: bool = False
 
 
 def _head(extra: str) -> bytes:
@@ -47,7 +49,8 @@ def _head(extra: str) -> bytes:
 
 
 #: Issue 15: 13 sockets announcing 5 MB they never send (the buffer), over-limit lengths and chunked bodies (the
-#: pool threads, drained after any answer), lengths the loop and gunicorn parsed differently (the gate), idlers.
+#: pool threads, drained after any answer), lengths the loop and gunicorn parsed differently (the gate), idlers;
+#: and clients that never close after a 400 (gunicorn's graceful close lingered on them in the event loop).
 ATTACKS: dict[str, Attack] = {
     a.name: a
     for a in (
@@ -57,6 +60,7 @@ ATTACKS: dict[str, Attack] = {
         Attack("leading-zeros", 4, _head("Content-Length: 0000000000000100\r\n"), b" "),
         Attack("14-digit-length", 4, _head("Content-Length: 10000000000000\r\n"), b" "),
         Attack("idle-2500", 2500, b""),
+        Attack("bad-request-linger", 8, b"GARBAGE\r\n\r\n", hold=True),
     )
 }
 
@@ -93,6 +97,7 @@ class _Attacker:
         self.host, self.port, self.attack, self.result = host, port, attack, result
         self.selector = selectors.DefaultSelector()
         self.slots = [_Slot() for _ in range(attack.connections)]
+        self.held: list[socket.socket] = []
 
     def _open(self, slot: _Slot) -> None:
         try:
@@ -106,10 +111,13 @@ class _Attacker:
         slot.sock, slot.opened = sock, time.monotonic()
         self.selector.register(sock, selectors.EVENT_READ, slot)
 
-    def _close(self, slot: _Slot) -> None:
+    def _close(self, slot: _Slot, by_server: bool = False) -> None:
         if slot.sock is not None:
             self.selector.unregister(slot.sock)
-            slot.sock.close()
+            if by_server and self.attack.hold:
+                self.held.append(slot.sock)  # never closed from this side until the run ends
+            else:
+                slot.sock.close()
         slot.sock, slot.closed_at = None, time.monotonic()
 
     def run(self, stop: threading.Event) -> None:
@@ -131,7 +139,7 @@ class _Attacker:
                     self.result.first_answers[status] = self.result.first_answers.get(status, 0) + 1
                 if not data:
                     self.result.closed_by_server += 1
-                    self._close(slot)
+                    self._close(slot, by_server=True)
             now = time.monotonic()
             if self.attack.trickle and now >= next_trickle:
                 next_trickle = now + self.attack.interval
@@ -148,6 +156,8 @@ class _Attacker:
             self.result.open_min = min(self.result.open_min, sum(1 for s in self.slots if s.sock))
         for slot in self.slots:
             self._close(slot)
+        for sock in self.held:
+            sock.close()
         self.selector.close()
 
 

@@ -50,6 +50,8 @@ from .gate import Gate, holding
 MAX_HEAD_BYTES = 64 * 1024
 #: Longest chunk-size line (size, extensions) accepted while a chunked body is buffered.
 MAX_CHUNK_LINE = 1024
+#: Seconds a closed connection's late bytes are read and discarded (gunicorn's graceful close: 2 s).
+LINGER_SECONDS = 2.0
 _HEAD_END = b"\r\n\r\n"
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
@@ -148,23 +150,31 @@ class _Reading:
 
 
 class _ClientConn(TConn):  # type: ignore[misc]
-    """gthread's connection, counted against its client's cap until closed; closed without lingering."""
+    """gthread's connection, counted against its client's cap until closed; a graceful close lingers in the loop."""
 
-    def __init__(self, cfg: Any, sock: Any, client: Any, server: Any, release: Callable[[], None]) -> None:
+    def __init__(
+        self, cfg: Any, sock: Any, client: Any, server: Any, release: Callable[[], None], linger: Callable[[Any], None]
+    ) -> None:
         super().__init__(cfg, sock, client, server)
         self._release: Callable[[], None] | None = release
+        self._linger = linger
 
     def close(self, graceful: bool = False) -> None:
-        """gunicorn's graceful close lingers up to 2 s reading the socket, in the event loop (every other client
-        waits meanwhile): here the write side is shut (the answer is not cut by a reset) and the socket closed."""
+        """gunicorn's graceful close shuts the write side, then reads the socket until the client closes (up to
+        2 s) so that a reset does not cut the answer -- blocking, in the event loop: a client that never closed
+        stalled every other one meanwhile. Here the loop lingers without blocking (``BufferedThreadWorker.linger``)."""
         release, self._release = self._release, None
         if release is not None:
             release()
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
-            pass
-        self.sock.close()
+            self.sock.close()
+            return
+        if graceful:
+            self._linger(self.sock)
+        else:
+            self.sock.close()
 
 
 class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
@@ -194,6 +204,8 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.reading: dict[Any, _Reading] = {}
         self.buffered = 0
+        #: Closed connections whose client may still send (``linger``), and when they are closed regardless.
+        self.lingering: dict[Any, float] = {}
         #: Open connections per client address.
         self.per_client: dict[str, int] = {}
         self._per_client_lock = threading.Lock()
@@ -217,7 +229,9 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             _refuse(client_sock, BUSY)  # over this client's cap: answered and closed at once, nothing buffered
             return
         self.nr_conns += 1
-        conn = _ClientConn(self.cfg, client_sock, client_addr, listener.getsockname(), partial(self._free_slot, host))
+        conn = _ClientConn(
+            self.cfg, client_sock, client_addr, listener.getsockname(), partial(self._free_slot, host), self.linger
+        )
         self._start_reading(conn)
 
     def _take_slot(self, host: str) -> bool:
@@ -346,12 +360,45 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         self.nr_conns -= 1
         conn.close()
 
+    def linger(self, sock: Any) -> None:
+        """After the answer and a shut write side: read and discard what the client still sends, until it closes
+        or ``LINGER_SECONDS`` pass, in the loop without blocking; then close."""
+        try:
+            sock.setblocking(False)
+            self.poller.register(sock, selectors.EVENT_READ, partial(self._drain_lingering, sock))
+        except (OSError, ValueError, KeyError):
+            sock.close()
+            return
+        self.lingering[sock] = time.monotonic() + LINGER_SECONDS
+
+    def _drain_lingering(self, sock: Any, client: Any) -> None:
+        try:
+            if sock.recv(65536):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._stop_lingering(sock)
+
+    def _stop_lingering(self, sock: Any) -> None:
+        if self.lingering.pop(sock, None) is None:
+            return
+        try:
+            self.poller.unregister(sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        sock.close()
+
     def murder_pending(self) -> None:
-        """Runs once per event-loop turn (at least every second): cut requests that are too slow to arrive."""
+        """Runs once per event-loop turn (at least every second): cut requests that are too slow to arrive, and
+        stop lingering on closed connections whose time is up."""
         super().murder_pending()
         now = time.monotonic()
         for conn in [c for c, state in self.reading.items() if state.deadline <= now]:
             self._drop(conn, TIMEOUT)
+        for sock in [s for s, deadline in self.lingering.items() if deadline <= now]:
+            self._stop_lingering(sock)
 
     def set_accept_enabled(self, enabled: bool) -> None:
         """Accept only while no request waits to be taken up here: a new connection is left to a worker that would

@@ -46,7 +46,7 @@ def attacked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 
 #: What the server must have done to the attacking sockets, besides answering every normal call.
-REFUSED_WITH = {"oversized": "413", "14-digit-length": "413", "idle-2500": "503"}
+REFUSED_WITH = {"oversized": "413", "14-digit-length": "413", "idle-2500": "503", "bad-request-linger": "400"}
 CUT = {"stalled-5mb", "chunked-trickle", "leading-zeros"}
 
 
