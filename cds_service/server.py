@@ -1,14 +1,16 @@
-"""The gunicorn worker ``priorauth-cds serve`` runs: gthread, with requests buffered before a thread sees them.
+"""The gunicorn worker ``priorauth-cds serve`` runs: gthread, with whole requests read before a thread sees them.
 
-Why (README "Production topology"): with sync workers each connection holds a whole worker process from
-accept to answer, so two idle TCP connections stalled the default two workers for 30 s. gunicorn's stock
-``gthread`` worker is better but still hands a new connection to a pool thread at once: the thread waits up to
-5 s for a first byte and then reads the request head with no time limit, so idle or header-trickling clients
-still use up every thread. This subclass keeps every connection in the worker's event loop (a selector, no
-thread) until the request head (and a body announced with ``Content-Length`` up to ``CDS_MAX_BODY_BYTES``) is
-complete, as nginx does, and closes connections whose head did not arrive within ``CDS_HEADER_TIMEOUT_SECONDS``
-(or whose body did not arrive within ``CDS_BODY_TIMEOUT_SECONDS``) with a 408. Only complete requests reach a
-thread; a thread's socket reads and writes (a chunked body, the answer) have a per-operation timeout.
+Why (README "Production topology", with the numbers that kept it over gunicorn's gevent worker): with sync
+workers each connection holds a whole worker process from accept to answer; stock ``gthread`` hands a new
+connection to a pool thread at once, which then waits for the client. This subclass keeps every connection in
+the worker's event loop (a selector, no thread) until its whole request -- head, and a ``Content-Length`` or
+chunked body -- is in memory, as nginx does. The loop reads the body's framing with gunicorn's own parser
+(``body_framing``), answers what can never be served itself (413 over ``CDS_MAX_BODY_BYTES``, 431, 400 for bad
+chunk framing, 503 past the per-client connection cap or the worker's buffer), counts buffered bytes as they
+arrive, and closes connections whose head did not arrive within ``CDS_HEADER_TIMEOUT_SECONDS`` (1 s for the first
+byte when the worker is near its connection limit) or whose body did not arrive within
+``CDS_BODY_TIMEOUT_SECONDS`` with a 408. Only complete requests reach a thread, and the thread's parser has no
+socket to read (``_NoSocket``): no client holds a thread, or the gate, by sending slowly (issue 15 items 1, 2, 11).
 
 A worker with requests waiting for its gate answers with ``Connection: close`` and accepts no new connection
 until its queue is worked off, so that callers move to a worker without a queue: clients reuse the connection
@@ -16,14 +18,15 @@ they used last, and kept-alive connections otherwise pinned most of the load on 
 
 A hook call is CPU-bound Python, so the threads of one process share one GIL: throughput comes from the
 processes (one per core), the threads only keep a call that waits on the FHIR fallback from blocking the
-worker. A request read whole runs holding the process's ``Gate`` (``gate.py``), one at a time in arrival order,
-which a call waiting on the FHIR fallback lets go meanwhile: interleaved through the GIL, calls slowed each other
-down far beyond their share of the core (every SQLite statement waited out the other thread's 5 ms switch
-interval, with the write lock held). Its answer is written after the gate is let go. Thread safety of the
-shared state was checked: the code-table memos (``fhir_mappings/codes.py`` ``_remember``) and the concept cache
+worker. A request runs holding the process's ``Gate`` (``gate.py``), one at a time in arrival order, which a call
+waiting on the FHIR fallback lets go meanwhile: interleaved through the GIL, calls slowed each other down far
+beyond their share of the core (every SQLite statement waited out the other thread's 5 ms switch interval, with
+the write lock held). Its answer is written after the gate is let go. Thread safety of the shared state was
+checked: the code-table memos (``fhir_mappings/codes.py`` ``_remember``) and the concept cache
 (``fhir_mappings/record.py`` ``_CONCEPTS``) are plain dicts whose readers use ``get`` and tolerate a miss, so a
 concurrent ``clear()`` only costs a recomputation; the JWT replay guard and the JWKS cache take locks; the store's
-engine pools connections per thread; Flask's request state is context-local. This worker speaks HTTP/1.1 only and does no TLS itself (a TLS terminator sits in front).
+engine pools connections per thread; Flask's request state is context-local. This worker speaks HTTP/1.1 only
+and does no TLS itself (a TLS terminator sits in front).
 """
 
 from __future__ import annotations
