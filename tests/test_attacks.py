@@ -173,3 +173,27 @@ def test_invalid_request_warning_keeps_only_the_error_class(capsys: pytest.Captu
     err = capsys.readouterr().err
     assert "InvalidRequestLine" in err and "Worker exiting" in err
     assert "pat-123" not in err and "secret" not in err and "10.1.2.3" not in err
+
+
+@pytest.mark.server
+def test_near_the_connection_limit_idlers_get_a_short_first_byte_timeout(tmp_path: Path) -> None:
+    """Item 11 without the per-client cap (many addresses look like this): past 80 % of the worker's 1000
+    connections a new connection has 1 s for its first byte instead of the header timeout, so idlers make room."""
+    server = LiveServer(f"sqlite:///{tmp_path / 'crowd.sqlite3'}",
+                        extra_env={"CDS_WORKERS": "1", "CDS_MAX_CONNECTIONS_PER_CLIENT": "0"})
+    server.start(tmp_path / "server.log")
+    idlers: list[socket.socket] = []
+    try:
+        for _ in range(850):
+            idlers.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+        time.sleep(0.3)  # accepted: the worker now holds more than 800
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=15) as probe:
+            answer = probe.recv(4096)
+        cut_after = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+        assert cut_after < 4.0  # the header timeout is 10 s
+    finally:
+        for sock in idlers:
+            sock.close()
+        server.stop()
