@@ -32,6 +32,7 @@ and does no TLS itself (a TLS terminator sits in front).
 from __future__ import annotations
 
 import errno
+import json
 import selectors
 import socket
 import sys
@@ -47,6 +48,7 @@ from gunicorn.http.message import Request
 from gunicorn.http.unreader import IterUnreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from .errors import operation_outcome
 from .gate import Gate, holding
 
 #: Largest request head buffered (request line + headers); a longer one is answered 431 from the loop.
@@ -59,19 +61,19 @@ _HEAD_END = b"\r\n\r\n"
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
-def _answer(status: str) -> bytes:
-    """A complete closing answer the event loop sends itself (the request never reaches the application)."""
-    text = status.split(" ", 1)[1].lower().encode() + b"\n"
-    return (
-        f"HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {len(text)}\r\n\r\n"
-    ).encode() + text
+def _answer(status: str, code: str, diagnostics: str) -> bytes:
+    """A complete closing answer the event loop sends itself (the request never reaches the application): an
+    OperationOutcome, as the application's own errors are."""
+    body = json.dumps(operation_outcome(code, diagnostics), separators=(",", ":")).encode()
+    head = f"HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: application/fhir+json\r\n"
+    return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
 
 
-TIMEOUT = _answer("408 Request Timeout")
-TOO_LARGE = _answer("413 Content Too Large")
-HEAD_TOO_LARGE = _answer("431 Request Header Fields Too Large")
-BAD_FRAMING = _answer("400 Bad Request")
-BUSY = _answer("503 Service Unavailable")
+TIMEOUT = _answer("408 Request Timeout", "timeout", "request not received in time")
+HEAD_TOO_LARGE = _answer("431 Request Header Fields Too Large", "too-costly", "request head too large")
+BAD_FRAMING = _answer("400 Bad Request", "structure", "malformed chunked body")
+BUSY = _answer("503 Service Unavailable", "transient", "too many request bytes in flight; retry")
+THROTTLED = _answer("503 Service Unavailable", "throttled", "too many connections from this address")
 
 
 def body_framing(head: bytes, cfg: Any, peer: Any) -> int | None:
@@ -229,7 +231,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             return
         host = str(client_addr[0]) if isinstance(client_addr, tuple) else ""
         if not self._take_slot(host):
-            _refuse(client_sock, BUSY)  # over this client's cap: answered and closed at once, nothing buffered
+            _refuse(client_sock, THROTTLED)  # over this client's cap: answered and closed at once, nothing buffered
             return
         self.nr_conns += 1
         conn = _ClientConn(
@@ -307,7 +309,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                 self._dispatch(conn)
                 return
             if length > self.max_body_bytes:
-                self._drop(conn, TOO_LARGE)  # at once: no byte of an over-limit body is waited for
+                self._drop(conn, self._too_large())  # at once: no byte of an over-limit body is waited for
                 return
             if length < 0:
                 state.chunk_pos = state.body_start
@@ -323,10 +325,13 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             if done:
                 self._dispatch(conn)
             elif len(state.buf) - state.body_start > self.max_body_bytes:
-                self._drop(conn, TOO_LARGE)
+                self._drop(conn, self._too_large())
             return
         if state.need is not None and len(state.buf) >= state.need:
             self._dispatch(conn)
+
+    def _too_large(self) -> bytes:
+        return _answer("413 Content Too Large", "too-costly", f"request body exceeds {self.max_body_bytes} bytes")
 
     def _release(self, conn: Any) -> _Reading | None:
         state = self.reading.pop(conn, None)
@@ -361,7 +366,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             except OSError:
                 pass
         self.nr_conns -= 1
-        conn.close()
+        conn.close(graceful=answer is not None)  # a client still sending reads the answer, not a reset (linger)
 
     def linger(self, sock: Any) -> None:
         """After the answer and a shut write side: read and discard what the client still sends, until it closes
