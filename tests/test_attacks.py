@@ -9,6 +9,7 @@ chunked-body scanner, and gunicorn's "Invalid request" log line without the requ
 
 from __future__ import annotations
 
+import resource
 import socket
 import sys
 import time
@@ -27,6 +28,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from attacks import ATTACKS, HOOK_PATH, run_attack
 
 TIMEOUT = 3.0
+
+
+def _enough_descriptors(wanted: int = 8192) -> None:
+    """2,500 attacking sockets here and the server's side of them (a child inherits the limit): raise the soft
+    limit on open files towards the hard one, as a shell's ``ulimit -n`` would."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+_enough_descriptors()
 
 
 @pytest.fixture(scope="module")
