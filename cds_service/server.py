@@ -73,55 +73,71 @@ TIMEOUT = _answer("408 Request Timeout", "timeout", "request not received in tim
 HEAD_TOO_LARGE = _answer("431 Request Header Fields Too Large", "too-costly", "request head too large")
 BAD_FRAMING = _answer("400 Bad Request", "structure", "malformed chunked body")
 BUSY = _answer("503 Service Unavailable", "transient", "too many request bytes in flight; retry")
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 THROTTLED = _answer("503 Service Unavailable", "throttled", "too many connections from this address")
 
 
-def body_framing(head: bytes, cfg: Any, peer: Any) -> int | None:
+def body_framing(head: bytes, cfg: Any, peer: Any) -> tuple[int, bool] | None:
     """Body bytes announced by a complete request head, read by gunicorn's own parser (the one the thread uses
     afterwards, so both agree on leading zeros, duplicates, ``Transfer-Encoding`` with ``Content-Length`` ...):
-    the length, -1 for a chunked body, or None when gunicorn refuses the head (it answers that itself)."""
+    (the length, -1 for a chunked body; whether the client waits for ``100 Continue``), or None when gunicorn
+    refuses the head (its thread-side parse answers that itself)."""
     try:
         request = Request(cfg, IterUnreader([head]), peer)
     except Exception:  # noqa: BLE001 - any parse error: gunicorn's thread-side parse answers it (400, 431 ...)
         return None
+    expects = bool(getattr(request, "_expected_100_continue", False))
     reader = getattr(request.body, "reader", None)
     if isinstance(reader, ChunkedReader):
-        return -1
+        return -1, expects
     if isinstance(reader, LengthReader):
-        return int(reader.length)
-    return 0  # no length, not chunked: a request has no body (RFC 9112 6.3)
+        return int(reader.length), expects
+    return 0, False  # no length, not chunked: a request has no body (RFC 9112 6.3)
 
 
-def chunked_end(buf: bytes | bytearray, pos: int) -> tuple[int, bool]:
+def chunked_end(buf: bytes | bytearray, pos: int) -> tuple[int, bool, int]:
     """Scan the complete chunks of a chunked body from ``pos``: (where the next chunk starts, whether the last
-    chunk and the trailers are in). Resumable, so a trickled body is scanned once, not at every arrival.
-    ValueError for framing gunicorn would refuse anyway (a size that is not hex, a chunk not ended by CRLF)."""
+    chunk and the trailers are in, data bytes in the chunks scanned). Resumable, so a trickled body is scanned
+    once, not at every arrival. ValueError for framing gunicorn would refuse anyway (a size that is not hex, a
+    chunk not ended by CRLF)."""
+    data = 0
     while True:
         line_end = buf.find(b"\r\n", pos)
         if line_end < 0:
             if len(buf) - pos > MAX_CHUNK_LINE:
                 raise ValueError("chunk size line too long")
-            return pos, False
+            return pos, False, data
         size_text = bytes(buf[pos:line_end]).split(b";", 1)[0].rstrip(b" \t")
         if not size_text or len(size_text) > 16 or not set(size_text) <= _HEX:
             raise ValueError("invalid chunk size")
         size = int(size_text, 16)
         if size == 0:
             trailers_end = buf.find(_HEAD_END, line_end)
-            return (trailers_end + 4, True) if trailers_end >= 0 else (pos, False)
+            return (trailers_end + 4, True, data) if trailers_end >= 0 else (pos, False, data)
         data_end = line_end + 2 + size
         if len(buf) < data_end + 2:
-            return pos, False
+            return pos, False, data
         if buf[data_end : data_end + 2] != b"\r\n":
             raise ValueError("chunk not ended by CRLF")
-        pos = data_end + 2
+        pos, data = data_end + 2, data + size
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    """One non-blocking send of a short answer from the loop; a client that cannot take it loses it."""
+    try:
+        sock.send(data)
+    except OSError:
+        pass
 
 
 def _refuse(sock: socket.socket, answer: bytes) -> None:
     """Answer a just-accepted socket from the loop (never blocking on it) and close it."""
     try:
         sock.setblocking(False)
-        sock.send(answer)
+    except OSError:
+        pass
+    _send_quietly(sock, answer)
+    try:
         sock.shutdown(socket.SHUT_WR)
     except OSError:
         pass
@@ -140,7 +156,7 @@ class _NoSocket:
 class _Reading:
     """A connection whose request is still arriving: bytes so far, and the time it must be complete by."""
 
-    __slots__ = ("body_start", "buf", "chunk_pos", "deadline", "need", "started")
+    __slots__ = ("body_start", "buf", "chunk_data", "chunk_pos", "deadline", "need", "started")
 
     def __init__(self, started: float, deadline: float) -> None:
         self.buf = bytearray()
@@ -150,8 +166,9 @@ class _Reading:
         self.body_start: int | None = None
         #: Total bytes (head + body) of a request with a length; None while unknown or chunked.
         self.need: int | None = None
-        #: Chunked body: where the next chunk starts.
+        #: Chunked body: where the next chunk starts, and the data bytes of the chunks before it.
         self.chunk_pos: int | None = None
+        self.chunk_data = 0
 
 
 class _ClientConn(TConn):  # type: ignore[misc]
@@ -304,10 +321,11 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                     self._drop(conn, HEAD_TOO_LARGE)
                 return
             state.body_start = head_end + 4
-            length = body_framing(bytes(state.buf[: state.body_start]), self.cfg, conn.client)
-            if length is None:  # gunicorn refuses this head: its own parser answers, from memory
+            framing = body_framing(bytes(state.buf[: state.body_start]), self.cfg, conn.client)
+            if framing is None:  # gunicorn refuses this head: its own parser answers, from memory
                 self._dispatch(conn)
                 return
+            length, expects_continue = framing
             if length > self.max_body_bytes:
                 self._drop(conn, self._too_large())  # at once: no byte of an over-limit body is waited for
                 return
@@ -315,17 +333,22 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                 state.chunk_pos = state.body_start
             else:
                 state.need = state.body_start + length
+            if expects_continue and len(state.buf) == state.body_start:
+                _send_quietly(conn.sock, CONTINUE)  # the client waits for it before sending the body
             state.deadline = time.monotonic() + self.body_timeout
         if state.chunk_pos is not None:
             try:
-                state.chunk_pos, done = chunked_end(state.buf, state.chunk_pos)
+                state.chunk_pos, done, data = chunked_end(state.buf, state.chunk_pos)
             except ValueError:
                 self._drop(conn, BAD_FRAMING)
                 return
-            if done:
-                self._dispatch(conn)
-            elif len(state.buf) - state.body_start > self.max_body_bytes:
+            state.chunk_data += data
+            # Past the scanned chunks lies at most one size line and part of one chunk's data.
+            pending = len(state.buf) - state.chunk_pos - MAX_CHUNK_LINE - 2
+            if state.chunk_data + max(pending, 0) > self.max_body_bytes:
                 self._drop(conn, self._too_large())
+            elif done:
+                self._dispatch(conn)
             return
         if state.need is not None and len(state.buf) >= state.need:
             self._dispatch(conn)
@@ -361,10 +384,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         if self._release(conn) is None:
             return
         if answer is not None:
-            try:
-                conn.sock.send(answer)
-            except OSError:
-                pass
+            _send_quietly(conn.sock, answer)
         self.nr_conns -= 1
         conn.close(graceful=answer is not None)  # a client still sending reads the answer, not a reset (linger)
 
@@ -487,6 +507,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             req = next(conn.parser)
             if not req:
                 return False
+            req._expected_100_continue = False  # the body is in: the loop sent "100 Continue" when it was due
             _request.conn = conn
             try:
                 kept = self.handle_request(req, conn)
@@ -516,6 +537,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                 self._start_reading(conn)
                 state = self.reading[conn]
                 state.buf += leftover
+                state.deadline = state.started + self.header_timeout  # its first bytes are in
                 self.buffered += len(leftover)
                 self._progress(conn, state)
                 return

@@ -158,17 +158,40 @@ def _head(lines: str) -> bytes:
     ],
 )
 def test_body_framing_is_gunicorns(lines: str, expected: int | None) -> None:
-    assert body_framing(_head(lines), GunicornConfig(), ("127.0.0.1", 1)) == expected
+    framing = body_framing(_head(lines), GunicornConfig(), ("127.0.0.1", 1))
+    assert (framing[0] if framing else None) == expected
+
+
+def test_body_framing_says_when_the_client_waits_for_100_continue() -> None:
+    cfg, peer = GunicornConfig(), ("127.0.0.1", 1)
+    assert body_framing(_head("Content-Length: 5\r\nExpect: 100-continue\r\n"), cfg, peer) == (5, True)
+    assert body_framing(_head("Content-Length: 5\r\n"), cfg, peer) == (5, False)
+
+
+@pytest.mark.server
+def test_expect_100_continue_gets_it_from_the_loop_then_one_answer(attacked: LiveServer) -> None:
+    """A client that waits for "100 Continue" (curl, .NET) gets it at once, and only once."""
+    body = b"{" * 10
+    with socket.create_connection(("127.0.0.1", attacked.port), timeout=5) as sock:
+        sock.sendall(_post(f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n"))
+        interim = sock.recv(4096)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400") and b"100 Continue" not in answer, answer[:200]
 
 
 def test_chunked_end_resumes_and_refuses_bad_framing() -> None:
     body = bytearray(b"4\r\nabcd\r\n")
-    pos, done = chunked_end(body, 0)
-    assert (pos, done) == (len(body), False)
+    pos, done, data = chunked_end(body, 0)
+    assert (pos, done, data) == (len(body), False, 4)
     body += b"0\r\nX-T: 1\r\n"
-    assert chunked_end(body, pos) == (pos, False)  # trailers not finished
+    assert chunked_end(body, pos) == (pos, False, 0)  # trailers not finished
     body += b"\r\nGET"
-    assert chunked_end(body, pos) == (len(body) - 3, True)
+    assert chunked_end(body, pos) == (len(body) - 3, True, 0)
+    assert chunked_end(b"2\r\nab\r\n3;x=1\r\nabc\r\n0\r\n\r\n", 0) == (24, True, 5)
     for bad in (b"g\r\n", b"2\r\nabc\r\n", b"1" * 2000):
         with pytest.raises(ValueError):
             chunked_end(bad, 0)
