@@ -25,15 +25,14 @@ from .policy.predicates import PolicyError
 
 log = logging.getLogger("priorauth_cds.cli")
 
-#: gunicorn worker model (benchmarks/bench.py and benchmarks/slow_clients.py measure it): gthread, subclassed in
-#: ``cds_service/server.py`` so that each request is buffered in the worker's event loop (no thread held) until its
-#: head and body are in, with a 408 for clients slower than CDS_HEADER_TIMEOUT_SECONDS / CDS_BODY_TIMEOUT_SECONDS.
-#: Sync workers let two idle TCP connections stall both default workers for 30 s; stock gthread still gives every
-#: new connection a thread that waits 5 s for data and then reads the head without a time limit. A hook call is
-#: CPU-bound Python, so throughput comes from the processes (CDS_WORKERS, one per core); the threads (CDS_THREADS)
-#: keep a call waiting on the FHIR fallback from blocking the worker. No new dependency (async workers would need
-#: gevent and its monkey-patching under a preloaded app). In production a TLS terminator / buffering proxy
-#: (nginx) sits in front anyway: README "Production topology".
+#: gunicorn worker model (benchmarks/bench.py, slow_clients.py and attacks.py measure it): gthread, subclassed in
+#: ``cds_service/server.py`` so that each whole request (head and body, chunked too) is read in the worker's event
+#: loop (no thread held) under deadlines, size limits and a per-client connection cap. Sync workers let two idle
+#: TCP connections stall both default workers; stock gthread gives every new connection a thread that waits on
+#: the client. A hook call is CPU-bound Python, so throughput comes from the processes (CDS_WORKERS, one per
+#: core); the threads (CDS_THREADS) keep a call waiting on the FHIR fallback from blocking the worker. Measured
+#: against gunicorn's gevent worker and nginx in front (README "Production topology"): gevent was slower and
+#: left stalled clients uncut; in production a TLS terminator / buffering proxy (nginx) sits in front anyway.
 WORKER_CLASS = "cds_service.server.BufferedThreadWorker"
 #: Default threads per worker (``Config.threads``, CDS_THREADS).
 THREADS_PER_WORKER = Config.threads
@@ -85,6 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
     BufferedThreadWorker.header_timeout = config.header_timeout_seconds
     BufferedThreadWorker.body_timeout = config.body_timeout_seconds
     BufferedThreadWorker.max_body_bytes = config.max_body_bytes
+    BufferedThreadWorker.max_connections_per_client = config.max_connections_per_client
 
     class Server(BaseApplication):  # type: ignore[misc]
         """gunicorn with our settings; no config file, no control socket."""

@@ -140,6 +140,9 @@ class Config:
     #: Seconds a client has to send its request head, and then its body (slow clients get a 408 and are closed).
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 30.0
+    #: Connections one client address may hold open per worker process (0: no cap); behind a proxy, raise it
+    #: above the proxy's own connection count (README "Production topology").
+    max_connections_per_client: int = 64
     #: Serve GET /metrics (Prometheus): to loopback clients without proxy headers, or with CDS_METRICS_TOKEN.
     metrics: bool = False
     metrics_token: str | None = field(default=None, repr=False)
@@ -383,6 +386,7 @@ class Settings(BaseSettings):
     threads: Positive = _var("CDS_THREADS", Config.threads)
     header_timeout_seconds: Seconds = _var("CDS_HEADER_TIMEOUT_SECONDS", Config.header_timeout_seconds)
     body_timeout_seconds: Seconds = _var("CDS_BODY_TIMEOUT_SECONDS", Config.body_timeout_seconds)
+    max_connections_per_client: Count = _var("CDS_MAX_CONNECTIONS_PER_CLIENT", Config.max_connections_per_client)
     worker_class: Annotated[str, BeforeValidator(lambda v: str(v).strip().lower())] = _var(
         "CDS_WORKER_CLASS", Config.worker_class
     )
