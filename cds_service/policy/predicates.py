@@ -1105,9 +1105,9 @@ def _dose_within(p: Params, env: CompileEnv) -> Predicate:
             return Outcome(MET, total.evidence)
         sum_words = f"{total.words} = " if total.words else ""
         if not units:
-            per = f" of {label}" if label else ""
+            per = f" for {label}" if label else ""
             return Outcome(
-                NOT_MET, total.evidence, note=f"{sum_words}{total.amount:g} mg/day{per} exceeds {limit:g} mg/day"
+                NOT_MET, total.evidence, note=f"{sum_words}{total.amount:g} mg/day exceeds {limit:g} mg/day{per}"
             )
         fix = _fewer_tablets(facts.dose.mg_per_day, limit - total.others, strengths) if strengths else None
         note = f"{sum_words}{total.amount:g} {label} {unit}/day exceeds {limit:g} {unit}/day"
