@@ -22,8 +22,7 @@ from cds_service.policy.predicates import NOT_APPLICABLE, all_of_status, any_of_
 from cds_service.policy.results import Status
 from fhir_mappings.codes import TABLES_DIR, CodeTableError, CodeTables, dose_forms, form_in_text, load_code_tables
 from tests.test_synthetic_pack import GENERIC_10, PACKS, PATIENT, RXNORM, chart, criterion, evaluate, statuses
-from tests.test_synthetic_pack import app as app  # noqa: F401  (the module's app fixture, with both packs)
-from tests.test_synthetic_pack import client as client  # noqa: F401
+from tests.test_synthetic_pack import app, client  # noqa: F401  (its fixtures: an app serving both packs)
 
 ZENTOCAP_20 = ("Z1021", "zentorimab 20 MG Oral Capsule")
 SOLUTION_1_PER_ML = ("Z1031", "zentorimab 1 MG/ML Oral Solution")
@@ -122,7 +121,7 @@ def test_a_per_ml_strength_needs_a_liquid_form(tmp_path: Path) -> None:
         CodeTables((directory / "tables", TABLES_DIR))
 
 
-def test_capsules_count_against_a_capsule_limit(client: FlaskClient) -> None:  # noqa: F811
+def test_capsules_count_against_a_capsule_limit(client: FlaskClient) -> None:
     within = statuses(evaluate(client, order_in(*ZENTOCAP_20, 2, "capsule", ucum="{capsule}"), chart()))
     assert (within["I.A.7.c"], within["I.A.7.d"]) == ("met", "met")  # 40 mg, 2 capsules
     over = evaluate(client, order_in(*ZENTOCAP_20, 3, "capsules"), chart())
@@ -133,12 +132,12 @@ def test_capsules_count_against_a_capsule_limit(client: FlaskClient) -> None:  #
     assert (statuses(over)["I.A.7.a"], statuses(over)["I.A.7.b"]) == ("met", "met")
 
 
-def test_a_unit_of_another_form_is_unreadable(client: FlaskClient) -> None:  # noqa: F811
+def test_a_unit_of_another_form_is_unreadable(client: FlaskClient) -> None:
     found = evaluate(client, order_in(*ZENTOCAP_20, 2, "tablets"), chart())
     assert statuses(found)["I.A.7.d"] == "unknown"  # "2 tablets" of a capsule product: never converted
 
 
-def test_ml_of_an_oral_solution_converts_through_mg_per_ml(client: FlaskClient) -> None:  # noqa: F811
+def test_ml_of_an_oral_solution_converts_through_mg_per_ml(client: FlaskClient) -> None:
     disease_b = chart(birth="2015-01-01", disease="ZDX-B", companion=False)
     within = evaluate(client, order_in(*SOLUTION_1_PER_ML, 8, "mL", ucum="mL"), disease_b)
     assert statuses(within)["I.B.1"] == "met" and statuses(within)["I.B.4"] == "met"  # 8 mL x 1 mg/mL = 8 mg
@@ -188,7 +187,7 @@ def test_kleene_leaves_not_applicable_out() -> None:
     assert not_status(NOT_APPLICABLE) is NOT_APPLICABLE
 
 
-def test_a_product_specific_item_is_not_applicable_on_another_product(client: FlaskClient) -> None:  # noqa: F811
+def test_a_product_specific_item_is_not_applicable_on_another_product(client: FlaskClient) -> None:
     evaluation = evaluate(client, order_in(*GENERIC_10, 10, "mg", ucum="mg"), chart())
     assert evaluation["decision"] == "met", statuses(evaluation)  # neutral in the decision
     item = criterion(evaluation, "I.A.8")
@@ -218,7 +217,7 @@ def test_applies_to_a_product_code(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- 3. the preferred alternative
 
 
-def test_the_preferred_alternative_switch_carries_dose_and_companion_change(client: FlaskClient) -> None:  # noqa: F811
+def test_the_preferred_alternative_switch_carries_dose_and_companion_change(client: FlaskClient) -> None:
     resources = [*chart(companion=False), morvalide()]
     evaluation = evaluate(client, order_in(*ZENTOCAP_20, 1, "capsule"), resources)  # 20 mg/day
     assert statuses(evaluation)["I.A.8"] == "not-met"
