@@ -17,17 +17,25 @@ import pytest
 import yaml
 from flask.testing import FlaskClient
 
+from cds_service.app import create_app
+from cds_service.config import Config
 from cds_service.policy.engine import PolicyError, load_policy
 from cds_service.policy.predicates import NOT_APPLICABLE, all_of_status, any_of_status, not_status
 from cds_service.policy.results import Status
 from fhir_mappings.codes import TABLES_DIR, CodeTableError, CodeTables, dose_forms, form_in_text, load_code_tables
 from tests.test_synthetic_pack import GENERIC_10, PACKS, PATIENT, RXNORM, chart, criterion, evaluate, statuses
-from tests.test_synthetic_pack import app, client  # noqa: F401  (its fixtures: an app serving both packs)
 
 ZENTOCAP_20 = ("Z1021", "zentorimab 20 MG Oral Capsule")
 SOLUTION_1_PER_ML = ("Z1031", "zentorimab 1 MG/ML Oral Solution")
 UCUM = "http://unitsofmeasure.org"
 MET, NOT_MET, UNKNOWN = Status.MET, Status.NOT_MET, Status.UNKNOWN
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> FlaskClient:
+    """A service with CP.PHAR.63 and the grown zentorimab pack."""
+    database = tmp_path_factory.mktemp("pack-products") / "audit.sqlite3"
+    return create_app(Config(database_url=f"sqlite:///{database}", policy_dirs=(str(PACKS),))).test_client()
 
 
 def order_in(code: str, display: str, value: float, unit: str, *, ucum: str | None = None) -> dict[str, Any]:
