@@ -153,7 +153,7 @@ def response_schemas() -> dict[str, JsonObject]:
 
 def evaluation_extension_schema() -> JsonObject:
     """``priorauth-cds.evaluation``: the machine-readable CP.PHAR.63 result (see cards.evaluation_extension)."""
-    status = {"type": "string", "enum": ["met", "not-met", "unknown"]}
+    status = {"type": "string", "enum": ["met", "not-met", "unknown", "not-applicable"]}
     criterion = {
         "type": "object",
         "required": ["id", "status", "text"],

@@ -421,7 +421,7 @@ def leaf(name: str, params: Any, where: str, env: CompileEnv, fn: Predicate) -> 
         asks = _documented(where, p)
     elif name == "procedure_in":
         asks = _procedure(where, p)
-    else:  # product_in, dose_within, payer_review, diagnosis_within_days: not a question for the chart
+    else:  # product_in, dose_within, preferred_alternative, payer_review, diagnosis_within_days: the order decides
         asks = None
     if asks is None:
         return Leaf(where, name, fn)
