@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import os
 import re
 import time
 from typing import Any
@@ -329,6 +330,7 @@ def _finish(response: Response) -> Response:
         route=_route(),
         status=response.status_code,
         ms=round(elapsed, 2),
+        pid=os.getpid(),  # which gunicorn worker answered (no PHI): per-worker state such as rate buckets shows here
         **g.get("log_fields", {}),
     )
     return response
