@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -63,6 +64,10 @@ def _serve(args: argparse.Namespace) -> int:
     metrics_dir = metrics.private_multiprocess_dir()  # before anything imports prometheus_client
     try:
         config = Config.from_env(host=args.host, port=args.port, workers=args.workers)
+        problem = _bind_problem(config.host, config.port)
+        if problem:  # before the app loads: one plain line, not a page of JSON logs and gunicorn's retries
+            metrics.remove_multiprocess_dir(metrics_dir)
+            return _fail(problem, EXIT_USAGE)
         configure_logging(config.log_level)
         warning = check_bind_security(config)
         if warning:
@@ -101,6 +106,7 @@ def _serve(args: argparse.Namespace) -> int:
                 "keepalive": KEEPALIVE_SECONDS,
                 "control_socket_disable": True,
                 "post_fork": lambda server, worker: _after_fork(app.extensions["priorauth_cds"].store),
+                "when_ready": lambda server: _say_serving(config.host, config.port, config.workers),
                 "child_exit": lambda server, worker: metrics.worker_exited(worker.pid),
                 "loglevel": "warning",
                 "logger_class": "cds_service.gunicorn_logging.GunicornJsonLogger",  # gunicorn's own lines as JSON too
@@ -117,6 +123,27 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         metrics.remove_multiprocess_dir(metrics_dir)
     return 0
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (in use, not an address of this machine), or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return f"cannot listen on {_url(host, port)}: {exc.strerror or exc} (another server? try --port)"
+    return None
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _say_serving(host: str, port: int, workers: int) -> None:
+    """gunicorn ``when_ready`` (the master, once listening): the one plain line a person starting it reads."""
+    print(f"{PROG}: serving on {_url(host, port)} ({workers} workers); Ctrl-C stops", flush=True)
 
 
 def _after_fork(store: Any) -> None:
