@@ -313,3 +313,65 @@ def test_a_lab_test_table_row_that_changes_a_shared_meaning_is_refused(tmp_path:
     (folder / "tables" / "lab_tests.csv").write_text(LAB_TESTS + f"ZL-1,other-marker,x,{SOURCE}\n", encoding="utf-8")
     with pytest.raises((PolicyError, CodeTableError), match="'ZL-1'.*means 'other-marker'"):
         load_pack(folder)
+
+
+# ----------------------------------------------------------------------------- item 6: the JSON Schema
+
+
+def _schema_validator() -> object:
+    import jsonschema_rs
+
+    from cds_service.policy.schema import json_schema
+
+    return jsonschema_rs.Draft202012Validator(json_schema())
+
+
+def test_the_schema_describes_exactly_the_predicates_the_loader_knows() -> None:
+    from cds_service.policy.predicates import COMBINATORS, LEAVES
+    from cds_service.policy.schema import COMBINATOR_SCHEMAS, PREDICATES
+
+    assert set(PREDICATES) == set(LEAVES)
+    assert set(COMBINATOR_SCHEMAS) == set(COMBINATORS)
+
+
+@pytest.mark.parametrize("folder", [Path("cds_service/policies/cp-phar-63"), PACK])
+def test_every_pack_in_the_repository_validates_against_the_schema(folder: Path) -> None:
+    import yaml
+
+    document = yaml.safe_load((folder / "policy.yaml").read_text(encoding="utf-8"))
+    errors = [e.message for e in _schema_validator().iter_errors(document)]  # type: ignore[attr-defined]
+    assert errors == []
+
+
+@pytest.mark.parametrize(
+    "predicate",
+    [
+        {"lab_trnd": {"tests": ["psa"], "rising": 2, "unit": "ng/mL"}},  # a misspelt name
+        {"lab_trend": {"tests": ["psa"], "rising": 2, "unit": "ng/mL", "abvoe": 0.1}},  # a misspelt parameter
+        {"lab_trend": {"tests": ["psa"], "unit": "ng/mL"}},  # a missing parameter
+        {"all_of": [{"procedure_in": {"tag": ["x"]}}]},  # inside a combinator
+        "diagnosis_in",  # a bare name that needs parameters
+    ],
+)
+def test_the_schema_catches_a_wrong_predicate(predicate: object) -> None:
+    document = {
+        "pathways": [
+            {
+                "id": "I.A",
+                "kind": "indication",
+                "criteria": [{"id": "I.A.1", "text": "t", "remedy": "r", "predicate": predicate}],
+            }
+        ]
+    }
+    messages = [e.message for e in _schema_validator().iter_errors(document)]  # type: ignore[attr-defined]
+    paths = [list(e.instance_path) for e in _schema_validator().iter_errors(document)]  # type: ignore[attr-defined]
+    assert ["pathways", 0, "criteria", 0, "predicate"] in [p[:5] for p in paths], messages
+
+
+def test_the_published_schema_file_is_current() -> None:
+    import json
+
+    from cds_service.policy.schema import json_schema
+
+    published = json.loads(Path("docs/policy-pack.schema.json").read_text(encoding="utf-8"))
+    assert published == json_schema(), "run: python -m cds_service.policy.schema"
