@@ -142,6 +142,9 @@ class DrugInfo:
     max_gap_days: int | None = None
 
 
+#: Da Vinci CRD coverage-information ``pa-needed`` codes (CodeSystem temp, CRD 2.x): what a pack may declare.
+PA_NEEDED = ("auth-needed", "no-auth", "satisfied", "performpa", "conditional")
+
 #: The hooks a pack answers, one service each (policy file ``services``).
 HOOKS = ("order-sign", "order-select")
 
@@ -210,6 +213,9 @@ class Policy:
     services: tuple[ServiceInfo, ...] = ()
     #: Where a reader finds the policy document (card link), and the payer's page for this policy.
     document_url: str | None = None
+    #: The Da Vinci CRD ``pa-needed`` code of every evaluated order (file ``policy.pa_needed``; a PA drug policy:
+    #: auth-needed).
+    pa_needed: str = "auth-needed"
     #: Safe suggestions (file ``regimen_markers``): diagnosis tag -> ingredients whose order shows that regimen.
     regimen_markers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: Safe suggestions (file ``duplicate_therapy_groups``): medication groups whose members are not given together.
@@ -615,9 +621,12 @@ def _parse(raw_document: Any, vocabulary: Vocabulary, source: str) -> Policy:
     header = _mapping(
         raw["policy"],
         "policy",
-        ("id", "version", "title", "lines_of_business", "document_url"),
+        ("id", "version", "title", "lines_of_business", "document_url", "pa_needed"),
         ("id", "version", "title", "lines_of_business"),
     )
+    pa_needed = header.get("pa_needed", "auth-needed")
+    if pa_needed not in PA_NEEDED:
+        raise PolicyError(f"policy.pa_needed must be one of {', '.join(PA_NEEDED)} (Da Vinci CRD), got {pa_needed!r}")
     if not isinstance(header["version"], str):
         raise PolicyError('policy.version must be quoted text such as "02.25" (YAML reads 02.25 as a number)')
     lines_raw = header["lines_of_business"]
@@ -657,6 +666,7 @@ def _parse(raw_document: Any, vocabulary: Vocabulary, source: str) -> Policy:
         regimen_markers=_regimen_markers(raw.get("regimen_markers"), env),
         duplicate_therapy_groups=_duplicate_groups(raw.get("duplicate_therapy_groups"), env),
         document_url=_text(header["document_url"], "policy", "document_url") if "document_url" in header else None,
+        pa_needed=pa_needed,
     )
 
 

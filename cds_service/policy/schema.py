@@ -28,6 +28,9 @@ class Header(_Strict):
     title: str = Field(min_length=1)
     lines_of_business: list[LineOfBusinessName] = Field(min_length=1)
     document_url: str | None = Field(default=None, description="Link to the policy document shown on cards")
+    pa_needed: Literal["auth-needed", "no-auth", "satisfied", "performpa", "conditional"] | None = Field(
+        default=None, description="Da Vinci CRD pa-needed of every evaluated order (default auth-needed)"
+    )
 
 
 class Drug(_Strict):
