@@ -375,3 +375,27 @@ def test_the_published_schema_file_is_current() -> None:
 
     published = json.loads(Path("docs/policy-pack.schema.json").read_text(encoding="utf-8"))
     assert published == json_schema(), "run: python -m cds_service.policy.schema"
+
+
+def test_a_tablet_limit_with_the_wrong_family_names_the_packs_families(tmp_path: Path) -> None:
+    folder = copy_pack(tmp_path)
+    policy = folder / "policy.yaml"
+    text = policy.read_text(encoding="utf-8").replace(
+        "dose_within: {max_mg_per_day: 10}", "dose_within: {max_mg_per_day: 10, family: zentora}"
+    )
+    policy.write_text(text, encoding="utf-8")
+    with pytest.raises(
+        PolicyError, match=r"needs a family, and only it takes one \(the pack's families: zentora, zentora-sprinkle\)"
+    ):
+        load_pack(folder)
+
+
+def test_an_unknown_key_names_the_accepted_ones(tmp_path: Path) -> None:
+    folder = copy_pack(tmp_path)
+    policy = folder / "policy.yaml"
+    policy.write_text(
+        policy.read_text(encoding="utf-8").replace("  tag: zentorimab\n", "  tag: zentorimab\n  colour: blue\n"),
+        encoding="utf-8",
+    )
+    with pytest.raises(PolicyError, match=r"drug\.colour: .*\(accepted: families, max_gap_days, name"):
+        load_pack(folder)

@@ -275,7 +275,7 @@ def _mapping(raw: Any, where: str, allowed: Collection[str], required: Collectio
         raise PolicyError(f"{where}: expected a mapping")
     unknown = sorted(str(k) for k in raw if k not in allowed)
     if unknown:
-        raise PolicyError(f"{where}: unknown key(s) {unknown}")
+        raise PolicyError(f"{where}: unknown key(s) {unknown} (accepted: {', '.join(sorted(allowed))})")
     missing = [k for k in required if k not in raw]
     if missing:
         raise PolicyError(f"{where}: missing {missing}")
@@ -298,7 +298,8 @@ def _line(raw: Any, where: str) -> LineOfBusiness:
     try:
         return LineOfBusiness(raw)
     except ValueError as exc:
-        raise PolicyError(f"{where}: unknown line of business {raw!r}") from exc
+        known = ", ".join(v.value for v in LineOfBusiness)
+        raise PolicyError(f"{where}: unknown line of business {raw!r} (one of {known})") from exc
 
 
 def _segment_ok(segment: str, level: str) -> bool:

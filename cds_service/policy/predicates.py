@@ -974,7 +974,10 @@ def _dose_within(p: Params, env: CompileEnv) -> Predicate:
     if (max_mg is None) == (max_tablets is None):
         raise PolicyError(f"{p.where}: give exactly one of max_mg_per_day, max_tablets_per_day")
     if (max_tablets is None) != (family_name is None):
-        raise PolicyError(f"{p.where}: max_tablets_per_day needs a family (and only it)")
+        raise PolicyError(
+            f"{p.where}: max_tablets_per_day needs a family, and only it takes one "
+            f"(the pack's families: {', '.join(sorted(env.families)) or 'none declared'})"
+        )
     family = family_name or None
     label = env.families.get(family, family) if family else None
     limit = max_mg if max_mg is not None else max_tablets

@@ -360,6 +360,29 @@ def line_of(text: str, location: tuple[int | str, ...]) -> int | None:
     return line
 
 
+def _accepted_keys(location: tuple[int | str, ...]) -> list[str]:
+    """The keys a mapping at ``location`` accepts, read from the published schema (for "unknown key" messages)."""
+    schema = json_schema()
+    defs = schema.get("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        while isinstance(node, dict):
+            if "$ref" in node:
+                node = defs.get(node["$ref"].rsplit("/", 1)[-1], {})
+            elif "anyOf" in node:  # X | None: the branch that is a mapping or a list
+                node = next((b for b in node["anyOf"] if "$ref" in b or "properties" in b or "items" in b), {})
+            else:
+                return node
+        return node
+
+    node = resolve(schema)
+    for part in location:
+        node = resolve(node.get("items") if isinstance(part, int) else node.get("properties", {}).get(part))
+        if not isinstance(node, dict):
+            return []
+    return sorted(node.get("properties", {}))
+
+
 def check_shape(raw: Any, text: str, source: str) -> str | None:
     """None when ``raw`` has the shape of a policy file; else "file:line: what is wrong" for the first problem."""
     try:
@@ -372,7 +395,9 @@ def check_shape(raw: Any, text: str, source: str) -> str | None:
         line = line_of(text, walkable)
         where = ".".join(str(p) for p in walkable) or "file"
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        return f"{source}:{line or '?'}: {where}: {error['msg']}{more}"
+        accepted = _accepted_keys(walkable[:-1]) if error["type"] == "extra_forbidden" else []
+        hint = f" (accepted: {', '.join(accepted)})" if accepted else ""
+        return f"{source}:{line or '?'}: {where}: {error['msg']}{hint}{more}"
     return None
 
 
