@@ -479,9 +479,11 @@ class _Builder:
         )
 
     def _observation_code_read(self, system: str | None, code: str | None) -> bool:
-        """A receptor test (receptor_tests.csv) or a response-to-therapy assessment (therapy_response.csv)."""
+        """A receptor test (receptor_tests.csv), a response-to-therapy assessment (therapy_response.csv) or a lab
+        test the pack names (lab_tests.csv)."""
         is_receptor_test = system == "loinc" and code in self.tables.receptor_tests
-        return is_receptor_test or self.tables.is_response_observation(system, code)
+        is_lab_test = self.tables.lab_test_tag(system, code) is not None
+        return is_receptor_test or is_lab_test or self.tables.is_response_observation(system, code)
 
     def _allergy_relevant(self, resource: dict[str, Any]) -> bool:
         """To the drug (a generic exception) or to any ingredient a suggestion could name (never suggested then)."""
