@@ -245,15 +245,19 @@ PREDICATES: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "continued_therapy_days": ("The current course covers at least days", {"days": _NUMBER}, ("days",)),
     "responding_to_therapy": ("The latest response assessment since the course began is favourable", {}, ()),
     "dose_within": (
-        "The member's daily amount is within the limit: exactly one of max_mg_per_day, max_units_per_day "
-        "(tablets, capsules or mL of the family's dose form) or max_tablets_per_day (its older name); a unit limit "
-        "needs a family, an mg limit may name one",
+        (
+            "The member's daily amount is within the limit: exactly one of max_mg_per_day, max_units_per_day "
+            "(tablets, capsules or mL of the family's dose form) or max_tablets_per_day (its older name); a unit "
+            "limit needs a family, an mg limit may name one"
+        ),
         {"max_mg_per_day": _NUMBER, "max_units_per_day": _NUMBER, "max_tablets_per_day": _NUMBER, "family": _TEXT},
         (),
     ),
     "preferred_alternative": (
-        "For the from family's orders, use the alternative: not-met with a one-click switch at the mapped daily dose "
-        "and the companion change; met on other families",
+        (
+            "For the from family's orders, use the alternative: not-met with a one-click switch at the mapped daily "
+            "dose and the companion change; met on other families"
+        ),
         {
             "from": {
                 "type": "object",
