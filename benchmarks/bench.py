@@ -799,7 +799,9 @@ def main(argv: list[str] | None = None) -> int:
         import slow_clients
 
         sections += [("Worker model and slow clients", slow_clients.compare_section(workers))]
-    command = "python benchmarks/bench.py" + (" --quick" if args.quick else "")
+    flags = [("--quick", args.quick), ("--skip-http", args.skip_http), ("--skip-fallback", args.skip_fallback)]
+    flags.append(("--skip-workers", args.skip_workers))
+    command = "python benchmarks/bench.py" + "".join(f" {flag}" for flag, on in flags if on)
     found = targets(ip, web)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.md").write_text(report.markdown(info, found, sections, command, loads))
