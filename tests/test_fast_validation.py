@@ -107,7 +107,8 @@ def _mutate(data: dict[str, Any], draw: Any) -> None:
         target[key] = copy.deepcopy(value)
         return
     if kind == "unknown" or not paths:
-        data[draw(st.sampled_from(["bogus", "_status", "status__ext"]))] = draw(st.sampled_from(WRONG))
+        # a copy: a later mutation of this resource (a None put into a list) must not change WRONG for later examples
+        data[draw(st.sampled_from(["bogus", "_status", "status__ext"]))] = copy.deepcopy(draw(st.sampled_from(WRONG)))
         return
     if kind == "null-in-list":
         lists = [p for p in paths if isinstance(_parent(data, (*p, 0)), list)]
