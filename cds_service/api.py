@@ -59,7 +59,15 @@ def error_response(error: ServiceError) -> Response:
     response = Response(orjson.dumps(outcome_for(error)), status=error.status, mimetype="application/fhir+json")
     if isinstance(error, RateLimited):
         response.headers["Retry-After"] = str(error.retry_after)
+    challenge = _CHALLENGES.get(error.status)
+    if challenge:  # RFC 6750 §3: a bearer-protected resource names its scheme; which check failed stays unsaid
+        response.headers["WWW-Authenticate"] = challenge
     return response
+
+
+#: RFC 6750 challenges: 401 for a missing or refused token (the CDS Hooks JWT or a DTR access token), 403 for an
+#: access token whose scopes do not cover the route.
+_CHALLENGES = {401: 'Bearer realm="priorauth-cds"', 403: 'Bearer realm="priorauth-cds", error="insufficient_scope"'}
 
 
 def _route() -> str:

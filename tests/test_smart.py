@@ -211,6 +211,16 @@ def test_a_token_without_the_routes_scope_is_403(client: Any) -> None:
     refused = client.post(PACKAGE, json=parameters, headers={"Authorization": bearer(terminology)})
     assert refused.status_code == 403
     assert refused.get_json()["resourceType"] == "OperationOutcome"
+    assert refused.headers["WWW-Authenticate"] == 'Bearer realm="priorauth-cds", error="insufficient_scope"'
+
+
+def test_a_refused_token_gets_a_bearer_challenge(client: Any) -> None:
+    """RFC 6750 §3: a 401 names the scheme (and, like the body, not which check failed)."""
+    parameters = signed_package_parameters(client)
+    for headers in ({}, {"Authorization": bearer("not.a.token")}):
+        refused = client.post(PACKAGE, json=parameters, headers=headers)
+        assert refused.status_code == 401
+        assert refused.headers["WWW-Authenticate"] == 'Bearer realm="priorauth-cds"'
 
 
 def test_forged_or_foreign_access_tokens_are_401(client: Any, tmp_path: Path) -> None:
