@@ -294,6 +294,8 @@ class _ItemBuilder:
             main["text"] = criterion.text if plain else f"{criterion.text} {own}"
             main["prefix"] = criterion.id
             main["item"] = [_help(criterion.id, criterion.remedy)]
+            for beside in questions:
+                beside.setdefault("prefix", criterion.id)
             return questions
         return [
             {
