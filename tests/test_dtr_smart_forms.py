@@ -37,6 +37,10 @@ def test_the_package_renders_in_smart_forms_and_a_clicked_answer_decides_the_ord
             assert prefix in text
         birth = browser.page.locator('[data-linkid="I.A.4"] input').first.input_value()
         assert birth  # prefilled from the chart and shown
+        remedy = next(i for i in questionnaire["item"] if i["linkId"] == "I.A.3")["item"][0]["text"]
+        assert remedy not in browser.text()  # help is a flyover: not inline text ...
+        browser.page.locator('[id="label-I.A.3"] svg').first.hover()
+        browser.page.locator(".MuiPopover-root", has_text=remedy).wait_for()  # ... but shown over the label
         browser.page.locator('[data-linkid="I.A.3"] input[type="radio"][value="true"]').click()
         browser.page.wait_for_function(
             '() => document.querySelector(\'[data-linkid="I.A.3"] input[value="true"]\').checked'
