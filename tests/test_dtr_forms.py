@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from cds_service.policy.predicates import CompileEnv, PolicyError, compile_predicate
 from cds_service.policy.questions import THERAPY_OUTCOME_SYSTEM
 from tests.dtr_helpers import (
     RXNORM,
@@ -25,7 +26,7 @@ from tests.dtr_helpers import (
     statuses,
     with_responses,
 )
-from tests.test_dtr_package import PATHWAYS, _questionnaire
+from tests.test_dtr_package import PATHWAYS, TABLES, _questionnaire
 
 AUTO_SERVER = "auto-server"
 SUNITINIB = {"valueCoding": {"system": RXNORM, "code": "357977", "display": "sunitinib"}}
@@ -273,3 +274,43 @@ def test_help_is_a_flyover_display_item(pathway_id: str) -> None:
         if item["type"] == "display":
             control = item["extension"][0]["valueCodeableConcept"]["coding"][0]
             assert control["code"] == "flyover"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"unless": ["bogus"]}, {"outcome": "progression"}, {"unless": "contraindicated", "outcome": 3}],
+)
+def test_the_loader_refuses_an_outcome_or_exception_the_questionnaire_cannot_ask(params: dict[str, Any]) -> None:
+    spec = {"history_of_any": {"tags": ["tacrolimus"], **params}}
+    with pytest.raises(PolicyError):
+        compile_predicate(spec, "X.1", CompileEnv(TABLES))
+
+
+def test_a_history_test_without_outcome_words_asks_only_for_the_therapies() -> None:
+    leaf = compile_predicate({"history_of_all": {"tags": ["imatinib", "sunitinib"]}}, "X.1", CompileEnv(TABLES))
+    assert [q.link_id for q in leaf.leaves[0].questions] == ["X.1"]
+    asked = compile_predicate(
+        {"history_of_all": {"tags": ["imatinib"], "outcome": "failure"}}, "X.2", CompileEnv(TABLES)
+    )
+    assert [q.link_id for q in asked.leaves[0].questions] == ["X.2", "X.2/outcome", "X.2/reason"]
+
+
+def _transplant(client: Any, name: str, answers: Mapping[str, list[dict[str, Any]]]) -> tuple[str, str]:
+    request = sample(name)
+    first = sign(client, request)
+    draft = resources(package_for(client, request, first), "QuestionnaireResponse")[0]
+    second = sign(client, with_responses(request, answered(draft, answers)))
+    return statuses(first)["I.G.5"], statuses(second)["I.G.5"]
+
+
+def test_tacrolimus_not_tolerated_with_its_reason_meets_failure_of_tacrolimus(client: Any) -> None:
+    answers = {
+        "I.G.5/then/outcome": [_outcome("not-tolerated")],
+        "I.G.5/then/reason": [{"valueString": "posterior reversible encephalopathy on tacrolimus"}],
+    }
+    assert _transplant(client, "I.G-kidney-scheduled-transplant", answers) == ("unknown", "met")
+
+
+def test_tacrolimus_on_record_that_did_not_fail_is_not_failure(client: Any) -> None:
+    answers = {"I.G.5/then/outcome": [_outcome("not-failed")]}  # the chart reads tacrolimus as its failure
+    assert _transplant(client, "I.G-kidney-missing-basiliximab", answers) == ("met", "not-met")
