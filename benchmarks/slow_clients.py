@@ -31,6 +31,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 HOOK_PATH = "/cds-services/everolimus-order-sign"
 SAMPLE = ROOT / "sample_bundles" / "I.A-brand-without-exemestane.json"
+#: Slow and attacking connections come from here, normal calls from 127.0.0.1: the server caps connections per
+#: client address (CDS_MAX_CONNECTIONS_PER_CLIENT), and the normal client is another client.
+SLOW_ADDRESS = "127.0.0.2"
 
 
 @dataclass
@@ -86,7 +89,7 @@ class _Slow:
 
     def _open(self, kind: str) -> None:
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=5)
+            sock = socket.create_connection((self.host, self.port), timeout=5, source_address=(SLOW_ADDRESS, 0))
         except OSError:
             return
         sock.setblocking(False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import os
 import re
 import time
 from typing import Any
@@ -143,13 +144,15 @@ def _authenticate() -> None:
     g.issuer = claims.get("iss")
 
 
-def _rate_limit() -> None:
-    """One token from the caller's bucket: the verified issuer, or the client address without JWT checks."""
+def _rate_limit(*, by_address: bool = False) -> None:
+    """One token from the caller's bucket: the verified issuer, or the client address without JWT checks (and
+    with ``by_address``, for calls that need no token: terminology reads, the SMART token endpoint)."""
     services = _services()
     limiter = services.limiter
     if limiter is None or not limiter.enabled:
         return
-    caller = f"iss:{g.get('issuer')}" if services.verifier is not None else f"addr:{request.remote_addr}"
+    by_issuer = services.verifier is not None and not by_address
+    caller = f"iss:{g.get('issuer')}" if by_issuer else f"addr:{request.remote_addr}"
     wait = limiter.check(caller)
     if wait:
         g.log_fields["rate_limited"] = True
@@ -327,6 +330,7 @@ def _finish(response: Response) -> Response:
         route=_route(),
         status=response.status_code,
         ms=round(elapsed, 2),
+        pid=os.getpid(),  # which gunicorn worker answered (no PHI): per-worker state such as rate buckets shows here
         **g.get("log_fields", {}),
     )
     return response

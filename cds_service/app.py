@@ -23,6 +23,8 @@ from .policy.engine import Policy, load_policy
 from .ratelimit import RateLimiter
 from .registry import Registry, default_registry, load_registry
 from .service import HookHandler
+from .smart import SmartAuthority
+from .smart_api import smart as smart_routes
 from .store import Store
 
 log = logging.getLogger("priorauth_cds.app")
@@ -45,6 +47,9 @@ class Services:
     limiter: RateLimiter | None = None
     registry: Registry = field(default_factory=default_registry)
     handlers: dict[str, HookHandler] = field(default_factory=dict)
+    #: SMART Backend Services for DTR apps (``CDS_DTR_CLIENTS``); built here, before gunicorn forks, so every
+    #: worker shares its token key.
+    smart: SmartAuthority | None = None
 
     def handler_for(self, service_id: str) -> HookHandler | None:
         """The handler of the pack that declares ``service_id``; None for an unknown id."""
@@ -78,12 +83,22 @@ def create_app(config: Config | None = None, *, store: Store | None = None, **ha
     app.json.sort_keys = False  # type: ignore[attr-defined]
     limiter = RateLimiter(config.rate_limit_per_minute)
     app.extensions["priorauth_cds"] = Services(
-        config, store, handler, verifier, tables, policy, limiter, registry=registry, handlers=handlers
+        config,
+        store,
+        handler,
+        verifier,
+        tables,
+        policy,
+        limiter,
+        registry=registry,
+        handlers=handlers,
+        smart=SmartAuthority(config, replay_guard=store),
     )
     if config.retention_days:
         store.purge_if_due(config.retention_days)  # at start-up, then once a day per worker (api.py)
     app.register_blueprint(bp)
     app.register_blueprint(dtr)
+    app.register_blueprint(smart_routes)
     if config.benchmark_floor:
         from .floor import floor
 
@@ -94,6 +109,7 @@ def create_app(config: Config | None = None, *, store: Store | None = None, **ha
         "app.ready",
         auth="jwt" if verifier else "none",
         issuers=len(config.trusted_issuers),
+        dtr_clients=len(config.dtr_clients),
         packs=[pack.name for pack in registry.packs],
     )
     return app

@@ -408,6 +408,53 @@ def _safe(value: str | None) -> str:
     return "-" if value is None else repr(value[:120])
 
 
+def key_source(
+    owner: str,
+    value: Any,
+    session: requests.Session,
+    *,
+    timeout: float,
+    clock: Callable[[], float],
+    min_refresh_seconds: float = 30.0,
+    cache_seconds: float = 3600.0,
+) -> JwksClient | dict[str, list[_Key]]:
+    """The keys of one JWKS setting (a trusted issuer's, or a SMART client's): a ``JwksClient`` fetching through
+    ``session`` for a URL, or an inline JWKS parsed now. ``owner`` names the setting in the ``ConfigError``."""
+    if isinstance(value, str) and value:
+        try:
+            return JwksClient(
+                value,
+                session,
+                timeout=timeout,
+                clock=clock,
+                min_refresh_seconds=min_refresh_seconds,
+                cache_seconds=cache_seconds,
+            )
+        except jwt.PyJWKClientError:
+            raise ConfigError(f"{owner}: the JWKS URL must be http(s)") from None
+    try:
+        keys = parse_jwks(value)
+    except ValueError:
+        raise ConfigError(f"{owner}: value must be a JWKS URL or an inline JWKS object") from None
+    if not keys:
+        raise ConfigError(f"{owner}: inline JWKS has no usable signature key with a kid")
+    return keys
+
+
+def signature_key(source: JwksClient | dict[str, list[_Key]], kid: str, alg: str) -> _Key:
+    """The key of ``source`` named ``kid`` that may verify ``alg`` (fetching a URL's JWKS when needed)."""
+    if isinstance(source, JwksClient):
+        candidates = source.candidates(kid)
+    else:
+        candidates = source.get(kid) or []
+        if not candidates:
+            raise _Rejected("jwt.unknown_kid")
+    key = next((key for key in candidates if key.fits(alg)), None)
+    if key is None:
+        raise _Rejected("jwt.key_mismatch")
+    return key
+
+
 class JwtVerifier:
     """Verifies CDS Hooks bearer JWTs; one instance per process, safe to share between threads."""
 
@@ -435,25 +482,15 @@ class JwtVerifier:
     ) -> JwksClient | dict[str, list[_Key]]:
         """A ``JwksClient`` for a JWKS URL; an inline (pinned) JWKS is parsed once, here (bad ones stop start-up)."""
         value, _ = issuer_settings(value)
-        if isinstance(value, str) and value:
-            try:
-                return JwksClient(
-                    value,
-                    self._session,
-                    timeout=self._config.jwks_timeout_seconds,
-                    clock=self._clock,
-                    min_refresh_seconds=min_refresh,
-                    cache_seconds=cache_seconds,
-                )
-            except jwt.PyJWKClientError:
-                raise ConfigError(f"issuer {issuer!r}: the JWKS URL must be http(s)") from None
-        try:
-            keys = parse_jwks(value)
-        except ValueError:
-            raise ConfigError(f"issuer {issuer!r}: value must be a JWKS URL or an inline JWKS object") from None
-        if not keys:
-            raise ConfigError(f"issuer {issuer!r}: inline JWKS has no usable signature key with a kid")
-        return keys
+        return key_source(
+            f"issuer {issuer!r}",
+            value,
+            self._session,
+            timeout=self._config.jwks_timeout_seconds,
+            clock=self._clock,
+            min_refresh_seconds=min_refresh,
+            cache_seconds=cache_seconds,
+        )
 
     def verify(self, authorization_header: str | None, audience: str) -> dict[str, Any]:
         """The verified claims of the request's bearer JWT; raises ``AuthError`` for any problem."""
@@ -483,18 +520,10 @@ class JwtVerifier:
             raise _Rejected("jwt.unknown_issuer")
         # A pinned (inline) JWKS ignores jku (the CDS Hooks sandbox always sends one): it is never fetched. With a
         # JWKS URL, a jku must name exactly that URL; keys are only ever fetched from the configured URL.
-        if isinstance(entry, JwksClient):
-            if "jku" in header and header["jku"] != entry.uri:
-                raise _Rejected("jwt.jku_not_allowed")
-            candidates = entry.candidates(kid)
-        else:
-            candidates = entry.get(kid) or []
-            if not candidates:
-                raise _Rejected("jwt.unknown_kid")
-        key = next((key for key in candidates if key.fits(alg)), None)
-        if key is None:
-            raise _Rejected("jwt.key_mismatch")
-        claims = self._verified_payload(token, key, alg)
+        if isinstance(entry, JwksClient) and "jku" in header and header["jku"] != entry.uri:
+            raise _Rejected("jwt.jku_not_allowed")
+        key = signature_key(entry, kid, alg)
+        claims = verified_payload(token, key, alg)
         now = self._clock()
         leeway = self._config.jwt_leeway_seconds
         check_claims(
@@ -505,17 +534,17 @@ class JwtVerifier:
             raise _Rejected("jwt.replayed")
         return claims
 
-    @staticmethod
-    def _verified_payload(token: str, key: _Key, alg: str) -> dict[str, Any]:
-        """The payload once the signature checks out with ``key`` under exactly ``alg``."""
-        try:
-            decoded = _JWS.decode_complete(token, key=key.public_key, algorithms=[alg])
-        except (jwt.PyJWTError, ValueError, TypeError):
-            raise _Rejected("jwt.bad_signature") from None
-        claims = json.loads(decoded["payload"])
-        if not isinstance(claims, dict):
-            raise _Rejected("jwt.malformed")
-        return claims
+
+def verified_payload(token: str, key: _Key, alg: str) -> dict[str, Any]:
+    """The payload once the signature checks out with ``key`` under exactly ``alg``."""
+    try:
+        decoded = _JWS.decode_complete(token, key=key.public_key, algorithms=[alg])
+    except (jwt.PyJWTError, ValueError, TypeError):
+        raise _Rejected("jwt.bad_signature") from None
+    claims = json.loads(decoded["payload"])
+    if not isinstance(claims, dict):
+        raise _Rejected("jwt.malformed")
+    return claims
 
 
 def _read_bounded(response: requests.Response, limit: int) -> bytes:

@@ -163,6 +163,8 @@ def _action_words(criterion: CriterionResult, drug: str) -> str:
                 words.append(f"add {fix.display.split()[0].rstrip(',')}")
             elif fix.kind == "change-strength" and fix.display:
                 words.append(f"use {fix.display}")
+            elif fix.kind == "switch-product" and fix.display:
+                words.append(f"switch to {fix.display}")
         if c.note and not c.fixes:
             words.append(c.note)
     if not words and criterion.children:
@@ -228,12 +230,20 @@ def _criterion_lines(criterion: CriterionResult, depth: int = 0) -> list[str]:
         line += f" — *To satisfy:* {criterion.remedy}"
     lines = [line]
     collapsed = [c.id for c in criterion.children if not c.applicable]
+    other_products = [c for c in criterion.children if c.status is Status.NOT_APPLICABLE]
     for child in criterion.children:
-        if child.status is not Status.MET and child.applicable:
+        if child.status not in (Status.MET, Status.NOT_APPLICABLE) and child.applicable:
             lines += _criterion_lines(child, depth + 1)
     if collapsed:
         lines.append(f"{indent}  - Not applicable (diagnosis not on record): {', '.join(collapsed)}")
+    if other_products:
+        ids = ", ".join(c.id for c in other_products)
+        lines.append(f"{indent}  - {_capitalised(other_products[0].note or 'not applicable')}: {ids}")
     return lines
+
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _lob_label(item: EvaluatedOrder) -> str:
@@ -298,6 +308,10 @@ def detail_for(item: EvaluatedOrder) -> str:
             # A met criterion's note says what it rests on (the latest response assessment) or, for a referral,
             # what would change it (record TSC for partial-onset seizures to continue under II.A).
             parts += [f"- **{c.id}** {_short(c.text, 110)}" + (f" — {c.note}" if c.note else "") for c in met]
+        other_products = [c for c in ev.criteria if c.status is Status.NOT_APPLICABLE]
+        if other_products:  # "For Yonsa requests ..." on a Zytiga order: written for other products
+            parts.append(f"\n**{_capitalised(other_products[0].note or 'not applicable')}:**")
+            parts += [f"- **{c.id}** {_short(c.text, 110)}" for c in other_products]
     if ev.notes:
         parts.append("\n**Information (does not change the decision):**")
         parts += [f"- {note}" for note in ev.notes]
@@ -488,6 +502,61 @@ def switch_to_generic(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
 def add_companion(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
     """Create the companion order the policy requires (e.g. exemestane 25 mg daily for breast cancer)."""
     display = fix.display or "companion medication"
+    return Suggestion(
+        label=_clip(f"Add {display}" + (f" ({fix.sig})" if fix.sig else ""), 80),
+        isRecommended=True,
+        actions=[
+            Action(
+                type="create",
+                description=f"Order {display} with the draft it completes",
+                resource=_companion_order(draft, fix),
+            )
+        ],
+    )
+
+
+def _daily_dosage(mg: float, per_day: int, sig: str | None) -> dict[str, Any]:
+    """A structured Dosage: ``mg`` per administration, ``per_day`` times a day (the dose limits read it)."""
+    return {
+        "text": sig or f"{mg:g} mg {per_day} time(s) a day",
+        "timing": {"repeat": {"frequency": per_day, "period": 1, "periodUnit": "d"}},
+        "doseAndRate": [
+            {"doseQuantity": {"value": mg, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}}
+        ],
+    }
+
+
+def switch_product(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
+    """The pack's preferred alternative: the draft with the other product at the mapped dose, plus the companion
+    it is given with; the companions it replaces are named to stop."""
+    order: dict[str, Any] = deep_copy_json(dict(draft))
+    order.pop("medicationReference", None)
+    order.pop("contained", None)
+    display = fix.display or "the preferred alternative"
+    order["medicationCodeableConcept"] = _medication_concept(fix.rxcui, display)
+    order["dosageInstruction"] = [_daily_dosage(fix.dose_mg or 0, fix.frequency_per_day or 1, fix.sig)]
+    if isinstance(order.get("dispenseRequest"), dict):
+        order["dispenseRequest"].pop("quantity", None)  # the old product's count
+    ref = f"{order.get('resourceType', 'MedicationRequest')}/{order.get('id')}"
+    stop = f"; stop {', '.join(fix.stops)}" if fix.stops else ""
+    actions = [Action(type="update", description=f"Replace {ref} with {display}, {fix.sig}{stop}", resource=order)]
+    label = f"Switch to {display}, {fix.sig}"
+    if fix.companion is not None:
+        companion = fix.companion.display or "companion medication"
+        actions.append(
+            Action(
+                type="create",
+                description=f"Order {companion} with {display}{stop}",
+                resource=_companion_order(draft, fix.companion),
+            )
+        )
+        label += f" + {companion}"
+    return Suggestion(label=_clip(label, 80), isRecommended=True, actions=actions)
+
+
+def _companion_order(draft: Mapping[str, Any], fix: Fix) -> dict[str, Any]:
+    """A draft MedicationRequest for a companion, for the draft's patient, encounter and requester."""
+    display = fix.display or "companion medication"
     order: dict[str, Any] = {
         "resourceType": "MedicationRequest",
         "id": str(uuid.uuid4()),
@@ -509,11 +578,7 @@ def add_companion(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
         ]
     if dosage:
         order["dosageInstruction"] = [dosage]
-    return Suggestion(
-        label=_clip(f"Add {display}" + (f" ({fix.sig})" if fix.sig else ""), 80),
-        isRecommended=True,
-        actions=[Action(type="create", description=f"Order {display} with the draft it completes", resource=order)],
-    )
+    return order
 
 
 def change_strength(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
@@ -576,6 +641,8 @@ def suggestions_for(item: EvaluatedOrder) -> list[Suggestion]:
             out.append(suggestion)
         elif fix.kind == "add-companion" and (fix.rxcui or fix.display):
             out.append(add_companion(item.draft, fix))
+        elif fix.kind == "switch-product" and fix.rxcui and fix.dose_mg:
+            out.append(switch_product(item.draft, fix))
     return out
 
 
@@ -640,15 +707,21 @@ def coverage_extension(
     return {"url": CRD_COVERAGE_INFO, "extension": parts}
 
 
-def dtr_link(launch_url: str, item: EvaluatedOrder, decision: CoverageDecision) -> Link:
+def dtr_link(
+    launch_url: str, item: EvaluatedOrder, decision: CoverageDecision, payer_fhir_base: str | None = None
+) -> Link:
     """A SMART link that launches the EHR's DTR app on this order: appContext names the order, its coverage, the
-    questionnaires and the coverage-assertion-id (the ``context`` of ``$questionnaire-package``)."""
-    context = {
+    questionnaires, the coverage-assertion-id (the ``context`` of ``$questionnaire-package``) and the payer's FHIR
+    base, where the app finds ``.well-known/smart-configuration`` and so its token endpoint (SMART Backend
+    Services)."""
+    context: dict[str, Any] = {
         "order": item.evaluation.order_ref,
         "coverage": item.coverage_ref,
         "questionnaire": list(item.questionnaires),
         "coverageAssertionId": decision.assertion_id,
     }
+    if payer_fhir_base:
+        context["payerFhirBase"] = payer_fhir_base
     return Link(
         label=_clip(f"Document the open {item.evaluation.policy} criteria (DTR questionnaire)", 80),
         url=launch_url,
@@ -678,6 +751,7 @@ def render(
     policy_url: str | None = None,
     assertion_ids: Mapping[str, str] | None = None,
     dtr_launch_url: str | None = None,
+    payer_fhir_base: str | None = None,
 ) -> Rendered:
     """All cards and system actions for the orders in scope, in their order, honouring the CRD configuration.
 
@@ -702,7 +776,7 @@ def render(
         if show_coverage:
             links = [Link(label=f"{ev.policy} policy document", url=policy_url, type="absolute")] if policy_url else []
             if dtr_launch_url and decision is not None and decision.doc_needed and item.documentable:
-                links.insert(0, dtr_link(dtr_launch_url, item, decision))
+                links.insert(0, dtr_link(dtr_launch_url, item, decision, payer_fhir_base))
             out.cards.append(
                 Card(
                     summary=summary_for(ev),

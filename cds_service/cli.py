@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -25,15 +26,14 @@ from .policy.predicates import PolicyError
 
 log = logging.getLogger("priorauth_cds.cli")
 
-#: gunicorn worker model (benchmarks/bench.py and benchmarks/slow_clients.py measure it): gthread, subclassed in
-#: ``cds_service/server.py`` so that each request is buffered in the worker's event loop (no thread held) until its
-#: head and body are in, with a 408 for clients slower than CDS_HEADER_TIMEOUT_SECONDS / CDS_BODY_TIMEOUT_SECONDS.
-#: Sync workers let two idle TCP connections stall both default workers for 30 s; stock gthread still gives every
-#: new connection a thread that waits 5 s for data and then reads the head without a time limit. A hook call is
-#: CPU-bound Python, so throughput comes from the processes (CDS_WORKERS, one per core); the threads (CDS_THREADS)
-#: keep a call waiting on the FHIR fallback from blocking the worker. No new dependency (async workers would need
-#: gevent and its monkey-patching under a preloaded app). In production a TLS terminator / buffering proxy
-#: (nginx) sits in front anyway: README "Production topology".
+#: gunicorn worker model (benchmarks/bench.py, slow_clients.py and attacks.py measure it): gthread, subclassed in
+#: ``cds_service/server.py`` so that each whole request (head and body, chunked too) is read in the worker's event
+#: loop (no thread held) under deadlines, size limits and a per-client connection cap. Sync workers let two idle
+#: TCP connections stall both default workers; stock gthread gives every new connection a thread that waits on
+#: the client. A hook call is CPU-bound Python, so throughput comes from the processes (CDS_WORKERS, one per
+#: core); the threads (CDS_THREADS) keep a call waiting on the FHIR fallback from blocking the worker. Measured
+#: against gunicorn's gevent worker and nginx in front (README "Production topology"): gevent was slower and
+#: left stalled clients uncut; in production a TLS terminator / buffering proxy (nginx) sits in front anyway.
 WORKER_CLASS = "cds_service.server.BufferedThreadWorker"
 #: Default threads per worker (``Config.threads``, CDS_THREADS).
 THREADS_PER_WORKER = Config.threads
@@ -64,6 +64,10 @@ def _serve(args: argparse.Namespace) -> int:
     metrics_dir = metrics.private_multiprocess_dir()  # before anything imports prometheus_client
     try:
         config = Config.from_env(host=args.host, port=args.port, workers=args.workers)
+        problem = _bind_problem(config.host, config.port)
+        if problem:  # before the app loads: one plain line, not a page of JSON logs and gunicorn's retries
+            metrics.remove_multiprocess_dir(metrics_dir)
+            return _fail(problem, EXIT_USAGE)
         configure_logging(config.log_level)
         warning = check_bind_security(config)
         if warning:
@@ -85,6 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
     BufferedThreadWorker.header_timeout = config.header_timeout_seconds
     BufferedThreadWorker.body_timeout = config.body_timeout_seconds
     BufferedThreadWorker.max_body_bytes = config.max_body_bytes
+    BufferedThreadWorker.max_connections_per_client = config.max_connections_per_client
 
     class Server(BaseApplication):  # type: ignore[misc]
         """gunicorn with our settings; no config file, no control socket."""
@@ -101,6 +106,7 @@ def _serve(args: argparse.Namespace) -> int:
                 "keepalive": KEEPALIVE_SECONDS,
                 "control_socket_disable": True,
                 "post_fork": lambda server, worker: _after_fork(app.extensions["priorauth_cds"].store),
+                "when_ready": lambda server: _say_serving(config.host, config.port, config.workers),
                 "child_exit": lambda server, worker: metrics.worker_exited(worker.pid),
                 "loglevel": "warning",
                 "logger_class": "cds_service.gunicorn_logging.GunicornJsonLogger",  # gunicorn's own lines as JSON too
@@ -117,6 +123,27 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         metrics.remove_multiprocess_dir(metrics_dir)
     return 0
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (in use, not an address of this machine), or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return f"cannot listen on {_url(host, port)}: {exc.strerror or exc} (another server? try --port)"
+    return None
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _say_serving(host: str, port: int, workers: int) -> None:
+    """gunicorn ``when_ready`` (the master, once listening): the one plain line a person starting it reads."""
+    print(f"{PROG}: serving on {_url(host, port)} ({workers} workers); Ctrl-C stops", flush=True)
 
 
 def _after_fork(store: Any) -> None:

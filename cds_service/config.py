@@ -72,6 +72,37 @@ def issuer_settings(value: Any) -> tuple[Any, tuple[str, ...]]:
     return value, ()
 
 
+#: The SMART scopes the DTR routes understand (``cds_service.smart`` checks them per route).
+DTR_SCOPES: tuple[str, ...] = ("system/Questionnaire.rs", "system/QuestionnaireResponse.c", "system/ValueSet.rs")
+SCOPE_PATTERN = re.compile(r"system/(\*|[A-Z][A-Za-z]{0,63})\.(read|write|\*|(?=[cruds])c?r?u?d?s?)")
+
+
+def dtr_client_settings(client_id: Any, value: Any, issuers: Mapping[str, Any]) -> tuple[Any, tuple[str, ...], str]:
+    """(JWKS URL or inline JWKS, allowed scopes, EHR issuer) of one ``CDS_DTR_CLIENTS`` entry, checked.
+
+    A client acts for one trusted issuer, so its calls see exactly what that EHR's own hook calls made.
+    """
+    name = f"CDS_DTR_CLIENTS {client_id!r}"
+    if not isinstance(client_id, str) or not client_id or len(client_id) > 256:
+        raise ConfigError("CDS_DTR_CLIENTS keys must be client ids (1 to 256 characters)")
+    if not isinstance(value, dict) or set(value) - {"jwks", "scopes", "issuer"}:
+        raise ConfigError(f"{name}: must be an object with jwks, scopes and issuer (nothing else)")
+    keys, scopes, issuer = value.get("jwks"), value.get("scopes"), value.get("issuer")
+    if not (isinstance(keys, str) and _is_http_url(keys)) and not (
+        isinstance(keys, dict) and isinstance(keys.get("keys"), list)
+    ):
+        raise ConfigError(f"{name}: jwks must be an http(s) JWKS URL or an inline JWKS object")
+    if (
+        not isinstance(scopes, list)
+        or not scopes
+        or not all(isinstance(s, str) and SCOPE_PATTERN.fullmatch(s) for s in scopes)
+    ):
+        raise ConfigError(f"{name}: scopes must be a non-empty list of system/<Resource>.<permissions> scopes")
+    if not isinstance(issuer, str) or issuer not in issuers:
+        raise ConfigError(f"{name}: issuer must be one of CDS_TRUSTED_ISSUERS (the EHR the client acts for)")
+    return keys, tuple(scopes), issuer
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the app needs; defaults are safe for a developer machine on loopback."""
@@ -109,6 +140,9 @@ class Config:
     #: Seconds a client has to send its request head, and then its body (slow clients get a 408 and are closed).
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 30.0
+    #: Connections one client address may hold open per worker process (0: no cap); behind a proxy, raise it
+    #: above the proxy's own connection count (README "Production topology").
+    max_connections_per_client: int = 64
     #: Serve GET /metrics (Prometheus): to loopback clients without proxy headers, or with CDS_METRICS_TOKEN.
     metrics: bool = False
     metrics_token: str | None = field(default=None, repr=False)
@@ -138,6 +172,12 @@ class Config:
     dtr_rows_per_issuer_per_day: int = 2000
     #: Expose POST /benchmark/floor (parse-only baseline for benchmarks/). Off in production.
     benchmark_floor: bool = False
+    #: SMART Backend Services clients of the DTR routes: client_id -> {"jwks": JWKS URL or inline JWKS, "scopes":
+    #: [allowed SMART scopes], "issuer": the CDS_TRUSTED_ISSUERS issuer (EHR) the client acts for}.
+    dtr_clients: Mapping[str, Any] = field(default_factory=dict)
+    #: HMAC key (32+ characters) signing DTR access tokens; unset: a random key made at start-up in the gunicorn
+    #: master (shared by its workers; tokens die with a restart). Set it when several hosts serve the same URL.
+    dtr_token_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -170,6 +210,10 @@ class Config:
                 ServerRule.parse(server, f"issuer {issuer!r} fhirServers")
         for server in self.fhir_servers:
             ServerRule.parse(server, "CDS_FHIR_SERVERS")
+        for client_id, client in self.dtr_clients.items():
+            dtr_client_settings(client_id, client, self.trusted_issuers)
+        if self.dtr_token_key is not None and len(self.dtr_token_key) < 32:
+            raise ConfigError("CDS_DTR_TOKEN_KEY must be at least 32 characters")
         if self.public_base_url is not None:
             parts = urlsplit(self.public_base_url)
             if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
@@ -342,6 +386,7 @@ class Settings(BaseSettings):
     threads: Positive = _var("CDS_THREADS", Config.threads)
     header_timeout_seconds: Seconds = _var("CDS_HEADER_TIMEOUT_SECONDS", Config.header_timeout_seconds)
     body_timeout_seconds: Seconds = _var("CDS_BODY_TIMEOUT_SECONDS", Config.body_timeout_seconds)
+    max_connections_per_client: Count = _var("CDS_MAX_CONNECTIONS_PER_CLIENT", Config.max_connections_per_client)
     worker_class: Annotated[str, BeforeValidator(lambda v: str(v).strip().lower())] = _var(
         "CDS_WORKER_CLASS", Config.worker_class
     )
@@ -378,6 +423,10 @@ class Settings(BaseSettings):
     retention_days: Count = _var("CDS_RETENTION_DAYS", Config.retention_days)
     dtr_rows_per_issuer_per_day: Count = _var("CDS_DTR_ROWS_PER_ISSUER_PER_DAY", Config.dtr_rows_per_issuer_per_day)
     metrics: Flag = _var("CDS_METRICS", Config.metrics)
+    dtr_clients: JsonObject = _var("CDS_DTR_CLIENTS", factory=dict)
+    dtr_token_key: Annotated[str | None, BeforeValidator(lambda v: v or None)] = Field(
+        default=None, validation_alias="CDS_DTR_TOKEN_KEY", repr=False
+    )
     metrics_token: Annotated[str | None, BeforeValidator(lambda v: v or None)] = Field(
         default=None, validation_alias="CDS_METRICS_TOKEN", repr=False
     )

@@ -1,8 +1,10 @@
 """DTR's FHIR endpoints under ``/fhir``: thin Flask routes over ``cds_service.dtr.package``.
 
-The same authentication (a bearer JWT from a trusted issuer, audience = this URL) and rate limit as the hooks;
-``/fhir/metadata`` is open, as FHIR servers' capability statements are. Errors are OperationOutcomes through the
-app's one error mapping (``errors.py`` via ``api.register_error_handlers``).
+A caller is the EHR (its CDS Hooks JWT from a trusted issuer, audience = this URL) or a DTR app with a SMART
+Backend Services access token (``cds_service.smart``: scopes checked per route, and it acts for one EHR issuer);
+either way a package is only ever given to the EHR whose hook call made the assertion. Terminology reads
+(``metadata``, ``ValueSet`` read and ``$expand``) carry no PHI: open, rate-limited per client address. Errors
+are OperationOutcomes through the app's one error mapping (``errors.py`` via ``api.register_error_handlers``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from .api import _authenticate, _rate_limit, _read_json_body, _services
 from .dtr import package
 from .errors import ProtocolError, RateLimited, UnknownService, operation_outcome
 from .logs import log_event
+from .smart import TOKEN_PATH, InsufficientScope, SmartAuthority, permits
 
 log = logging.getLogger("priorauth_cds.dtr")
 dtr = Blueprint("dtr", __name__, url_prefix="/fhir")
@@ -50,8 +53,24 @@ def _daily_quota() -> None:
         )
 
 
+def _authorize(resource: str, permission: str) -> None:
+    """The caller's identity for a DTR route: a SMART access token whose scopes allow ``permission`` (c r u d s)
+    on ``resource`` (``g.issuer`` = the EHR its client acts for), or else the EHR's CDS Hooks JWT."""
+    services = _services()
+    header = request.headers.get("Authorization")
+    if services.smart is None or not SmartAuthority.is_access_token(header):
+        _authenticate()
+        return
+    grant = services.smart.grant(header, _base() + TOKEN_PATH)
+    if not permits(grant.scopes, resource, permission):
+        raise InsufficientScope(f"the token's scopes ({' '.join(grant.scopes)[:200]}) do not allow this call")
+    g.issuer = grant.issuer
+    g.log_fields["dtr_client"] = grant.client_id[:64]
+
+
 @dtr.get("/metadata")
 def metadata() -> Response:
+    _rate_limit(by_address=True)
     return fhir_response(package.capability_statement(_base(), _publisher()))
 
 
@@ -59,7 +78,7 @@ def metadata() -> Response:
 @dtr.post("/$questionnaire-package")
 def questionnaire_package() -> Response:
     """DTR: the questionnaire(s) for an order, with their value sets and the payer's prefilled response."""
-    _authenticate()
+    _authorize("Questionnaire", "r")
     _rate_limit()
     _daily_quota()
     services = _services()
@@ -100,7 +119,7 @@ def questionnaire_package() -> Response:
 @dtr.post("/Questionnaire/$log-questionnaire-errors")
 def log_questionnaire_errors() -> Response:
     """DTR: a client reports errors rendering or running a questionnaire; stored for the payer to read."""
-    _authenticate()
+    _authorize("Questionnaire", "r")
     _rate_limit()
     _daily_quota()
     canonical, outcomes = package.parse_error_log(_read_json_body())
@@ -111,7 +130,7 @@ def log_questionnaire_errors() -> Response:
 
 @dtr.get("/Questionnaire/<qid>")
 def read_questionnaire(qid: str) -> Response:
-    _authenticate()
+    _authorize("Questionnaire", "r")
     found = package.questionnaire(_services().registry, _base(), qid, _publisher())
     if found is None:
         raise UnknownService(f"no Questionnaire/{qid[:64]}")
@@ -121,9 +140,8 @@ def read_questionnaire(qid: str) -> Response:
 @dtr.route("/ValueSet/$expand", methods=["GET", "POST"])
 @dtr.route("/ValueSet/<vs_id>/$expand", methods=["GET", "POST"])
 def expand(vs_id: str | None = None) -> Response:
-    """ValueSet/$expand for the value sets the questionnaires use (``url`` parameter, or by id)."""
-    _authenticate()
-    _rate_limit()
+    """ValueSet/$expand for the value sets the questionnaires use (``url`` parameter, or by id); no token needed."""
+    _rate_limit(by_address=True)
     url = request.args.get("url")
     if request.method == "POST":
         body = _read_json_body()
@@ -145,7 +163,7 @@ def expand(vs_id: str | None = None) -> Response:
 
 @dtr.get("/ValueSet/<vs_id>")
 def read_value_set(vs_id: str) -> Response:
-    _authenticate()
+    _rate_limit(by_address=True)
     found = package.expand(_services().registry, _base(), vs_id=vs_id)
     if found is None:
         raise UnknownService(f"no ValueSet/{vs_id[:64]}")

@@ -8,11 +8,12 @@ up to 5 ms per statement -- and held SQLite's write lock meanwhile, which sent t
 in SQLite's busy handler (1, 2, 5, 10 ... ms). Profiled under load, that convoy, not the work, made the tail: at
 200 requests per second a call spent most of its time waiting for the GIL or the write lock.
 
-So the buffered worker (``server.py``) runs each request whose bytes are all in memory while holding its process's
+So the buffered worker (``server.py``) runs each request (all its bytes in memory) while holding its process's
 ``Gate``, in arrival order (a FIFO hand-over, no barging), and writes the answer after letting go. The threads
 stay for what they are for (README "Production topology"): a call waiting on the FHIR fallback steps aside
 (``stepped_aside``, in ``prefetch.py``) so the others run meanwhile. Outside a gated request (tests, the CLI, the
-development server, a chunked body read from the socket) ``stepped_aside`` does nothing.
+development server) ``stepped_aside`` does nothing. Every request the worker runs was read whole by its event
+loop first, so nothing holding the gate reads from a client.
 
 Only step aside around a wait that holds no lock another gate holder could want: a thread that steps aside
 while holding such a lock could come back to a gate held by a thread waiting for that lock. The JWKS fetch

@@ -33,6 +33,8 @@ JSON = "application/json"
 FHIR_JSON = "application/fhir+json"
 SCHEMAS = "#/components/schemas/"
 SECURITY_SCHEME = "cdsHooksJwt"
+SMART_SCHEME = "smartBackendServices"
+FORM = "application/x-www-form-urlencoded"
 
 JsonObject = dict[str, Any]
 
@@ -151,7 +153,7 @@ def response_schemas() -> dict[str, JsonObject]:
 
 def evaluation_extension_schema() -> JsonObject:
     """``priorauth-cds.evaluation``: the machine-readable CP.PHAR.63 result (see cards.evaluation_extension)."""
-    status = {"type": "string", "enum": ["met", "not-met", "unknown"]}
+    status = {"type": "string", "enum": ["met", "not-met", "unknown", "not-applicable"]}
     criterion = {
         "type": "object",
         "required": ["id", "status", "text"],
@@ -254,6 +256,72 @@ def feedback_schemas() -> dict[str, JsonObject]:
         "properties": {"received": {"type": "integer", "minimum": 1}, "stored": {"type": "integer", "minimum": 0}},
     }
     return schemas
+
+
+def smart_schemas() -> dict[str, JsonObject]:
+    """SMART Backend Services bodies (cds_service/smart.py): discovery, token request, token answer and error."""
+    strings = {"type": "array", "items": {"type": "string"}}
+    return {
+        "SmartConfiguration": {
+            "type": "object",
+            "required": [
+                "token_endpoint",
+                "token_endpoint_auth_methods_supported",
+                "token_endpoint_auth_signing_alg_values_supported",
+                "grant_types_supported",
+                "scopes_supported",
+                "capabilities",
+            ],
+            "properties": {
+                "issuer": {"type": "string"},
+                "token_endpoint": {"type": "string", "format": "uri"},
+                "token_endpoint_auth_methods_supported": strings,
+                "token_endpoint_auth_signing_alg_values_supported": strings,
+                "grant_types_supported": strings,
+                "scopes_supported": strings,
+                "capabilities": strings,
+            },
+        },
+        "TokenRequest": {
+            "type": "object",
+            "required": ["grant_type", "scope", "client_assertion_type", "client_assertion"],
+            "properties": {
+                "grant_type": {"const": "client_credentials"},
+                "scope": {
+                    "type": "string",
+                    "description": "Space-separated SMART scopes, e.g. system/Questionnaire.rs",
+                },
+                "client_assertion_type": {"const": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"},
+                "client_assertion": {
+                    "type": "string",
+                    "description": "RS384/ES384 JWT: iss = sub = client id, aud = the token URL, exp <= 5 min, jti.",
+                },
+            },
+        },
+        "TokenResponse": {
+            "type": "object",
+            "required": ["access_token", "token_type", "expires_in", "scope"],
+            "properties": {
+                "access_token": {"type": "string"},
+                "token_type": {"const": "bearer"},
+                "expires_in": {"type": "integer", "minimum": 1},
+                "scope": {
+                    "type": "string",
+                    "description": "The granted scopes (the requested ones the client may have).",
+                },
+            },
+        },
+        "TokenError": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "enum": ["invalid_request", "invalid_client", "invalid_scope", "unsupported_grant_type"],
+                },
+                "error_description": {"type": "string"},
+            },
+        },
+    }
 
 
 def hand_written_schemas(services: Mapping[str, str] | None = None) -> dict[str, JsonObject]:
@@ -670,20 +738,28 @@ def _fhir_ok(description: str) -> JsonObject:
     return {"description": description, "content": _body("FhirResource", FHIR_JSON)}
 
 
-def _dtr_operation(operation_id: str, summary: str, responses: JsonObject, *, body: bool = True) -> JsonObject:
+FORBIDDEN = _outcome("A SMART access token whose scopes do not allow this call (insufficient_scope).")
+
+
+def _dtr_operation(
+    operation_id: str, summary: str, responses: JsonObject, *, body: bool = True, scope: str | None = None
+) -> JsonObject:
+    """A DTR route; with ``scope`` it needs the EHR's CDS Hooks JWT or a SMART access token with that scope
+    (none when no issuers are configured); without, it is an open terminology read (no PHI)."""
     operation: JsonObject = {
         "operationId": operation_id,
         "summary": summary,
         "tags": ["dtr"],
-        "security": [{SECURITY_SCHEME: []}, {}],
+        "security": [{SECURITY_SCHEME: []}, {SMART_SCHEME: []}, {}] if scope else [],
         "responses": {
             **responses,
-            "401": UNAUTHORIZED,
             "405": METHOD_NOT_ALLOWED,
             "429": RATE_LIMITED,
             "500": INTERNAL_ERROR,
         },
     }
+    if scope:
+        operation["responses"].update({"401": UNAUTHORIZED, "403": FORBIDDEN})
     if body:
         operation["requestBody"] = _json_request_body("FhirResource")
         operation["responses"].update(
@@ -698,14 +774,22 @@ def _dtr_paths() -> JsonObject:
         "questionnairePackage",
         "DTR $questionnaire-package: Parameters (coverage, order, questionnaire, context) -> package Bundles",
         {
-            "200": _fhir_ok("Parameters with one packagebundle per questionnaire (and an outcome for unknown ones)."),
+            "200": _fhir_ok(
+                "Parameters with one packagebundle per questionnaire (and an outcome for unknown ones); without a "
+                "context, for orders no questionnaire applies to: only an outcome warning that says so. A client "
+                "declaring DTR 2.0.x or 2.1.x gets the names PackageBundle and operationOutcome."
+            ),
             "400": _outcome(
                 "Not a Parameters resource, no Coverage, none of order / questionnaire / context, or more than 10 "
                 "order or questionnaire parameters."
             ),
-            "404": _outcome("Unknown context (coverage-assertion-id), or no questionnaire applies to the order."),
+            "404": _outcome(
+                "Unknown context (coverage-assertion-id), or (DTR 2.0.x clients, whose output needs a package) no "
+                "questionnaire applies to the order."
+            ),
             "422": _outcome("The Coverage or order is not the one the coverage assertion was made for."),
         },
+        scope="system/Questionnaire.rs",
     )
     expand = {
         "200": _fhir_ok("The expanded ValueSet."),
@@ -734,10 +818,12 @@ def _dtr_paths() -> JsonObject:
                     "200": _fhir_ok("The CapabilityStatement."),
                     "405": METHOD_NOT_ALLOWED,
                     "421": MISDIRECTED,
+                    "429": RATE_LIMITED,
                     "500": INTERNAL_ERROR,
                 },
             }
         },
+        **_smart_paths(),
         "/fhir/Questionnaire/$questionnaire-package": {"post": package},
         "/fhir/$questionnaire-package": {
             "post": {**copy.deepcopy(package), "operationId": "questionnairePackageSystem"}
@@ -750,6 +836,7 @@ def _dtr_paths() -> JsonObject:
                     "200": _fhir_ok("An informational OperationOutcome: how many reports were stored."),
                     "400": _outcome("No questionnaire canonical, no OperationOutcome, or more than 10 of them."),
                 },
+                scope="system/Questionnaire.rs",
             )
         },
         "/fhir/ValueSet/$expand": {
@@ -778,12 +865,63 @@ def _dtr_paths() -> JsonObject:
                 "Read a questionnaire",
                 {"200": _fhir_ok("The Questionnaire."), "404": _outcome("No such questionnaire."), "421": MISDIRECTED},
                 body=False,
+                scope="system/Questionnaire.rs",
             ),
         },
     }
     for path, item in paths.items():  # preflight is answered on every path
         item["options"] = _preflight("Fhir" + re.sub(r"[^A-Za-z0-9]+", " ", path).title().replace(" ", ""))
     return paths
+
+
+def _smart_paths() -> JsonObject:
+    """SMART Backend Services for DTR apps (cds_service/smart_api.py): discovery and the token endpoint."""
+    discovery = {
+        "summary": "SMART configuration: token endpoint, private_key_jwt (RS384, ES384), client_credentials",
+        "tags": ["smart"],
+        "responses": {
+            "200": _ok("The SMART configuration.", "SmartConfiguration"),
+            "405": METHOD_NOT_ALLOWED,
+            "421": MISDIRECTED,
+            "429": RATE_LIMITED,
+            "500": INTERNAL_ERROR,
+        },
+    }
+    token_error = {"description": "", "content": _body("TokenError")}
+    return {
+        "/fhir/.well-known/smart-configuration": {"get": {"operationId": "smartConfiguration", **discovery}},
+        "/.well-known/smart-configuration": {
+            "get": {"operationId": "smartConfigurationRoot", **copy.deepcopy(discovery)}
+        },
+        "/auth/token": {
+            "post": {
+                "operationId": "token",
+                "summary": "OAuth 2.0 client_credentials with a private_key_jwt client assertion (SMART Backend "
+                "Services); a 5-minute bearer token for the DTR routes",
+                "tags": ["smart"],
+                "requestBody": {"required": True, "content": {FORM: {"schema": _ref("TokenRequest")}}},
+                "responses": {
+                    "200": _ok("The access token (Cache-Control: no-store).", "TokenResponse"),
+                    "400": {
+                        **token_error,
+                        "description": "invalid_request (not a form, a parameter missing or repeated), "
+                        "unsupported_grant_type, or invalid_scope (none of the requested scopes is allowed).",
+                    },
+                    "401": {
+                        **token_error,
+                        "description": "invalid_client: unknown client, wrong key or algorithm, expired or "
+                        "too long-lived assertion, wrong aud, or a replayed jti.",
+                    },
+                    "405": METHOD_NOT_ALLOWED,
+                    "413": TOO_LARGE,
+                    "421": MISDIRECTED,
+                    "429": RATE_LIMITED,
+                    "500": INTERNAL_ERROR,
+                    "503": STORAGE_UNAVAILABLE,
+                },
+            }
+        },
+    }
 
 
 def _hooks(services: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -816,11 +954,16 @@ def _document(service_items: tuple[tuple[str, str], ...]) -> dict[str, Any]:
             {"name": "operations", "description": "Health and API description."},
             {"name": "cors", "description": "Preflight answered for any path."},
             {"name": "dtr", "description": "Da Vinci DTR payer operations: questionnaire packages, value sets."},
+            {"name": "smart", "description": "SMART Backend Services: how a DTR app gets its access token."},
         ],
         "paths": _paths(services),
         "components": {
             "schemas": _merge(
-                response_schemas(), request_schemas(), feedback_schemas(), hand_written_schemas(services)
+                response_schemas(),
+                request_schemas(),
+                feedback_schemas(),
+                hand_written_schemas(services),
+                smart_schemas(),
             ),
             "securitySchemes": {
                 SECURITY_SCHEME: {
@@ -832,7 +975,19 @@ def _document(service_items: tuple[tuple[str, str], ...]) -> dict[str, Any]:
                         "from the issuer's JWKS. Required on service and feedback calls when CDS_TRUSTED_ISSUERS is "
                         "set; ignored when no issuers are configured (loopback / sandbox use)."
                     ),
-                }
+                },
+                SMART_SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": (
+                        "SMART Backend Services access token for DTR apps registered in CDS_DTR_CLIENTS, from POST "
+                        "/auth/token (client_credentials with a private_key_jwt assertion; see "
+                        "/fhir/.well-known/smart-configuration). Lasts 5 minutes, acts for the client's EHR issuer; "
+                        "its scopes (system/Questionnaire.rs, system/QuestionnaireResponse.c, system/ValueSet.rs) "
+                        "are checked per route (403 when they do not cover it)."
+                    ),
+                },
             },
         },
     }

@@ -236,13 +236,13 @@ class HookHandler:
             )
         items = [answer for answer in answered if isinstance(answer, card_builder.EvaluatedOrder)]
         started = timings.mark("evaluate", started)
-        rendered = self._render(answered, request, today, {})
+        rendered = self._render(answered, request, today, {}, base)
         if self.store is not None:
             stored_ids = self._record(request, service_id, items, rendered, issuer)
             if any(stored_ids.get(d.order_ref, d.assertion_id) != d.assertion_id for d in rendered.assertions):
                 # A retry (same hookInstance, caller, patient, order and decision: ``CoverageAssertion.retry_key``),
                 # or a concurrent one, stored its assertion first: answer with that id, as every retry will.
-                rendered = self._render(answered, request, today, stored_ids)
+                rendered = self._render(answered, request, today, stored_ids, base)
                 self.store.record_response(  # type: ignore[attr-defined]  # the new cards' uuids
                     service_id=service_id,
                     hook_instance=request.hookInstance,
@@ -266,6 +266,7 @@ class HookHandler:
         request: HookRequest,
         today: date,
         ids: dict[str, str],
+        base: str,
     ) -> card_builder.Rendered:
         return card_builder.render(
             answers,
@@ -276,6 +277,7 @@ class HookHandler:
             policy_url=self.config.policy_url or self.policy.document_url,
             assertion_ids=ids,
             dtr_launch_url=self.config.dtr_launch_url,
+            payer_fhir_base=f"{base}/fhir",
         )
 
     def _record(

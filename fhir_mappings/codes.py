@@ -25,7 +25,8 @@ TABLES_DIR = Path(__file__).with_name("tables")
 #: The package's default pack (CP.PHAR.63) tables, for callers that ask for "the" code tables.
 DEFAULT_PACK_TABLES = Path(__file__).resolve().parent.parent / "cds_service" / "policies" / "cp-phar-63" / "tables"
 
-DOSE_FORMS = frozenset({"tablet", "tablet-for-suspension"})
+#: The shared table of dose forms (a pack's products name one of its ``form`` tags).
+DOSE_FORMS_TABLE = "dose_forms.csv"
 RESULTS = frozenset({"positive", "negative", "equivocal"})
 RECEPTORS = frozenset({"er", "pr", "her2"})
 TEST_KINDS = frozenset({"status", "percent", "interpretation-only"})
@@ -204,10 +205,95 @@ def _family(value: str, where: str) -> str | None:
     return value
 
 
+@dataclass(frozen=True)
+class DoseForm:
+    """A dose form of the shared table: what one unit of it is, the words a Dosage or a name uses, its codes."""
+
+    form: str  # the tag products.csv uses: "tablet", "capsule", "oral-solution" ...
+    unit: str  # one unit of the form: "tablet", "capsule", "mL" (strength_mg is mg per this unit)
+    unit_words: frozenset[str]  # Dosage doseQuantity units meaning one unit (lower case)
+    text_words: tuple[str, ...]  # words naming the form in a medication name ("oral solution")
+    rxnorm_df: str  # the RxNorm dose form (DF) name ("Oral Tablet")
+    snomed: str  # the SNOMED CT dose form code
+
+    @property
+    def liquid(self) -> bool:
+        """Measured by volume: a dose in mL converts to mg through the strength per mL."""
+        return self.unit.lower() == "ml"
+
+
+@lru_cache(maxsize=1)
+def dose_forms() -> Mapping[str, DoseForm]:
+    """The shared dose-form table, in table order (the more specific forms first: a name is read by the first
+    form whose words it contains)."""
+    forms: dict[str, DoseForm] = {}
+    for line, row in _rows(
+        TABLES_DIR / DOSE_FORMS_TABLE, ("form", "unit", "unit_words", "text_words", "rxnorm_df", "snomed")
+    ):
+        where = f"{DOSE_FORMS_TABLE}:{line}"
+        if not re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", row["form"]) or row["form"] in forms:
+            raise CodeTableError(f"{where}: malformed or duplicate form {row['form']!r}")
+        forms[row["form"]] = DoseForm(
+            row["form"],
+            row["unit"],
+            frozenset(w.lower() for w in _split(row["unit_words"])),
+            tuple(sorted((w.lower() for w in _split(row["text_words"])), key=len, reverse=True)),
+            row["rxnorm_df"],
+            row["snomed"],
+        )
+    return forms
+
+
+def form_in_text(text: str) -> str | None:
+    """The first dose form (table order) whose words appear in a medication name; None when none does."""
+    for form, pattern in _form_patterns():
+        if pattern.search(text):
+            return form
+    return None
+
+
+@lru_cache(maxsize=1)
+def _form_patterns() -> tuple[tuple[str, re.Pattern[str]], ...]:
+    """One case-insensitive word pattern per form (any run of spaces between a phrase's words)."""
+    return tuple(
+        (
+            form.form,
+            re.compile(
+                r"\b(?:" + "|".join(r"\s+".join(map(re.escape, w.split())) for w in form.text_words) + r")\b",
+                re.IGNORECASE,
+            ),
+        )
+        for form in dose_forms().values()
+        if form.text_words
+    )
+
+
 def _dose_form(value: str, where: str) -> str | None:
-    if value and value not in DOSE_FORMS:
-        raise CodeTableError(f"{where}: unknown dose form {value!r}")
+    if value and value not in dose_forms():
+        accepted = ", ".join(dose_forms())
+        raise CodeTableError(
+            f"{where}: unknown dose form {value!r} (accepted: {accepted}; the shared table "
+            f"fhir_mappings/tables/{DOSE_FORMS_TABLE} lists them)"
+        )
     return value or None
+
+
+_STRENGTH_VALUE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:(MG)(?:\s*/\s*(ML))?)?\s*", re.IGNORECASE)
+
+
+def _strength(value: str, form: str | None, where: str) -> float | None:
+    """products.csv ``strength_mg``: mg per unit of the product's form; a liquid may say it as RxNorm does
+    ("20 MG/ML"), which must then be a liquid form."""
+    if not value:
+        return None
+    match = _STRENGTH_VALUE.fullmatch(value)
+    if match is None:
+        raise CodeTableError(f"{where}: strength {value!r} is not mg per unit (e.g. 10, or 20 MG/ML for a liquid)")
+    per_ml = match.group(3) is not None
+    liquid = form is not None and dose_forms()[form].liquid
+    if per_ml and not liquid:
+        raise CodeTableError(f"{where}: strength {value!r} is per mL but dose form {form!r} is not a liquid")
+    return float(match.group(1))
 
 
 def normalize_icd10cm(code: str) -> str:
@@ -249,8 +335,6 @@ _NEGATED = re.compile(
     r"\b(?:no|not|without|denies|negative\s+for|ruled\s+out|rule\s+out|r/o|excluded|free\s+of)\b", re.IGNORECASE
 )
 _STRENGTH = re.compile(r"(\d+(?:\.\d+)?)\s*(?:mg|milligrams?)\b", re.IGNORECASE)
-_SUSPENSION = re.compile(r"\bfor\s+(?:oral\s+)?suspension\b|\bdispersible\b", re.IGNORECASE)
-_TABLET = re.compile(r"\btab(?:let)?s?\b", re.IGNORECASE)
 
 
 # ----------------------------------------------------------------------------- the tables
@@ -369,7 +453,7 @@ class CodeTables:
                 display=row["display"],
                 family=_family(row["family"], where),
                 is_brand=_bool(row["is_brand"], where),
-                strength_mg=_float(row["strength_mg"], where),
+                strength_mg=_strength(row["strength_mg"], _dose_form(row["dose_form"], where), where),
                 dose_form=_dose_form(row["dose_form"], where),
                 generic_rxcui=row["generic_rxcui"] or None,
                 generic_available=_bool(row["generic_available"], where),
@@ -792,7 +876,7 @@ class CodeTables:
         brands = [n for n in names if n.is_brand]
         strength_match = _STRENGTH.search(text)
         strength = float(strength_match.group(1)) if strength_match else None
-        form = "tablet-for-suspension" if _SUSPENSION.search(text) else ("tablet" if _TABLET.search(text) else None)
+        form = form_in_text(text)
         if form is None:
             implied_forms = {n.dose_form for n in brands if n.dose_form}
             form = implied_forms.pop() if len(implied_forms) == 1 else None

@@ -1,10 +1,14 @@
-"""Daily amount of a medication order from its FHIR Dosage: mg per day and tablets per day.
+"""Daily amount of a medication order from its FHIR Dosage: mg per day and units of its dose form per day.
 
-The policy limits the daily dose (mg per day, tablets per day per product family), so a
+The policy limits the daily dose (mg per day, tablets / capsules / mL per day per product family), so a
 wrong number is worse than none: anything this module cannot read with certainty is ``None`` (the
 policy then asks for it) and nothing is guessed. Dosages that share a ``sequence`` are taken together
 (FHIR R4 Dosage.sequence: "the same sequence number ... concurrent"), different sequences one after
 the other, so the answer is the largest daily total of any sequence.
+
+A unit of the product's dose form (a tablet, a capsule, a mL of oral solution) is read from the unit words of the
+shared dose-form table (``fhir_mappings/tables/dose_forms.csv``) and converted to mg through the product's strength
+(mg per tablet, per capsule, per mL); a unit word of another form is unreadable, never converted.
 
 It reads validated ``Dosage`` models only (the record validates every order it keeps).
 """
@@ -19,6 +23,7 @@ from fhir.resources.R4B.dosage import Dosage, DosageDoseAndRate
 from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.timing import TimingRepeat
 
+from .codes import dose_forms
 from .model import Dose, Product
 from .normalize import to_float
 from .read import codings, present
@@ -36,23 +41,8 @@ MG_PER_UNIT: dict[str, float] = {
     "microgram": 0.001,
     "micrograms": 0.001,
 }
-#: UCUM annotations and plain words for "one tablet" (v3 orderableDrugForm TAB included).
-TABLET_UNITS = frozenset(
-    {
-        "{tbl}",
-        "tbl",
-        "tab",
-        "tabs",
-        "tablet",
-        "tablets",
-        "{tablet}",
-        "{tablets}",
-        "{tab}",
-        "{pill}",
-        "pill",
-        "pills",
-    }
-)
+#: The form a Dosage's count units are read for when the product's form is unknown (a plain "tablet" sig).
+DEFAULT_FORM = "tablet"
 #: UCUM-ish Timing.repeat.periodUnit -> days.
 PERIOD_DAYS: dict[str, float] = {
     "s": 1 / 86400,
@@ -94,22 +84,24 @@ _CONTRARY = re.compile(
 
 
 def daily_dose(dosage_instructions: Sequence[Dosage | None] | None, product: Product | None) -> Dose:
-    """mg/day and tablets/day of the order's dosage; either is None when it cannot be read for certain."""
+    """mg/day and units/day (of the product's dose form) of the order's dosage; either is None when it cannot be read
+    for certain."""
     dosages = present(dosage_instructions)
     if not dosages:
         return Dose(None, None)
     strength = product.strength_mg if product is not None else None
+    units = unit_words(product.dose_form if product is not None else None)
     groups: dict[int | None, list[Dosage]] = {}
     for dosage in dosages:
         groups.setdefault(dosage.sequence, []).append(dosage)
     mg_totals: list[float | None] = []
     tablet_totals: list[float | None] = []
     for members in groups.values():
-        per_member = [_one_daily(d, strength) for d in members]
+        per_member = [_one_daily(d, strength, units) for d in members]
         mg_totals.append(_sum([m for m, _ in per_member]))
         tablet_totals.append(_sum([t for _, t in per_member]))
     mg_per_day = _max(mg_totals)
-    words = _words(dosages[0], strength) if len(dosages) == 1 else None
+    words = _words(dosages[0], strength, units) if len(dosages) == 1 else None
     if words is None and mg_per_day is not None:
         words = f"{mg_per_day:g} mg/day"
     return Dose(mg_per_day, _max(tablet_totals), words)
@@ -119,9 +111,15 @@ def daily_dose(dosage_instructions: Sequence[Dosage | None] | None, product: Pro
 TIMES_A_DAY_WORDS = {1.0: "daily", 2.0: "twice daily", 3.0: "three times daily", 4.0: "four times daily"}
 
 
-def _words(dosage: Dosage, strength: float | None) -> str | None:
+def unit_words(form: str | None) -> frozenset[str]:
+    """The Dosage units meaning one unit of a dose form (the default form's when the form is unknown)."""
+    known = dose_forms()
+    return (known[form] if form is not None and form in known else known[DEFAULT_FORM]).unit_words
+
+
+def _words(dosage: Dosage, strength: float | None, units: frozenset[str]) -> str | None:
     """ "10 mg twice daily" for one readable Dosage; None when the amount or how often is not certain."""
-    mg, _ = amount_per_administration(dosage, strength)
+    mg, _ = amount_per_administration(dosage, strength, units)
     per_day = administrations_per_day(dosage)
     if mg is None or per_day is None:
         return None
@@ -142,8 +140,8 @@ def _max(values: list[float | None]) -> float | None:
     return None if not values or any(v is None for v in values) else max(v for v in values if v is not None)
 
 
-def _one_daily(dosage: Dosage, strength: float | None) -> tuple[float | None, float | None]:
-    mg, tablets = amount_per_administration(dosage, strength)
+def _one_daily(dosage: Dosage, strength: float | None, units: frozenset[str]) -> tuple[float | None, float | None]:
+    mg, tablets = amount_per_administration(dosage, strength, units)
     per_day = administrations_per_day(dosage)
     if per_day is None:
         return None, None
@@ -153,8 +151,12 @@ def _one_daily(dosage: Dosage, strength: float | None) -> tuple[float | None, fl
     )
 
 
-def amount_per_administration(dosage: Dosage, strength: float | None) -> tuple[float | None, float | None]:
-    """(mg, tablets) of one administration from Dosage.doseAndRate (a range counts at its high end)."""
+def amount_per_administration(
+    dosage: Dosage, strength: float | None, units: frozenset[str] | None = None
+) -> tuple[float | None, float | None]:
+    """(mg, units of the dose form) of one administration from Dosage.doseAndRate (a range counts at its high
+    end); ``units``: the form's unit words (the default form's when not given)."""
+    units = unit_words(None) if units is None else units
     ordered = sorted(present(dosage.doseAndRate), key=lambda e: 0 if _is_ordered(e) else 1)
     for entry in ordered:
         quantity = entry.doseQuantity
@@ -163,7 +165,7 @@ def amount_per_administration(dosage: Dosage, strength: float | None) -> tuple[f
             if quantity is None:
                 return None, None
         if quantity is not None:
-            return _quantity(quantity, strength)
+            return _quantity(quantity, strength, units)
     return None, None
 
 
@@ -171,7 +173,7 @@ def _is_ordered(entry: DosageDoseAndRate) -> bool:
     return entry.type is None or any(c.code == "ordered" for c in codings(entry.type))
 
 
-def _quantity(quantity: Quantity, strength: float | None) -> tuple[float | None, float | None]:
+def _quantity(quantity: Quantity, strength: float | None, units: frozenset[str]) -> tuple[float | None, float | None]:
     value = to_float(quantity.value)
     if value is None or value < 0:
         return None, None
@@ -180,7 +182,7 @@ def _quantity(quantity: Quantity, strength: float | None) -> tuple[float | None,
         if unit in MG_PER_UNIT:
             mg = value * MG_PER_UNIT[unit]
             return round(mg, 6), (round(mg / strength, 6) if strength else None)
-        if unit in TABLET_UNITS:
+        if unit in units:
             return (round(value * strength, 6) if strength else None), value
     return None, None
 

@@ -78,7 +78,7 @@ class Product:
     family: str | None  # the product family (products.csv); None when the drug is ordered but the product is unclear
     is_brand: bool | None  # None when undeterminable
     strength_mg: float | None
-    dose_form: str | None  # "tablet" | "tablet-for-suspension"
+    dose_form: str | None  # a form of the shared dose_forms.csv ("tablet", "capsule", "oral-solution" ...)
     generic_rxcui: str | None  # the generic (SCD) of the same strength and form
     generic_display: str | None
     generic_available: bool  # a marketed generic exists for that strength and form
@@ -89,7 +89,7 @@ class Dose:
     """Daily amount from the order's dosageInstruction; None where it cannot be parsed."""
 
     mg_per_day: float | None
-    tablets_per_day: float | None
+    units_per_day: float | None  # units of the dose form (tablets, capsules, mL)
     #: The sig in a few words for the card ("10 mg twice daily"); None when it cannot be said for certain.
     words: str | None = field(default=None, compare=False)
 

@@ -243,6 +243,7 @@ def test_an_incomplete_order_gets_a_smart_link_that_launches_dtr(app: Any) -> No
         "coverage": info["coverage"][0]["reference"],
         "questionnaire": info["questionnaire"],
         "coverageAssertionId": info["coverage-assertion-id"][0],
+        "payerFhirBase": "http://localhost/fhir",  # its .well-known/smart-configuration names the token endpoint
     }
 
 

@@ -273,6 +273,10 @@ def test_the_package_output_has_the_shape_of_the_official_example(client: Any) -
     }
     legacy = client.post(PACKAGE, json=parameters).get_json()
     assert legacy["parameter"][0]["name"] == official["parameter"][0]["name"] == "PackageBundle"
+    # Its outcome (here: a questionnaire not published here) is "operationOutcome", as 2.0.1 and 2.1.0 name it.
+    parameters["parameter"].append({"name": "questionnaire", "valueCanonical": "http://x.example/Questionnaire/q"})
+    named = [p["name"] for p in client.post(PACKAGE, json=parameters).get_json()["parameter"]]
+    assert named == ["PackageBundle", "operationOutcome"]
 
 
 def test_the_answered_response_has_the_shape_of_the_official_example(client: Any) -> None:
@@ -360,15 +364,31 @@ def test_an_explicit_questionnaire_and_an_unknown_one(client: Any) -> None:
     assert _log_errors_offered(body["parameter"][1]["resource"])
 
 
-def test_the_official_input_example_gets_an_operation_outcome_not_a_crash(client: Any) -> None:
+def _nothing_applies(response: Any, outcome_name: str = "outcome") -> dict[str, Any]:
+    """A 200 Parameters (DTR 2.1+: no package Bundle) whose one outcome warns that no questionnaire applies."""
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body: dict[str, Any] = response.get_json()
+    assert body["resourceType"] == "Parameters" and [p["name"] for p in body["parameter"]] == [outcome_name]
+    issue = body["parameter"][0]["resource"]["issue"][0]
+    assert issue["severity"] == "warning" and "no questionnaire applies" in issue["diagnostics"]
+    return body
+
+
+def test_the_official_dtr_input_example_gets_a_usable_answer(client: Any) -> None:
     official = json.loads(
         (
             shared_path("external", "dtr-pas") / "dtr201-Parameters-QuestionnairePackageInputParamsExample.json"
         ).read_text()
     )
-    response = client.post(PACKAGE, json=official)  # a home-oxygen ServiceRequest this service never checked
-    assert response.status_code in (400, 404, 422)
-    assert response.get_json()["resourceType"] == "OperationOutcome"
+    # A home-oxygen ServiceRequest this payer never checked, with no context and no version in its profile: the
+    # newest output profile (2.2.0), no package and a warning in "outcome" that says why (oper-9), not an error.
+    body = _nothing_applies(client.post(PACKAGE, json=official))
+    assert body["meta"]["profile"] == [package.OUTPUT_PROFILE]
+    declared = {**official, "meta": {"profile": [official["meta"]["profile"][0] + "|2.1.0"]}}
+    _nothing_applies(client.post(PACKAGE, json=declared), "operationOutcome")  # DTR 2.1.0's name for it
+    # DTR 2.0.1's output needs at least one PackageBundle: a 2.0.1 client gets the error OperationOutcome instead.
+    declared = {**official, "meta": {"profile": [official["meta"]["profile"][0] + "|2.0.1"]}}
+    _outcome(client.post(PACKAGE, json=declared), 404)
     next_question = json.loads(
         (
             shared_path("external", "dtr-pas") / "inferno-dtr-next_question_initial_input_params_conformant.json"
@@ -618,14 +638,14 @@ def test_a_prefill_stored_without_an_issuer_is_nobodys_once_issuers_are_configur
     try:
         for issuer in (EHR_A, EHR_B):
             _outcome(both.post(issuer, PACKAGE, package_parameters(request, context=context)), 404)
-            _outcome(both.post(issuer, PACKAGE, package_parameters(request)), 404)  # by order: none either
+            _nothing_applies(both.post(issuer, PACKAGE, package_parameters(request)))  # by order: none either
         # Signed by EHR A: A reads it, by context and by order; B does not.
         signed = both.post(EHR_A, SIGN, {**request, "hookInstance": str(uuid.uuid4())})
         own = coverage_information(signed.get_json())["coverage-assertion-id"][0]
         assert both.post(EHR_A, PACKAGE, package_parameters(request, context=own)).status_code == 200
         assert both.post(EHR_A, PACKAGE, package_parameters(request)).get_json()["parameter"]
         _outcome(both.post(EHR_B, PACKAGE, package_parameters(request, context=own)), 404)
-        _outcome(both.post(EHR_B, PACKAGE, package_parameters(request)), 404)
+        _nothing_applies(both.post(EHR_B, PACKAGE, package_parameters(request)))  # as for an unknown order
     finally:
         both.close()
 

@@ -122,7 +122,8 @@ def test_answers_close_their_connection_while_other_requests_wait(one_worker: Li
     """Clients reuse the connection they used last; a worker with a queue sends its callers elsewhere."""
     from benchmarks.workload import hook_request
 
-    body = orjson.dumps(hook_request(2000))  # a 2 MB chart: evaluated for tens of ms while the others arrive
+    # A 2 MB chart, evaluated for tens of ms while the others arrive (skips without ../shared).
+    body = orjson.dumps(hook_request(2000, scenario(SCENARIO)))
     answers: list[tuple[int, str | None]] = []
     start = threading.Barrier(4)
     host, port = one_worker.url.removeprefix("http://").split(":")
@@ -155,7 +156,7 @@ def test_answers_close_their_connection_while_other_requests_wait(one_worker: Li
 def test_a_queued_worker_does_not_cut_off_pipelined_requests(one_worker: LiveServer) -> None:
     from benchmarks.workload import hook_request
 
-    big = orjson.dumps(hook_request(2000))
+    big = orjson.dumps(hook_request(2000, scenario(SCENARIO)))  # skips without ../shared
     host, port = one_worker.url.removeprefix("http://").split(":")
     head = f"POST {SIGN} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
     busy = (head + f"Content-Length: {len(big)}\r\n\r\n").encode() + big

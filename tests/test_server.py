@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -98,3 +100,38 @@ def test_refuses_public_bind_without_issuers(tmp_path: Path) -> None:
                              str(free_port())], env=env, capture_output=True, timeout=60)
     assert result.returncode == 2
     assert b"refusing to start" in result.stderr
+
+
+# ----------------------------------------------------------------------------- a newcomer's first start (issue 17)
+
+
+def test_serve_prints_one_plain_line_with_its_url(tmp_path: Path) -> None:
+
+    server = LiveServer(f"sqlite:///{tmp_path / 'first.sqlite3'}")
+    log = tmp_path / "server.log"
+    server.start(log)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "serving on" not in log.read_text():
+            time.sleep(0.05)
+        plain = [line for line in log.read_text().splitlines() if line.startswith("priorauth-cds:")]
+        assert plain == [f"priorauth-cds: serving on {server.url} (2 workers); Ctrl-C stops"]
+    finally:
+        server.stop()
+
+
+def test_a_port_in_use_is_one_plain_line_and_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'busy.sqlite3'}"}
+        done = subprocess.run(
+            [sys.executable, "-m", "cds_service", "serve", "--port", str(port)],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"priorauth-cds: cannot listen on http://127.0.0.1:{port}: "), lines
+    assert "in use" in lines[0]

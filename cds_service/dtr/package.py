@@ -39,8 +39,18 @@ LOG_ERRORS = "http://hl7.org/fhir/us/davinci-dtr/OperationDefinition/log-questio
 VALUESET_EXPAND = "http://hl7.org/fhir/OperationDefinition/ValueSet-expand"
 PACKAGE_BUNDLE_PROFILE = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/DTR-QPackageBundle"
 OUTPUT_PROFILE = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/dtr-qpackage-output-parameters"
-#: The 2.0.1 example names the output "PackageBundle"; DTR 2.2 names it "packagebundle".
-LEGACY_OUTPUT_NAME = "PackageBundle"
+#: Output parameter names (package Bundle, outcome) of dtr-qpackage-output-parameters per DTR version a client
+#: declares in its input's ``meta.profile`` (``...dtr-qpackage-input-parameters|2.0.1``): "PackageBundle" and
+#: "operationOutcome" in 2.0.1 and 2.1.0, "packagebundle" and "outcome" in 2.2.0 (HL7/davinci-dtr
+#: input/fsh/DTRParameters.fsh at tags 2.0.1, 2.1.0, 2.2.0). Undeclared or unknown: the newest, 2.2.0.
+OUTPUT_NAMES: dict[str, tuple[str, str]] = {
+    "2.0": ("PackageBundle", "operationOutcome"),
+    "2.1": ("PackageBundle", "operationOutcome"),
+}
+NEWEST_OUTPUT_NAMES = ("packagebundle", "outcome")
+#: DTR versions whose output needs at least one package Bundle (2.0.x: PackageBundle 1..*); from 2.1 it is 0..*.
+_BUNDLE_REQUIRED = frozenset({"2.0"})
+_INPUT_PROFILE = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/dtr-qpackage-input-parameters"
 
 
 #: Orders and questionnaires one package call may name (a DTR client sends one order, or a few): more is a 400,
@@ -68,7 +78,13 @@ class PackageRequest:
     orders: tuple[Mapping[str, Any], ...]
     questionnaires: tuple[str, ...]
     context: str | None
-    legacy_output: bool
+    #: The DTR version (major.minor) the client declared for its input profile; None when undeclared.
+    dtr_version: str | None = None
+
+    @property
+    def output_names(self) -> tuple[str, str]:
+        """(package Bundle, outcome) parameter names for the client's declared DTR version."""
+        return OUTPUT_NAMES.get(self.dtr_version or "", NEWEST_OUTPUT_NAMES)
 
 
 @dataclass(frozen=True)
@@ -128,10 +144,20 @@ def parse_package_request(payload: Any) -> PackageRequest:
         raise ProtocolError(
             "give at least one of 'order', 'questionnaire' and 'context' (DTR dtr-1)", expression=["Parameters"]
         )
-    meta = payload.get("meta")
+    return PackageRequest(
+        coverage, f"Coverage/{coverage.id}", orders, questionnaires, context, _declared_version(payload.get("meta"))
+    )
+
+
+def _declared_version(meta: Any) -> str | None:
+    """major.minor of the DTR input profile version in ``meta.profile`` (``...|2.0.1`` -> ``2.0``), if any."""
     profiles = meta.get("profile") if isinstance(meta, Mapping) else None
-    legacy = isinstance(profiles, list) and any(isinstance(p, str) and p.endswith("|2.0.1") for p in profiles)
-    return PackageRequest(coverage, f"Coverage/{coverage.id}", orders, questionnaires, context, legacy)
+    for profile in profiles if isinstance(profiles, list) else []:
+        if isinstance(profile, str) and profile.startswith(_INPUT_PROFILE + "|"):
+            parts = profile.partition("|")[2].split(".")
+            if len(parts) >= 2 and all(part.isdigit() for part in parts[:2]):
+                return f"{int(parts[0])}.{int(parts[1])}"
+    return None
 
 
 def questionnaire_index(registry: Registry) -> dict[str, tuple[Pack, str]]:
@@ -260,12 +286,23 @@ def questionnaire_package(
         raise CoverageMismatch("the Coverage's beneficiary is not the patient of the coverage assertion")
     requested, unknown = _requested_ids(request.questionnaires, index)
     wanted = requested or list(row["questionnaires"] if row else [])
+    bundle_name, outcome_name = request.output_names
     if not wanted:
-        raise UnknownContext(
+        why = (
             "no questionnaire applies: this service has no coverage assertion for the order (sign it first, CRD "
             "order-sign) and no known questionnaire was asked for"
             + (f" (unknown: {', '.join(c[:100] for c in unknown)})" if unknown else "")
         )
+        if request.context is not None or request.dtr_version in _BUNDLE_REQUIRED:
+            raise UnknownContext(why)
+        # DTR 2.1+: an order the payer has no questionnaire for is a warning in the outcome of a 200 (oper-9), which
+        # every client reads the same way: nothing to document here. Another EHR's order reads exactly the same.
+        body = {
+            "resourceType": "Parameters",
+            "meta": {"profile": [OUTPUT_PROFILE]},
+            "parameter": [{"name": outcome_name, "resource": operation_outcome("not-found", why, severity="warning")}],
+        }
+        return PackageResult(body, None, order_refs[0] if order_refs else None, request.coverage_ref, ())
     patient_ref = (row or {}).get("patient_ref") or _beneficiary(request.coverage)
     if not patient_ref:
         raise ProtocolError(
@@ -275,7 +312,6 @@ def questionnaire_package(
     if order_ref is None:
         raise ProtocolError("give the order (or a context) the questionnaire is for", expression=["order"])
     prefilled: Mapping[str, Any] = (row or {}).get("answers") or {}
-    name = LEGACY_OUTPUT_NAME if request.legacy_output else "packagebundle"
     parameters: list[dict[str, Any]] = []
     for qid in wanted:
         entry = index.get(qid)
@@ -294,8 +330,8 @@ def questionnaire_package(
             coverage_ref=request.coverage_ref,
             now=now,
         )
-        parameters.append({"name": name, "resource": bundle})
-    parameters.append({"name": "outcome", "resource": package_outcome(base, unknown)})
+        parameters.append({"name": bundle_name, "resource": bundle})
+    parameters.append({"name": outcome_name, "resource": package_outcome(base, unknown)})
     body = {"resourceType": "Parameters", "meta": {"profile": [OUTPUT_PROFILE]}, "parameter": parameters}
     return PackageResult(body, (row or {}).get("assertion_id"), order_ref, request.coverage_ref, tuple(wanted))
 
@@ -372,7 +408,28 @@ def capability_statement(base: str, publisher: str) -> dict[str, Any]:
             {
                 "mode": "server",
                 "documentation": "Questionnaires are generated from the policy packs that make the CRD decision.",
-                "security": {"description": "Bearer JWT from a trusted issuer when CDS_TRUSTED_ISSUERS is set."},
+                "security": {
+                    "extension": [
+                        {
+                            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                            "extension": [{"url": "token", "valueUri": f"{base.rstrip('/')}/auth/token"}],
+                        }
+                    ],
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ]
+                        }
+                    ],
+                    "description": (
+                        "With CDS_TRUSTED_ISSUERS set: the EHR's CDS Hooks JWT, or a SMART Backend Services access "
+                        "token (see .well-known/smart-configuration). Terminology reads need no token."
+                    ),
+                },
                 "resource": [
                     {
                         "type": "Questionnaire",

@@ -36,7 +36,7 @@ from .loader import (
     UpTo,
     load_policy,
 )
-from .predicates import CONDITION_KEYS, Outcome, all_of_status, diagnosis_link
+from .predicates import CONDITION_KEYS, Outcome, all_of_status, diagnosis_link, not_applicable_note
 from .results import CriterionResult, Decision, OrderEvaluation, Status, UnreadableOrder
 
 __all__ = [
@@ -70,8 +70,17 @@ class PathwayResult:
 _Node = tuple[Outcome, tuple["_Node", ...]]
 
 
+def _not_applicable(criterion: Criterion, facts: Facts) -> _Node:
+    """A criterion for other products (``applies_to``), with its sub-items: never evaluated, never asked."""
+    outcome = Outcome(Status.NOT_APPLICABLE, (facts.order_ref,), note=not_applicable_note(facts))
+    return outcome, tuple(_not_applicable(child, facts) for child in criterion.children)
+
+
 def _outcomes(criterion: Criterion, facts: Facts) -> _Node:
-    """Sub-items first (policy order), then the criterion's own predicate over their outcomes."""
+    """Sub-items first (policy order), then the criterion's own predicate over their outcomes; a criterion for
+    other products than the order's is not-applicable."""
+    if criterion.applies_to is not None and not criterion.applies_to.applies(facts.product):
+        return _not_applicable(criterion, facts)
     if not criterion.children:
         return criterion.predicate(facts, ()), ()
     children = tuple([_outcomes(child, facts) for child in criterion.children])
@@ -101,7 +110,12 @@ def _decision(pathway: Pathway, statuses: Iterable[Status]) -> Decision:
     if pathway.kind in REFERRAL_KINDS:
         return Decision.REFER
     status = all_of_status(statuses)
-    return {Status.MET: Decision.MET, Status.NOT_MET: Decision.NOT_MET, Status.UNKNOWN: Decision.INCOMPLETE}[status]
+    return {
+        Status.MET: Decision.MET,
+        Status.NOT_MET: Decision.NOT_MET,
+        Status.UNKNOWN: Decision.INCOMPLETE,
+        Status.NOT_APPLICABLE: Decision.MET,  # every criterion is for other products: nothing stands against it
+    }[status]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,16 @@ import yaml
 
 from fhir_mappings.model import LineOfBusiness
 
-from .predicates import CompileEnv, PolicyError, Predicate, Vocabulary, check_tags, compile_predicate
+from .predicates import (
+    Applicability,
+    CompileEnv,
+    PolicyError,
+    Predicate,
+    Vocabulary,
+    check_tags,
+    compile_applies_to,
+    compile_predicate,
+)
 from .schema import check_shape, line_of
 
 __all__ = [
@@ -83,6 +92,8 @@ class Criterion:
     leaves: tuple[Any, ...] = field(default=(), repr=False, compare=False)
     #: "any" (a or b) or "all" (i, ii and iii) when the criterion is decided by its sub-items.
     sub_items: str | None = None
+    #: The products it is written for (file ``applies_to``); on others it is not-applicable. None: every product.
+    applies_to: Applicability | None = field(default=None, compare=False)
 
     def walk(self) -> Iterator[Criterion]:
         yield self
@@ -333,7 +344,7 @@ class _Builder:
 
     def criterion(self, raw: Any, parent: str, levels: Sequence[str]) -> Criterion:
         where = f"{parent} (a criterion)"
-        item = _mapping(raw, where, ("id", "text", "remedy", "predicate", "criteria"), ("id",))
+        item = _mapping(raw, where, ("id", "text", "remedy", "predicate", "criteria", "applies_to"), ("id",))
         cid = item["id"]
         if not isinstance(cid, str):
             raise PolicyError(f"{where}: id must be text, got {cid!r}")
@@ -354,7 +365,8 @@ class _Builder:
             raise PolicyError(f"{cid}: predicate reads sub_items but the criterion has none")
         if children and not compiled.uses_sub_items:
             raise PolicyError(f"{cid}: has sub-items but its predicate never reads them (use sub_items)")
-        return Criterion(cid, text, remedy, compiled.fn, children, compiled.leaves, compiled.sub_items)
+        applies_to = compile_applies_to(item["applies_to"], cid, self.env) if "applies_to" in item else None
+        return Criterion(cid, text, remedy, compiled.fn, children, compiled.leaves, compiled.sub_items, applies_to)
 
 
 # ----------------------------------------------------------------------------- pathways

@@ -15,11 +15,12 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
-from fhir_mappings.model import Dose, Facts, Finding
+from fhir_mappings.codes import dose_forms
+from fhir_mappings.model import Dose, Facts, Finding, Product
 
 from .results import Fix, Status
 
-MET, NOT_MET, UNKNOWN = Status.MET, Status.NOT_MET, Status.UNKNOWN
+MET, NOT_MET, UNKNOWN, NOT_APPLICABLE = Status.MET, Status.NOT_MET, Status.UNKNOWN, Status.NOT_APPLICABLE
 
 
 class PolicyError(Exception):
@@ -109,30 +110,40 @@ def _merge(groups: Iterable[Iterable[Any]]) -> tuple[Any, ...]:
 
 
 def all_of_status(statuses: Iterable[Status]) -> Status:
-    """Kleene AND: not-met if any is not-met, else unknown if any is unknown, else met (met when empty)."""
-    result = MET
+    """Kleene AND: not-met if any is not-met, else unknown if any is unknown, else met (met when empty).
+    Not-applicable parts are left out; all of them not-applicable is not-applicable."""
+    result, seen, skipped = MET, False, False
     for status in statuses:
+        if status is NOT_APPLICABLE:
+            skipped = True
+            continue
+        seen = True
         if status is NOT_MET:
             return NOT_MET
         if status is UNKNOWN:
             result = UNKNOWN
-    return result
+    return NOT_APPLICABLE if skipped and not seen else result
 
 
 def any_of_status(statuses: Iterable[Status]) -> Status:
-    """Kleene OR: met if any is met, else unknown if any is unknown, else not-met (not-met when empty)."""
-    result = NOT_MET
+    """Kleene OR: met if any is met, else unknown if any is unknown, else not-met (not-met when empty).
+    Not-applicable parts are left out; all of them not-applicable is not-applicable."""
+    result, seen, skipped = NOT_MET, False, False
     for status in statuses:
+        if status is NOT_APPLICABLE:
+            skipped = True
+            continue
+        seen = True
         if status is MET:
             return MET
         if status is UNKNOWN:
             result = UNKNOWN
-    return result
+    return NOT_APPLICABLE if skipped and not seen else result
 
 
 def not_status(status: Status) -> Status:
-    """Kleene NOT: unknown stays unknown."""
-    return {MET: NOT_MET, NOT_MET: MET, UNKNOWN: UNKNOWN}[status]
+    """Kleene NOT: unknown stays unknown (and not-applicable stays not-applicable)."""
+    return {MET: NOT_MET, NOT_MET: MET, UNKNOWN: UNKNOWN, NOT_APPLICABLE: NOT_APPLICABLE}[status]
 
 
 def _deciding(outcomes: Sequence[Outcome], all_: bool) -> tuple[Status, list[Outcome]]:
@@ -140,8 +151,19 @@ def _deciding(outcomes: Sequence[Outcome], all_: bool) -> tuple[Status, list[Out
     met: list[Outcome] = []
     not_met: list[Outcome] = []
     unknown: list[Outcome] = []
+    skipped: list[Outcome] = []
     for o in outcomes:
-        (met if o.status is MET else not_met if o.status is NOT_MET else unknown).append(o)
+        (
+            met
+            if o.status is MET
+            else not_met
+            if o.status is NOT_MET
+            else skipped
+            if o.status is NOT_APPLICABLE
+            else unknown
+        ).append(o)
+    if skipped and not (met or not_met or unknown):
+        return NOT_APPLICABLE, skipped
     if all_:
         if not_met:
             return NOT_MET, not_met
@@ -696,6 +718,78 @@ def _companion_fix(
     )
 
 
+def _preferred_alternative(p: Params, env: CompileEnv) -> Predicate:
+    """ "For <product> requests, member must use <alternative>": met on other families; on the named family not-met
+    with a one-click switch to the alternative at the mapped daily dose (``dose_mapping.factor`` x the ordered
+    mg/day, once daily) and its companion change (``companion_change``: ``add`` a companion order, ``remove`` the
+    ingredient tags the alternative replaces). Unknown when the product cannot be told, or with a documented
+    reason to stay (the payer reviews it, as for generics)."""
+    source = Params(p.mapping("from"), p.where, "from")
+    from_family = _family(env, source.string("family") or "", source.where)
+    source.done()
+    target = Params(p.mapping("to"), p.where, "to")
+    rxcui = target.string("rxcui") or ""
+    products = getattr(env.vocabulary, "products", {})
+    row = products.get(rxcui)
+    if row is None or row.family is None or row.family == from_family:
+        raise PolicyError(
+            f"{target.where}: rxcui {rxcui!r} must be a product of the pack's products.csv of another family than"
+            f" {from_family!r} (families: {sorted(env.families)})"
+        )
+    mapping = Params(target.mapping("dose_mapping"), target.where, "dose_mapping")
+    factor = mapping.number("factor")
+    mapping.done()
+    assert factor is not None
+    if factor <= 0:
+        raise PolicyError(f"{mapping.where}: factor must be above 0, got {factor:g}")
+    change = target.mapping("companion_change")
+    removed: tuple[str, ...] = ()
+    companion: Fix | None = None
+    if change is not None:
+        changes = Params(change, target.where, "companion_change")
+        removed = changes.strings("remove", required=False) or ()
+        check_tags(removed, "ingredient", env, changes.where)
+        added = _companion_fix(changes.mapping("add"), changes.where, env)
+        changes.done()
+        companion = added[0] if added else None
+    target.done()
+    p.done()
+    name, label = row.display, env.families.get(from_family, from_family)
+    drug = (getattr(env.vocabulary, "drug_tag", env.drug_name),)
+
+    def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
+        order = (facts.order_ref,)
+        if facts.product.family is None:
+            return Outcome(UNKNOWN, order)
+        if facts.product.family != from_family:
+            return Outcome(MET, order)
+        old = facts.dose.mg_per_day
+        if old is None:
+            note = f"{label}: the dose cannot be read, so the {name} dose cannot be proposed"
+            return Outcome(NOT_MET, order, note=note)
+        mapped = round(old * factor, 6)
+        stops = _evidence(_findings(facts.co_medications, removed))
+        fix = Fix(
+            kind="switch-product",
+            rxcui=rxcui,
+            display=name,
+            sig=f"{mapped:g} mg by mouth once daily",
+            dose_mg=mapped,
+            frequency_per_day=1,
+            tags=drug,
+            family=row.family,
+            companion=companion,
+            stops=stops,
+        )
+        note = f"{label} {old:g} mg/day -> {name} {mapped:g} mg/day"
+        if facts.generic_exception is not None:
+            evidence = _merge((order, facts.generic_exception.evidence))
+            return Outcome(UNKNOWN, evidence, (fix,), note=f"{note}; a reason to stay is documented", review="payer")
+        return Outcome(NOT_MET, order, (fix,), note=note)
+
+    return fn
+
+
 def _form_parents(env: CompileEnv, tags: Iterable[str]) -> tuple[str, ...]:
     """The ingredients of the form-specific tags among ``tags`` (octreotide for octreotide-lar)."""
     parents: Mapping[str, str] = getattr(env.vocabulary, "form_parents", {})
@@ -935,11 +1029,12 @@ class _DayTotal:
     others: float
 
 
-def _day_total(facts: Facts, family: str | None) -> _DayTotal:
-    """Sum this order and the request's other drafts of the drug (one family for a tablet limit)."""
+def _day_total(facts: Facts, family: str | None, units: bool = False) -> _DayTotal:
+    """Sum this order and the request's other drafts of the drug (one family's for a family limit): mg, or units of
+    the dose form (``units``)."""
 
     def read(dose: Dose) -> float | None:
-        return dose.mg_per_day if family is None else dose.tablets_per_day
+        return dose.units_per_day if units else dose.mg_per_day
 
     parts = [(facts.order_ref, facts.dose)] + [
         (o.order_ref, o.dose) for o in facts.other_doses if family is None or o.family in (family, None)
@@ -951,7 +1046,7 @@ def _day_total(facts: Facts, family: str | None) -> _DayTotal:
     if unreadable or unclear_family:
         return _DayTotal(None, evidence, unreadable + unclear_family, None, others)
     total = round(sum(read(dose) or 0.0 for _, dose in parts), 6)
-    if family is None:  # "10 mg twice daily + 5 mg daily"
+    if not units:  # "10 mg twice daily + 5 mg daily"
         joined = " + ".join(dose.words or f"{read(dose):g} mg/day" for _, dose in parts)
     else:  # "2 + 1"
         joined = " + ".join(f"{read(dose):g}" for _, dose in parts)
@@ -963,25 +1058,50 @@ def member_mg_per_day(facts: Facts) -> float | None:
     return _day_total(facts, None).amount
 
 
-def _dose_within(p: Params, env: CompileEnv) -> Predicate:
-    """One limit: mg per day, or tablets per day for one product family (met for other families).
+#: ``dose_within`` parameters: the limits (exactly one) and the optional product family.
+DOSE_LIMITS = ("max_mg_per_day", "max_units_per_day", "max_tablets_per_day")
 
-    The limit is per member and day: every draft of the drug in the request adds up (a tablet limit, the family's
+
+def _unit_name(env: CompileEnv, family: str) -> str:
+    """What one unit of a family's products is ("tablet", "capsule", "mL"); "unit" when its forms differ."""
+    products = getattr(env.vocabulary, "products", {})
+    forms = {p.dose_form for p in products.values() if p.family == family and p.dose_form is not None}
+    units = {dose_forms()[form].unit for form in forms if form in dose_forms()}
+    return units.pop() if len(units) == 1 else "unit"
+
+
+def _plural(unit: str) -> str:
+    return unit if unit.lower() == "ml" else f"{unit}s"
+
+
+def _dose_within(p: Params, env: CompileEnv) -> Predicate:
+    """One limit: mg per day, or units of the dose form per day (tablets, capsules, mL) for one product family;
+    an mg limit may also name a family. A family limit is met for other families.
+
+    The limit is per member and day: every draft of the drug in the request adds up (a family limit, the family's
     drafts), and a draft whose dose cannot be read leaves the total unknown. Over the limit it says so with the
     numbers, and a tablet overrun offers the same daily mg in fewer tablets when that brings the total within.
+    ``max_tablets_per_day`` is the older name of ``max_units_per_day``.
     """
-    max_mg = p.number("max_mg_per_day", required=False)
-    max_tablets = p.number("max_tablets_per_day", required=False)
+    given = {name: p.number(name, required=False) for name in DOSE_LIMITS}
+    limits = {name: value for name, value in given.items() if value is not None}
     family_name = p.string("family", required=False, choices=list(env.families))
-    if (max_mg is None) == (max_tablets is None):
-        raise PolicyError(f"{p.where}: give exactly one of max_mg_per_day, max_tablets_per_day")
-    if (max_tablets is None) != (family_name is None):
-        raise PolicyError(f"{p.where}: max_tablets_per_day needs a family (and only it)")
+    if len(limits) != 1:
+        raise PolicyError(
+            f"{p.where}: give exactly one of {', '.join(DOSE_LIMITS)} (max_tablets_per_day is max_units_per_day's"
+            f" older name), got {sorted(limits) or 'none'}"
+        )
+    ((kind, limit),) = limits.items()
+    units = kind != "max_mg_per_day"
+    if units and not family_name:
+        raise PolicyError(
+            f"{p.where}: {kind} needs a family (a unit is a tablet, capsule or mL of one family's products);"
+            f" declared families: {sorted(env.families)}"
+        )
     family = family_name or None
     label = env.families.get(family, family) if family else None
-    limit = max_mg if max_mg is not None else max_tablets
-    assert limit is not None
-    strengths = _strengths(env, family) if family is not None else []
+    unit = _plural(_unit_name(env, family)) if family and units else "mg"
+    strengths = _strengths(env, family) if family is not None and unit == "tablets" else []
 
     def fn(facts: Facts, _: tuple[Outcome, ...]) -> Outcome:
         order = (facts.order_ref,)
@@ -989,20 +1109,24 @@ def _dose_within(p: Params, env: CompileEnv) -> Predicate:
             return Outcome(UNKNOWN, order)
         if family is not None and facts.product.family != family:
             return Outcome(MET, order)
-        total = _day_total(facts, family)
+        total = _day_total(facts, family, units)
         if total.amount is None:
             if total.unreadable == order:
-                return Outcome(UNKNOWN, order, gaps=("a dose that can be read (mg and times a day)",))
+                what = f"{unit} and times a day" if units else "mg and times a day"
+                return Outcome(UNKNOWN, order, gaps=(f"a dose that can be read ({what})",))
             others = ", ".join(ref for ref in total.unreadable if ref != facts.order_ref)
             note = f"the dose of {others} cannot be read, so the member's daily total is unknown"
             return Outcome(UNKNOWN, total.evidence, note=note, gaps=(f"a dose that can be read for {others}",))
         if total.amount <= limit:
             return Outcome(MET, total.evidence)
         sum_words = f"{total.words} = " if total.words else ""
-        if family is None:
-            return Outcome(NOT_MET, total.evidence, note=f"{sum_words}{total.amount:g} mg/day exceeds {limit:g} mg/day")
-        fix = _fewer_tablets(facts.dose.mg_per_day, limit - total.others, strengths)
-        note = f"{sum_words}{total.amount:g} {label} tablets/day exceeds {limit:g} tablets/day"
+        if not units:
+            per = f" for {label}" if label else ""
+            return Outcome(
+                NOT_MET, total.evidence, note=f"{sum_words}{total.amount:g} mg/day exceeds {limit:g} mg/day{per}"
+            )
+        fix = _fewer_tablets(facts.dose.mg_per_day, limit - total.others, strengths) if strengths else None
+        note = f"{sum_words}{total.amount:g} {label} {unit}/day exceeds {limit:g} {unit}/day"
         return Outcome(NOT_MET, total.evidence, (fix,) if fix else (), note=note)
 
     return fn
@@ -1065,6 +1189,7 @@ LEAVES: dict[str, Callable[[Params, CompileEnv], Predicate]] = {
     "continued_therapy_days": _continued_therapy_days,
     "responding_to_therapy": _responding_to_therapy,
     "dose_within": _dose_within,
+    "preferred_alternative": _preferred_alternative,
     "dose_increase": _dose_compare(increase=True),
     "not_dose_increase": _dose_compare(increase=False),
     "documented": _documented,
@@ -1148,3 +1273,52 @@ def compile_predicate(spec: Any, where: str, env: CompileEnv) -> Compiled:
     p.done()
     leaf = questions.leaf(name, params, where, env, fn)
     return Compiled(questions.answerable(leaf), leaves=(leaf,))
+
+
+# ----------------------------------------------------------------------------- per-product applicability
+
+
+@dataclass(frozen=True)
+class Applicability:
+    """``applies_to`` of a criterion: the product families and / or RxNorm products it is written for ("For Yonsa
+    requests ..."). On any other product the criterion is not-applicable; when the product cannot be told it is
+    evaluated (never skipped on a guess)."""
+
+    families: frozenset[str] = frozenset()
+    products: frozenset[str] = frozenset()
+    #: "Yonsa" / "Yonsa or Zytiga": how the card names what it applies to.
+    words: str = ""
+
+    def applies(self, product: Product) -> bool:
+        """False only when the order's product is known and is none of the listed ones."""
+        if product.family is None or product.family in self.families:
+            return True  # a listed family, or the product cannot be told: evaluate the criterion
+        return product.rxcui is not None and bool(self.products & {product.rxcui, product.generic_rxcui or ""})
+
+
+def not_applicable_note(facts: Facts) -> str:
+    """ "not applicable to Zentora Sprinkle" (the order's product as ordered)."""
+    product = facts.product.display or "this product"
+    return f"not applicable to {product}"
+
+
+def compile_applies_to(raw: Any, where: str, env: CompileEnv) -> Applicability:
+    """``applies_to: {families: [...]}`` and / or ``{products: [rxcui, ...]}`` (products.csv rows of the drug)."""
+    if not isinstance(raw, Mapping) or not raw or set(raw) - {"families", "products"}:
+        raise PolicyError(
+            f"{where}: applies_to: expected a mapping with families and / or products, got {raw!r}"
+            f" (families: {sorted(env.families)})"
+        )
+    params = Params(raw, where, "applies_to")
+    families = params.strings("families", required=False) or ()
+    for family in families:
+        _family(env, family, f"{where}: applies_to")
+    products = params.strings("products", required=False) or ()
+    table = getattr(env.vocabulary, "products", None)
+    unknown = [rxcui for rxcui in products if table is not None and rxcui not in table]
+    if unknown:
+        raise PolicyError(f"{where}: applies_to: product(s) {unknown} are not rows of the pack's products.csv")
+    names = [env.families.get(f, f) for f in families] + [
+        getattr(table.get(rxcui), "display", rxcui) if table is not None else rxcui for rxcui in products
+    ]
+    return Applicability(frozenset(families), frozenset(products), " or ".join(names))

@@ -530,7 +530,7 @@ def leaf(name: str, params: Any, where: str, env: CompileEnv, fn: Predicate) -> 
         asks = _procedure(where, p)
     elif name == "dose_within":
         asks = _from_order(where)
-    else:  # product_in, payer_review, diagnosis_within_days: not a question for the chart
+    else:  # product_in, preferred_alternative, payer_review, diagnosis_within_days: not a question for the chart
         asks = None
     alternative = ".any_of[" in raw_where
     if asks is None:

@@ -11,11 +11,13 @@ from enum import Enum
 
 
 class Status(str, Enum):
-    """Kleene three-valued truth of a criterion."""
+    """Kleene three-valued truth of a criterion, and ``not-applicable`` for a criterion that applies to other
+    products only (``applies_to``): neutral in every combination, never asked."""
 
     MET = "met"
     NOT_MET = "not-met"
     UNKNOWN = "unknown"
+    NOT_APPLICABLE = "not-applicable"
 
 
 class Decision(str, Enum):
@@ -33,6 +35,9 @@ class Fix:
     kind "add-companion": create a companion MedicationRequest for ``rxcui`` / ``display`` with ``sig``.
     kind "change-strength": the same daily mg in fewer tablets: ``frequency_per_day`` tablets of ``dose_mg``
     (``rxcui`` / ``display``, the generic of that strength).
+    kind "switch-product": the pack's preferred alternative (``preferred_alternative``): replace the draft with
+    ``rxcui`` / ``display`` (of ``family``) at the mapped daily dose ``dose_mg`` (``sig``), with the ``companion``
+    order the alternative is given with and the companions it replaces (``stops``: their resources).
     """
 
     kind: str
@@ -46,6 +51,10 @@ class Fix:
     #: Diagnosis tags of a procedure the drug is given before (an induction agent before the transplant): once
     #: that procedure was performed, the order is not suggested; the card asks for the induction's documentation.
     given_before: tuple[str, ...] = field(default=(), compare=False)
+    #: switch-product: the alternative's family, the companion it comes with, the companions it replaces.
+    family: str | None = None
+    companion: Fix | None = None
+    stops: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,13 @@ class AppliesWhen(_Strict):
     therapy_days_at_least: int | None = Field(default=None, gt=0)
 
 
+class AppliesTo(_Strict):
+    """The products a criterion is written for ("For Yonsa requests ..."); on others it is not-applicable."""
+
+    families: list[str] | None = Field(default=None, description="Product families of drug.families")
+    products: list[str] | None = Field(default=None, description="RxNorm codes of the pack's products.csv")
+
+
 class Criterion(_Strict):
     """One numbered criterion: the policy's id and wording, what satisfies it, and its test."""
 
@@ -117,6 +124,7 @@ class Criterion(_Strict):
     remedy: str = Field(min_length=1)
     predicate: Any = Field(description="A predicate name, or {name: parameters} (docs/policy-format.md)")
     criteria: list[Criterion] | None = None
+    applies_to: AppliesTo | None = None
 
 
 class Pathway(_Strict):

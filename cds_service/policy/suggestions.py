@@ -113,8 +113,10 @@ def _screen(policy: Policy, facts: Facts, fixes: Iterable[Fix]) -> tuple[list[Fi
 
 
 def fix_tags(fix: Fix, policy: Policy) -> tuple[str, ...]:
-    """What a fix orders: its companion's ingredients, or the policy's drug for a switch or a new strength."""
-    return fix.tags or ((policy.drug.tag,) if fix.kind in ("switch-to-generic", "change-strength") else ())
+    """What a fix orders: its companion's ingredients, or the policy's drug for a switch or a new strength (and the
+    companion a preferred alternative comes with)."""
+    own = fix.tags or ((policy.drug.tag,) if fix.kind in ("switch-to-generic", "change-strength") else ())
+    return own + (fix.companion.tags if fix.companion is not None else ())
 
 
 def _allergy(facts: Facts, tags: Iterable[str]) -> str | None:
@@ -179,6 +181,12 @@ def apply(facts: Facts, fixes: Iterable[Fix], policy: Policy) -> Facts:
         elif fix.kind == "change-strength" and fix.frequency_per_day:
             product = replace(product, is_brand=False, rxcui=fix.rxcui, strength_mg=fix.dose_mg)
             dose = Dose(dose.mg_per_day, float(fix.frequency_per_day), dose.words)
+        elif fix.kind == "switch-product":
+            product = replace(product, family=fix.family, rxcui=fix.rxcui, display=fix.display or product.display)
+            dose = Dose(fix.dose_mg, None, fix.sig)
+            if fix.companion is not None:
+                for tag in fix.companion.tags:
+                    co.setdefault(tag, Finding((SUGGESTED,)))
     return replace(facts, co_medications=co, product=product, dose=dose)
 
 
