@@ -29,11 +29,13 @@ ROOT = HERE.parent
 import inprocess
 import report
 from http_bench import FLOOR_PATH, HOOK_PATH, cpu_seconds, rss_kib, run_load, start_server
-from workload import BASE_SCENARIO, CHART_SIZES, TYPICAL_SIZE, check_filler, hook_request
+from workload import BASE_SCENARIO, CHART_SIZES, READ_SIZES, TYPICAL_SIZE, acceptance_size, check_filler, hook_request
 
 TARGETS = {
     "typical_p50_ms": 5.0,
     "evaluate_ms": 1.0,  # facts + policy per request; was tests/test_policy_cp_phar_63.py's timed test
+    "cpu_ratio_acceptance": 4.0,  # issue 18: server CPU per call, service / floor, acceptance request, 8 connections
+    "per_read_resource_ms": 0.05,  # issue 18: in-process cost of each added resource the policy reads
     "ratio_p50": 2.0,  # issue 9 item 4 (this file's earlier bar: 1.5)
     "p99_at_200_ms": 25.0,
     "throughput_rps": 250.0,  # issue 9 item 4: closed loop, 2 cores
@@ -61,8 +63,21 @@ def in_process(quick: bool) -> dict[str, Any]:
         typical = inprocess.typical(handler, iterations)
         log("in-process: chart sizes " + ", ".join(map(str, CHART_SIZES)) + " ...")
         growth, runs = inprocess.growth(handler, budget_s=1.0 if quick else 4.0)
+        read_sizes = (acceptance_size(), *READ_SIZES)
+        log("in-process: charts of resources the policy reads, " + ", ".join(map(str, read_sizes)) + " ...")
+        read_p50, read_slope, read_r2 = inprocess.read_growth(handler, read_sizes, calls=30 if quick else 100)
+        ab_payloads = {
+            "acceptance request": hook_request(acceptance_size()),
+            f"typical ({TYPICAL_SIZE}, filler)": hook_request(TYPICAL_SIZE),
+            f"{READ_SIZES[0]} read resources": hook_request(READ_SIZES[0], read=True),
+        }
+        rounds = 16 if quick else 40
+        log(f"in-process: A/B fhir_core validators vs fast_validation, {rounds} alternating rounds ...")
+        ab = inprocess.ab_validation(handler, ab_payloads, rounds)
     finally:
         cleanup()
+    log("in-process: A/B audit write, whole prefill + json vs compact + orjson ...")
+    store_ab = inprocess.ab_store(hook_request(TYPICAL_SIZE), rounds=10 if quick else 30, calls=9)
     store_handler, store_cleanup = inprocess.make_handler(with_store=True)
     try:
         log("in-process: typical request with the SQLite audit write ...")
@@ -71,7 +86,76 @@ def in_process(quick: bool) -> dict[str, Any]:
         )
     finally:
         store_cleanup()
-    return {"typical": typical, "with_store": with_store, "growth": growth, "runs": runs}
+    return {
+        "typical": typical,
+        "with_store": with_store,
+        "growth": growth,
+        "runs": runs,
+        "read": {"sizes": read_sizes, "p50": read_p50, "slope_ms": read_slope, "r_squared": read_r2},
+        "ab_validation": ab,
+        "ab_store": store_ab,
+    }
+
+
+def issue18_sections(data: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """Issue 18: what each change saved (A/B in one process), the cost per read resource, the growth per call."""
+    rows = [
+        [
+            r.label,
+            str(len(r.a_ms)),
+            report.fmt(r.a),
+            report.fmt(r.b),
+            f"{r.saved_ms:.3f} ms ({r.saved_ms / r.a:.0%})",
+        ]
+        for r in data["ab_validation"]
+    ]
+    lines = [
+        (
+            "Shared machine: other sessions' test suites ran beside this benchmark (*CPU used by other processes* "
+            "above), so absolute times drift; the paired differences and the ratios are what compare."
+        ),
+        "",
+        (
+            "A = fhir_core's own per-instance validators, B = `fhir_mappings/fast_validation.py` (same checks, same "
+            "errors, per-class work done once). Both arms prune to the elements the facts read, as before. The arms "
+            "alternate every round in one process (each round: median of 9 calls, fresh `hookInstance` each); *saved* is "
+            "the median of the paired differences."
+        ),
+        "",
+        *report.table(["request", "rounds", "A p50", "B p50", "saved"], rows),
+    ]
+    read = data["read"]
+    lines += [
+        "",
+        "Charts where every resource is one the policy reads (the acceptance chart, then older copies of its "
+        "diagnoses and receptor results; `workload.read_chart`): p50 "
+        + ", ".join(f"{n} resources {report.fmt(p)}" for n, p in zip(read["sizes"], read["p50"]))
+        + f"; least-squares **{read['slope_ms'] * 1000:.1f} µs per added read resource** (R² {read['r_squared']:.3f}).",
+    ]
+    st = data["ab_store"]
+    lines += [
+        "",
+        (
+            "Audit write (SQLite on disk, fresh `hookInstance` per call so every call stores its assertion): A = the "
+            "prefill stored whole through the stdlib `json`, B = compact (`cds_service/dtr/stored.py`) through orjson; "
+            "alternating rounds, two database files."
+        ),
+        "",
+        *report.table(
+            ["variant", "p50 per call", "database growth per call"],
+            [
+                ["A (before)", report.fmt(st.ms.a), f"{st.bytes_per_call_a:,.0f} bytes"],
+                ["B (now)", report.fmt(st.ms.b), f"{st.bytes_per_call_b:,.0f} bytes"],
+            ],
+        ),
+        "",
+        (
+            f"Paired saving {st.ms.saved_ms:.3f} ms per call; growth {st.bytes_per_call_b / st.bytes_per_call_a:.0%} of "
+            f"before. {st.prefill_rows_per_call:.0%} of these calls store a prefill (its answer asks for documentation "
+            "with the prior authorization, CRD doc-purpose withpa, so the DTR package needs it)."
+        ),
+    ]
+    return [("Issue 18: A/B of each change, cost per read resource, database growth", lines)]
 
 
 def in_process_sections(data: dict[str, Any]) -> list[tuple[str, list[str]]]:
@@ -153,7 +237,17 @@ def http(soak: int, duration: float) -> dict[str, Any]:
     body = workdir / "typical.json"
     import orjson
 
-    body.write_bytes(orjson.dumps(hook_request(TYPICAL_SIZE)))
+    typical_request = hook_request(TYPICAL_SIZE)
+    body.write_bytes(orjson.dumps(typical_request))
+    fresh = {"fresh_uuid": typical_request["hookInstance"]}
+    cpu_bodies: dict[str, tuple[Path, str]] = {}
+    for label, request in (
+        ("acceptance request", hook_request(acceptance_size())),
+        (f"{READ_SIZES[0]} read resources", hook_request(READ_SIZES[0], read=True)),
+    ):
+        path = workdir / f"{len(cpu_bodies)}.json"
+        path.write_bytes(orjson.dumps(request))
+        cpu_bodies[label] = (path, request["hookInstance"])
     log("http: starting priorauth-cds serve (gunicorn, CDS_BENCHMARK_FLOOR=1, SQLite in a temp dir) ...")
     server = start_server()
     from cds_service import cli
@@ -167,7 +261,7 @@ def http(soak: int, duration: float) -> dict[str, Any]:
     try:
         urls = {"floor": server.url + FLOOR_PATH, "service": server.url + HOOK_PATH}
         for name, url in urls.items():
-            check = summarize(run_load(url, body, mode="closed", concurrency=2, requests=300, time_limit=60))
+            check = summarize(run_load(url, body, mode="closed", concurrency=2, requests=300, time_limit=60, **fresh))
             if check["ok"] != 300:
                 raise SystemExit(f"http warm-up of {name} failed: {check}")
         out["rss_warm_mb"] = worker_rss(server)
@@ -178,7 +272,7 @@ def http(soak: int, duration: float) -> dict[str, Any]:
                 log(f"http: {name} at {rate} req/s, open loop, {duration:.0f} s ...")
                 cpu_before = cpu_seconds(pids)
                 result = run_load(
-                    url, body, mode="open", rate=rate, requests=int(rate * duration), time_limit=duration + 5
+                    url, body, mode="open", rate=rate, requests=int(rate * duration), time_limit=duration + 5, **fresh
                 )
                 summary = summarize(result)
                 summary["server_cpu_ms"] = (cpu_seconds(pids) - cpu_before) * 1000 / max(1, summary["ok"])
@@ -186,15 +280,33 @@ def http(soak: int, duration: float) -> dict[str, Any]:
         out["throughput"] = {}
         for name, url in urls.items():
             log(f"http: {name} throughput, closed loop, 8 connections ...")
-            result = run_load(url, body, mode="closed", concurrency=8, requests=100_000, time_limit=duration)
+            result = run_load(url, body, mode="closed", concurrency=8, requests=100_000, time_limit=duration, **fresh)
             out["throughput"][name] = summarize(result)
+        out["cpu"] = {}
+        for label, (path, instance) in cpu_bodies.items():
+            for name, url in urls.items():
+                log(f"http: {name} CPU per call, {label}, closed loop, 8 connections ...")
+                cpu_before = cpu_seconds(pids)
+                result = run_load(
+                    url, path, mode="closed", concurrency=8, requests=100_000, time_limit=duration, fresh_uuid=instance
+                )
+                summary = summarize(result)
+                summary["server_cpu_ms"] = (cpu_seconds(pids) - cpu_before) * 1000 / max(1, summary["ok"])
+                summary["body_bytes"] = path.stat().st_size
+                out["cpu"][f"{label}@{name}"] = summary
         if shutil.which("hey"):
             log(f"http: cross-check with hey at 200 req/s, {duration:.0f} s ...")
             out["hey"] = {name: hey(url, body, duration) for name, url in urls.items()}
         log(f"http: memory soak, {soak} service requests ...")
         out["soak"] = summarize(
             run_load(
-                urls["service"], body, mode="closed", concurrency=4, requests=soak, time_limit=max(600.0, soak / 10)
+                urls["service"],
+                body,
+                mode="closed",
+                concurrency=4,
+                requests=soak,
+                time_limit=max(600.0, soak / 10),
+                **fresh,
             )
         )
         out["rss_after_mb"] = worker_rss(server)
@@ -286,6 +398,33 @@ def http_sections(data: dict[str, Any]) -> list[tuple[str, list[str]]]:
         + ", ".join(f"{ratio[r]:.2f} at {r} req/s" for r in ratio)
         + f"; server CPU per answer, service / floor at 50 req/s: {cpu_ratio:.2f}.",
     ]
+    cpu = data.get("cpu") or {}
+    if cpu:
+        labels = list(dict.fromkeys(key.split("@")[0] for key in cpu))
+        cpu_rows = []
+        for label in labels:
+            floor, service = cpu[f"{label}@floor"], cpu[f"{label}@service"]
+            cpu_rows.append(
+                [
+                    label,
+                    f"{service['body_bytes'] / 1024:.1f} KiB",
+                    f"{floor['server_cpu_ms']:.2f} ms ({floor['rate']:.0f} req/s)",
+                    f"{service['server_cpu_ms']:.2f} ms ({service['rate']:.0f} req/s)",
+                    f"{service['server_cpu_ms'] / max(floor['server_cpu_ms'], 1e-9):.2f}",
+                ]
+            )
+        lines += [
+            "",
+            (
+                "Server CPU per call under the same worker model and load (closed loop, 8 keep-alive connections, a fresh "
+                "`hookInstance` per call): the floor's CPU per call is this machine's speed for the day, the ratio is "
+                "what compares across days."
+            ),
+            "",
+            *report.table(
+                ["request", "body", "floor CPU per call", "service CPU per call", "service / floor"], cpu_rows
+            ),
+        ]
     tp = data["throughput"]
     lines += [
         "",
@@ -467,7 +606,45 @@ def targets(ip: dict[str, Any] | None, web: dict[str, Any] | None) -> list[repor
                 at_5000 is not None and at_5000 <= TARGETS["chart_5000_ms"] and linear,
             )
         )
+        per_read = ip["read"]["slope_ms"]
+        out.append(
+            report.Target(
+                "each added resource the policy reads, in-process",
+                f"≤ {TARGETS['per_read_resource_ms']:.2f} ms",
+                f"{per_read:.3f} ms (least squares over {', '.join(map(str, ip['read']['sizes']))} resources)",
+                per_read <= TARGETS["per_read_resource_ms"],
+            )
+        )
+        st = ip["ab_store"]
+        out.append(
+            report.Target(
+                "database growth per call (SQLite, typical request)",
+                "reported",
+                f"{st.bytes_per_call_b:,.0f} bytes (before: {st.bytes_per_call_a:,.0f})",
+                True,
+            )
+        )
     if web is not None:
+        cpu = web.get("cpu") or {}
+        if "acceptance request@service" in cpu:
+            service, floor = cpu["acceptance request@service"], cpu["acceptance request@floor"]
+            ratio = service["server_cpu_ms"] / max(floor["server_cpu_ms"], 1e-9)
+            out.append(
+                report.Target(
+                    "machine speed: the floor's server CPU per call (acceptance request, 8 connections)",
+                    "reported",
+                    f"{floor['server_cpu_ms']:.2f} ms ({floor['rate']:.0f} req/s)",
+                    True,
+                )
+            )
+            out.append(
+                report.Target(
+                    "server CPU per call, service / floor, acceptance request, 8 connections",
+                    f"≤ {TARGETS['cpu_ratio_acceptance']:.0f}×",
+                    f"{ratio:.2f} ({service['server_cpu_ms']:.2f} / {floor['server_cpu_ms']:.2f} ms)",
+                    ratio <= TARGETS["cpu_ratio_acceptance"],
+                )
+            )
         lat = web["latency"]
         ratio = lat["service@50"]["p50"] / lat["floor@50"]["p50"]
         out.append(
@@ -532,6 +709,10 @@ def to_json(
             "r_squared": g.r_squared,
             "marginal_us": g.marginal_us(),
         }
+        data["read_growth"] = ip["read"]
+        data["ab_validation"] = [{**vars(r), "saved_ms": r.saved_ms} for r in ip["ab_validation"]]
+        st = ip["ab_store"]
+        data["ab_store"] = {**vars(st), "ms": {**vars(st.ms), "saved_ms": st.ms.saved_ms}}
     if web is not None:
         data["http"] = web
     if fb is not None:
@@ -545,8 +726,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-http", action="store_true", help="no gunicorn section")
     parser.add_argument("--skip-fallback", action="store_true", help="no FHIR fallback section")
     parser.add_argument("--skip-workers", action="store_true", help="no sync-vs-buffered / slow-client section")
-    parser.add_argument("--only-workers", action="store_true",
-                        help="only the worker-model section (writes workers.md and workers.json)")
+    parser.add_argument(
+        "--only-workers", action="store_true", help="only the worker-model section (writes workers.md and workers.json)"
+    )
     parser.add_argument("--slow-seconds", type=float, default=40.0, help="slow-client run per model (default 40)")
     parser.add_argument("--soak", type=int, default=None, help="requests in the memory soak (default 10000)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
@@ -608,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
         "speed_start": speed_start,
         "speed_end": report.speed_index(),
     }
-    sections = in_process_sections(ip)
+    sections = in_process_sections(ip) + issue18_sections(ip)
     if web is not None:
         sections += http_sections(web)
     if fb is not None:
@@ -617,7 +799,9 @@ def main(argv: list[str] | None = None) -> int:
         import slow_clients
 
         sections += [("Worker model and slow clients", slow_clients.compare_section(workers))]
-    command = "python benchmarks/bench.py" + (" --quick" if args.quick else "")
+    flags = [("--quick", args.quick), ("--skip-http", args.skip_http), ("--skip-fallback", args.skip_fallback)]
+    flags.append(("--skip-workers", args.skip_workers))
+    command = "python benchmarks/bench.py" + "".join(f" {flag}" for flag, on in flags if on)
     found = targets(ip, web)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.md").write_text(report.markdown(info, found, sections, command, loads))

@@ -12,7 +12,8 @@ import gc
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,16 +92,19 @@ def clear_memos() -> bool:
 def measure(
     handler: Any, payload: dict[str, Any], label: str, *, iterations: int, warmup: int = 5, cold: bool = False
 ) -> Series:
-    """Call ``handle`` repeatedly on the same request; wall time per call and stage medians."""
+    """Call ``handle`` repeatedly on the same request, each time with a fresh ``hookInstance`` (as an EHR sends it,
+    so an audit store writes every call); wall time per call and stage medians."""
+    requests = fresh_instances(payload)
     for _ in range(warmup):
-        handler.handle(SERVICE_ID, payload)
+        handler.handle(SERVICE_ID, next(requests))
     series = Series(label, [])
     gc.collect()
     for _ in range(iterations):
         if cold:
             clear_memos()
+        request = next(requests)
         started = time.perf_counter()
-        outcome = handler.handle(SERVICE_ID, payload)
+        outcome = handler.handle(SERVICE_ID, request)
         series.samples_ms.append((time.perf_counter() - started) * 1000)
         for name, ms in outcome.timings.stages.items():
             series.stages_ms.setdefault(name, []).append(ms)
@@ -161,3 +165,138 @@ def typical(handler: Any, iterations: int) -> dict[str, Series]:
     if clear_memos():
         out["cold"] = measure(handler, payload, "typical, cold memos", iterations=iterations, cold=True)
     return out
+
+
+# ----------------------------------------------------------------------------- issue 18: A/B and read resources
+
+
+def fresh_instances(payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The request again and again, each time with a new ``hookInstance``, as an EHR sends it."""
+    while True:
+        yield {**payload, "hookInstance": str(uuid.uuid4())}
+
+
+def _median_call_ms(handler: Any, payload: dict[str, Any], calls: int) -> float:
+    requests = fresh_instances(payload)
+    samples = []
+    for _ in range(calls):
+        request = next(requests)
+        started = time.perf_counter()
+        handler.handle(SERVICE_ID, request)
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+@dataclass
+class AB:
+    """Paired medians of two variants, measured alternately in one process (A = before the change, B = after)."""
+
+    label: str
+    a_ms: list[float]
+    b_ms: list[float]
+
+    @property
+    def a(self) -> float:
+        return statistics.median(self.a_ms)
+
+    @property
+    def b(self) -> float:
+        return statistics.median(self.b_ms)
+
+    @property
+    def saved_ms(self) -> float:
+        """Median of the per-round differences (pairs measured back to back share the machine's state)."""
+        return statistics.median(a - b for a, b in zip(self.a_ms, self.b_ms))
+
+
+def ab_validation(handler: Any, payloads: dict[str, dict[str, Any]], rounds: int, calls: int = 9) -> list[AB]:
+    """fhir_core's own validators (A) against ``fhir_mappings.fast_validation`` (B), alternating every round."""
+    from fhir_mappings import fast_validation
+
+    results = {name: AB(name, [], []) for name in payloads}
+    try:
+        for round_ in range(rounds):
+            order = (False, True) if round_ % 2 == 0 else (True, False)
+            for fast in order:
+                (fast_validation.install if fast else fast_validation.uninstall)()
+                for name, payload in payloads.items():
+                    _median_call_ms(handler, payload, 2)  # settle caches after the switch
+                    ms = _median_call_ms(handler, payload, calls)
+                    (results[name].b_ms if fast else results[name].a_ms).append(ms)
+    finally:
+        fast_validation.install()
+    return list(results.values())
+
+
+def read_growth(handler: Any, sizes: tuple[int, ...], calls: int) -> tuple[list[float], float, float]:
+    """p50 per read-chart size (every added resource one the policy reads), and the fitted ms per added resource."""
+    p50 = [_median_call_ms(handler, hook_request(size, read=True), calls) for size in sizes]
+    slope, _intercept, r2 = fit(list(sizes), p50)
+    return p50, slope, r2
+
+
+@dataclass
+class StoreAB:
+    """The audit write before (A: whole prefill, stdlib json) and after (B: compact prefill, orjson)."""
+
+    ms: AB
+    bytes_per_call_a: float
+    bytes_per_call_b: float
+    prefill_rows_per_call: float
+
+
+def _database_bytes(store: Any) -> int:
+    """Bytes the SQLite database takes once its WAL is folded in (pages in use times page size)."""
+    store.checkpoint()
+    with store._transaction("bench size", readonly=True) as connection:
+        pages = connection.exec_driver_sql("PRAGMA page_count").scalar_one()
+        free = connection.exec_driver_sql("PRAGMA freelist_count").scalar_one()
+        size = connection.exec_driver_sql("PRAGMA page_size").scalar_one()
+    return int((pages - free) * size)
+
+
+def ab_store(payload: dict[str, Any], rounds: int, calls: int) -> StoreAB:
+    """Two handlers with their own SQLite files, called alternately with fresh hookInstances; A stores the prefill
+    whole through ``json.dumps`` as before issue 18, B as the store does now. Time per call and database growth."""
+    import json as stdlib_json
+
+    from cds_service import store as store_module
+    from cds_service.dtr import stored
+
+    new_handler, new_cleanup = make_handler(with_store=True)
+    real_text, real_compact = store_module._json_text, stored.compact
+    store_module._json_text = stdlib_json.dumps  # type: ignore[assignment]  # the engine A is built with
+    try:
+        old_handler, old_cleanup = make_handler(with_store=True)
+    finally:
+        store_module._json_text = real_text
+
+    def whole(answers: Any) -> Any:
+        return {k: dict(v) for k, v in answers.items()}
+
+    ab = AB("typical, with audit store", [], [])
+    try:
+        _median_call_ms(new_handler, payload, 5)
+        stored.compact = whole  # type: ignore[assignment]
+        _median_call_ms(old_handler, payload, 5)
+        stored.compact = real_compact
+        start = {"a": _database_bytes(old_handler.store), "b": _database_bytes(new_handler.store)}
+        for round_ in range(rounds):
+            for variant in ("a", "b") if round_ % 2 == 0 else ("b", "a"):
+                stored.compact = whole if variant == "a" else real_compact  # type: ignore[assignment]
+                handler = old_handler if variant == "a" else new_handler
+                (ab.a_ms if variant == "a" else ab.b_ms).append(_median_call_ms(handler, payload, calls))
+        stored.compact = real_compact
+        total = rounds * calls
+        grown = {
+            "a": (_database_bytes(old_handler.store) - start["a"]) / total,
+            "b": (_database_bytes(new_handler.store) - start["b"]) / total,
+        }
+        with new_handler.store._transaction("bench rows", readonly=True) as connection:
+            prefills = connection.exec_driver_sql("SELECT count(*) FROM dtr_prefill").scalar_one()
+            assertions = connection.exec_driver_sql("SELECT count(*) FROM coverage_assertions").scalar_one()
+    finally:
+        stored.compact = real_compact
+        new_cleanup()
+        old_cleanup()
+    return StoreAB(ab, grown["a"], grown["b"], prefills / max(1, assertions))

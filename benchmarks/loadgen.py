@@ -26,6 +26,7 @@ import resource
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,6 +47,9 @@ class Spec:
     concurrency: int = 4
     time_limit: float = 120.0
     timeout: float = 10.0
+    #: A uuid in the body replaced by a fresh one on every request (a CDS Hooks ``hookInstance``: an EHR sends a new
+    #: one per call, so the service's retry lookup finds nothing and every call stores its own assertion).
+    fresh_uuid: str | None = None
 
 
 @dataclass
@@ -95,6 +99,9 @@ class Client:
             f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
         ).encode() + body
+        self.fresh = spec.fresh_uuid.encode() if spec.fresh_uuid else None
+        if self.fresh is not None and self.request.count(self.fresh) != 1:
+            raise ValueError("fresh_uuid must occur exactly once in the body")
         self.idle: list[Connection] = []
         self.tally, self.timeout = tally, spec.timeout
 
@@ -107,13 +114,19 @@ class Client:
         self.tally.connections_opened += 1
         return Connection(reader, writer)
 
+    def _next_request(self) -> bytes:
+        """The request bytes, with a new uuid of the same length where ``fresh_uuid`` stood."""
+        if self.fresh is None:
+            return self.request
+        return self.request.replace(self.fresh, str(uuid.uuid4()).encode(), 1)
+
     async def once(self, due: float) -> None:
         """Send one request; latency counts from ``due`` (the scheduled send time)."""
         self.tally.lags_ms.append((time.perf_counter() - due) * 1000)
         connection: Connection | None = None
         try:
             connection = await self._connection()
-            status, _ = await asyncio.wait_for(connection.post(self.request), self.timeout)
+            status, _ = await asyncio.wait_for(connection.post(self._next_request()), self.timeout)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             self.tally.error(type(exc).__name__)
             if connection is not None:

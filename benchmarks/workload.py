@@ -29,6 +29,8 @@ SCENARIO_DIR = ROOT.parent / "shared" / "acceptance" / "scenarios"
 BASE_SCENARIO = "A-met-generic-with-exemestane"
 TYPICAL_SIZE = 50
 CHART_SIZES = (10, 100, 1000, 5000)
+#: Charts where every resource is one the policy reads (``read_chart``): the acceptance request's own, then 50, 100.
+READ_SIZES = (50, 100)
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -297,15 +299,42 @@ def chart(size: int, base: dict[str, Any] | None = None) -> list[dict[str, Any]]
     return core + list(_filler(base["patientId"], base, size - len(core), end))
 
 
-def hook_request(size: int, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """An order-sign request for the base scenario with a ``size``-resource chart in prefetch."""
+def read_chart(size: int, base: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The base scenario's prefetched chart padded to ``size`` with resources the policy reads, and only those.
+
+    Every added resource is an older copy of one of the scenario's Conditions or Observations (the breast cancer
+    diagnosis, a receptor result): each survives routing, relevance and pruning and is validated, so the cost per
+    added resource is the cost of validation and fact reading, with nothing pruned away.
+    """
+    base = base or load_scenario()
+    core = prefetched_chart(base)
+    if size < len(core):
+        raise ValueError(f"a chart needs at least {len(core)} resources (the scenario's own)")
+    end = date.fromisoformat(base["draftOrders"][0]["authoredOn"])
+    patient = base["patientId"]
+    added = [
+        _relevant_repeat(f"bench-read-{n}", patient, end - timedelta(days=9 * (n // 5) + 1), base, n)
+        for n in range(size - len(core))
+    ]
+    return core + added
+
+
+def hook_request(size: int, base: dict[str, Any] | None = None, *, read: bool = False) -> dict[str, Any]:
+    """An order-sign request for the base scenario with a ``size``-resource chart in prefetch (``read``: every
+    added resource is one the policy reads, ``read_chart``; otherwise the filler of ``chart``)."""
     from tests.scenarios import prefetch_for, request_for
 
     base = base or load_scenario()
     request = request_for(base, prefetch=False)
-    request["hookInstance"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"priorauth-cds-bench/{size}"))
-    request["prefetch"] = prefetch_for(chart(size, base))
+    label = f"read-{size}" if read else str(size)
+    request["hookInstance"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"priorauth-cds-bench/{label}"))
+    request["prefetch"] = prefetch_for(read_chart(size, base) if read else chart(size, base))
     return request
+
+
+def acceptance_size(base: dict[str, Any] | None = None) -> int:
+    """How many prefetched resources the acceptance request itself carries (the scenario's own chart)."""
+    return len(prefetched_chart(base or load_scenario()))
 
 
 def filler_codes() -> dict[str, list[str]]:
@@ -349,4 +378,8 @@ def check_filler(handler: Any) -> list[str]:
         got = _verdict(handler.handle("everolimus-order-sign", hook_request(size, base)).body)
         if got != reference:
             problems.append(f"the {size}-resource chart changes the evaluation: {got} != {reference}")
+    for size in READ_SIZES:
+        got = _verdict(handler.handle("everolimus-order-sign", hook_request(size, base, read=True)).body)
+        if got != reference:
+            problems.append(f"the {size}-resource read chart changes the evaluation: {got} != {reference}")
     return problems

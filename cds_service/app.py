@@ -104,6 +104,9 @@ def create_app(config: Config | None = None, *, store: Store | None = None, **ha
 
         app.register_blueprint(floor)
     register_error_handlers(app)
+    for pack in registry.packs:  # e.g. an ingredient without an RxNorm code (left out of DTR answer lists)
+        for warning in pack.tables.warnings:
+            log_event(log, "pack.warning", logging.WARNING, pack=pack.name, warning=warning)
     log_event(
         log,
         "app.ready",

@@ -649,8 +649,11 @@ def suggestions_for(item: EvaluatedOrder) -> list[Suggestion]:
 # ----------------------------------------------------------------------------- coverage information
 
 
-def coverage_decision(ev: OrderEvaluation, hook: str, assertion_id: str | None = None) -> CoverageDecision:
-    """CRD values for a decision: PA is always needed under CP.PHAR.63; coverage depends on the criteria."""
+def coverage_decision(
+    ev: OrderEvaluation, hook: str, assertion_id: str | None = None, pa_needed: str = "auth-needed"
+) -> CoverageDecision:
+    """CRD values for a decision: ``pa_needed`` is the pack's (``policy.pa_needed``); coverage depends on the
+    criteria."""
     covered = "covered" if ev.decision is Decision.MET else "conditional"
     pathway = ev.pathway or "(no diagnosis documented)"
     reasons = {
@@ -664,7 +667,7 @@ def coverage_decision(ev: OrderEvaluation, hook: str, assertion_id: str | None =
         assertion_id=assertion_id or str(uuid.uuid4()),
         order_ref=ev.order_ref,
         covered=covered,
-        pa_needed="auth-needed",
+        pa_needed=pa_needed,
         # CRD: order-select happens before the order is final, so it must not ask for documentation.
         doc_needed="clinical" if hook == "order-sign" else None,
         reason=reasons[ev.decision],
@@ -752,6 +755,7 @@ def render(
     assertion_ids: Mapping[str, str] | None = None,
     dtr_launch_url: str | None = None,
     payer_fhir_base: str | None = None,
+    pa_needed: str = "auth-needed",
 ) -> Rendered:
     """All cards and system actions for the orders in scope, in their order, honouring the CRD configuration.
 
@@ -770,7 +774,7 @@ def render(
         ev = item.evaluation
         # Without an active Coverage there is no plan to speak for: no coverage assertion at all (the card says why).
         reused = (assertion_ids or {}).get(ev.order_ref)
-        decision = coverage_decision(ev, hook, reused) if item.coverage_ref else None
+        decision = coverage_decision(ev, hook, reused, pa_needed) if item.coverage_ref else None
         if decision is not None:
             out.assertions.append(decision)
         if show_coverage:

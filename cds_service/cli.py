@@ -18,11 +18,14 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .config import Config, ConfigError
 from .errors import ServiceError
 from .policy.predicates import PolicyError
+
+if TYPE_CHECKING:
+    from .registry import Pack, Registry
 
 log = logging.getLogger("priorauth_cds.cli")
 
@@ -166,7 +169,7 @@ def _warm_up(app: Any) -> None:
         handler = HookHandler(services.config, pack.tables, pack.policy, store=None)
         service_id = pack.service_for("order-sign").id
         try:
-            handler.handle(service_id, hook_request_example(service_id, hooks))
+            handler.handle(service_id, hook_request_example(service_id, hooks, services.registry))
         except ServiceError as exc:  # the example is ours; a failure here is worth a line, not a refusal to start
             log_event(log, "startup.warm_up_failed", logging.WARNING, error_type=type(exc).__name__, pack=pack.name)
 
@@ -209,7 +212,7 @@ def _pretty(body: dict[str, Any]) -> str:
             lines.append(f"    -> link: {link.get('label', '')} ({link.get('url', '')})")
         lines.append("")
     if not body.get("cards"):
-        lines.append("(no cards: no everolimus order in scope)")
+        lines.append("(no cards: no order of the service's drug in scope)")
     for action in body.get("systemActions", []):
         lines.append(f"systemAction {action.get('type')}: {action.get('description', '')}")
     return "\n".join(lines)
@@ -220,6 +223,42 @@ def _read_input(name: str) -> bytes:
     if name == "-":
         return sys.stdin.buffer.read()
     return Path(name).read_bytes()
+
+
+class _NoService(str):
+    """Why no pack's service can be picked for a request (printed as the one error line)."""
+
+
+def _service_for(payload: Any, registry: Registry, source: str) -> str:
+    """The service for a request without ``--service``: that of the one pack whose drug its drafts order, for the
+    request's hook (said on stderr when several packs are loaded); ``_NoService`` when none or several packs match.
+    A request whose drafts cannot be read goes to the default pack, whose service then says what is wrong."""
+    from fhir_mappings.facts import find_drug_orders
+
+    hook = payload.get("hook") if isinstance(payload, dict) else None
+    context = payload.get("context") if isinstance(payload, dict) else None
+    drafts = context.get("draftOrders") if isinstance(context, dict) else None
+
+    def for_hook(pack: Pack) -> str:
+        return next((s.id for s in pack.services if s.hook == hook), pack.services[0].id)
+
+    if not isinstance(drafts, dict):
+        return for_hook(registry.default)
+    matching = [pack for pack in registry.packs if find_drug_orders([drafts], pack.tables)]
+    packs = ", ".join(f"{p.policy.drug.name} ({p.policy.id})" for p in registry.packs)
+    if not matching:
+        return _NoService(f"{source} orders no drug of a loaded pack ({packs}); name a service with --service")
+    if len(matching) > 1:
+        named = ", ".join(f"{p.policy.drug.name} ({p.policy.id})" for p in matching)
+        return _NoService(f"{source} orders the drugs of several packs ({named}); choose one with --service")
+    service_id = for_hook(matching[0])
+    if len(registry.packs) > 1:
+        drug = matching[0].policy.drug.name
+        print(
+            f"{PROG}: evaluating with {service_id} ({matching[0].policy.id}): the request orders {drug}",
+            file=sys.stderr,
+        )
+    return service_id
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -256,12 +295,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         if args.service is not None and registry.pack_of(args.service) is None:
             known = ", ".join(service.id for service in registry.services)
             return _fail(f"unknown --service {args.service!r} (services: {known})", EXIT_USAGE)
+        chosen = args.service or _service_for(payload, registry, source)
+        if isinstance(chosen, _NoService):
+            return _fail(str(chosen), EXIT_USAGE)
         try:
-            hook = payload.get("hook") if isinstance(payload, dict) else None
-            default = registry.default
-            by_hook = next((s.id for s in default.services if s.hook == hook), default.services[0].id)
-            service_id = args.service or by_hook
-            pack = registry.pack_of(service_id) or default
+            service_id = chosen
+            pack = registry.pack_of(service_id) or registry.default
             handler = HookHandler(config, pack.tables, pack.policy, store=store)
             body = handler.handle(service_id, payload).body
         except ServiceError as exc:
@@ -385,7 +424,7 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="CP.PHAR.63 everolimus CDS Hooks service",
+        description="CDS Hooks / Da Vinci CRD and DTR service for drug prior-authorization policy packs",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -406,8 +445,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--service",
         metavar="SERVICE_ID",
-        help="service id from discovery, of any loaded pack (default: the default pack's service for the request's "
-        "hook, e.g. everolimus-order-sign)",
+        help="service id from discovery, of any loaded pack (default: the service, for the request's hook, of the "
+        "one pack whose drug the request orders)",
     )
     evaluate.add_argument(
         "--store",

@@ -51,30 +51,36 @@ REQUIRED_PREFETCH_KEYS: frozenset[str] = frozenset({"patient"})
 
 CRD_VERSION = "2.1.0"
 
-#: Da Vinci CRD configuration options this service honours (``davinci-crd.configuration``); the codes are
-#: the CRD card-type codes (CodeSystem http://hl7.org/fhir/us/davinci-crd/CodeSystem/temp) plus max-cards.
-CRD_CONFIGURATION_OPTIONS: list[dict[str, Any]] = [
-    {
-        "code": "coverage-info",
-        "type": "boolean",
-        "name": "Coverage information",
-        "description": "Return the CP.PHAR.63 evaluation card and coverage-information systemActions.",
-        "default": True,
-    },
-    {
-        "code": "therapy-alternatives-req",
-        "type": "boolean",
-        "name": "Required alternatives",
-        "description": "Return one-click fixes (generic everolimus, missing companion drugs) as suggestions.",
-        "default": True,
-    },
-    {
-        "code": "max-cards",
-        "type": "integer",
-        "name": "Maximum cards",
-        "description": "Return at most this many cards; evaluation cards are kept first.",
-    },
-]
+
+def crd_configuration_options(policy_id: str, drug: str) -> list[dict[str, Any]]:
+    """Da Vinci CRD configuration options a service honours (``davinci-crd.configuration``), in its pack's words;
+    the codes are the CRD card-type codes (CodeSystem http://hl7.org/fhir/us/davinci-crd/CodeSystem/temp) plus
+    max-cards."""
+    return [
+        {
+            "code": "coverage-info",
+            "type": "boolean",
+            "name": "Coverage information",
+            "description": f"Return the {policy_id} evaluation card and coverage-information systemActions.",
+            "default": True,
+        },
+        {
+            "code": "therapy-alternatives-req",
+            "type": "boolean",
+            "name": "Required alternatives",
+            "description": (
+                f"Return one-click fixes to the {drug} order (the generic, missing companion drugs, fewer tablets) "
+                "as suggestions."
+            ),
+            "default": True,
+        },
+        {
+            "code": "max-cards",
+            "type": "integer",
+            "name": "Maximum cards",
+            "description": "Return at most this many cards; evaluation cards are kept first.",
+        },
+    ]
 
 
 class _DefaultServices(Mapping[str, dict[str, Any]]):
@@ -127,6 +133,8 @@ def discovery_document(registry: Registry | None = None) -> dict[str, Any]:
         registry = default_registry()
     services = []
     for service in registry.services:
+        pack = registry.pack_of(service.id)
+        policy_id, drug = (pack.policy.id, pack.policy.drug.name) if pack is not None else ("policy", "drug")
         services.append(
             {
                 "hook": service.hook,
@@ -137,7 +145,7 @@ def discovery_document(registry: Registry | None = None) -> dict[str, Any]:
                 "usageRequirements": USAGE_REQUIREMENTS,
                 "extension": {
                     "davinci-crd.version": CRD_VERSION,
-                    "davinci-crd.configuration-options": CRD_CONFIGURATION_OPTIONS,
+                    "davinci-crd.configuration-options": crd_configuration_options(policy_id, drug),
                 },
             }
         )

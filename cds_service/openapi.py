@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ from .feedback import FeedbackRequest
 from .protocol import ORDER_HOOKS, HookRequest, HookResponse
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from .registry import Pack, Registry
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"
@@ -126,7 +127,7 @@ def response_schemas() -> dict[str, JsonObject]:
     hook_response["properties"]["cards"].pop("minItems", None)  # the one empty member kept: "cards": []
     hook_response["description"] = (
         'CDS Hooks 2.0 response. No member is ever null or empty except the top-level "cards": []. '
-        "By default, per evaluated everolimus order: one evaluation card carrying "
+        "By default, per evaluated order of the service's drug: one evaluation card carrying "
         "extension['priorauth-cds.evaluation'], one suggestions card when there are one-click fixes, and one "
         "systemActions update echoing the draft with the Da Vinci CRD ext-coverage-information extension. An order "
         "of the drug that is not valid FHIR gets one warning card saying it could not be read and why (no evaluation "
@@ -152,7 +153,7 @@ def response_schemas() -> dict[str, JsonObject]:
 
 
 def evaluation_extension_schema() -> JsonObject:
-    """``priorauth-cds.evaluation``: the machine-readable CP.PHAR.63 result (see cards.evaluation_extension)."""
+    """``priorauth-cds.evaluation``: the machine-readable policy result (see cards.evaluation_extension)."""
     status = {"type": "string", "enum": ["met", "not-met", "unknown", "not-applicable"]}
     criterion = {
         "type": "object",
@@ -175,8 +176,8 @@ def evaluation_extension_schema() -> JsonObject:
         "required": ["order", "policy", "policyVersion", "decision"],
         "additionalProperties": False,
         "properties": {
-            "order": {"type": "string", "minLength": 1, "examples": ["MedicationRequest/everolimus-order"]},
-            "policy": {"type": "string", "minLength": 1, "examples": ["CP.PHAR.63"]},
+            "order": {"type": "string", "minLength": 1, "examples": ["MedicationRequest/example-order"]},
+            "policy": {"type": "string", "minLength": 1, "description": "The pack's policy id (policy.yaml policy.id)"},
             "policyVersion": {"type": "string", "minLength": 1},
             "pathway": {
                 "type": "string",
@@ -504,25 +505,70 @@ def _searchset(resources: list[JsonObject]) -> JsonObject:
     return bundle
 
 
-def hook_request_example(service_id: str, services: Mapping[str, str] | None = None) -> JsonObject:
-    """A complete request for a service: a generic everolimus 10 mg draft for a Medicaid patient with breast cancer."""
-    hook = _hooks(services)[service_id]
+@dataclass(frozen=True)
+class PackExample:
+    """What one pack's example request orders and documents, from its own tables (no pack speaks for another)."""
+
+    policy_id: str
+    drug: str
+    rxcui: str
+    display: str
+    dose_text: str
+    #: (system URI, code, display) of a diagnosis of the pack's first indication, when its tables code one.
+    condition: tuple[str, str, str] | None = None
+
+
+def pack_example(pack: Pack) -> PackExample:
+    """The pack's example: a generic product of its table (else any product with a family) for its first indication."""
+    products = sorted(pack.tables.products.values(), key=lambda p: (p.is_brand, p.tty != "SCD", p.rxcui))
+    product = next((p for p in products if p.family is not None and p.strength_mg is not None), None)
+    drug = pack.policy.drug.name
+    if product is None:
+        rxcui, display, dose = "", drug, f"{drug} by mouth once daily"
+    else:
+        rxcui, display, dose = product.rxcui, product.display, f"{product.strength_mg:g} mg by mouth once daily"
+    condition = None
+    tags = next((p.diagnoses for p in pack.policy.pathways if p.kind == "indication" and p.diagnoses), ())
+    row = next(iter(pack.tables.codes_for("diagnosis", tags)), None)
+    if row is not None and (uri := pack.tables.system_uri(row.system)) is not None:
+        condition = (uri, row.code, row.display)
+    return PackExample(pack.policy.id, drug, rxcui, display, dose, condition)
+
+
+def _example_of(service_id: str, registry: Registry | None) -> PackExample:
+    from .registry import default_registry  # late: the registry loads the packs
+
+    found = registry or default_registry()
+    return pack_example(found.pack_of(service_id) or found.default)
+
+
+def hook_request_example(
+    service_id: str, services: Mapping[str, str] | None = None, registry: Registry | None = None
+) -> JsonObject:
+    """A complete request for a service: its pack's generic product for a Medicaid patient with the pack's first
+    indication (``registry``: where the service's pack is; default the packaged packs)."""
+    if services is None and registry is not None:
+        services = {s.id: s.hook for s in registry.services}
+    return _hook_request_example(service_id, _hooks(services)[service_id], _example_of(service_id, registry))
+
+
+def _medication(example: PackExample) -> JsonObject:
+    concept: JsonObject = {"text": example.display}
+    if example.rxcui:
+        rxnorm = "http://www.nlm.nih.gov/research/umls/rxnorm"
+        concept["coding"] = [{"system": rxnorm, "code": example.rxcui, "display": example.display}]
+    return concept
+
+
+def _hook_request_example(service_id: str, hook: str, example: PackExample) -> JsonObject:
     order = {
         "resourceType": "MedicationRequest",
-        "id": "everolimus-order",
+        "id": "example-order",
         "status": "draft",
         "intent": "order",
-        "medicationCodeableConcept": {
-            "coding": [
-                {
-                    "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
-                    "code": "845507",
-                    "display": "everolimus 10 MG Oral Tablet",
-                }
-            ]
-        },
+        "medicationCodeableConcept": _medication(example),
         "subject": {"reference": "Patient/example-patient"},
-        "dosageInstruction": [{"text": "10 mg by mouth once daily"}],
+        "dosageInstruction": [{"text": example.dose_text}],
     }
     context: JsonObject = {
         "userId": "Practitioner/example-prescriber",
@@ -530,13 +576,13 @@ def hook_request_example(service_id: str, services: Mapping[str, str] | None = N
         "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": order}]},
     }
     if hook == "order-select":
-        context["selections"] = ["MedicationRequest/everolimus-order"]
+        context["selections"] = ["MedicationRequest/example-order"]
     coverage = {
         "resourceType": "Coverage",
         "id": "example-coverage",
         "status": "active",
         "beneficiary": {"reference": "Patient/example-patient"},
-        "payor": [{"display": "Centene Health Plan"}],
+        "payor": [{"display": "Health Plan"}],
         "class": [
             {
                 "type": {
@@ -546,22 +592,25 @@ def hook_request_example(service_id: str, services: Mapping[str, str] | None = N
             }
         ],
     }
-    condition = {
-        "resourceType": "Condition",
-        "id": "example-condition",
-        "clinicalStatus": {
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]
-        },
-        "verificationStatus": {
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]
-        },
-        "code": {
-            "coding": [
-                {"system": "http://snomed.info/sct", "code": "254837009", "display": "Malignant tumor of breast"}
-            ]
-        },
-        "subject": {"reference": "Patient/example-patient"},
-    }
+    conditions = []
+    if example.condition is not None:
+        system, code, display = example.condition
+        conditions.append(
+            {
+                "resourceType": "Condition",
+                "id": "example-condition",
+                "clinicalStatus": {
+                    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]
+                },
+                "verificationStatus": {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}
+                    ]
+                },
+                "code": {"coding": [{"system": system, "code": code, "display": display}]},
+                "subject": {"reference": "Patient/example-patient"},
+            }
+        )
     prefetch: JsonObject = {key: _searchset([]) for key in PREFETCH_TEMPLATES if key not in ("patient", "practitioner")}
     prefetch["patient"] = {
         "resourceType": "Patient",
@@ -570,7 +619,7 @@ def hook_request_example(service_id: str, services: Mapping[str, str] | None = N
         "birthDate": "1968-11-20",
     }
     prefetch["coverage"] = _searchset([coverage])
-    prefetch["conditions"] = _searchset([condition])
+    prefetch["conditions"] = _searchset(conditions)
     return {
         "hook": hook,
         "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
@@ -579,18 +628,23 @@ def hook_request_example(service_id: str, services: Mapping[str, str] | None = N
     }
 
 
-def _hook_operation(services: Mapping[str, str]) -> JsonObject:
+def _hook_operation(services: Mapping[str, str], examples: Mapping[str, PackExample]) -> JsonObject:
     return {
         "operationId": "callService",
         "summary": "Call a CDS service (order-sign / order-select)",
         "tags": ["cds-hooks"],
         "security": [{SECURITY_SCHEME: []}, {}],
         "requestBody": _json_request_body(
-            "HookRequest", {service_id: hook_request_example(service_id, services) for service_id in services}
+            "HookRequest",
+            {
+                service_id: _hook_request_example(service_id, hook, examples[service_id])
+                for service_id, hook in services.items()
+            },
         ),
         "responses": {
             "200": _ok(
-                "Cards and systemActions; 'cards' is empty when no everolimus order is in scope.", "HookResponse"
+                "Cards and systemActions; 'cards' is empty when no order of the service's drug is in scope.",
+                "HookResponse",
             ),
             "400": _outcome(
                 "Malformed JSON or invalid UTF-8, empty body, a missing or ill-typed member (hook, hookInstance, "
@@ -653,7 +707,7 @@ def _feedback_operation() -> JsonObject:
     }
 
 
-def _paths(services: Mapping[str, str]) -> JsonObject:
+def _paths(services: Mapping[str, str], examples: Mapping[str, PackExample]) -> JsonObject:
     service_id = _service_id_parameter(services)
     return {
         "/cds-services": {
@@ -671,7 +725,7 @@ def _paths(services: Mapping[str, str]) -> JsonObject:
         },
         "/cds-services/{service_id}": {
             "parameters": [service_id],
-            "post": _hook_operation(services),
+            "post": _hook_operation(services, examples),
             "options": _preflight("Service"),
         },
         "/cds-services/{service_id}/feedback": {
@@ -933,20 +987,32 @@ def _hooks(services: Mapping[str, str] | None) -> Mapping[str, str]:
 
 def openapi_document(registry: Registry | None = None) -> dict[str, Any]:
     """The OpenAPI document for every service of ``registry`` (default: the packaged packs); built once per
-    process and registry and shared, so callers must not mutate it."""
-    services = _hooks(None) if registry is None else {s.id: s.hook for s in registry.services}
-    return _document(tuple(services.items()))
+    process and registry and shared, so callers must not mutate it. Each service's example request is its own
+    pack's (one example per pack's service, ordering that pack's drug)."""
+    if registry is None:
+        from .registry import default_registry  # late: the registry loads the packs
+
+        registry = default_registry()
+    examples = {pack.policy.id: pack_example(pack) for pack in registry.packs}
+    items = tuple(
+        (s.id, s.hook, examples[pack.policy.id])
+        for s in registry.services
+        if (pack := registry.pack_of(s.id)) is not None
+    )
+    return _document(items)
 
 
 @cache
-def _document(service_items: tuple[tuple[str, str], ...]) -> dict[str, Any]:
-    services = dict(service_items)
+def _document(service_items: tuple[tuple[str, str, PackExample], ...]) -> dict[str, Any]:
+    services = {service_id: hook for service_id, hook, _ in service_items}
+    examples = {service_id: example for service_id, _, example in service_items}
+    policies = ", ".join(dict.fromkeys(f"{e.policy_id} ({e.drug})" for e in examples.values()))
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
             "title": "priorauth-cds",
             "version": __version__,
-            "summary": "CDS Hooks 2.0 / Da Vinci CRD service checking prior-authorization policy CP.PHAR.63",
+            "summary": f"CDS Hooks 2.0 / Da Vinci CRD service checking prior-authorization policies: {policies}",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
         "tags": [
@@ -956,7 +1022,7 @@ def _document(service_items: tuple[tuple[str, str], ...]) -> dict[str, Any]:
             {"name": "dtr", "description": "Da Vinci DTR payer operations: questionnaire packages, value sets."},
             {"name": "smart", "description": "SMART Backend Services: how a DTR app gets its access token."},
         ],
-        "paths": _paths(services),
+        "paths": _paths(services, examples),
         "components": {
             "schemas": _merge(
                 response_schemas(),

@@ -32,6 +32,7 @@ from .egress import fhir_access_for
 from .errors import PrefetchUnavailable, ProtocolError, UnknownService
 from .logs import log_event
 from .policy.engine import Policy, evaluate, unreadable
+from .policy.loader import DEFAULT_PACK, POLICY_FILE
 from .policy.results import UnreadableOrder
 from .prefetch import gather
 from .protocol import FHIR_ID, HookRequest, HookResponse, parse_hook_request, to_json
@@ -120,6 +121,10 @@ class HookHandler:
         self.hooks: dict[str, str] = {s.id: s.hook for s in policy.services} or {
             service_id: service["hook"] for service_id, service in SERVICES.items()
         }
+        #: The card link: the pack's own document_url; ``CDS_POLICY_URL`` overrides it for the packaged default pack
+        #: only (it names one document, and a zentorimab card must never link the everolimus policy).
+        packaged_default = policy.source == f"cds_service/policies/{DEFAULT_PACK}/{POLICY_FILE}"
+        self.policy_url = (config.policy_url if packaged_default else None) or policy.document_url
         self.store = store
         self.session_factory = session_factory
         self.today = today or (lambda: datetime.now(UTC).date())
@@ -274,10 +279,11 @@ class HookHandler:
             insurer=self.config.insurer_name,
             crd_configuration=request.crd_configuration(),
             today=today,
-            policy_url=self.config.policy_url or self.policy.document_url,
+            policy_url=self.policy_url,
             assertion_ids=ids,
             dtr_launch_url=self.config.dtr_launch_url,
             payer_fhir_base=f"{base}/fhir",
+            pa_needed=self.policy.pa_needed,
         )
 
     def _record(

@@ -59,6 +59,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeDecorator
 
 from cds_service.config import ConfigError
+from cds_service.dtr import stored as stored_prefill
 from cds_service.errors import StorageError
 from cds_service.feedback import FeedbackItem
 from cds_service.logs import log_event
@@ -432,16 +433,21 @@ def _prepare_sqlite_file(path: Path) -> None:
 
 def _make_engine(url: URL) -> Engine:
     """An engine per dialect: SQLite with the pragmas above, PostgreSQL with liveness checks."""
+    json_options: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer": orjson.loads}
     if url.get_backend_name() == "postgresql":
-        return create_engine(url, hide_parameters=True, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+        return create_engine(
+            url, hide_parameters=True, pool_pre_ping=True, connect_args={"connect_timeout": 10}, **json_options
+        )
     if _is_memory_sqlite(url):
         engine = create_engine(
-            url, hide_parameters=True, poolclass=StaticPool, connect_args={"check_same_thread": False}
+            url, hide_parameters=True, poolclass=StaticPool, connect_args={"check_same_thread": False}, **json_options
         )
     else:
         path = Path(str(url.database))
         _prepare_sqlite_file(path)
-        engine = create_engine(url, hide_parameters=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_engine(
+            url, hide_parameters=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **json_options
+        )
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "connect", lambda *_: _private_sidecars(path))
         event.listen(engine, "begin", _sqlite_on_begin)
@@ -480,6 +486,17 @@ def _unique_sorted(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         unique.setdefault(_feedback_key(row), row)
     return [unique[key] for key in sorted(unique)]
+
+
+def _prefill_row(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """A ``dtr_prefill`` row with its answers as FHIR JSON again (stored compact: ``cds_service.dtr.stored``)."""
+    return {**{str(k): v for k, v in row.items()}, "answers": stored_prefill.expand(row["answers"])}
+
+
+def _json_text(value: Any) -> str:
+    """JSON columns as compact text (no spaces), serialised by orjson: non-string keys become strings and NaN null,
+    as no stored value has either; anything orjson cannot serialise fails the write, as ``json.dumps`` did."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _assertion_row(assertion: CoverageAssertion) -> dict[str, Any]:
@@ -890,7 +907,7 @@ class Store:
                 "patient_ref": assertion.patient_ref,
                 "coverage_ref": assertion.coverage_ref,
                 "questionnaires": list(assertion.dtr_prefill),
-                "answers": {k: dict(v) for k, v in assertion.dtr_prefill.items()},
+                "answers": stored_prefill.compact(assertion.dtr_prefill),
                 "issuer": assertion.issuer,
             }
             run.execute("insert_dtr_prefill", prefill)
@@ -914,7 +931,7 @@ class Store:
         query = select(dtr_prefill_table).where(dtr_prefill_table.c.assertion_id == assertion_id)
         with self._transaction("dtr prefill read", readonly=True) as connection:
             row = connection.execute(query).first()
-        return dict(row._mapping) if row is not None else None
+        return _prefill_row(row._mapping) if row is not None else None
 
     def latest_dtr_prefill(
         self, order_refs: Sequence[str], patient_ref: str | None, *, issuer: str | None = None, own: bool = False
@@ -935,7 +952,7 @@ class Store:
         query = query.order_by(table.c.created_at.desc()).limit(1)
         with self._transaction("dtr prefill read", readonly=True) as connection:
             row = connection.execute(query).first()
-        return dict(row._mapping) if row is not None else None
+        return _prefill_row(row._mapping) if row is not None else None
 
     def record_package_request(
         self,

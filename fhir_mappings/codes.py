@@ -34,6 +34,9 @@ TAG_KINDS = frozenset({"diagnosis", "ingredient", "medication-group", "receptor"
 #: What a status / response observation says about the therapy (therapy_response.csv ``meaning``).
 RESPONSE_MEANINGS = frozenset({"responding", "progressing", "undetermined"})
 RESPONSE_TABLE = "therapy_response.csv"
+#: Lab tests a pack names (loinc -> tag) and the units their values are compared in (UCUM, with factors).
+LAB_TESTS_TABLE = "lab_tests.csv"
+UNITS_TABLE = "units.csv"
 
 
 class CodeTableError(ValueError):
@@ -162,13 +165,18 @@ class ReceptorTest:
 
 
 def _rows(path: Path, required: Iterable[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    """Rows of one CSV with stripped values; checks the header and that every row has a source."""
-    with path.open(encoding="utf-8", newline="") as handle:
+    """Rows of one CSV with stripped values; checks the header and that every row has a source.
+
+    ``utf-8-sig``: a table saved by Excel starts with a byte-order mark, which must not become part of the first
+    column's name."""
+    with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
         missing = set(required) | {"source"}
         missing -= set(reader.fieldnames or ())
         if missing:
-            raise CodeTableError(f"{path.name}: missing columns {sorted(missing)}")
+            raise CodeTableError(
+                f"{path.name}: missing columns {sorted(missing)} (the header has {list(reader.fieldnames or ())})"
+            )
         for line, raw in enumerate(reader, start=2):
             row = {k: (v or "").strip() for k, v in raw.items() if k is not None}
             if not row.get("source"):
@@ -296,6 +304,12 @@ def _strength(value: str, form: str | None, where: str) -> float | None:
     return float(match.group(1))
 
 
+def _fold_unit(text: str) -> str:
+    """A unit as people type it, for a lenient match: "ng/ml", "µg/L", "mcg/L" find "ng/mL", "ug/L"."""
+    folded = text.strip().replace("µ", "u").replace("μ", "u").replace("mcg", "ug").replace(" ", "")
+    return folded.lower()
+
+
 def normalize_icd10cm(code: str) -> str:
     """Upper case, and the dot after the category that claims files often leave out (C50912 -> C50.912)."""
     code = code.strip().upper()
@@ -351,6 +365,8 @@ class CodeTables:
         self._text_products: dict[str, TextProduct] = {}
         self._text_ingredients: dict[str, frozenset[str]] = {}
         self._condition_rows: dict[tuple[str, str], tuple[ConditionMatch, ...]] = {}
+        #: Start-up warnings: nothing wrong enough to refuse, but a pack author should hear of it (logged).
+        self.warnings: list[str] = []
         self._load_systems()
         self._load_tags()
         self._load_products()
@@ -362,6 +378,7 @@ class CodeTables:
         self._load_specialties()
         self._load_coverage()
         self._load_therapy_response()
+        self._load_labs()
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -379,9 +396,40 @@ class CodeTables:
             raise CodeTableError(f"missing code table {name}")
         return paths
 
+    def _merged_rows(self, name: str, required: Iterable[str]) -> Iterator[tuple[str, dict[str, str]]]:
+        """Rows of a table every folder may hold, shared rows first: a pack's copy adds rows, it replaces none.
+
+        Yields ``(where, row)`` with ``where`` = "<file>:<line>" (the full path when the pack and the shared folder
+        both hold the table, so a conflict names both files)."""
+        paths = list(reversed(self._all_paths(name)))
+        for path in paths:
+            label = str(path) if len(paths) > 1 else path.name
+            for line, row in _rows(path, required):
+                yield f"{label}:{line}", row
+
+    @staticmethod
+    def _claim(owners: dict[object, tuple[object, str]], key: object, meaning: object, where: str) -> bool:
+        """Record what a key means; False for a repeat of the same meaning, a refusal for a different one.
+
+        A pack that extends a shared table may repeat a shared row (harmless) but never give its key another
+        meaning: that would silently change every other pack's decisions."""
+        known = owners.get(key)
+        if known is None:
+            owners[key] = (meaning, where)
+            return True
+        if known[0] != meaning:
+            raise CodeTableError(
+                f"{where}: {key!r} means {meaning!r} here but {known[0]!r} in {known[1]}: a pack's table adds rows "
+                "to the shared one of the same name and may not change one"
+            )
+        return False
+
     def _system(self, name: str, where: str) -> str:
         if name not in self.system_names:
-            raise CodeTableError(f"{where}: unknown system {name!r}")
+            raise CodeTableError(
+                f"{where}: unknown system {name!r} (known: {', '.join(sorted(self.system_names))}; "
+                "a pack adds one in its systems.csv)"
+            )
         return name
 
     def _tags(self, value: str, kinds: Iterable[str], where: str) -> frozenset[str]:
@@ -393,7 +441,10 @@ class CodeTables:
             allowed |= self._vocabulary[kind]
         unknown = tags - allowed
         if unknown:
-            raise CodeTableError(f"{where}: unknown tag(s) {sorted(unknown)}")
+            raise CodeTableError(
+                f"{where}: unknown tag(s) {sorted(unknown)}: declare them in the pack's tags.csv "
+                f"(kind {' or '.join(kinds)})"
+            )
         return tags
 
     def _load_systems(self) -> None:
@@ -412,7 +463,9 @@ class CodeTables:
         for path in self._all_paths("tags.csv"):
             for line, row in _rows(path, ("kind", "tag")):
                 if row["kind"] not in TAG_KINDS:
-                    raise CodeTableError(f"{path}:{line}: unknown kind {row['kind']!r}")
+                    raise CodeTableError(
+                        f"{path}:{line}: unknown kind {row['kind']!r} (one of {', '.join(sorted(TAG_KINDS))})"
+                    )
                 if not re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", row["tag"]):
                     raise CodeTableError(f"{path}:{line}: malformed tag {row['tag']!r}")
                 self._vocabulary[row["kind"]].add(row["tag"])
@@ -507,6 +560,11 @@ class CodeTables:
                 raise CodeTableError(f"{where}: rxcui {row['rxcui']} already maps to another tag")
             if not row["name"]:
                 raise CodeTableError(f"{where}: no name")
+            if not row["rxcui"] and tag not in self.medication_group_tags:
+                self.warnings.append(
+                    f"ingredients.csv:{line}: {tag} has no RxNorm code: orders are recognised by its name only, "
+                    "and DTR answer lists (value sets of ingredient codes) leave it out"
+                )
             names[row["name"].lower()] = tag
         self._ingredient_display: dict[str, str] = {}
         for text, tag in names.items():  # the ingredient's own name, before any synonym is added
@@ -545,12 +603,16 @@ class CodeTables:
             )
         self.route_codes: dict[tuple[str, str], str] = {}
         route_words: dict[str, str] = {}
-        for line, row in _rows(self._path("routes.csv"), ("system", "code", "route")):
-            where = f"routes.csv:{line}"
-            if row["system"] == "text":
-                route_words[row["code"].lower()] = row["route"]
+        owners: dict[object, tuple[object, str]] = {}
+        for where, row in self._merged_rows("routes.csv", ("system", "code", "route")):
+            system = "text" if row["system"] == "text" else self._system(row["system"], where)
+            code = row["code"].lower() if system == "text" else row["code"]
+            if not self._claim(owners, (system, code), row["route"], where):
+                continue
+            if system == "text":
+                route_words[code] = row["route"]
             else:
-                self.route_codes[(self._system(row["system"], where), row["code"])] = row["route"]
+                self.route_codes[(system, code)] = row["route"]
         self._route_words = route_words
         self._route_pattern = _words_pattern(route_words)
         self.ingredient_forms: dict[str, list[IngredientForm]] = {}
@@ -738,50 +800,63 @@ class CodeTables:
 
     def _load_receptors(self) -> None:
         self.receptor_status: dict[tuple[str, str], frozenset[str]] = {}
-        for line, row in _rows(self._path("receptor_status.csv"), ("system", "code", "tags")):
-            where = f"receptor_status.csv:{line}"
+        owners: dict[object, tuple[object, str]] = {}
+        for where, row in self._merged_rows("receptor_status.csv", ("system", "code", "tags")):
             system = self._system(row["system"], where)
             code = normalize_icd10cm(row["code"]) if system == "icd-10-cm" else row["code"]
-            self.receptor_status[(system, code)] = self._tags(row["tags"], ("receptor",), where)
+            tags = self._tags(row["tags"], ("receptor",), where)
+            if self._claim(owners, ("receptor_status", system, code), sorted(tags), where):
+                self.receptor_status[(system, code)] = tags
         self.receptor_tests: dict[str, ReceptorTest] = {}
-        for line, row in _rows(self._path("receptor_tests.csv"), ("loinc", "receptor", "kind", "positive_at_least")):
-            where = f"receptor_tests.csv:{line}"
+        for where, row in self._merged_rows("receptor_tests.csv", ("loinc", "receptor", "kind", "positive_at_least")):
             if row["receptor"] not in RECEPTORS or row["kind"] not in TEST_KINDS:
-                raise CodeTableError(f"{where}: unknown receptor or kind")
+                raise CodeTableError(
+                    f"{where}: unknown receptor or kind (receptor: {', '.join(sorted(RECEPTORS))}; "
+                    f"kind: {', '.join(sorted(TEST_KINDS))})"
+                )
             threshold = _float(row["positive_at_least"], where)
             if (row["kind"] == "percent") != (threshold is not None):
                 raise CodeTableError(f"{where}: percent tests (and only they) need positive_at_least")
-            self.receptor_tests[row["loinc"]] = ReceptorTest(row["loinc"], row["receptor"], row["kind"], threshold)
+            test = ReceptorTest(row["loinc"], row["receptor"], row["kind"], threshold)
+            if self._claim(owners, ("receptor_tests", row["loinc"]), test, where):
+                self.receptor_tests[row["loinc"]] = test
         self.receptor_values: dict[tuple[str, str], str] = {}
         texts: dict[str, str] = {}
-        for line, row in _rows(self._path("receptor_values.csv"), ("system", "code", "result")):
-            where = f"receptor_values.csv:{line}"
+        for where, row in self._merged_rows("receptor_values.csv", ("system", "code", "result")):
             system = self._system(row["system"], where)
             if row["result"] not in RESULTS:
                 raise CodeTableError(f"{where}: result must be one of {sorted(RESULTS)}")
+            key = row["code"].lower() if system == "text" else row["code"]
+            if not self._claim(owners, ("receptor_values", system, key), row["result"], where):
+                continue
             if system == "text":
-                texts[row["code"].lower()] = row["result"]
+                texts[key] = row["result"]
             else:
-                self.receptor_values[(system, row["code"])] = row["result"]
+                self.receptor_values[(system, key)] = row["result"]
         self._result_texts = texts
         self._result_pattern = _words_pattern(texts)
 
     def _load_specialties(self) -> None:
         self.specialties: dict[tuple[str, str], frozenset[str]] = {}
-        for line, row in _rows(self._path("specialties.csv"), ("system", "code", "tags")):
-            where = f"specialties.csv:{line}"
+        owners: dict[object, tuple[object, str]] = {}
+        for where, row in self._merged_rows("specialties.csv", ("system", "code", "tags")):
             key = (self._system(row["system"], where), row["code"].upper())
-            self.specialties[key] = self._tags(row["tags"], ("specialty",), where)
+            tags = self._tags(row["tags"], ("specialty",), where)
+            if self._claim(owners, key, sorted(tags), where):
+                self.specialties[key] = tags
 
     def _load_coverage(self) -> None:
         self.coverage_prefixes: dict[tuple[str, str], LineOfBusiness] = {}
-        for line, row in _rows(self._path("coverage.csv"), ("system", "prefix", "line_of_business")):
-            where = f"coverage.csv:{line}"
+        owners: dict[object, tuple[object, str]] = {}
+        for where, row in self._merged_rows("coverage.csv", ("system", "prefix", "line_of_business")):
             try:
                 lob = LineOfBusiness(row["line_of_business"])
             except ValueError as exc:
-                raise CodeTableError(f"{where}: unknown line of business") from exc
-            self.coverage_prefixes[(self._system(row["system"], where), row["prefix"])] = lob
+                known = ", ".join(v.value for v in LineOfBusiness)
+                raise CodeTableError(f"{where}: unknown line of business (one of {known})") from exc
+            key = (self._system(row["system"], where), row["prefix"])
+            if self._claim(owners, key, lob.value, where):
+                self.coverage_prefixes[key] = lob
 
     def _load_therapy_response(self) -> None:
         """Disease-status / response observations and their values; a pack's own table adds rows to the shared one."""
@@ -805,7 +880,56 @@ class CodeTables:
                     raise CodeTableError(f"{where}: role must be observation or value")
         self.response_observations = frozenset(observations)
 
+    def _load_labs(self) -> None:
+        """Lab tests a pack's criteria name (lab_tests.csv, optional, rows add up) and the unit factors (units.csv)."""
+        self.lab_tests: dict[tuple[str, str], str] = {}
+        self.lab_test_display: dict[str, str] = {}
+        owners: dict[object, tuple[object, str]] = {}
+        present = [d for d in self.directories if (d / LAB_TESTS_TABLE).is_file()]
+        for where, row in self._merged_rows(LAB_TESTS_TABLE, ("loinc", "tag", "display")) if present else ():
+            if not re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", row["tag"]) or not row["loinc"]:
+                raise CodeTableError(f"{where}: malformed lab test tag {row['tag']!r} or empty loinc")
+            if self._claim(owners, ("loinc", row["loinc"]), row["tag"], where):
+                self.lab_tests[("loinc", row["loinc"])] = row["tag"]
+                self.lab_test_display.setdefault(row["tag"], row["display"] or row["tag"])
+        #: Lab test tags the policy may name (``lab_value`` / ``lab_trend`` ``tests``).
+        self.lab_test_tags = frozenset(self.lab_tests.values())
+        self.units: dict[str, tuple[str, float]] = {}
+        for where, row in self._merged_rows(UNITS_TABLE, ("unit", "dimension", "factor")):
+            factor = _float(row["factor"], where)
+            if not row["unit"] or not row["dimension"] or factor is None or factor <= 0:
+                raise CodeTableError(f"{where}: a unit row needs a unit, a dimension and a positive factor")
+            if self._claim(owners, ("unit", row["unit"]), (row["dimension"], factor), where):
+                self.units[row["unit"]] = (row["dimension"], factor)
+        folded: dict[str, set[str]] = {}
+        for unit in self.units:
+            folded.setdefault(_fold_unit(unit), set()).add(unit)
+        #: Lenient spellings, only where they name one unit of the table (never guess between two).
+        self._units_folded = {key: next(iter(units)) for key, units in folded.items() if len(units) == 1}
+
     # -- lookups ---------------------------------------------------------------------------
+
+    def lab_test_tag(self, system: str | None, code: str | None) -> str | None:
+        """The lab test tag of an Observation coding (lab_tests.csv), None when no table names it."""
+        if system is None or code is None:
+            return None
+        return self.lab_tests.get((system, code.strip()))
+
+    def unit(self, text: str | None) -> str | None:
+        """A unit as units.csv writes it (UCUM code), from the code or the human unit an Observation carries."""
+        if not text:
+            return None
+        if text in self.units:
+            return text
+        return self._units_folded.get(_fold_unit(text))
+
+    def convert(self, value: float, unit: str | None, to_unit: str) -> float | None:
+        """``value`` in ``unit`` expressed in ``to_unit``; None when either is unknown or their dimensions differ."""
+        source = self.units.get(self.unit(unit) or "")
+        target = self.units.get(to_unit)
+        if source is None or target is None or source[0] != target[0]:
+            return None
+        return float(f"{value * source[1] / target[1]:.12g}")  # 0.1 ng/mL is 0.1 ug/L, not 0.09999999999
 
     def is_response_observation(self, system: str | None, code: str | None) -> bool:
         """Whether an Observation code is a disease-status / response-to-therapy assessment (therapy_response.csv)."""

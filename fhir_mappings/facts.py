@@ -33,6 +33,7 @@ from .allergies import read_allergies
 from .codes import CodeTables, IngredientForm
 from .diagnoses import ConditionReading, find_conflicts, read_condition, read_qualifiers
 from .dose import administrations_per_day, daily_dose
+from .labs import read_lab_results
 from .model import Conflict, DraftDose, Facts, Finding, LineOfBusiness, Product, QualifierFinding
 from .normalize import (
     MedicationConcept,
@@ -312,6 +313,7 @@ def build_facts(
         scheduled_procedures=procedures.scheduled,
         allergies=allergies.tags,
         allergy_kinds=allergies.kinds,
+        lab_results=read_lab_results(record.observations, tables, evaluation_date),
     )
 
 

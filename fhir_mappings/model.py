@@ -126,6 +126,23 @@ class QualifierFinding:
 
 
 @dataclass(frozen=True)
+class LabResult:
+    """One final lab value of a test a pack names (lab_tests.csv), as the Observation states it."""
+
+    ref: str  # "Observation/<id>"
+    on: date  # the effective date (else issued)
+    value: float
+    unit: str | None  # the units.csv unit (UCUM code) when the tables know it, else what the Observation says
+    #: "<", "<=", ">" or ">=" when the laboratory reports a bound ("< 0.1 ng/mL"), None for a plain value.
+    comparator: str | None = None
+
+    def words(self) -> str:
+        """ "0.3 ng/mL on 2026-05-01"."""
+        bound = f"{self.comparator} " if self.comparator else ""
+        return f"{bound}{self.value:g} {self.unit or '(no unit)'} on {self.on.isoformat()}"
+
+
+@dataclass(frozen=True)
 class Facts:
     """Everything the policy may ask about one draft order of the requested drug.
 
@@ -209,6 +226,8 @@ class Facts:
     diagnosis_conflicts: Mapping[str, tuple[Conflict, ...]] = field(default_factory=dict)
     #: Qualifier phrases read from Conditions' notes and code text (qualifier_phrases.csv), negation-aware.
     qualifiers: tuple[QualifierFinding, ...] = ()
+    #: Lab test tag (lab_tests.csv) -> its final values dated on or before evaluation_date, oldest first.
+    lab_results: Mapping[str, tuple[LabResult, ...]] = field(default_factory=dict)
     #: Clinician answers (DTR QuestionnaireResponse items, manual or override) by questionnaire linkId: each
     #: decides the test it answers unless coded chart data contradicts it (see cds_service.policy.questions).
     answers: Mapping[str, Answer] = field(default_factory=dict)

@@ -19,6 +19,9 @@ does not validate it again, so the typed record is the same as without interning
 ever read, never mutated. The concept cache is bounded and holds CodeableConcepts only (codes, displays,
 concept text), never references, identifiers or dates; references (patient and practitioner ids) are
 interned for one call only.
+
+fhir_core's two per-instance Python validators run through ``fast_validation`` (installed on import): the
+same checks and errors, with what they read from each model class worked out once per class.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.reference import Reference
 from pydantic import BaseModel, ValidationError
 
+from . import fast_validation
 from .allergies import class_tags_in_text
 from .codes import CodeTables
 from .diagnoses import HISTOLOGY_EXTENSION
@@ -66,6 +70,8 @@ from .normalize import (
     wrap_path,
 )
 from .read import reference_of
+
+fast_validation.install()
 
 MODELS: dict[str, type[BaseModel]] = {
     "Patient": Patient,
@@ -479,9 +485,11 @@ class _Builder:
         )
 
     def _observation_code_read(self, system: str | None, code: str | None) -> bool:
-        """A receptor test (receptor_tests.csv) or a response-to-therapy assessment (therapy_response.csv)."""
+        """A receptor test (receptor_tests.csv), a response-to-therapy assessment (therapy_response.csv) or a lab
+        test the pack names (lab_tests.csv)."""
         is_receptor_test = system == "loinc" and code in self.tables.receptor_tests
-        return is_receptor_test or self.tables.is_response_observation(system, code)
+        is_lab_test = self.tables.lab_test_tag(system, code) is not None
+        return is_receptor_test or is_lab_test or self.tables.is_response_observation(system, code)
 
     def _allergy_relevant(self, resource: dict[str, Any]) -> bool:
         """To the drug (a generic exception) or to any ingredient a suggestion could name (never suggested then)."""

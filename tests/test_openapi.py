@@ -228,7 +228,7 @@ def test_documented_example_gets_an_evaluation(client: FlaskClient, service_id: 
     assert response.status_code == 200
     assert_documented("POST", f"/cds-services/{service_id}", response)
     evaluation = response.get_json()["cards"][0]["extension"]["priorauth-cds.evaluation"]
-    assert evaluation["order"] == "MedicationRequest/everolimus-order" and evaluation["lineOfBusiness"] == "medicaid"
+    assert evaluation["order"] == "MedicationRequest/example-order" and evaluation["lineOfBusiness"] == "medicaid"
 
 
 def test_feedback_responses_conform(client: FlaskClient) -> None:

@@ -23,9 +23,8 @@ from ..policy.predicates import Outcome, her2_positive, hormone_receptor_positiv
 from ..policy.questions import NEGATIVE, POSITIVE, RECEIVED, Leaf, Question
 from ..policy.results import Status
 from .questionnaire import coding, leaves_of, value_set_rows
+from .stored import answer as _answer
 
-INFORMATION_ORIGIN = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/information-origin"
-ANSWER_EVIDENCE = "https://priorauth-cds.org/fhir/StructureDefinition/answer-evidence"
 DTR_QR_PROFILE = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/dtr-questionnaireresponse"
 QR_COVERAGE = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/qr-coverage"
 QR_CONTEXT = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/qr-context"
@@ -34,14 +33,6 @@ CRD_TEMP = "http://hl7.org/fhir/us/davinci-crd/CodeSystem/temp"
 
 #: linkId -> answers (FHIR QuestionnaireResponse.item.answer JSON), per pathway id.
 Prefill = dict[str, list[dict[str, Any]]]
-
-
-def _answer(value: Mapping[str, Any], evidence: Iterable[str]) -> dict[str, Any]:
-    extensions: list[dict[str, Any]] = [
-        {"url": INFORMATION_ORIGIN, "extension": [{"url": "source", "valueCode": "auto-server"}]}
-    ]
-    extensions += [{"url": ANSWER_EVIDENCE, "valueReference": {"reference": ref}} for ref in dict.fromkeys(evidence)]
-    return {"extension": extensions, **value}
 
 
 def _decided(outcome: Outcome) -> bool:

@@ -153,6 +153,9 @@ class DrugInfo:
     max_gap_days: int | None = None
 
 
+#: Da Vinci CRD coverage-information ``pa-needed`` codes (CodeSystem temp, CRD 2.x): what a pack may declare.
+PA_NEEDED = ("auth-needed", "no-auth", "satisfied", "performpa", "conditional")
+
 #: The hooks a pack answers, one service each (policy file ``services``).
 HOOKS = ("order-sign", "order-select")
 
@@ -221,6 +224,9 @@ class Policy:
     services: tuple[ServiceInfo, ...] = ()
     #: Where a reader finds the policy document (card link), and the payer's page for this policy.
     document_url: str | None = None
+    #: The Da Vinci CRD ``pa-needed`` code of every evaluated order (file ``policy.pa_needed``; a PA drug policy:
+    #: auth-needed).
+    pa_needed: str = "auth-needed"
     #: Safe suggestions (file ``regimen_markers``): diagnosis tag -> ingredients whose order shows that regimen.
     regimen_markers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: Safe suggestions (file ``duplicate_therapy_groups``): medication groups whose members are not given together.
@@ -280,7 +286,7 @@ def _mapping(raw: Any, where: str, allowed: Collection[str], required: Collectio
         raise PolicyError(f"{where}: expected a mapping")
     unknown = sorted(str(k) for k in raw if k not in allowed)
     if unknown:
-        raise PolicyError(f"{where}: unknown key(s) {unknown}")
+        raise PolicyError(f"{where}: unknown key(s) {unknown} (accepted: {', '.join(sorted(allowed))})")
     missing = [k for k in required if k not in raw]
     if missing:
         raise PolicyError(f"{where}: missing {missing}")
@@ -303,7 +309,8 @@ def _line(raw: Any, where: str) -> LineOfBusiness:
     try:
         return LineOfBusiness(raw)
     except ValueError as exc:
-        raise PolicyError(f"{where}: unknown line of business {raw!r}") from exc
+        known = ", ".join(v.value for v in LineOfBusiness)
+        raise PolicyError(f"{where}: unknown line of business {raw!r} (one of {known})") from exc
 
 
 def _segment_ok(segment: str, level: str) -> bool:
@@ -627,9 +634,12 @@ def _parse(raw_document: Any, vocabulary: Vocabulary, source: str) -> Policy:
     header = _mapping(
         raw["policy"],
         "policy",
-        ("id", "version", "title", "lines_of_business", "document_url"),
+        ("id", "version", "title", "lines_of_business", "document_url", "pa_needed"),
         ("id", "version", "title", "lines_of_business"),
     )
+    pa_needed = header.get("pa_needed", "auth-needed")
+    if pa_needed not in PA_NEEDED:
+        raise PolicyError(f"policy.pa_needed must be one of {', '.join(PA_NEEDED)} (Da Vinci CRD), got {pa_needed!r}")
     if not isinstance(header["version"], str):
         raise PolicyError('policy.version must be quoted text such as "02.25" (YAML reads 02.25 as a number)')
     lines_raw = header["lines_of_business"]
@@ -669,6 +679,7 @@ def _parse(raw_document: Any, vocabulary: Vocabulary, source: str) -> Policy:
         regimen_markers=_regimen_markers(raw.get("regimen_markers"), env),
         duplicate_therapy_groups=_duplicate_groups(raw.get("duplicate_therapy_groups"), env),
         document_url=_text(header["document_url"], "policy", "document_url") if "document_url" in header else None,
+        pa_needed=pa_needed,
     )
 
 

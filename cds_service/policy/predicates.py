@@ -678,6 +678,19 @@ def _generic_if_available(p: Params, env: CompileEnv) -> Predicate:
     return fn
 
 
+def _check_rxcui(env: CompileEnv, rxcui: str | None, where: str) -> None:
+    """Refuse an order a suggestion would place with an RxNorm code no table defines: it would be ordered as given
+    (a typo such as 999999 becomes a real order line) and no check could know what it is."""
+    tables = [getattr(env.vocabulary, name, None) for name in ("products", "drug_products", "ingredient_by_rxcui")]
+    if not all(isinstance(t, Mapping) for t in tables) or rxcui is None:
+        return  # a bare vocabulary (unit tests) has no product tables to check against
+    if not any(rxcui in t for t in tables if isinstance(t, Mapping)):
+        raise PolicyError(
+            f"{where}: rxcui {rxcui!r} is in no code table: add it to the pack's drug_products.csv (companions), "
+            "ingredients.csv or products.csv (the drug), with its source"
+        )
+
+
 def _companion_fix(
     raw: Mapping[str, Any] | None, where: str, env: CompileEnv, listed: Sequence[str] = ()
 ) -> tuple[Fix, ...]:
@@ -697,6 +710,7 @@ def _companion_fix(
     if per_day != int(per_day) or per_day < 1:
         raise PolicyError(f"{where}: companion frequency_per_day must be a whole number >= 1")
     check_tags(before, "diagnosis", env, where)
+    _check_rxcui(env, rxcui, f"{where}: companion")
     resolve = getattr(env.vocabulary, "ingredient_tags_for_code", None)
     groups = getattr(env.vocabulary, "with_groups", None)
     found = frozenset(resolve(rxcui)) if callable(resolve) else frozenset()
@@ -1198,6 +1212,9 @@ LEAVES: dict[str, Callable[[Params, CompileEnv], Predicate]] = {
     "diagnosis_within_days": _diagnosis_within_days,
     "procedure_in": _procedure_in,
 }
+from .labs import LAB_LEAVES  # labs builds on the helpers above
+
+LEAVES.update(LAB_LEAVES)
 COMBINATORS = ("all_of", "any_of", "not", "conditional", "sub_items")
 PREDICATE_NAMES = frozenset(LEAVES) | frozenset(COMBINATORS)
 

@@ -471,6 +471,29 @@ def _documented(link_id: str, p: Mapping[str, Any]) -> tuple[tuple[Question, ...
 _STEP = re.compile(r"\.(?:all_of|any_of)\[(\d+)\]|\.(if|then|not)\b")
 
 
+def _lab_bound(raw: Any) -> str:
+    """ "above 0.1 ng/mL" from a bound mapping (empty when it has none)."""
+    if not isinstance(raw, Mapping):
+        return ""
+    ops = [(op, raw[op]) for op in ("above", "at_least", "below", "at_most") if op in raw]
+    return f"{ops[0][0].replace('_', ' ')} {ops[0][1]} {raw.get('unit', '')}".strip() if ops else ""
+
+
+def _lab_text(name: str, p: Mapping[str, Any], env: CompileEnv) -> str:
+    """The yes/no question of a lab test, in the criterion's own numbers ("Latest PSA within 365 days above 0.1
+    ng/mL?")."""
+    shown = getattr(env.vocabulary, "lab_test_display", {})
+    tests = " or ".join(str(shown.get(t, t)) if isinstance(shown, Mapping) else str(t) for t in p.get("tests") or ())
+    window = f" within the last {p['within_days']} days" if p.get("within_days") else ""
+    if name == "lab_trend":
+        bound = _lab_bound(p)
+        each = f", each {bound}" if bound else ""
+        return f"Has {tests} risen over the latest {p.get('rising')} results{window}{each}?"
+    if p.get("latest") is not None:
+        return f"Is the latest {tests} result{window} {_lab_bound(p.get('latest'))}?"
+    return f"Are at least {p.get('at_least')} {tests} results{window} {_lab_bound(p.get('each'))}?"
+
+
 def link_id_of(where: str) -> str:
     """A leaf's questionnaire linkId from its place in the policy file: the criterion id, then one step per
     combinator ("I.A.2.all_of[1]" -> "I.A.2/2", "I.C.6.then" -> "I.C.6/then")."""
@@ -528,6 +551,8 @@ def leaf(name: str, params: Any, where: str, env: CompileEnv, fn: Predicate) -> 
         asks = _documented(where, p)
     elif name == "procedure_in":
         asks = _procedure(where, p)
+    elif name in ("lab_value", "lab_trend"):
+        asks = _boolean(where, _lab_text(name, p, env))
     elif name == "dose_within":
         asks = _from_order(where)
     else:  # product_in, preferred_alternative, payer_review, diagnosis_within_days: not a question for the chart

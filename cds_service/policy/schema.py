@@ -28,6 +28,9 @@ class Header(_Strict):
     title: str = Field(min_length=1)
     lines_of_business: list[LineOfBusinessName] = Field(min_length=1)
     document_url: str | None = Field(default=None, description="Link to the policy document shown on cards")
+    pa_needed: Literal["auth-needed", "no-auth", "satisfied", "performpa", "conditional"] | None = Field(
+        default=None, description="Da Vinci CRD pa-needed of every evaluated order (default auth-needed)"
+    )
 
 
 class Drug(_Strict):
@@ -159,11 +162,227 @@ class PolicyFile(_Strict):
     pathways: list[Pathway] = Field(min_length=1)
 
 
+# ----------------------------------------------------------------------------- the predicate vocabulary
+
+_TAGS: dict[str, Any] = {
+    "anyOf": [{"type": "string", "minLength": 1}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]
+}
+_NUMBER: dict[str, Any] = {"type": "number", "minimum": 0}
+_TEXT: dict[str, Any] = {"type": "string", "minLength": 1}
+_ABSENT: dict[str, Any] = {"enum": ["unknown", "not-met"], "description": "What no record means (default unknown)"}
+_COMPANION: dict[str, Any] = {
+    "type": "object",
+    "description": "The one-click companion order (add-companion fix); rxcui must be in a code table",
+    "properties": {
+        "rxcui": _TEXT,
+        "display": _TEXT,
+        "sig": _TEXT,
+        "dose_mg": _NUMBER,
+        "frequency_per_day": {"type": "integer", "minimum": 1},
+        "given_before": _TAGS,
+    },
+    "required": ["rxcui", "display", "sig", "frequency_per_day"],
+    "additionalProperties": False,
+}
+_BOUNDS = ("above", "at_least", "below", "at_most")
+_BOUND: dict[str, Any] = {
+    "type": "object",
+    "description": "Exactly one of above / at_least / below / at_most, in unit (a units.csv unit, e.g. ng/mL)",
+    "properties": {**{b: {"type": "number"} for b in _BOUNDS}, "unit": _TEXT},
+    "required": ["unit"],
+    "minProperties": 2,
+    "maxProperties": 2,
+    "additionalProperties": False,
+}
+_GROUP: dict[str, Any] = {
+    "anyOf": [
+        _TAGS,
+        {
+            "type": "object",
+            "properties": {"tags": _TAGS, "companion": _COMPANION},
+            "required": ["tags"],
+            "additionalProperties": False,
+        },
+    ]
+}
+
+#: Every leaf predicate: (what it tests, its parameters, the required ones). docs/policy-format.md says more; a test
+#: checks that this covers exactly ``predicates.LEAVES``.
+PREDICATES: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
+    "product_in": ("The ordered product's family is listed", {"families": _TAGS}, ("families",)),
+    "diagnosis_in": (
+        "A listed diagnosis tag is on record",
+        {"tags": _TAGS, "absent": _ABSENT, "ruled_out_by": _TAGS},
+        ("tags",),
+    ),
+    "indication_of": (
+        "The member has a diagnosis that makes one of these pathways apply",
+        {"pathways": _TAGS},
+        ("pathways",),
+    ),
+    "disease_extent": ("An extent tag (metastatic, secondary malignancy ...) is a diagnosis", {"tags": _TAGS}, ()),
+    "receptor_status": (
+        "Receptor results as required",
+        {"hormone_receptor": {"enum": ["positive", "negative"]}, "her2": {"enum": ["positive", "negative"]}},
+        (),
+    ),
+    "prescriber_specialty_in": ("The requester has a listed specialty", {"specialties": _TAGS}, ("specialties",)),
+    "age_at_least": ("Age on the order date is at least years", {"years": _NUMBER}, ("years",)),
+    "generic_if_available": ("A generic is ordered, or the brand has no marketed generic", {}, ()),
+    "combined_with_any": (
+        "A listed drug is co-ordered or active",
+        {"tags": _TAGS, "companion": _COMPANION},
+        ("tags",),
+    ),
+    "combined_with_all": (
+        "Every group is co-ordered or active",
+        {"groups": {"type": "array", "items": _GROUP, "minItems": 1}},
+        ("groups",),
+    ),
+    "combined_with_none": ("No listed drug is co-ordered or active", {"tags": _TAGS}, ("tags",)),
+    "history_of_any": ("A listed drug was started before the order date", {"tags": _TAGS}, ("tags",)),
+    "history_of_all": ("Every listed drug was started before the order date", {"tags": _TAGS}, ("tags",)),
+    "continued_therapy_days": ("The current course covers at least days", {"days": _NUMBER}, ("days",)),
+    "responding_to_therapy": ("The latest response assessment since the course began is favourable", {}, ()),
+    "dose_within": (
+        (
+            "The member's daily amount is within the limit: exactly one of max_mg_per_day, max_units_per_day "
+            "(tablets, capsules or mL of the family's dose form) or max_tablets_per_day (its older name); a unit "
+            "limit needs a family, an mg limit may name one"
+        ),
+        {"max_mg_per_day": _NUMBER, "max_units_per_day": _NUMBER, "max_tablets_per_day": _NUMBER, "family": _TEXT},
+        (),
+    ),
+    "preferred_alternative": (
+        (
+            "For the from family's orders, use the alternative: not-met with a one-click switch at the mapped daily "
+            "dose and the companion change; met on other families"
+        ),
+        {
+            "from": {
+                "type": "object",
+                "properties": {"family": _TEXT},
+                "required": ["family"],
+                "additionalProperties": False,
+            },
+            "to": {
+                "type": "object",
+                "description": "The alternative product (products.csv rxcui of another family)",
+                "properties": {
+                    "rxcui": _TEXT,
+                    "dose_mapping": {
+                        "type": "object",
+                        "properties": {"factor": {"type": "number", "exclusiveMinimum": 0}},
+                        "required": ["factor"],
+                        "additionalProperties": False,
+                    },
+                    "companion_change": {
+                        "type": "object",
+                        "properties": {"remove": _TAGS, "add": _COMPANION},
+                        "additionalProperties": False,
+                    },
+                },
+                "required": ["rxcui", "dose_mapping"],
+                "additionalProperties": False,
+            },
+        },
+        ("from", "to"),
+    ),
+    "dose_increase": ("The new daily dose is above the previous one", {}, ()),
+    "not_dose_increase": ("The new daily dose is at most the previous one", {}, ()),
+    "documented": ("Only chart notes can show it: always unknown", {"what": _TEXT}, ("what",)),
+    "qualifier_documented": (
+        "A qualifier phrase (qualifier_phrases.csv) in a Condition's note or code text",
+        {"qualifier": _TEXT, "what": _TEXT, "about": _TAGS},
+        ("qualifier", "what"),
+    ),
+    "payer_review": ("Only the payer can settle it: unknown, flagged for payer review", {"what": _TEXT}, ("what",)),
+    "diagnosis_within_days": (
+        "A listed diagnosis started fewer than days before the order",
+        {"tags": _TAGS, "days": _NUMBER},
+        ("tags", "days"),
+    ),
+    "procedure_in": (
+        "A Procedure showing a listed tag was received (or, with scheduled, is scheduled)",
+        {"tags": _TAGS, "scheduled": {"type": "boolean"}, "absent": _ABSENT},
+        ("tags",),
+    ),
+    "lab_value": (
+        "The latest value of a lab test (lab_tests.csv) meets the bound, or at least N values each do",
+        {
+            "tests": _TAGS,
+            "latest": _BOUND,
+            "at_least": {"type": "integer", "minimum": 1},
+            "each": _BOUND,
+            "within_days": {"type": "integer", "minimum": 1},
+        },
+        ("tests",),
+    ),
+    "lab_trend": (
+        "The latest `rising` values of a lab test each exceed the one before (and the optional bound)",
+        {
+            "tests": _TAGS,
+            "rising": {"type": "integer", "minimum": 1},
+            **{b: {"type": "number"} for b in _BOUNDS},
+            "unit": _TEXT,
+            "within_days": {"type": "integer", "minimum": 1},
+        },
+        ("tests", "rising", "unit"),
+    ),
+}
+COMBINATOR_SCHEMAS: dict[str, tuple[str, dict[str, Any]]] = {
+    "all_of": ("Kleene and", {"type": "array", "items": {"$ref": "#/$defs/Predicate"}, "minItems": 1}),
+    "any_of": ("Kleene or", {"type": "array", "items": {"$ref": "#/$defs/Predicate"}, "minItems": 1}),
+    "not": ("Kleene not", {"$ref": "#/$defs/Predicate"}),
+    "conditional": (
+        "if P then Q (met when P is not met)",
+        {
+            "type": "object",
+            "properties": {"if": {"$ref": "#/$defs/Predicate"}, "then": {"$ref": "#/$defs/Predicate"}},
+            "required": ["if", "then"],
+            "additionalProperties": False,
+        },
+    ),
+    "sub_items": ("How the criterion's sub-items combine", {"enum": ["any", "all"]}),
+}
+
+
+def predicate_schema() -> dict[str, Any]:
+    """JSON Schema of one predicate: a bare name (when it needs no parameters) or ``{name: parameters}``, so an
+    editor flags a misspelt predicate or parameter while the pack is written."""
+    forms: list[dict[str, Any]] = []
+    bare = sorted(name for name, (_, _, required) in PREDICATES.items() if not required)
+    forms.append({"enum": bare, "description": "A predicate without parameters"})
+    entries = {
+        name: (
+            doc,
+            {"type": ["object", "null"], "properties": props, "required": list(req), "additionalProperties": False},
+        )
+        for name, (doc, props, req) in PREDICATES.items()
+    }
+    entries.update(COMBINATOR_SCHEMAS)
+    for name, (doc, params) in entries.items():
+        forms.append(
+            {
+                "type": "object",
+                "description": f"{name}: {doc}",
+                "properties": {name: params},
+                "required": [name],
+                "additionalProperties": False,
+            }
+        )
+    return {"description": "A predicate (docs/policy-format.md, 'Predicate vocabulary')", "anyOf": forms}
+
+
 def json_schema() -> dict[str, Any]:
-    """The published JSON Schema of a policy file (docs/policy-pack.schema.json)."""
+    """The published JSON Schema of a policy file (docs/policy-pack.schema.json), with every predicate spelt out."""
     schema = PolicyFile.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "priorauth-cds policy file"
+    defs = schema.setdefault("$defs", {})
+    defs["Predicate"] = predicate_schema()
+    defs["Criterion"]["properties"]["predicate"] = {"$ref": "#/$defs/Predicate"}
+    defs["LabelNote"]["properties"]["when"] = {"$ref": "#/$defs/Predicate"}
     return schema
 
 
@@ -188,6 +407,29 @@ def line_of(text: str, location: tuple[int | str, ...]) -> int | None:
     return line
 
 
+def _accepted_keys(location: tuple[int | str, ...]) -> list[str]:
+    """The keys a mapping at ``location`` accepts, read from the published schema (for "unknown key" messages)."""
+    schema = json_schema()
+    defs = schema.get("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        while isinstance(node, dict):
+            if "$ref" in node:
+                node = defs.get(node["$ref"].rsplit("/", 1)[-1], {})
+            elif "anyOf" in node:  # X | None: the branch that is a mapping or a list
+                node = next((b for b in node["anyOf"] if "$ref" in b or "properties" in b or "items" in b), {})
+            else:
+                return node
+        return node
+
+    node = resolve(schema)
+    for part in location:
+        node = resolve(node.get("items") if isinstance(part, int) else node.get("properties", {}).get(part))
+        if not isinstance(node, dict):
+            return []
+    return sorted(node.get("properties", {}))
+
+
 def check_shape(raw: Any, text: str, source: str) -> str | None:
     """None when ``raw`` has the shape of a policy file; else "file:line: what is wrong" for the first problem."""
     try:
@@ -200,7 +442,9 @@ def check_shape(raw: Any, text: str, source: str) -> str | None:
         line = line_of(text, walkable)
         where = ".".join(str(p) for p in walkable) or "file"
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        return f"{source}:{line or '?'}: {where}: {error['msg']}{more}"
+        accepted = _accepted_keys(walkable[:-1]) if error["type"] == "extra_forbidden" else []
+        hint = f" (accepted: {', '.join(accepted)})" if accepted else ""
+        return f"{source}:{line or '?'}: {where}: {error['msg']}{hint}{more}"
     return None
 
 
