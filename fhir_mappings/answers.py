@@ -195,6 +195,8 @@ def _value(answer: Any, tables: CodeTables) -> AnswerValue | None:
         return AnswerValue(
             number=float(answer.valueDecimal if answer.valueDecimal is not None else answer.valueInteger)
         )
+    if answer.valueString is not None and answer.valueString.strip():
+        return AnswerValue(text=card_text(answer.valueString) or None)
     if answer.valueCoding is not None:
         coding = answer.valueCoding
         system = tables.system_name(coding.system)

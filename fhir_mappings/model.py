@@ -40,6 +40,7 @@ class AnswerValue:
     display: str | None = None
     #: Tags the coding carries in the code tables (diagnosis, ingredient with its groups, receptor result).
     tags: frozenset[str] = frozenset()
+    text: str | None = None  # a free-text answer (valueString): the reason a prior therapy could not be used
 
     def words(self) -> str:
         """The answer as a reader would say it ("yes", "2011-04-02", "C50.911 Malignant neoplasm ...")."""
@@ -49,6 +50,8 @@ class AnswerValue:
             return self.date.isoformat()
         if self.number is not None:
             return f"{self.number:g} {self.unit or ''}".strip()
+        if self.text is not None:
+            return f'"{self.text}"'
         return " ".join(part for part in (self.code, self.display) if part) or "(no value)"
 
 

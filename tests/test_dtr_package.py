@@ -105,7 +105,8 @@ def test_answer_types_fit_the_facts() -> None:
     assert by_id["I.A.2/1"]["type"] == "choice" and "answerValueSet" in by_id["I.A.2/1"]  # diagnosis codes
     assert by_id["I.A.6"]["type"] == "choice" and by_id["I.A.6"]["repeats"] is True  # prior endocrine therapies
     assert {o["valueCoding"]["code"] for o in by_id["I.A.5/her2"]["answerOption"]} == {"10828004", "260385009"}
-    assert "I.A.1" not in by_id and "I.A.9.a.i" not in by_id  # product and dose: fixed on the order, not asked
+    assert "I.A.1" not in by_id  # the product: fixed on the order, not asked
+    assert by_id["I.A.9.a.i"]["readOnly"] is True  # a dose limit: filled in from the order, never asked
     continued = {i["linkId"]: i for i in items(_questionnaire("II.A"))}
     assert any(i["type"] == "quantity" for i in continued.values())  # previous daily dose (dose increase)
 

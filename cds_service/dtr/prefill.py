@@ -20,7 +20,7 @@ from fhir_mappings.record import PatientRecord
 
 from ..policy.loader import Pathway
 from ..policy.predicates import Outcome, her2_positive, hormone_receptor_positive
-from ..policy.questions import NEGATIVE, POSITIVE, Leaf, Question
+from ..policy.questions import NEGATIVE, POSITIVE, RECEIVED, Leaf, Question
 from ..policy.results import Status
 from .questionnaire import coding, leaves_of, value_set_rows
 from .stored import answer as _answer
@@ -93,17 +93,43 @@ def _receptor_answer(part: str, facts: Facts) -> dict[str, Any] | None:
     return _answer(value, evidence)
 
 
+def _generic_answers(question: Question, facts: Facts) -> list[dict[str, Any]]:
+    """The order says whether a brand with a marketed generic is asked for (read-only, evidence the order); the
+    exception is prefilled only when the chart documents one."""
+    if question.read_only:
+        product = facts.product
+        if product.family is None or product.is_brand is None:
+            return []
+        brand = product.is_brand and product.generic_available
+        return [_answer({"valueBoolean": brand}, (facts.order_ref,))]
+    exception = facts.generic_exception
+    return [_answer({"valueBoolean": True}, exception.evidence)] if exception else []
+
+
+def _outcome_answers(question: Question, chart: Outcome) -> list[dict[str, Any]]:
+    """ "Received" when the chart shows a prior therapy and the policy asks only for its history; what a therapy
+    came to (failed, not tolerated) is never read from the chart: it is the clinician's to say."""
+    received = next((o for o in question.options if o[1] == RECEIVED[1]), None)
+    if received is None or chart.status is not Status.MET or not chart.evidence:
+        return []
+    system, code, display = received
+    return [_answer({"valueCoding": {"system": system, "code": code, "display": display}}, chart.evidence)]
+
+
 def _question_answers(
     leaf: Leaf, question: Question, chart: Outcome, facts: Facts, record: PatientRecord, tables: CodeTables
 ) -> list[dict[str, Any]]:
     name = leaf.name
     if question.kind == "boolean":
         if name == "generic_if_available":
-            exception = facts.generic_exception
-            return [_answer({"valueBoolean": True}, exception.evidence)] if exception else []
+            return _generic_answers(question, facts)
         if name == "documented" or not _decided(chart):
             return []
         return [_answer({"valueBoolean": chart.status is Status.MET}, chart.evidence)]
+    if question.kind == "string":
+        return []  # a reason is the clinician's to write
+    if question.link_id.endswith("/outcome"):
+        return _outcome_answers(question, chart)
     if question.kind == "date":
         if name == "age_at_least" and record.patient is not None and record.patient.birthDate is not None:
             born = record.patient.birthDate

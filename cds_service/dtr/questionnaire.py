@@ -5,15 +5,20 @@ several tests becomes a group of questions (I.A.2/1 diagnosis, I.A.2/2 extent), 
 its sub-items. The policy text is the item text, the remedy its help text, and the answer type fits the fact:
 boolean, a choice from a value set of the pack's code tables, a date, a quantity. ``enableWhen`` mirrors the
 policy: the "then" of a conditional is asked when its "if" is answered yes, and an alternative of an "any of"
-only while no earlier yes/no alternative is answered yes. Canonicals carry the policy's own version.
+only while no earlier alternative is met (a yes/no answered yes, or every dose limit filled in yes from the order).
+Only the open questions: what the order decides is read-only and filled in (``prefill.py``), the items that decide
+a criterion are ``required`` (an ungated alternative is not), distinct codes get distinct option labels, help is
+an SDC ``flyover`` display item, and each Questionnaire carries ``date``, ``publisher``, ``contact`` and a
+generated narrative. Canonicals carry the policy's own version.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from html import escape
 from typing import Any
 
 from fhir_mappings.codes import CodeRow, CodeTables
@@ -115,6 +120,34 @@ def coding(row: CodeRow, tables: CodeTables) -> dict[str, str]:
     return {"system": tables.system_uri(row.system) or row.system, "code": row.code, "display": row.display}
 
 
+def option_coding(option: tuple[str, str, str], tables: CodeTables) -> dict[str, str]:
+    system, code, display = option
+    return {"system": tables.system_uri(system) or system, "code": code, "display": display}
+
+
+def labelled(codings: list[dict[str, str]], tables: CodeTables) -> list[dict[str, str]]:
+    """Distinct labels for distinct codes: where two codes of a list share a display (SNOMED CT 733607005 and
+    733608000 are both "Papillary renal cell carcinoma"), each such label names its code system and code."""
+    counts: dict[str, int] = {}
+    for c in codings:
+        counts[c["display"].casefold()] = counts.get(c["display"].casefold(), 0) + 1
+    return [
+        {**c, "display": f"{c['display']} ({_system_label(c['system'], tables)} {c['code']})"}
+        if counts[c["display"].casefold()] > 1
+        else c
+        for c in codings
+    ]
+
+
+def _system_label(uri: str, tables: CodeTables) -> str:
+    name = tables.system_name(uri) or uri
+    return SYSTEM_LABELS.get(name, name)
+
+
+#: How an option label names a code system (the tables' system names, fhir_mappings/tables/systems.csv).
+SYSTEM_LABELS = {"snomed": "SNOMED CT", "icd-10-cm": "ICD-10-CM", "rxnorm": "RxNorm"}
+
+
 def value_set_resource(
     ref: ValueSetRef, question: Question, policy: Policy, tables: CodeTables, timestamp: str
 ) -> dict[str, Any]:
@@ -139,7 +172,7 @@ def value_set_resource(
             "identifier": f"urn:uuid:{_stable_uuid(ref.url + '|' + policy.version)}",
             "timestamp": timestamp,
             "total": len(ref.rows),
-            "contains": [coding(row, tables) for row in ref.rows],
+            "contains": labelled([coding(row, tables) for row in ref.rows], tables),
         },
     }
 
@@ -154,6 +187,8 @@ def _stable_uuid(text: str) -> str:
 
 
 def _help(link_id: str, text: str) -> dict[str, Any]:
+    """The remedy as SDC ``flyover`` help: Smart Forms shows a flyover child as a tooltip on its parent's label, and
+    LHC-Forms shows any display child with an item control other than unit or legal as its help button."""
     return {
         "linkId": f"{link_id}/help",
         "type": "display",
@@ -162,7 +197,7 @@ def _help(link_id: str, text: str) -> dict[str, Any]:
             {
                 "url": ITEM_CONTROL,
                 "valueCodeableConcept": {
-                    "coding": [{"system": ITEM_CONTROL_SYSTEM, "code": "help", "display": "Help-Button"}]
+                    "coding": [{"system": ITEM_CONTROL_SYSTEM, "code": "flyover", "display": "Fly-over"}]
                 },
             }
         ],
@@ -176,16 +211,21 @@ class _ItemBuilder:
         self.kinds: dict[str, str] = {}  # linkId -> item type, for enableWhen
         self.asked: dict[str, Question] = {}
 
-    def question(self, q: Question, text: str | None = None) -> dict[str, Any]:
-        item: dict[str, Any] = {"linkId": q.link_id, "text": text or q.text, "type": q.kind}
+    def question(self, q: Question, leaf: Leaf) -> dict[str, Any]:
+        """The item: required unless the order fills it in (read-only) or it is one alternative of several; an
+        item that only matters for some answers of another (``Question.enabled_by``) is enabled by them."""
+        item: dict[str, Any] = {"linkId": q.link_id, "text": q.text, "type": q.kind}
         self.kinds[q.link_id] = q.kind
         self.asked[q.link_id] = q
+        if q.read_only:
+            item["readOnly"] = True
+        elif not leaf.alternative:
+            item["required"] = True
         if q.repeats:
             item["repeats"] = True
         if q.options:
             item["answerOption"] = [
-                {"valueCoding": {"system": self.tables.system_uri(s) or s, "code": c, "display": d}}
-                for s, c, d in q.options
+                {"valueCoding": c} for c in labelled([option_coding(o, self.tables) for o in q.options], self.tables)
             ]
         ref = value_set_for(q, self.policy, self.tables, self.base)
         if ref is not None:
@@ -197,6 +237,20 @@ class _ItemBuilder:
                 {"url": UNIT_OPTION, "valueCoding": {"system": system, "code": code, "display": display}}
             ]
         return item
+
+    def own_condition(self, q: Question) -> list[dict[str, Any]]:
+        """``Question.enabled_by``: the other question answered yes (a yes/no) or with one of the listed codes."""
+        if q.enabled_by is None:
+            return []
+        link_id, codes = q.enabled_by
+        other = self.asked[link_id]
+        if other.kind == "boolean":
+            return [{"question": link_id, "operator": "=", "answerBoolean": True}]
+        return [
+            {"question": link_id, "operator": "=", "answerCoding": option_coding(option, self.tables)}
+            for option in other.options
+            if option[1] in codes
+        ]
 
     def enable_when(self, leaf: Leaf) -> list[dict[str, Any]]:
         """The conditions under which a "then" question is asked: its "if" answered yes, or with one of the codes
@@ -215,50 +269,82 @@ class _ItemBuilder:
                 conditions.append({"question": link_id, "operator": "exists", "answerBoolean": True})
         return conditions
 
-    def criterion(self, criterion: Criterion) -> dict[str, Any] | None:
-        children = [item for child in criterion.children if (item := self.criterion(child))]
+    def criterion(self, criterion: Criterion) -> list[dict[str, Any]]:
+        """The criterion's items: one question carrying the criterion id (with the questions that qualify its
+        answer beside it), or a group of its questions and sub-items; none when nothing is asked."""
+        children = [item for child in criterion.children for item in self.criterion(child)]
         questions: list[dict[str, Any]] = []
         for leaf in criterion.leaves:
             for q in leaf.questions:
-                item = self.question(q)
-                conditions = self.enable_when(leaf)
+                item = self.question(q, leaf)
+                conditions = self.own_condition(q) or self.enable_when(leaf)
                 if conditions:
                     item["enableWhen"] = conditions
                     if len(conditions) > 1:
                         item["enableBehavior"] = "any"
                 questions.append(item)
         if not children and not questions:
-            return None
+            return []
         if children:
-            _mirror_any_of(children, criterion, self.kinds)
-        if len(questions) == 1 and not children and questions[0]["linkId"] == criterion.id:
-            single = questions[0]
-            own = single["text"]
-            single["text"] = criterion.text if single["type"] == "boolean" else f"{criterion.text} {own}"
-            single["prefix"] = criterion.id
-            single["item"] = [_help(criterion.id, criterion.remedy)]
-            return single
-        return {
-            "linkId": criterion.id,
-            "prefix": criterion.id,
-            "text": criterion.text,
-            "type": "group",
-            "item": [*questions, *children, _help(criterion.id, criterion.remedy)],
-        }
+            _mirror_any_of(children, criterion)
+        main = next((q for q in questions if q["linkId"] == criterion.id), None)
+        if main is not None and not children:
+            own = main["text"]
+            plain = main["type"] == "boolean" and not main.get("readOnly")
+            main["text"] = criterion.text if plain else f"{criterion.text} {own}"
+            main["prefix"] = criterion.id
+            main["item"] = [_help(criterion.id, criterion.remedy)]
+            for beside in questions:
+                beside.setdefault("prefix", criterion.id)
+            return questions
+        return [
+            {
+                "linkId": criterion.id,
+                "prefix": criterion.id,
+                "text": criterion.text,
+                "type": "group",
+                "item": [*questions, *children, _help(criterion.id, criterion.remedy)],
+            }
+        ]
 
 
-def _mirror_any_of(children: list[dict[str, Any]], criterion: Criterion, kinds: dict[str, str]) -> None:
-    """Sub-items "(a or b)": an alternative is asked only while no earlier yes/no alternative is answered yes."""
+def _mirror_any_of(children: list[dict[str, Any]], criterion: Criterion) -> None:
+    """Sub-items "(a or b)": an alternative is asked only while no earlier alternative is met: a yes/no answered
+    yes, or a group of read-only limits all filled in yes (the dose within i, ii and iii makes the literature of b
+    unnecessary). Only an alternative so gated is required; the others may be left blank."""
     if not _is_any_of(criterion):
         return
     earlier: list[str] = []
-    for item in children:
+    limits: list[str] | None = None  # the read-only yes/no items of the one earlier "all of" group
+    for index, item in enumerate(children):
         if earlier and "enableWhen" not in item:
             item["enableWhen"] = [{"question": q, "operator": "!=", "answerBoolean": True} for q in earlier]
             if len(earlier) > 1:
                 item["enableBehavior"] = "all"
-        if item.get("type") == "boolean":
+        elif limits and index == 1 and "enableWhen" not in item:
+            item["enableWhen"] = [{"question": q, "operator": "!=", "answerBoolean": True} for q in limits]
+            if len(limits) > 1:
+                item["enableBehavior"] = "any"  # asked when any limit is not (known to be) kept
+        else:
+            _not_required(item)
+        if item.get("type") == "boolean" and not item.get("readOnly"):
             earlier.append(item["linkId"])
+        elif index == 0 and item.get("type") == "group":
+            limits = _read_only_yes_no(item)
+
+
+def _read_only_yes_no(group: Mapping[str, Any]) -> list[str] | None:
+    """The linkIds of a group made only of read-only yes/no items (and help), else None."""
+    asked = [i for i in group.get("item") or () if i.get("type") != "display"]
+    if asked and all(i.get("type") == "boolean" and i.get("readOnly") for i in asked):
+        return [i["linkId"] for i in asked]
+    return None
+
+
+def _not_required(item: dict[str, Any]) -> None:
+    item.pop("required", None)
+    for child in item.get("item") or ():
+        _not_required(child)
 
 
 def _is_any_of(criterion: Criterion) -> bool:
@@ -276,7 +362,7 @@ def build_questionnaire(
     resolve canonicals (DTR oper-14), and ``$expand`` answers for their ``url|version``.
     """
     builder = _ItemBuilder(policy, tables, base)
-    items = [item for c in pathway.criteria if (item := builder.criterion(c))]
+    items = [item for c in pathway.criteria for item in builder.criterion(c)]
     stamp = timestamp or datetime.now(UTC).isoformat(timespec="seconds")
     contained = [value_set_resource(ref, q, policy, tables, stamp) for ref, q in builder.value_sets.values()]
     qid = questionnaire_id(policy, pathway.id)
@@ -290,16 +376,51 @@ def build_questionnaire(
         "title": f"{policy.id} {pathway.id} {pathway.title}: prior authorization documentation",
         "status": "active",
         "subjectType": ["Patient"],
+        "date": stamp,
         "publisher": publisher,
+        "contact": [{"name": publisher, "telecom": [{"system": "url", "value": base.rstrip("/")}]}],
         "description": (
             f"What {policy.id} ({policy.title}, version {policy.version}) asks for {pathway.title}, generated from "
-            "the policy file that decides the coverage check. Each item's linkId is the policy's criterion id; "
-            "criteria decided by the order itself (product, dose) are fixed on the order, not asked here."
+            "the policy file that decides the coverage check. Each item's linkId is the policy's criterion id. "
+            "The product is fixed on the order, not asked here; whether a brand with a generic is ordered and "
+            "whether the dose is within each limit are filled in from the order (read-only), and the items they "
+            "make unnecessary are disabled."
         ),
         **({"contained": contained} if contained else {}),
         "item": items,
     }
-    return questionnaire, list(builder.value_sets.values())
+    questionnaire["text"] = {"status": "generated", "div": narrative(questionnaire)}
+    return {k: questionnaire[k] for k in ORDER if k in questionnaire}, list(builder.value_sets.values())
+
+
+#: Element order of the Questionnaire as FHIR JSON lists it (text before contained and the rest).
+ORDER: tuple[str, ...] = ("resourceType", "id", "meta", "text", "contained", "url", "version", "name", "title")
+ORDER += ("status", "subjectType", "date", "publisher", "contact", "description", "item")
+
+
+def narrative(questionnaire: Mapping[str, Any]) -> str:
+    """The human-readable summary (``text``, status generated): the title, who publishes it, and each item as
+    the renderers show it (prefix, text), indented by level."""
+    lines = [
+        f"<p><b>{escape(questionnaire['title'])}</b></p>",
+        f"<p>{escape(questionnaire['publisher'])}, version {escape(questionnaire['version'])}.</p>",
+        f"<p>{escape(questionnaire['description'])}</p>",
+        "<ul>",
+        *_narrative_items(questionnaire.get("item") or ()),
+        "</ul>",
+    ]
+    return '<div xmlns="http://www.w3.org/1999/xhtml">' + "".join(lines) + "</div>"
+
+
+def _narrative_items(items: Iterable[Mapping[str, Any]]) -> Iterator[str]:
+    for item in items:
+        if item.get("type") == "display":
+            continue
+        prefix = f"{escape(item['prefix'])} " if item.get("prefix") else ""
+        marks = " (from the order)" if item.get("readOnly") else " (required)" if item.get("required") else ""
+        inner = list(_narrative_items(item.get("item") or ()))
+        nested = f"<ul>{''.join(inner)}</ul>" if inner else ""
+        yield f"<li>{prefix}{escape(item.get('text') or '')}{marks}{nested}</li>"
 
 
 def all_value_sets(policy: Policy, tables: CodeTables, base: str) -> Iterable[tuple[ValueSetRef, Question]]:

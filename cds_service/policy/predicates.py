@@ -901,10 +901,25 @@ def _history(facts: Facts, tag: str) -> Finding | None:
     return finding
 
 
+#: ``history_of_*``: what the prior therapy must have come to (``outcome``) and the exceptions the policy allows
+#: instead (``unless``). The chart cannot tell them apart (the reason for stopping is only in notes); the DTR
+#: questionnaire asks for them (``questions.py``).
+THERAPY_OUTCOMES = ("received", "failure")
+THERAPY_EXCEPTIONS = ("contraindicated", "not-tolerated")
+
+
+def _therapy_outcome(p: Params) -> None:
+    p.string("outcome", required=False, choices=THERAPY_OUTCOMES)
+    unknown = sorted(set(p.strings("unless", required=False) or ()) - set(THERAPY_EXCEPTIONS))
+    if unknown:
+        raise PolicyError(f"{p.where}: 'unless' must name only {list(THERAPY_EXCEPTIONS)}, got {unknown}")
+
+
 def _history_of_any(p: Params, env: CompileEnv) -> Predicate:
     """Met on any listed prior therapy before the evaluation date; otherwise unknown (history is often incomplete)."""
     tags = p.strings("tags")
     assert tags is not None
+    _therapy_outcome(p)
     check_tags(tags, "ingredient", env, p.where)
 
     form_parents = _form_parents(env, tags)
@@ -922,6 +937,7 @@ def _history_of_all(p: Params, env: CompileEnv) -> Predicate:
     """Met when every listed prior therapy is on record before the evaluation date; otherwise unknown."""
     tags = p.strings("tags")
     assert tags is not None
+    _therapy_outcome(p)
     check_tags(tags, "ingredient", env, p.where)
 
     names = _tag_names(env, tags)

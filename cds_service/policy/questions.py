@@ -6,7 +6,11 @@ compiled predicate of each leaf test (``compile_predicate``) reads the answers t
 ``Facts.answers``.
 
 Only what a chart can decide is asked. What the order itself fixes (the product, the dose) is not: the card's
-suggestions fix the order instead. Neither is what only the payer can settle (a label change).
+suggestions fix the order instead. Neither is what only the payer can settle (a label change). Two facts of the
+order are shown read-only, filled in from it, because they decide whether another item is asked at all: whether a
+brand with a marketed generic is ordered (the generic exception) and whether the dose is within each limit (the
+literature alternative). A prior-therapy test whose policy words name an outcome ("failure of") or exceptions
+("unless contraindicated or ...") asks which therapies, what they came to and why (``_therapy_outcome``).
 
 How an answer counts (``settle``):
 
@@ -67,6 +71,11 @@ class Question:
     unit: tuple[str, str, str] | None = None
     #: For a choice that a "then" depends on: the tags whose codes count as "yes" (clear cell histology).
     yes_tags: tuple[str, ...] = ()
+    #: What the order decides, shown filled in from the order (``auto-server``): never the clinician's to change.
+    read_only: bool = False
+    #: This question is asked only when the question ``enabled_by[0]`` has one of the answers ``enabled_by[1]``
+    #: (option codes): the reason of a prior-therapy outcome, the exception of a brand order.
+    enabled_by: tuple[str, tuple[str, ...]] | None = None
 
 
 #: How answers (by linkId) decide a leaf, given the chart's outcome and the facts.
@@ -84,6 +93,8 @@ class Leaf:
     decide: Decide | None = field(default=None, repr=False, compare=False)
     #: linkIds of the questions whose "yes" (or any answer) makes this one relevant (``conditional``'s then).
     enabled_by: tuple[str, ...] = ()
+    #: One alternative of an ``any_of``: the criterion is met without it, so its items are not required.
+    alternative: bool = False
 
 
 # ----------------------------------------------------------------------------- settling an answer
@@ -252,14 +263,90 @@ def _medications(
     question = Question(link_id, "choice", text, repeats=True, value_set=("ingredient", tuple(tags)))
 
     def decide(answers: Mapping[str, Answer], chart: Outcome, facts: Facts) -> Outcome:
-        answer = answers.get(link_id)
-        if not _coded(answer):
-            return chart
-        said = _tags(answer)
-        met = all(t in said for t in tags) if every else bool(said & set(tags))
-        return settle(chart, MET if met else NOT_MET, answers, not_met_is_absence=True)
+        return _named(answers, link_id, tags, every, chart)
 
     return (question,), decide
+
+
+def _named(answers: Mapping[str, Answer], link_id: str, tags: Sequence[str], every: bool, chart: Outcome) -> Outcome:
+    """The drugs answered at ``link_id``: any (every) listed one named meets the test; a drug the chart does not
+    show is no contradiction (the chart's not-met is only the absence of a record)."""
+    answer = answers.get(link_id)
+    if not _coded(answer):
+        return chart
+    said = _tags(answer)
+    met = all(t in said for t in tags) if every else bool(said & set(tags))
+    return settle(chart, MET if met else NOT_MET, answers, not_met_is_absence=True)
+
+
+#: What a prior therapy came to, in the policy's words ("failure of ... unless contraindicated or clinically
+#: significant adverse effects are experienced"): this project's own code system (no public terminology has
+#: these answers as one list); documented in docs/policy-format.md.
+THERAPY_OUTCOME_SYSTEM = "https://priorauth-cds.org/fhir/CodeSystem/prior-therapy-outcome"
+RECEIVED = (THERAPY_OUTCOME_SYSTEM, "received", "Received")
+FAILED = (THERAPY_OUTCOME_SYSTEM, "failed", "Failed (disease progressed or did not respond)")
+NOT_FAILED = (THERAPY_OUTCOME_SYSTEM, "not-failed", "Received, did not fail")
+EXCEPTIONS = {
+    "not-tolerated": (
+        THERAPY_OUTCOME_SYSTEM,
+        "not-tolerated",
+        "Not tolerated (clinically significant adverse effects experienced)",
+    ),
+    "contraindicated": (THERAPY_OUTCOME_SYSTEM, "contraindicated", "Contraindicated"),
+}
+
+
+def _code(answer: Answer | None) -> str | None:
+    return next((v.code for v in answer.values if v.code), None) if answer else None
+
+
+def _text(answer: Answer | None) -> str | None:
+    return next((v.text for v in answer.values if v.text and v.text.strip()), None) if answer else None
+
+
+def _therapy_outcome(link_id: str, p: Mapping[str, Any], every: bool, text: str) -> tuple[tuple[Question, ...], Decide]:
+    """A prior-therapy test whose policy words name an outcome (failure) or exceptions (contraindicated, not
+    tolerated): which therapies, what they came to, and the reason. The answers decide it as the policy reads:
+
+    * failed (or, for a "history of" test, received) with a listed therapy named -> met;
+    * an exception the policy allows (``unless``) with its reason written -> met, no therapy needed; without a
+      reason the answer is not heard (the note says the reason is missing);
+    * received without failure, for a "failure of" test -> not met, whatever the chart's history suggests (the
+      chart counts a prior therapy as its failure only for want of the reason it stopped);
+    * a therapy named without an outcome -> as the chart would read it (a prior therapy stands for its failure).
+    """
+    tags = tuple(p.get("tags") or ())
+    failure = p.get("outcome") == "failure"
+    exceptions = tuple(EXCEPTIONS[e] for e in (p.get("unless") or ()) if e in EXCEPTIONS)
+    options = ((FAILED, NOT_FAILED) if failure else (RECEIVED,)) + exceptions
+    outcome_id, reason_id = f"{link_id}/outcome", f"{link_id}/reason"
+    explained = tuple(code for _, code, _ in options if code not in (RECEIVED[1], NOT_FAILED[1]))
+    questions = (
+        Question(link_id, "choice", text, repeats=True, value_set=("ingredient", tags)),
+        Question(outcome_id, "choice", "Outcome of the prior therapy", options=options),
+        Question(
+            reason_id,
+            "string",
+            "Reason: how it failed, the adverse effect, or the contraindication",
+            enabled_by=(outcome_id, explained),
+        ),
+    )
+    exception_codes = {code for _, code, _ in exceptions}
+
+    def decide(answers: Mapping[str, Answer], chart: Outcome, facts: Facts) -> Outcome:
+        outcome, reason = _code(answers.get(outcome_id)), _text(answers.get(reason_id))
+        if outcome in exception_codes:
+            if reason is None:
+                missing = f"{outcome} answered in {', '.join(_refs(answers))} without a reason: write the reason"
+                return chart._replace(note="; ".join(n for n in (chart.note, missing) if n))
+            return settle(chart, MET, answers, not_met_is_absence=True)
+        if failure and outcome == NOT_FAILED[1]:
+            refs = _refs(answers)
+            note = f"answered by the clinician in {', '.join(refs)}: {_words(answers)} (the policy requires failure)"
+            return Outcome(NOT_MET, tuple(dict.fromkeys((*chart.evidence, *refs))), chart.fixes, note=note)
+        return _named(answers, link_id, tags, every, chart)
+
+    return questions, decide
 
 
 def _groups(p: Mapping[str, Any]) -> list[tuple[str, ...]]:
@@ -315,7 +402,23 @@ def _generic(link_id: str, p: Mapping[str, Any], env: CompileEnv, drug: str) -> 
             review="payer",
         )
 
-    return (Question(link_id, "boolean", text),), decide
+    brand = Question(
+        f"{link_id}/brand",
+        "boolean",
+        f"Brand {drug} requested while a generic of the same strength and form is marketed (from the order)",
+        read_only=True,
+    )
+    exception = Question(link_id, "boolean", text, enabled_by=(brand.link_id, ()))
+    return (brand, exception), decide
+
+
+def _from_order(link_id: str) -> tuple[tuple[Question, ...], Decide]:
+    """A limit the order decides (the dose): shown filled in from the order, never the clinician's to answer."""
+
+    def decide(answers: Mapping[str, Answer], chart: Outcome, facts: Facts) -> Outcome:
+        return chart
+
+    return (Question(link_id, "boolean", "Within this limit (from the order)", read_only=True),), decide
 
 
 def _started(link_id: str, p: Mapping[str, Any], env: CompileEnv, drug: str) -> tuple[tuple[Question, ...], Decide]:
@@ -399,9 +502,10 @@ def link_id_of(where: str) -> str:
 
 def leaf(name: str, params: Any, where: str, env: CompileEnv, fn: Predicate) -> Leaf:
     """The leaf test at ``where`` with what a questionnaire asks about it (linkIds from ``link_id_of``); none
-    for tests the order itself decides (product, dose) or only the payer can (a label change)."""
+    for tests the order itself decides about the product or only the payer can (a label change). A dose limit is
+    shown read-only, filled in from the order, so that the alternative it makes unnecessary can be disabled."""
     p: Mapping[str, Any] = params if isinstance(params, Mapping) else {}
-    where = link_id_of(where)
+    raw_where, where = where, link_id_of(where)
     drug = getattr(env, "drug_name", None) or "the drug"
     asks: tuple[tuple[Question, ...], Decide] | None
     if name == "diagnosis_in":
@@ -419,6 +523,9 @@ def leaf(name: str, params: Any, where: str, env: CompileEnv, fn: Predicate) -> 
         asks = _boolean(where, f"Prescribed by or in consultation with a specialist in {specialties}?")
     elif name == "age_at_least":
         asks = _age(where, p, env)
+    elif name in ("history_of_any", "history_of_all") and (p.get("unless") or p.get("outcome") == "failure"):
+        what = "failed or could not be used" if p.get("outcome") == "failure" else "received or could not be used"
+        asks = _therapy_outcome(where, p, name == "history_of_all", f"Prior therapies {what} (select all that apply)")
     elif name in ("history_of_any", "history_of_all"):
         asks = _medications(
             where,
@@ -446,11 +553,14 @@ def leaf(name: str, params: Any, where: str, env: CompileEnv, fn: Predicate) -> 
         asks = _procedure(where, p)
     elif name in ("lab_value", "lab_trend"):
         asks = _boolean(where, _lab_text(name, p, env))
-    else:  # product_in, dose_within, preferred_alternative, payer_review, diagnosis_within_days: the order decides
+    elif name == "dose_within":
+        asks = _from_order(where)
+    else:  # product_in, preferred_alternative, payer_review, diagnosis_within_days: not a question for the chart
         asks = None
+    alternative = ".any_of[" in raw_where
     if asks is None:
-        return Leaf(where, name, fn)
-    return Leaf(where, name, fn, asks[0], asks[1])
+        return Leaf(where, name, fn, alternative=alternative)
+    return Leaf(where, name, fn, asks[0], asks[1], alternative=alternative)
 
 
 def answerable(leaf: Leaf) -> Predicate:

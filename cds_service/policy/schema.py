@@ -208,6 +208,19 @@ _GROUP: dict[str, Any] = {
 
 #: Every leaf predicate: (what it tests, its parameters, the required ones). docs/policy-format.md says more; a test
 #: checks that this covers exactly ``predicates.LEAVES``.
+#: ``history_of_*``: the tags, and what the policy's words require of the therapy (asked by the DTR questionnaire).
+_HISTORY: dict[str, Any] = {
+    "tags": _TAGS,
+    "outcome": {"enum": ["received", "failure"]},
+    "unless": {
+        "anyOf": [
+            {"enum": ["contraindicated", "not-tolerated"]},
+            {"type": "array", "items": {"enum": ["contraindicated", "not-tolerated"]}, "minItems": 1},
+        ]
+    },
+}
+
+
 PREDICATES: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "product_in": ("The ordered product's family is listed", {"families": _TAGS}, ("families",)),
     "diagnosis_in": (
@@ -240,8 +253,8 @@ PREDICATES: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
         ("groups",),
     ),
     "combined_with_none": ("No listed drug is co-ordered or active", {"tags": _TAGS}, ("tags",)),
-    "history_of_any": ("A listed drug was started before the order date", {"tags": _TAGS}, ("tags",)),
-    "history_of_all": ("Every listed drug was started before the order date", {"tags": _TAGS}, ("tags",)),
+    "history_of_any": ("A listed drug was started before the order date", _HISTORY, ("tags",)),
+    "history_of_all": ("Every listed drug was started before the order date", _HISTORY, ("tags",)),
     "continued_therapy_days": ("The current course covers at least days", {"days": _NUMBER}, ("days",)),
     "responding_to_therapy": ("The latest response assessment since the course began is favourable", {}, ()),
     "dose_within": (

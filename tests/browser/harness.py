@@ -124,9 +124,9 @@ def missing_pieces() -> list[str]:
     return missing
 
 
-def require_browser() -> None:
+def require_browser(missing: list[str] | None = None) -> None:
     """Skip the calling test when a piece is missing, or fail it under ``PRIORAUTH_REQUIRE_BROWSER=1``."""
-    missing = missing_pieces()
+    missing = missing_pieces() if missing is None else missing
     if not missing:
         return
     message = "browser test needs: " + "; ".join(missing)
@@ -155,6 +155,14 @@ class LFormsBrowser:
     ``index`` (default 0) picks among repetitions of an item, in document order. ``timeout_ms`` bounds every wait.
     """
 
+    #: The page under tests/browser and the script that says it is ready (subclasses load another renderer).
+    page_name = PAGE
+    ready_js = "() => window.lformsReady()"
+
+    def missing(self) -> list[str]:
+        """What this renderer needs that is not installed (each with the command that installs it)."""
+        return missing_pieces()
+
     def __init__(self, *, timeout_ms: int = 10_000, width: int = 1000, height: int = 800) -> None:
         self.timeout_ms = timeout_ms
         self.viewport: ViewportSize = {"width": width, "height": height}
@@ -168,7 +176,7 @@ class LFormsBrowser:
 
     # -- life cycle -------------------------------------------------------------------------------------------
     def __enter__(self) -> Self:
-        require_browser()
+        require_browser(self.missing())
         try:
             self._start()
         except BaseException:
@@ -201,8 +209,8 @@ class LFormsBrowser:
         page.set_default_timeout(self.timeout_ms)
         page.on("pageerror", lambda error: self.page_errors.append(str(error)))
         page.on("console", lambda m: self.console_errors.append(m.text) if m.type == "error" else None)
-        page.goto(f"http://127.0.0.1:{port}/{PAGE}")
-        page.wait_for_function("() => window.lformsReady()")
+        page.goto(f"http://127.0.0.1:{port}/{self.page_name}")
+        page.wait_for_function(self.ready_js)
         self._page = page
 
     def close(self) -> None:
