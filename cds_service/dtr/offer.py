@@ -15,8 +15,10 @@ from ..policy.results import Decision, OrderEvaluation, Status
 from .prefill import Prefill, prefill
 from .questionnaire import (
     ASKED_KINDS,
+    applies_link_id,
     asked_pathways,
     memoised,
+    product_specific,
     questionnaire_canonical,
     questionnaire_id,
     questions_of,
@@ -44,7 +46,11 @@ def answerable(policy: Policy, base: str) -> dict[str, frozenset[str]]:
     link_ids: dict[str, frozenset[str]] = memoised(
         "link-ids",
         policy,
-        lambda: {p.id: frozenset(q.link_id for q in questions_of(p)) for p in asked_pathways(policy)},
+        lambda: {
+            p.id: frozenset(q.link_id for q in questions_of(p))
+            | frozenset(applies_link_id(c.id) for c in product_specific(p))
+            for p in asked_pathways(policy)
+        },
     )
     return {questionnaire_canonical(base, policy, pid): ids for pid, ids in link_ids.items()}
 

@@ -22,7 +22,7 @@ from ..policy.loader import Pathway
 from ..policy.predicates import Outcome, her2_positive, hormone_receptor_positive
 from ..policy.questions import NEGATIVE, POSITIVE, RECEIVED, Leaf, Question
 from ..policy.results import Status
-from .questionnaire import coding, leaves_of, value_set_rows
+from .questionnaire import applies_link_id, coding, leaves_of, product_specific, value_set_rows
 from .stored import answer as _answer
 
 DTR_QR_PROFILE = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/dtr-questionnaireresponse"
@@ -173,6 +173,11 @@ def prefill(pathway: Pathway, facts: Facts, record: PatientRecord, tables: CodeT
             answers = _question_answers(leaf, question, chart, chart_facts, record, tables)
             if answers:
                 out[question.link_id] = answers
+    if facts.product.family is not None:  # which product is ordered is the order's to say, read-only
+        for criterion in product_specific(pathway):
+            assert criterion.applies_to is not None
+            answer = {"valueBoolean": criterion.applies_to.applies(facts.product)}
+            out[applies_link_id(criterion.id)] = [_answer(answer, (facts.order_ref,))]
     return out
 
 

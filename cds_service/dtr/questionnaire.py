@@ -81,6 +81,23 @@ def memoised(kind: str, owner: object, compute: Callable[[], Any]) -> Any:
     return value
 
 
+def applies_link_id(criterion_id: str) -> str:
+    """The read-only item saying whether the order is for the products a criterion is written for (``applies_to``)."""
+    return f"{criterion_id}/applies"
+
+
+def product_specific(pathway: Pathway) -> tuple[Criterion, ...]:
+    """The pathway's criteria (at any depth) written for some products only, in policy order."""
+
+    def walk(criteria: Iterable[Criterion]) -> Iterator[Criterion]:
+        for criterion in criteria:
+            if criterion.applies_to is not None:
+                yield criterion
+            yield from walk(criterion.children)
+
+    return tuple(walk(pathway.criteria))
+
+
 def questions_of(pathway: Pathway) -> tuple[Question, ...]:
     result: tuple[Question, ...] = memoised(
         "questions", pathway, lambda: tuple(q for leaf in leaves_of(pathway) for q in leaf.questions)
@@ -270,6 +287,31 @@ class _ItemBuilder:
         return conditions
 
     def criterion(self, criterion: Criterion) -> list[dict[str, Any]]:
+        """The criterion's items, behind a read-only "is the order for <product>?" item when the criterion is for
+        some products only (``applies_to``): on another product's order they are never enabled, so never asked."""
+        items = self.criterion_items(criterion)
+        if criterion.applies_to is None or not items:
+            return items
+        gate = applies_link_id(criterion.id)
+        return [
+            {
+                "linkId": gate,
+                "prefix": criterion.id,
+                "text": f"Is the order for {criterion.applies_to.words or 'the products this criterion names'}? "
+                "(from the order)",
+                "type": "boolean",
+                "readOnly": True,
+            },
+            {
+                "linkId": f"{criterion.id}/for",
+                "text": criterion.text,
+                "type": "group",
+                "enableWhen": [{"question": gate, "operator": "=", "answerBoolean": True}],
+                "item": items,
+            },
+        ]
+
+    def criterion_items(self, criterion: Criterion) -> list[dict[str, Any]]:
         """The criterion's items: one question carrying the criterion id (with the questions that qualify its
         answer beside it), or a group of its questions and sub-items; none when nothing is asked."""
         children = [item for child in criterion.children for item in self.criterion(child)]
