@@ -45,7 +45,15 @@ from .normalize import (
     to_float,
 )
 from .procedures import read_procedures, resolve_possible
-from .read import codings, concept_texts, medication_concept, present, reference_of, status_code
+from .read import (
+    codings,
+    concept_texts,
+    medication_concept,
+    observation_date,
+    present,
+    reference_of,
+    status_code,
+)
 from .record import PatientRecord
 from .therapy import (
     DEFAULT_MAX_GAP_DAYS,
@@ -555,7 +563,7 @@ def _receptors(record: PatientRecord, tables: CodeTables) -> dict[str, Finding]:
     for observation in record.observations:
         if observation.status not in FINAL_OBSERVATION:
             continue
-        ref, on = f"Observation/{observation.id}", _observation_date(observation)
+        ref, on = f"Observation/{observation.id}", observation_date(observation)
         elements: list[Observation | ObservationComponent] = [observation, *present(observation.component)]
         for element in elements:
             for coding in codings(element.code):
@@ -585,18 +593,6 @@ def _receptors(record: PatientRecord, tables: CodeTables) -> dict[str, Finding]:
             tag = winners[0].tag
             out[tag] = Finding(evidence=tuple(dict.fromkeys(s.ref for s in winners)), start=latest)
     return out
-
-
-def _observation_date(observation: Observation) -> date | None:
-    """effectiveDateTime / effectiveInstant, else effectivePeriod's end (or start), else issued."""
-    if observation.effectiveDateTime is not None:
-        return to_date(observation.effectiveDateTime)
-    if observation.effectiveInstant is not None:
-        return to_date(observation.effectiveInstant)
-    if observation.effectivePeriod is not None:
-        period = observation.effectivePeriod
-        return to_date(period.end) or to_date(period.start)
-    return to_date(observation.issued)
 
 
 def _interpret(

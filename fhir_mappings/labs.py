@@ -16,22 +16,12 @@ from fhir.resources.R4B.observation import Observation, ObservationComponent
 
 from .codes import CodeTables
 from .model import LabResult
-from .normalize import to_date, to_float
-from .read import codings, present
+from .normalize import to_float
+from .read import codings, observation_date, present
 
 FINAL_OBSERVATION = frozenset({"final", "amended", "corrected"})
 UCUM = "http://unitsofmeasure.org"
 COMPARATORS = frozenset({"<", "<=", ">", ">="})
-
-
-def _day(observation: Observation) -> object:
-    if observation.effectiveDateTime is not None:
-        return observation.effectiveDateTime
-    if observation.effectiveInstant is not None:
-        return observation.effectiveInstant
-    if observation.effectivePeriod is not None:
-        return observation.effectivePeriod.end or observation.effectivePeriod.start
-    return observation.issued
 
 
 def _value(element: Observation | ObservationComponent, tables: CodeTables) -> tuple[float, str | None, str | None]:
@@ -55,7 +45,7 @@ def read_lab_results(
     for observation in observations:
         if observation.status not in FINAL_OBSERVATION:
             continue
-        on = to_date(_day(observation))
+        on = observation_date(observation)
         if on is None or on > evaluation_date:
             continue
         ref = f"Observation/{observation.id}"

@@ -9,6 +9,7 @@ readers of ``normalize``; both sides flatten codings into the same ``Code`` and 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import date
 from typing import TypeVar
 
 from fhir.resources.R4B.codeableconcept import CodeableConcept
@@ -16,9 +17,10 @@ from fhir.resources.R4B.medication import Medication
 from fhir.resources.R4B.medicationdispense import MedicationDispense
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.medicationstatement import MedicationStatement
+from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.reference import Reference
 
-from .normalize import Code, MedicationConcept, split_reference
+from .normalize import Code, MedicationConcept, split_reference, to_date
 
 T = TypeVar("T")
 
@@ -97,3 +99,16 @@ def _resolve_medication(
         return None
     rtype, rid = split_reference(ref)
     return medications.get(f"{rtype}/{rid}") if rtype == "Medication" else None
+
+
+def observation_date(observation: Observation) -> date | None:
+    """When an observation holds: effectiveDateTime / effectiveInstant, else effectivePeriod's end (or start), else
+    issued. One reader for receptor results, disease status and lab values."""
+    if observation.effectiveDateTime is not None:
+        return to_date(observation.effectiveDateTime)
+    if observation.effectiveInstant is not None:
+        return to_date(observation.effectiveInstant)
+    if observation.effectivePeriod is not None:
+        period = observation.effectivePeriod
+        return to_date(period.end) or to_date(period.start)
+    return to_date(observation.issued)

@@ -28,7 +28,7 @@ from fhir.resources.R4B.quantity import Quantity
 
 from .codes import CodeTables
 from .normalize import add_days, to_date, to_float
-from .read import codings, present
+from .read import codings, observation_date, present
 from .record import PatientRecord
 
 #: A medication record of the chart: an order, a statement or a dispense.
@@ -259,16 +259,6 @@ class Response:
     note: str | None = None
 
 
-def _observation_day(observation: Observation) -> date | None:
-    if observation.effectiveDateTime is not None:
-        return to_date(observation.effectiveDateTime)
-    if observation.effectiveInstant is not None:
-        return to_date(observation.effectiveInstant)
-    if observation.effectivePeriod is not None:
-        return to_date(observation.effectivePeriod.end) or to_date(observation.effectivePeriod.start)
-    return to_date(observation.issued)
-
-
 def _meaning(observation: Observation, tables: CodeTables) -> str:
     """What one assessment says; a value the tables do not know, or codings that disagree, is undetermined."""
     meanings = {
@@ -293,7 +283,7 @@ def therapy_response(
     for observation in record.observations:
         if observation.status not in FINAL_OBSERVATION or not is_response_observation(observation, tables):
             continue
-        day = _observation_day(observation)
+        day = observation_date(observation)
         if day is None or not course_start < day <= evaluation_date:
             continue
         dated.append((day, f"Observation/{observation.id}", _meaning(observation, tables)))
