@@ -18,6 +18,7 @@ from cds_service.dtr.questionnaire import build_questionnaire
 from cds_service.registry import load_pack
 from fhir_mappings.model import Dose, Facts, Product
 from fhir_mappings.record import PatientRecord
+from tests.dtr_helpers import items as dtr_items
 
 PACK = Path(__file__).parent / "packs" / "zentorimab"
 ORIGIN = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/information-origin"
@@ -43,14 +44,6 @@ def _pack(tmp_path: Path) -> Any:
     return load_pack(folder)
 
 
-def _items(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        out[item["linkId"]] = item
-        out.update(_items(item.get("item") or []))
-    return out
-
-
 def _facts(family: str, rxcui: str) -> Facts:
     product = Product(rxcui, rxcui, family, False, 10, None, rxcui, rxcui, True)
     return Facts(
@@ -66,12 +59,14 @@ def test_a_product_specific_criterion_is_asked_only_behind_the_order_s_product(t
     pack = _pack(tmp_path)
     pathway = next(p for p in pack.policy.pathways if p.id == "I.A")
     questionnaire, _ = build_questionnaire(pack.policy, pathway, pack.tables, "https://payer.example", "Payer")
-    items = _items(questionnaire["item"])
+    items = {item["linkId"]: item for item in dtr_items(questionnaire)}
     gate = items["I.A.9/applies"]
     assert gate["type"] == "boolean" and gate["readOnly"] is True and "Zentocap" in gate["text"]
     group = items["I.A.9/for"]
     assert group["enableWhen"] == [{"question": "I.A.9/applies", "operator": "=", "answerBoolean": True}]
-    assert "I.A.9" in _items(group["item"])  # the history question itself only inside the gated group
+    assert "I.A.9" in {
+        item["linkId"] for item in dtr_items(group)
+    }  # the history question itself only inside the gated group
     assert not any(link.startswith("I.A.8/") for link in items)  # the switch is the order's to fix: not asked
 
 
