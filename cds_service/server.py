@@ -57,6 +57,9 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_CHUNK_LINE = 1024
 #: Seconds a closed connection's late bytes are read and discarded (gunicorn's graceful close: 2 s).
 LINGER_SECONDS = 2.0
+#: At most this often the event loop sends the arbiter its heartbeat, checks that its parent lives and sweeps
+#: connection deadlines; gunicorn did all three on every loop turn, several times per request under load.
+HOUSEKEEPING_SECONDS = 1.0
 _HEAD_END = b"\r\n\r\n"
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
@@ -236,6 +239,9 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         self.queued: set[Any] = set()
         #: Whether a request holds the gate (written by the holder only, read by the event loop).
         self.running = False
+        #: When the event loop next sends its heartbeat, checks its parent, sweeps deadlines (``notify`` ...).
+        self._next_beat = self._next_parent_check = self._next_sweep = 0.0
+        self._sweeping = False
 
     # ------------------------------------------------------------------ the event loop side
 
@@ -418,9 +424,41 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             pass
         sock.close()
 
+    # ------------------------------------------------------------------ housekeeping, once per second
+
+    def notify(self) -> None:
+        """The heartbeat the arbiter watches (an ``os.utime`` on the worker's temp file): gunicorn's loop sends it on
+        every turn, that is several times per request under load; the arbiter only needs it within ``timeout``
+        seconds, so it goes at most once per ``HOUSEKEEPING_SECONDS``."""
+        now = time.monotonic()
+        if now >= self._next_beat:
+            self._next_beat = now + HOUSEKEEPING_SECONDS
+            super().notify()
+
+    def is_parent_alive(self) -> bool:
+        """gunicorn asks ``getppid`` on every loop turn; once per ``HOUSEKEEPING_SECONDS`` finds an orphaned worker
+        as surely."""
+        now = time.monotonic()
+        if now < self._next_parent_check:
+            return True
+        self._next_parent_check = now + HOUSEKEEPING_SECONDS
+        return bool(super().is_parent_alive())
+
+    def murder_keepalived(self, force: bool = False) -> None:
+        """First of the two deadline sweeps of a loop turn (gunicorn calls this, then ``murder_pending``): they run
+        at most once per ``HOUSEKEEPING_SECONDS``, not on every turn, and always when forced (stopping)."""
+        now = time.monotonic()
+        self._sweeping = force or now >= self._next_sweep
+        if self._sweeping:
+            self._next_sweep = now + HOUSEKEEPING_SECONDS
+            super().murder_keepalived(force)
+
     def murder_pending(self) -> None:
-        """Runs once per event-loop turn (at least every second): cut requests that are too slow to arrive, and
-        stop lingering on closed connections whose time is up."""
+        """On a turn whose sweep is due (``murder_keepalived``): cut requests that are too slow to arrive, and stop
+        lingering on closed connections whose time is up. A deadline is met at most a second late, as when the
+        loop sleeps in ``select``."""
+        if not self._sweeping:
+            return
         super().murder_pending()
         now = time.monotonic()
         for conn in [c for c, state in self.reading.items() if state.deadline <= now]:

@@ -72,6 +72,11 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: WAL pages after which a committing SQLite connection checkpoints by itself (SQLite's default: 1000). Once a process
 #: checkpoints in the background (``Store.start_background_checkpoints``) its connections only keep this as a backstop.
 WAL_BACKSTOP_PAGES = 10_000
+#: Tables keyed by text (uuids, hookInstances, issuer + jti) are created ``WITHOUT ROWID`` on SQLite: the row lives in
+#: its primary-key b-tree instead of a rowid table plus an index on the key, one b-tree page fewer written (and read
+#: back) per inserted row. Tables made by an older build keep their rowid; both read and write the same.
+#: PostgreSQL ignores the option.
+WITHOUT_ROWID: dict[str, Any] = {"sqlite_with_rowid": False}
 #: Seconds between the background checkpoints of one process.
 CHECKPOINT_INTERVAL_SECONDS = 1.0
 #: Arbitrary constant naming the PostgreSQL advisory lock that serialises schema creation.
@@ -160,6 +165,7 @@ assertion_retries_table = Table(
     Column("created_at", UTCDateTime, nullable=False),
     PrimaryKeyConstraint("hook_instance", "order_ref", "request_key", name="pk_coverage_assertion_retries"),
     Index("ix_coverage_assertion_retries_created_at", "created_at"),
+    **WITHOUT_ROWID,
 )
 
 #: Every card uuid this service sent; feedback is accepted only for these.
@@ -172,6 +178,7 @@ issued_cards_table = Table(
     Column("issued_at", UTCDateTime, nullable=False),
     PrimaryKeyConstraint("card_uuid", name="pk_issued_cards"),
     Index("ix_issued_cards_issued_at", "issued_at"),
+    **WITHOUT_ROWID,
 )
 
 replay_table = Table(
@@ -182,6 +189,7 @@ replay_table = Table(
     Column("expires_at", UTCDateTime, nullable=False),
     PrimaryKeyConstraint("issuer", "jti", name="pk_jwt_replay"),
     Index("ix_jwt_replay_expires_at", "expires_at"),
+    **WITHOUT_ROWID,
 )
 
 #: DTR: what the payer prefilled for an order's questionnaires at order-sign, by the coverage assertion made then
@@ -213,6 +221,7 @@ dtr_answers_used_table = Table(
     Column("created_at", UTCDateTime, nullable=False),
     PrimaryKeyConstraint("assertion_id", "response_ref", name="pk_dtr_answers_used"),
     Index("ix_dtr_answers_used_created_at", "created_at"),
+    **WITHOUT_ROWID,
 )
 
 #: DTR: every $questionnaire-package call, linked to the assertion it was for (None when none matched).
