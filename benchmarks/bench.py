@@ -733,6 +733,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak", type=int, default=None, help="requests in the memory soak (default 10000)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
     parser.add_argument(
+        "--ab",
+        nargs="+",
+        metavar="REV",
+        help="also A/B these git revisions (oldest first) and the working tree, alternately (benchmarks/ab.py)",
+    )
+    parser.add_argument("--ab-rounds", type=int, default=6, help="rounds of the --ab comparison (default 6)")
+    parser.add_argument(
         "--wait-quiet",
         type=float,
         default=120.0,
@@ -782,6 +789,15 @@ def main(argv: list[str] | None = None) -> int:
 
         log(f"workers: sync vs buffered, then {args.slow_seconds:.0f} s of slow clients each ...")
         workers = section("workers", lambda: slow_clients.compare_workers(duration, args.slow_seconds))
+    ab_data = None
+    if args.ab:
+        import ab
+
+        log(f"A/B by revision: {' '.join(args.ab)} and the working tree, {args.ab_rounds} rounds ...")
+        ab_data = section(
+            "A/B by revision",
+            lambda: ab.measure([*args.ab, "WORKTREE"], args.ab_rounds, 400, None if args.skip_http else duration),
+        )
     end_load = report.load_average()
     loads = {
         "start": " / ".join(f"{x:.2f}" for x in start_load),
@@ -799,14 +815,24 @@ def main(argv: list[str] | None = None) -> int:
         import slow_clients
 
         sections += [("Worker model and slow clients", slow_clients.compare_section(workers))]
+    if ab_data is not None:
+        import ab
+
+        sections += [("A/B by revision", ab.markdown(ab_data))]
     flags = [("--quick", args.quick), ("--skip-http", args.skip_http), ("--skip-fallback", args.skip_fallback)]
     flags.append(("--skip-workers", args.skip_workers))
     command = "python benchmarks/bench.py" + "".join(f" {flag}" for flag, on in flags if on)
+    if args.ab:
+        command += " --ab " + " ".join(args.ab) + (f" --ab-rounds {args.ab_rounds}" if args.ab_rounds != 6 else "")
     found = targets(ip, web)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.md").write_text(report.markdown(info, found, sections, command, loads))
     (args.out / "latest.json").write_text(
-        json.dumps({**to_json(ip, web, fb, info), "workers": workers, "conditions": loads}, indent=1, default=str)
+        json.dumps(
+            {**to_json(ip, web, fb, info), "workers": workers, "ab": ab_data, "conditions": loads},
+            indent=1,
+            default=str,
+        )
         + "\n"
     )
     report.plot_growth(ip["growth"], args.out / "latency-vs-chart-size.png", report.describe_machine(info))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -25,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIO_DIR = ROOT.parent / "shared" / "acceptance" / "scenarios"
+#: The shared acceptance scenarios: ``$PRIORAUTH_SHARED_DIR`` (as the tests read it), else ``shared`` beside the repo.
+SCENARIO_DIR = (
+    Path(os.environ.get("PRIORAUTH_SHARED_DIR", "").strip() or ROOT.parent / "shared") / "acceptance" / "scenarios"
+)
 BASE_SCENARIO = "A-met-generic-with-exemestane"
 TYPICAL_SIZE = 50
 CHART_SIZES = (10, 100, 1000, 5000)
