@@ -21,8 +21,8 @@ processes (one per core), the threads only keep a call that waits on the FHIR fa
 worker. A request runs holding the process's ``Gate`` (``gate.py``), one at a time in arrival order, which a call
 waiting on the FHIR fallback lets go meanwhile: interleaved through the GIL, calls slowed each other down far
 beyond their share of the core (every SQLite statement waited out the other thread's 5 ms switch interval, with
-the write lock held). Its answer is written after the gate is let go. Thread safety of the shared state was
-checked: the code-table memos (``fhir_mappings/codes.py`` ``_remember``) and the concept cache
+the write lock held). Its answer is written before the gate is let go when the socket can take it at once, else
+after (``_gated``). Thread safety of the shared state was checked: the code-table memos (``fhir_mappings/codes.py`` ``_remember``) and the concept cache
 (``fhir_mappings/record.py`` ``_CONCEPTS``) are plain dicts whose readers use ``get`` and tolerate a miss, so a
 concurrent ``clear()`` only costs a recomputation; the JWT replay guard and the JWKS cache take locks; the store's
 engine pools connections per thread; Flask's request state is context-local. This worker speaks HTTP/1.1 only
