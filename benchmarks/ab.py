@@ -174,7 +174,11 @@ def paired(a: Arm, b: Arm, key: str) -> float:
     return statistics.median(pairs) if pairs else float("nan")
 
 
-def measure(revs: list[str], rounds: int, calls: int, http_seconds: float | None) -> dict[str, Any]:
+def measure(
+    revs: list[str], rounds: int, calls: int, http_seconds: float | None, *, http_ends: bool = False
+) -> dict[str, Any]:
+    """Every revision in-process; with ``http_seconds`` also under gunicorn -- only the first and the last one
+    when ``http_ends`` (a chain of many changes: each step in-process, the whole change over HTTP)."""
     workdir = Path(tempfile.mkdtemp(prefix="priorauth-ab-"))
     try:
         arms = [Arm(rev, label_of(rev), ROOT if rev == "WORKTREE" else export(rev, workdir / "trees")) for rev in revs]
@@ -182,7 +186,7 @@ def measure(revs: list[str], rounds: int, calls: int, http_seconds: float | None
             order = arms if number % 2 == 0 else list(reversed(arms))  # neither arm always runs first
             for arm in order:
                 result = probe(arm, calls)
-                if http_seconds:
+                if http_seconds and (not http_ends or arm is arms[0] or arm is arms[-1]):
                     result.update(http_round(arm, http_seconds))
                 arm.rounds.append(result)
                 print(f"round {number + 1}/{rounds} {arm.label}: " + json.dumps(result), file=sys.stderr, flush=True)
@@ -196,14 +200,28 @@ def measure(revs: list[str], rounds: int, calls: int, http_seconds: float | None
             "cpu_saved_ms": paired(before, after, "cpu_ms"),
             "p50_saved_ms": paired(before, after, "p50_ms"),
         }
-        if http_seconds:
+        if http_seconds and not http_ends:
             step["service_cpu_saved_ms"] = paired(before, after, "service_cpu_ms")
             step["floor_cpu_saved_ms"] = paired(before, after, "floor_cpu_ms")
         steps.append(step)
+    if len(arms) > 2 or http_ends:
+        first, last = arms[0], arms[-1]
+        whole = {
+            "before": first.label,
+            "after": last.label,
+            "cpu_saved_ms": paired(first, last, "cpu_ms"),
+            "p50_saved_ms": paired(first, last, "p50_ms"),
+            "whole": True,
+        }
+        if http_seconds:
+            whole["service_cpu_saved_ms"] = paired(first, last, "service_cpu_ms")
+            whole["floor_cpu_saved_ms"] = paired(first, last, "floor_cpu_ms")
+        steps.append(whole)
     return {
         "rounds": rounds,
         "calls": calls,
         "http_seconds": http_seconds,
+        "http_ends": http_ends,
         "arms": [
             {
                 "rev": arm.rev,
@@ -231,7 +249,12 @@ def markdown(data: dict[str, Any]) -> list[str]:
         f"Each revision exported with `git archive` and run by a fresh process with this checkout's virtualenv and "
         f"workload, alternately ({data['rounds']} rounds; in-process: {data['calls']} acceptance calls per round "
         f"with a SQLite audit store, fresh `hookInstance` each"
-        + (f"; HTTP: {data['http_seconds']:.0f} s per route, 8 connections, closed loop" if http else "")
+        + (
+            f"; HTTP: {data['http_seconds']:.0f} s per route, 8 connections, closed loop"
+            + (", first and last revision only" if data.get("http_ends") else "")
+            if http
+            else ""
+        )
         + "). Medians over rounds; *saved* is the median of the paired per-round differences.",
         "",
         head,
@@ -244,15 +267,20 @@ def markdown(data: dict[str, Any]) -> list[str]:
             f"{s['prefetch']:.2f} | {s['record']:.2f} | {s['evaluate']:.2f} | {s['render']:.2f} |"
         )
         if http:
-            row += f" {arm['service_cpu_ms']:.2f} ms | {arm['floor_cpu_ms']:.2f} ms | {arm['ratio']:.2f} |"
+            measured = arm["service_cpu_ms"] == arm["service_cpu_ms"]  # NaN: this revision ran in-process only
+            row += (
+                f" {arm['service_cpu_ms']:.2f} ms | {arm['floor_cpu_ms']:.2f} ms | {arm['ratio']:.2f} |"
+                if measured
+                else " — | — | — |"
+            )
         lines.append(row)
     lines.append("")
     for step in data["steps"]:
         text = (
-            f"- {step['before']} → {step['after']}: handler CPU saved {step['cpu_saved_ms']:.3f} ms per call "
-            f"(p50 {step['p50_saved_ms']:.3f} ms)"
+            f"- {'whole change: ' if step.get('whole') else ''}{step['before']} → {step['after']}: handler CPU saved "
+            f"{step['cpu_saved_ms']:.3f} ms per call (p50 {step['p50_saved_ms']:.3f} ms)"
         )
-        if http:
+        if http and "service_cpu_saved_ms" in step:
             text += (
                 f"; server CPU per call saved {step['service_cpu_saved_ms']:.3f} ms on the hook, "
                 f"{step['floor_cpu_saved_ms']:.3f} ms on the floor"
@@ -268,12 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--calls", type=int, default=400, help="in-process calls per round and revision")
     parser.add_argument("--http", type=float, nargs="?", const=8.0, default=None, help="seconds per route (8)")
+    parser.add_argument("--http-ends", action="store_true", help="HTTP only for the first and the last revision")
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args(argv)
     revs = list(args.revs) + ([] if args.no_worktree else ["WORKTREE"])
     if len(revs) < 2:
         parser.error("give two revisions, or one and the working tree")
-    data = measure(revs, args.rounds, args.calls, args.http)
+    data = measure(revs, args.rounds, args.calls, args.http, http_ends=args.http_ends)
     print("\n".join(markdown(data)))
     if args.json:
         args.json.write_text(json.dumps(data, indent=2))

@@ -796,7 +796,13 @@ def main(argv: list[str] | None = None) -> int:
         log(f"A/B by revision: {' '.join(args.ab)} and the working tree, {args.ab_rounds} rounds ...")
         ab_data = section(
             "A/B by revision",
-            lambda: ab.measure([*args.ab, "WORKTREE"], args.ab_rounds, 400, None if args.skip_http else duration),
+            lambda: ab.measure(
+                [*args.ab, "WORKTREE"],
+                args.ab_rounds,
+                400,
+                None if args.skip_http else duration,
+                http_ends=len(args.ab) > 1,
+            ),
         )
     end_load = report.load_average()
     loads = {
