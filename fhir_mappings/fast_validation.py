@@ -1,82 +1,94 @@
-"""fhir_core's per-instance validators with their per-class work done once (same checks, same errors).
+"""fhir_core's per-element Python validation with its per-class work done once (same checks, same errors).
 
-Every fhir.resources model runs two Python validators on every instance, nested elements included:
-``reject_null_complex_elements`` (before) walks *all* fields of the class, asking for each whether it is a list
-of a complex type (two ``lru_cache`` look-ups per field), to find the few lists where a ``null`` is an error; and
-``validate_after_model_construction`` (after) rebuilds the class's required-primitive and choice-element lists
-and re-reads their schema metadata. What they compute from the class never changes, so this shim computes it
-once per class and checks only those fields.
+fhir.resources validates every nested complex element (a CodeableConcept, a Dosage, a Reference ...) through
+Python, and the Python, not pydantic-core, is most of the cost. This shim replaces the code of four fhir_core
+functions with versions that do the same for less:
 
-Exactness: the fast path decides only "nothing to report". Whenever it finds something (a ``null`` in a complex
-list, a required primitive missing, a choice element given twice or not at all) it calls fhir_core's own
-validator, which raises exactly the error it always did. A class whose metadata the shim does not understand
-(for instance a choice whose schema metadata does not match) always runs the original. ``tests/test_fast_validation.py``
-checks with hypothesis that models and errors are the same with and without the shim.
+- the element wrap validator (``FhirBase.__get_pydantic_core_schema__.<locals>._validate``): upstream looks up
+  the model class, calls ``fhir_model_validator`` (isinstance checks, an errors list, a resource-type check),
+  ``model_validate`` -> pydantic-core -> ``FHIRAbstractModel.__init__`` -> ``BaseModel.__init__`` ->
+  pydantic-core, and then validates the new model once more as a ``FHIRAbstractModel`` (which runs the
+  after-validator a third time). For a plain JSON object without ``resourceType`` the shim validates it straight
+  into a new instance of the class, exactly what ``BaseModel.__init__`` does, once;
+- ``reject_null_complex_elements`` (before) walked *all* fields of the class asking whether each is a list of a
+  complex type; the shim knows each class's few such lists;
+- ``validate_after_model_construction`` (after) rebuilt the class's required-primitive and choice-element lists;
+  the shim knows them per class, and that most classes have none;
+- ``Date._validate`` ran three regular expressions per date; the shim decides the common cases from the type's
+  own pattern and the length (a partial date is 4 or 7 characters; a leap second needs ``":60"``).
 
-How it is installed: pydantic compiled each model's schema with references to fhir_core's two function objects,
-so the shim swaps those functions' code for a two-line trampoline into this module (``install``); ``uninstall``
-puts the original code back (benchmarks compare both in one process). The upstream patch is the same
-precomputation inside fhir_core (a ``functools.cache``-d class method returning the complex-list fields, and
-one returning the required and choice fields), described in README.md ("Validation cost").
+Exactness: each fast path only decides "nothing to report" or produces the very same outcome through the same
+pydantic-core call; whenever it is unsure (another input type, a ``resourceType`` key, a ``null`` in a complex
+list, a required primitive missing, a choice given twice or not at all, a leap second, a non-string key) it runs
+fhir_core's own code, which raises exactly what it always did. ``tests/test_fast_validation.py`` checks with
+hypothesis that models and errors (type, location, message, input) are the same with and without the shim.
+
+How it is installed: pydantic compiled each model's schema with references to fhir_core's function objects, so
+``install`` swaps those functions' code for this module's (their bodies run in fhir_core's module namespace, so
+every global they name is a ``_priorauth_*`` name that ``install`` puts there); ``uninstall`` puts the original
+code back, so benchmarks and tests compare both in one process. The upstream patch is the same precomputation
+inside fhir_core, described in README.md ("Validation cost").
 """
 
 from __future__ import annotations
 
 import types
-from collections.abc import Callable
 from typing import Any
 
-from fhir_core import fhirabstractmodel as _upstream
+from fhir_core import fhirabstractmodel as _model_module
+from fhir_core import types as _types_module
 from fhir_core.utils import is_list_type, is_primitive_type
 
-_BASE = _upstream.FHIRAbstractModel
+_BASE = _model_module.FHIRAbstractModel
+_FHIR_BASE = _types_module.FhirBase
 _BEFORE: Any = _BASE.__dict__["reject_null_complex_elements"].__func__
 _AFTER: Any = _BASE.__dict__["validate_after_model_construction"]
+_DATE: Any = _types_module.Date.__dict__["_validate"].__func__
+_SCHEMA: Any = _FHIR_BASE.__dict__["__get_pydantic_core_schema__"].__func__
+_INIT: Any = _BASE.__dict__["__init__"]
+_PLAIN_MODEL_VALIDATOR: Any = _FHIR_BASE.__dict__["fhir_model_validator"].__func__
+
 _BEFORE_CODE = _BEFORE.__code__
 _AFTER_CODE = _AFTER.__code__
+_DATE_CODE = _DATE.__code__
+_SCHEMA_CODE = _SCHEMA.__code__
+_ELEMENT_CODE: types.CodeType = next(
+    c for c in _SCHEMA_CODE.co_consts if isinstance(c, types.CodeType) and c.co_name == "_validate"
+)
+
 #: The originals, callable while the shim is installed (same code and globals as fhir_core's).
-_ORIGINAL_BEFORE = types.FunctionType(_BEFORE_CODE, _BEFORE.__globals__, "reject_null_complex_elements")
-_ORIGINAL_AFTER = types.FunctionType(_AFTER_CODE, _AFTER.__globals__, "validate_after_model_construction")
-_BEFORE_HOOK = "_priorauth_fast_reject_null_complex_elements"
-_AFTER_HOOK = "_priorauth_fast_validate_after_model_construction"
+_priorauth_original_before = types.FunctionType(_BEFORE_CODE, _BEFORE.__globals__, "reject_null_complex_elements")
+_priorauth_original_after = types.FunctionType(_AFTER_CODE, _AFTER.__globals__, "validate_after_model_construction")
+_priorauth_original_date = types.FunctionType(_DATE_CODE, _DATE.__globals__, "_validate")
+
+# ----------------------------------------------------------------------------- per-class plans
 
 #: class -> (JSON key candidates) of its list-of-complex fields: (alias, name) pairs.
-_COMPLEX_LISTS: dict[type, tuple[tuple[str | None, str], ...]] = {}
-#: class -> (required primitive attribute names, choice groups) or None: run the original.
-_AFTER_PLAN: dict[type, tuple[tuple[str, ...], tuple[tuple[tuple[str, ...], bool], ...]] | None] = {}
+_priorauth_complex_lists: dict[type, tuple[tuple[str | None, str], ...]] = {}
+#: class -> None (run the original), () (nothing to check) or (required primitive attributes, choice groups).
+_priorauth_after_plans: dict[type, Any] = {}
+#: element type (``CodeableConceptType`` ...) -> its model class when the element fast path is exact for it, or
+#: False (always fhir_core's path).
+_priorauth_element_classes: dict[type, Any] = {}
 
 
-def _complex_lists(cls: type) -> tuple[tuple[str | None, str], ...]:
+def _priorauth_complex_lists_of(cls: type) -> tuple[tuple[str | None, str], ...]:
     """The fields ``reject_null_complex_elements`` inspects: lists of a complex type, ``__ext`` siblings excepted."""
-    found = _COMPLEX_LISTS.get(cls)
-    if found is None:
-        fields = cls.model_fields  # type: ignore[attr-defined]
-        found = tuple(
-            (field.alias, name)
-            for name, field in fields.items()
-            if is_list_type(field) and not is_primitive_type(field) and not name.endswith("__ext")
-        )
-        _COMPLEX_LISTS[cls] = found
+    fields = cls.model_fields  # type: ignore[attr-defined]
+    found = tuple(
+        (field.alias, name)
+        for name, field in fields.items()
+        if is_list_type(field) and not is_primitive_type(field) and not name.endswith("__ext")
+    )
+    _priorauth_complex_lists[cls] = found
     return found
 
 
-def fast_reject_null_complex_elements(cls: type, data: Any) -> Any:
-    """``reject_null_complex_elements`` over the precomputed fields; the original reports any error."""
-    if not isinstance(data, dict):
-        return data
-    for alias, name in _complex_lists(cls):
-        value = data.get(alias if alias and alias in data else name)
-        if isinstance(value, list) and any(item is None for item in value):
-            return _ORIGINAL_BEFORE(cls, data)
-    return data
-
-
-def _after_plan(model: Any) -> tuple[tuple[str, ...], tuple[tuple[tuple[str, ...], bool], ...]] | None:
-    """What ``validate_after_model_construction`` checks for ``model``'s class, or None to run the original."""
+def _priorauth_after_plan_of(model: Any) -> tuple[Any, ...] | None:
+    """What ``validate_after_model_construction`` checks for ``model``'s class: None to run the original, () for
+    nothing, else (required primitive attribute names, choice groups as (attribute names, required))."""
     cls = model.__class__
-    if cls in _AFTER_PLAN:
-        return _AFTER_PLAN[cls]
-    plan: tuple[tuple[str, ...], tuple[tuple[tuple[str, ...], bool], ...]] | None
+    plan: tuple[Any, ...] | None
     try:
         aliases = cls.get_alias_mapping()
         required = tuple(aliases[name] for name, _ext in model.get_required_fields())
@@ -86,42 +98,175 @@ def _after_plan(model: Any) -> tuple[tuple[str, ...], tuple[tuple[tuple[str, ...
             if not isinstance(extra, dict) or extra["one_of_many"] != prefix:
                 raise LookupError(prefix)  # the original would fail its assert: let it
             groups.append((tuple(fields), extra["one_of_many_required"] is True))
-        plan = (required, tuple(groups))
+        plan = (required, tuple(groups)) if required or groups else ()
     except (LookupError, TypeError, AttributeError):
         plan = None
-    _AFTER_PLAN[cls] = plan
+    _priorauth_after_plans[cls] = plan
     return plan
 
 
-def fast_validate_after_model_construction(model: Any) -> Any:
+def _priorauth_element_class_of(element_type: Any) -> Any:
+    """The model class of ``element_type`` when validating a dict straight into it is what fhir_core does, else
+    False: a plain ``FhirBase`` type (not the contained-resource one) of a FHIR model that keeps
+    ``FHIRAbstractModel.__init__`` (pydantic-core calls it) and forbids unknown elements (so a non-string key fails
+    in both paths)."""
+    klass: Any = None
+    try:
+        klass = element_type.get_model_klass()
+        exact = (
+            element_type.fhir_model_validator.__func__ is _PLAIN_MODEL_VALIDATOR
+            and isinstance(klass, type)
+            and issubclass(klass, _BASE)
+            and klass.__init__ is _INIT
+            and klass.__pydantic_custom_init__ is True
+            and klass.model_config.get("extra") == "forbid"
+            and getattr(klass, "__resource_type__", None) is not Ellipsis
+        )
+    except Exception:  # noqa: BLE001 - whatever fails here fails the same way in fhir_core's path
+        exact = False
+    found = klass if exact else False
+    _priorauth_element_classes[element_type] = found
+    return found
+
+
+# ----------------------------------------------------------------------------- the code swapped in
+# These functions run with fhir_core's module globals once installed: they name only builtins, their own
+# arguments (and closure cells) and ``_priorauth_*`` globals.
+
+
+def fast_reject_null_complex_elements(cls: Any, data: Any) -> Any:
+    """``reject_null_complex_elements`` over the precomputed fields; the original reports any error."""
+    if not isinstance(data, dict):
+        return data
+    fields = _priorauth_complex_lists.get(cls)
+    if fields is None:
+        fields = _priorauth_complex_lists_of(cls)
+    for alias, name in fields:
+        value = data.get(alias if alias and alias in data else name)
+        if isinstance(value, list) and any(item is None for item in value):
+            return _priorauth_original_before(cls, data)
+    return data
+
+
+def fast_validate_after_model_construction(self: Any) -> Any:
     """``validate_after_model_construction`` over the precomputed fields; the original reports any error.
 
     A required primitive counts as present when its value is set (the original then looks no further); when it
     is missing the original runs, since only it knows whether a ``_field`` extension stands in for the value.
     """
-    plan = _after_plan(model)
-    if plan is None:
-        return _ORIGINAL_AFTER(model)
+    plan = _priorauth_after_plans.get(self.__class__, 0)
+    if plan == 0:
+        plan = _priorauth_after_plan_of(self)
+    if not plan:
+        return self if plan == () else _priorauth_original_after(self)
     required, groups = plan
     for name in required:
-        if getattr(model, name, None) is None:
-            return _ORIGINAL_AFTER(model)
+        if getattr(self, name, None) is None:
+            return _priorauth_original_after(self)
     for fields, must in groups:
         present = 0
         for name in fields:
-            if getattr(model, name, None) is not None:
+            if getattr(self, name, None) is not None:
                 present += 1
         if present > 1 or (must and present == 0):
-            return _ORIGINAL_AFTER(model)
-    return model
+            return _priorauth_original_after(self)
+    return self
 
 
-def _trampoline_before(cls: Any, data: Any) -> Any:
-    return _priorauth_fast_reject_null_complex_elements(cls, data)  # type: ignore[name-defined]  # noqa: F821
+def fast_date_validate(cls: Any, input_value: Any, validator: Any, validation_info: Any) -> Any:
+    """``Date._validate`` (also DateTime's first step): a string the type's pattern matches is a partial date kept
+    as is (4 or 7 characters) or goes to pydantic's parser, unless it may hold a leap second (the original)."""
+    if type(input_value) is str and cls.pattern.fullmatch(input_value) is not None:
+        size = len(input_value)
+        if size == 4 or size == 7:
+            return input_value
+        if ":60" not in input_value:
+            return validator(input_value)
+    return _priorauth_original_date(cls, input_value, validator, validation_info)
 
 
-def _trampoline_after(self: Any) -> Any:
-    return _priorauth_fast_validate_after_model_construction(self)  # type: ignore[name-defined]  # noqa: F821
+def _element_validator_code() -> types.CodeType:
+    """The code of fhir_core's element wrap validator, made fast: it needs the same closure cells (``cls``, the
+    ``FhirBase`` subclass, and ``source_type``, the annotated element type)."""
+    cls: Any = None
+    source_type: Any = None
+
+    def _validate(input_value: Any, validator: Any, validation_info: Any) -> Any:
+        if source_type is cls:
+            klass = _priorauth_element_classes.get(cls)
+            if klass is None:
+                klass = _priorauth_element_class_of(cls)
+            if klass:
+                if type(input_value) is dict:
+                    if "resourceType" not in input_value and "resource_type" not in input_value:
+                        # what model_validate -> FHIRAbstractModel.__init__ -> BaseModel.__init__ end up doing
+                        model = klass.__new__(klass)
+                        try:
+                            validated = klass.__pydantic_validator__.validate_python(input_value, self_instance=model)
+                        except Exception:
+                            for key in input_value:
+                                if not isinstance(key, str):  # upstream's klass(**data) fails on it at once
+                                    return validator(cls.fhir_model_validator(input_value, klass))
+                            raise
+                        if validated is model:
+                            return model
+                elif type(input_value) is klass:
+                    return validator(input_value)
+        return validator(cls.fhir_model_validator(input_value, source_type.get_model_klass()))
+
+    return _validate.__code__
+
+
+_FAST_ELEMENT_CODE = _element_validator_code()
+_FAST_SCHEMA_CODE = _SCHEMA_CODE.replace(
+    co_consts=tuple(_FAST_ELEMENT_CODE if c is _ELEMENT_CODE else c for c in _SCHEMA_CODE.co_consts)
+)
+if _FAST_ELEMENT_CODE.co_freevars != _ELEMENT_CODE.co_freevars:  # pragma: no cover - a fhir_core we do not know
+    raise ImportError(f"fhir_core's element validator has closure cells {_ELEMENT_CODE.co_freevars}")
+
+_SWAPS: tuple[tuple[Any, types.CodeType, types.CodeType], ...] = (
+    (_BEFORE, _BEFORE_CODE, fast_reject_null_complex_elements.__code__),
+    (_AFTER, _AFTER_CODE, fast_validate_after_model_construction.__code__),
+    (_DATE, _DATE_CODE, fast_date_validate.__code__),
+    (_SCHEMA, _SCHEMA_CODE, _FAST_SCHEMA_CODE),
+)
+_GLOBALS = {name: value for name, value in globals().items() if name.startswith("_priorauth_")}
+#: Element validators of the model classes seen so far, and those classes (see ``_element_validators``).
+_validators_found: list[types.FunctionType] = []
+_classes_seen: set[type] = set()
+
+
+def _element_validators() -> list[types.FunctionType]:
+    """Every element wrap validator in the compiled schemas of the model classes defined so far.
+
+    fhir.resources imports element classes lazily (on first use), so new ones appear after ``install``: those
+    get the fast code from the swapped schema builder, and are found here on the next (un)install. Found by
+    walking each class's own core schema once (``gc`` cannot see objects ``gc.freeze`` moved out of its reach).
+    """
+    stack: list[type] = [_BASE]
+    while stack:
+        subclasses: list[type] = stack.pop().__subclasses__()
+        for model_class in subclasses:
+            stack.append(model_class)
+            if model_class not in _classes_seen:
+                _classes_seen.add(model_class)
+                _validators_found.extend(_functions_in(model_class.__dict__.get("__pydantic_core_schema__")))
+    return _validators_found
+
+
+def _functions_in(schema: Any) -> list[types.FunctionType]:
+    """The element wrap validators (either code) referenced anywhere in a core schema."""
+    found: list[types.FunctionType] = []
+    stack = [schema]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, types.FunctionType) and item.__code__ in (_ELEMENT_CODE, _FAST_ELEMENT_CODE):
+            found.append(item)
+    return found
 
 
 def installed() -> bool:
@@ -130,17 +275,18 @@ def installed() -> bool:
 
 
 def install() -> None:
-    """Route fhir_core's two validators through the shim (idempotent; every model class at once)."""
-    namespace: dict[str, Callable[..., Any]] = {
-        _BEFORE_HOOK: fast_reject_null_complex_elements,
-        _AFTER_HOOK: fast_validate_after_model_construction,
-    }
-    _BEFORE.__globals__.update(namespace)
-    _BEFORE.__code__ = _trampoline_before.__code__
-    _AFTER.__code__ = _trampoline_after.__code__
+    """Route fhir_core's validators through the shim (idempotent; every model class at once)."""
+    _model_module.__dict__.update(_GLOBALS)
+    _types_module.__dict__.update(_GLOBALS)
+    for function, _original, fast in _SWAPS:
+        function.__code__ = fast
+    for function in _element_validators():
+        function.__code__ = _FAST_ELEMENT_CODE
 
 
 def uninstall() -> None:
     """fhir_core's own validators again (benchmarks and the equivalence test compare both)."""
-    _BEFORE.__code__ = _BEFORE_CODE
-    _AFTER.__code__ = _AFTER_CODE
+    for function, original, _fast in _SWAPS:
+        function.__code__ = original
+    for function in _element_validators():
+        function.__code__ = _ELEMENT_CODE
