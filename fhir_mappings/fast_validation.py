@@ -32,12 +32,15 @@ inside fhir_core, described in README.md ("Validation cost").
 
 from __future__ import annotations
 
+import itertools
+import operator
 import types
 from typing import Any
 
 from fhir_core import fhirabstractmodel as _model_module
 from fhir_core import types as _types_module
 from fhir_core.utils import is_list_type, is_primitive_type
+from pydantic import BaseModel
 
 _BASE = _model_module.FHIRAbstractModel
 _FHIR_BASE = _types_module.FhirBase
@@ -46,6 +49,7 @@ _AFTER: Any = _BASE.__dict__["validate_after_model_construction"]
 _DATE: Any = _types_module.Date.__dict__["_validate"].__func__
 _SCHEMA: Any = _FHIR_BASE.__dict__["__get_pydantic_core_schema__"].__func__
 _INIT: Any = _BASE.__dict__["__init__"]
+_INIT_CODE = _INIT.__code__
 _PLAIN_MODEL_VALIDATOR: Any = _FHIR_BASE.__dict__["fhir_model_validator"].__func__
 
 _BEFORE_CODE = _BEFORE.__code__
@@ -60,49 +64,65 @@ _ELEMENT_CODE: types.CodeType = next(
 _priorauth_original_before = types.FunctionType(_BEFORE_CODE, _BEFORE.__globals__, "reject_null_complex_elements")
 _priorauth_original_after = types.FunctionType(_AFTER_CODE, _AFTER.__globals__, "validate_after_model_construction")
 _priorauth_original_date = types.FunctionType(_DATE_CODE, _DATE.__globals__, "_validate")
+_priorauth_original_init = types.FunctionType(_INIT.__code__, _INIT.__globals__, "__init__")
+_priorauth_base_init = BaseModel.__init__
+_priorauth_is_not = operator.is_not
+#: None forever (``map`` pairs it with each value of a choice group; never exhausted, so one serves every call).
+_priorauth_nones = itertools.repeat(None)
 
 # ----------------------------------------------------------------------------- per-class plans
 
-#: class -> (JSON key candidates) of its list-of-complex fields: (alias, name) pairs.
-_priorauth_complex_lists: dict[type, tuple[tuple[str | None, str], ...]] = {}
-#: class -> None (run the original), () (nothing to check) or (required primitive attributes, choice groups).
+#: class -> its list-of-complex fields as (alias, name) pairs, by each JSON key that can name them (alias and name).
+_priorauth_complex_lists: dict[type, dict[str, tuple[tuple[str | None, str], ...]]] = {}
+#: class -> True (nothing to check), False (run the original) or (required primitive attributes, choice groups).
 _priorauth_after_plans: dict[type, Any] = {}
+#: class -> True when it has no ``resourceType`` field (then ``fast_init``'s fast path is exact).
+_priorauth_plain_init: dict[type, bool] = {}
 #: element type (``CodeableConceptType`` ...) -> its model class when the element fast path is exact for it, or
 #: False (always fhir_core's path).
 _priorauth_element_classes: dict[type, Any] = {}
 
 
-def _priorauth_complex_lists_of(cls: type) -> tuple[tuple[str | None, str], ...]:
-    """The fields ``reject_null_complex_elements`` inspects: lists of a complex type, ``__ext`` siblings excepted."""
+def _priorauth_complex_lists_of(cls: type) -> dict[str, tuple[tuple[str | None, str], ...]]:
+    """The fields ``reject_null_complex_elements`` inspects (lists of a complex type, ``__ext`` siblings excepted),
+    by key: a field neither of whose keys is in the data holds nothing to check."""
     fields = cls.model_fields  # type: ignore[attr-defined]
-    found = tuple(
-        (field.alias, name)
-        for name, field in fields.items()
-        if is_list_type(field) and not is_primitive_type(field) and not name.endswith("__ext")
-    )
+    found: dict[str, tuple[tuple[str | None, str], ...]] = {}
+    for name, field in fields.items():
+        if is_list_type(field) and not is_primitive_type(field) and not name.endswith("__ext"):
+            for key in {field.alias or name, name}:
+                found[key] = (*found.get(key, ()), (field.alias, name))
     _priorauth_complex_lists[cls] = found
     return found
 
 
-def _priorauth_after_plan_of(model: Any) -> tuple[Any, ...] | None:
-    """What ``validate_after_model_construction`` checks for ``model``'s class: None to run the original, () for
-    nothing, else (required primitive attribute names, choice groups as (attribute names, required))."""
+def _priorauth_after_plan_of(model: Any) -> tuple[Any, ...] | bool:
+    """What ``validate_after_model_construction`` checks for ``model``'s class: True for nothing, False to run the
+    original, else (required primitive attribute names, choice groups as (a getter of the group's values from the
+    instance dict, required))."""
     cls = model.__class__
-    plan: tuple[Any, ...] | None
+    plan: tuple[Any, ...] | bool
     try:
         aliases = cls.get_alias_mapping()
         required = tuple(aliases[name] for name, _ext in model.get_required_fields())
         groups = []
         for prefix, fields in model.get_one_of_many_fields().items():
             extra = cls.model_fields[fields[0]].json_schema_extra
-            if not isinstance(extra, dict) or extra["one_of_many"] != prefix:
-                raise LookupError(prefix)  # the original would fail its assert: let it
-            groups.append((tuple(fields), extra["one_of_many_required"] is True))
-        plan = (required, tuple(groups)) if required or groups else ()
+            if not isinstance(extra, dict) or extra["one_of_many"] != prefix or len(fields) < 2:
+                raise LookupError(prefix)  # the original would fail its assert (or a one-field group): let it
+            groups.append((operator.itemgetter(*fields), extra["one_of_many_required"] is True))
+        plan = (required, tuple(groups)) if required or groups else True
     except (LookupError, TypeError, AttributeError):
-        plan = None
+        plan = False
     _priorauth_after_plans[cls] = plan
     return plan
+
+
+def _priorauth_plain_init_of(cls: type) -> bool:
+    """Whether ``FHIRAbstractModel.__init__`` drops a ``resourceType`` key for ``cls`` (it has no such field)."""
+    plain = "resourceType" not in getattr(cls, "__pydantic_fields__", {})
+    _priorauth_plain_init[cls] = plain
+    return plain
 
 
 def _priorauth_element_class_of(element_type: Any) -> Any:
@@ -135,42 +155,65 @@ def _priorauth_element_class_of(element_type: Any) -> Any:
 
 
 def fast_reject_null_complex_elements(cls: Any, data: Any) -> Any:
-    """``reject_null_complex_elements`` over the precomputed fields; the original reports any error."""
+    """``reject_null_complex_elements`` over the precomputed fields present in the data; the original reports any
+    error."""
     if not isinstance(data, dict):
         return data
-    fields = _priorauth_complex_lists.get(cls)
-    if fields is None:
-        fields = _priorauth_complex_lists_of(cls)
-    for alias, name in fields:
-        value = data.get(alias if alias and alias in data else name)
-        if isinstance(value, list) and any(item is None for item in value):
-            return _priorauth_original_before(cls, data)
+    by_key = _priorauth_complex_lists.get(cls)
+    if by_key is None:
+        by_key = _priorauth_complex_lists_of(cls)
+    for key in by_key.keys() & data.keys():
+        for alias, name in by_key[key]:
+            value = data.get(alias if alias and alias in data else name)
+            if isinstance(value, list) and any(item is None for item in value):
+                return _priorauth_original_before(cls, data)
     return data
 
 
 def fast_validate_after_model_construction(self: Any) -> Any:
     """``validate_after_model_construction`` over the precomputed fields; the original reports any error.
 
+    The values are read from the instance dict, where pydantic keeps every field (one missing: the original).
     A required primitive counts as present when its value is set (the original then looks no further); when it
     is missing the original runs, since only it knows whether a ``_field`` extension stands in for the value.
+    A choice group counts its values that are not None (``is not``, as the original).
     """
-    plan = _priorauth_after_plans.get(self.__class__, 0)
-    if plan == 0:
+    plan = _priorauth_after_plans.get(self.__class__)
+    if plan is None:
         plan = _priorauth_after_plan_of(self)
-    if not plan:
-        return self if plan == () else _priorauth_original_after(self)
+    if plan is True:
+        return self
+    if plan is False:
+        return _priorauth_original_after(self)
     required, groups = plan
-    for name in required:
-        if getattr(self, name, None) is None:
-            return _priorauth_original_after(self)
-    for fields, must in groups:
-        present = 0
-        for name in fields:
-            if getattr(self, name, None) is not None:
-                present += 1
-        if present > 1 or (must and present == 0):
-            return _priorauth_original_after(self)
+    values = self.__dict__
+    try:
+        for name in required:
+            if values[name] is None:
+                return _priorauth_original_after(self)
+        for pick, must in groups:
+            present = sum(map(_priorauth_is_not, pick(values), _priorauth_nones))
+            if present > 1 or (must and not present):
+                return _priorauth_original_after(self)
+    except KeyError:
+        return _priorauth_original_after(self)
     return self
+
+
+def fast_init(self: Any, /, **data: Any) -> None:
+    """``FHIRAbstractModel.__init__`` when the data names the class's own resource type (a resource validated at
+    the top level): drop it and validate, as the original does, without its per-call look-ups. Anything else
+    (no or another ``resourceType``, a ``resource_type`` key, a class with a ``resourceType`` field): the original."""
+    resource_type = data.get("resourceType")
+    if type(resource_type) is str and resource_type == self.__resource_type__ and "resource_type" not in data:
+        plain = _priorauth_plain_init.get(self.__class__)
+        if plain is None:
+            plain = _priorauth_plain_init_of(self.__class__)
+        if plain:
+            del data["resourceType"]
+            _priorauth_base_init(self, **data)
+            return
+    _priorauth_original_init(self, **data)
 
 
 def fast_date_validate(cls: Any, input_value: Any, validator: Any, validation_info: Any) -> Any:
@@ -228,6 +271,7 @@ _SWAPS: tuple[tuple[Any, types.CodeType, types.CodeType], ...] = (
     (_BEFORE, _BEFORE_CODE, fast_reject_null_complex_elements.__code__),
     (_AFTER, _AFTER_CODE, fast_validate_after_model_construction.__code__),
     (_DATE, _DATE_CODE, fast_date_validate.__code__),
+    (_INIT, _INIT_CODE, fast_init.__code__),
     (_SCHEMA, _SCHEMA_CODE, _FAST_SCHEMA_CODE),
 )
 _GLOBALS = {name: value for name, value in globals().items() if name.startswith("_priorauth_")}

@@ -586,6 +586,10 @@ _SLOTS: dict[type[BaseModel], dict[str, _Slot]] = {}
 #: Keys are exact JSON: dates, dataclasses and str/int subclasses are refused rather than converted.
 _STRICT_JSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
 _CONCEPTS: dict[bytes, BaseModel] = {}
+#: keep set -> element name -> kept by ``_prune``: a pure function of the two, worked out once per name (element
+#: names, never values; at most ``KEPT_KEYS_SIZE`` names per keep set, further names are decided each time).
+_KEPT_KEYS: dict[frozenset[str], dict[str, bool]] = {}
+KEPT_KEYS_SIZE = 512
 
 
 def clear_validation_caches() -> None:
@@ -694,10 +698,15 @@ def _prune(raw: dict[str, Any], lean: bool = False) -> dict[str, Any]:
     """
     rtype = raw.get("resourceType", "")
     keep = KEEP_OTHER_MEDICATION if lean else KEEP.get(rtype, frozenset())
+    decided = _KEPT_KEYS.setdefault(keep, {})
     out: dict[str, Any] = {}
     for key, value in raw.items():
-        name = key.removeprefix("_")
-        if key in ("resourceType", "id") or name in keep or _is_kept_choice(name, keep):
+        kept = decided.get(key)
+        if kept is None:
+            kept = _is_kept(key, keep)
+            if len(decided) < KEPT_KEYS_SIZE:
+                decided[key] = kept
+        if kept:
             out[key] = value
     if rtype == "Condition" and "extension" in out:
         kept = _histology_extensions(out)
@@ -722,6 +731,12 @@ def _prune_dosage(dosage: Any) -> Any:
     if not isinstance(dosage, dict):
         return dosage
     return {k: v for k, v in dosage.items() if (k.removeprefix("_")) in KEEP_DOSAGE}
+
+
+def _is_kept(key: str, keep: frozenset[str]) -> bool:
+    """Whether ``_prune`` keeps the element ``key`` (remembered per keep set in ``_KEPT_KEYS``)."""
+    name = key.removeprefix("_")
+    return key in ("resourceType", "id") or name in keep or _is_kept_choice(name, keep)
 
 
 def _is_kept_choice(name: str, keep: frozenset[str]) -> bool:
