@@ -701,12 +701,12 @@ def _prune(raw: dict[str, Any], lean: bool = False) -> dict[str, Any]:
     decided = _KEPT_KEYS.setdefault(keep, {})
     out: dict[str, Any] = {}
     for key, value in raw.items():
-        kept = decided.get(key)
-        if kept is None:
-            kept = _is_kept(key, keep)
+        wanted = decided.get(key)
+        if wanted is None:
+            wanted = _is_kept(key, keep)
             if len(decided) < KEPT_KEYS_SIZE:
-                decided[key] = kept
-        if kept:
+                decided[key] = wanted
+        if wanted:
             out[key] = value
     if rtype == "Condition" and "extension" in out:
         kept = _histology_extensions(out)
