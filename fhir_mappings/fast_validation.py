@@ -165,7 +165,8 @@ def fast_reject_null_complex_elements(cls: Any, data: Any) -> Any:
     for key in by_key.keys() & data.keys():
         for alias, name in by_key[key]:
             value = data.get(alias if alias and alias in data else name)
-            if isinstance(value, list) and any(item is None for item in value):
+            # ``None in`` holds whenever an item is None (identity first); when it holds, the original decides
+            if isinstance(value, list) and (type(value) is not list or None in value):
                 return _priorauth_original_before(cls, data)
     return data
 
@@ -201,18 +202,23 @@ def fast_validate_after_model_construction(self: Any) -> Any:
 
 
 def fast_init(self: Any, /, **data: Any) -> None:
-    """``FHIRAbstractModel.__init__`` when the data names the class's own resource type (a resource validated at
-    the top level): drop it and validate, as the original does, without its per-call look-ups. Anything else
-    (no or another ``resourceType``, a ``resource_type`` key, a class with a ``resourceType`` field): the original."""
-    resource_type = data.get("resourceType")
-    if type(resource_type) is str and resource_type == self.__resource_type__ and "resource_type" not in data:
-        plain = _priorauth_plain_init.get(self.__class__)
-        if plain is None:
-            plain = _priorauth_plain_init_of(self.__class__)
-        if plain:
-            del data["resourceType"]
+    """``FHIRAbstractModel.__init__`` without its per-call look-ups when the data has no ``resourceType`` (an
+    element validated on its own) or names the class's own resource type (a resource): drop it and validate, as the
+    original does. Anything else (another ``resourceType``, a ``resource_type`` key, a class with a
+    ``resourceType`` field or without a resource type): the original."""
+    if "resource_type" not in data and self.__resource_type__ is not Ellipsis:
+        resource_type = data.get("resourceType")
+        if resource_type is None and "resourceType" not in data:
             _priorauth_base_init(self, **data)
             return
+        if type(resource_type) is str and resource_type == self.__resource_type__:
+            plain = _priorauth_plain_init.get(self.__class__)
+            if plain is None:
+                plain = _priorauth_plain_init_of(self.__class__)
+            if plain:
+                del data["resourceType"]
+                _priorauth_base_init(self, **data)
+                return
     _priorauth_original_init(self, **data)
 
 

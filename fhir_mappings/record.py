@@ -554,7 +554,8 @@ class _Builder:
                     return None
                 notes.extend(fixes)
                 continue
-            self.repaired.extend(f"{label}: {n}" for n in notes)
+            if notes:
+                self.repaired.extend(f"{label}: {n}" for n in notes)
             return model
         self.dropped.append(f"{label}: still invalid after {MAX_REPAIR_ROUNDS} repairs")
         return None
