@@ -202,23 +202,23 @@ def fast_validate_after_model_construction(self: Any) -> Any:
 
 
 def fast_init(self: Any, /, **data: Any) -> None:
-    """``FHIRAbstractModel.__init__`` without its per-call look-ups when the data has no ``resourceType`` (an
-    element validated on its own) or names the class's own resource type (a resource): drop it and validate, as the
-    original does. Anything else (another ``resourceType``, a ``resource_type`` key, a class with a
-    ``resourceType`` field or without a resource type): the original."""
+    """``FHIRAbstractModel.__init__`` and ``BaseModel.__init__`` in one, without the per-call look-ups, when the
+    data has no ``resourceType`` (an element validated on its own) or names the class's own resource type (a
+    resource): drop it and validate into ``self``, as the originals do. Anything else (another ``resourceType``, a
+    ``resource_type`` key, a class with a ``resourceType`` field or without a resource type): the original."""
     if "resource_type" not in data and self.__resource_type__ is not Ellipsis:
         resource_type = data.get("resourceType")
-        if resource_type is None and "resourceType" not in data:
-            _priorauth_base_init(self, **data)
-            return
-        if type(resource_type) is str and resource_type == self.__resource_type__:
+        plain = resource_type is None and "resourceType" not in data
+        if not plain and type(resource_type) is str and resource_type == self.__resource_type__:
             plain = _priorauth_plain_init.get(self.__class__)
             if plain is None:
                 plain = _priorauth_plain_init_of(self.__class__)
             if plain:
                 del data["resourceType"]
-                _priorauth_base_init(self, **data)
-                return
+        if plain:
+            if self.__pydantic_validator__.validate_python(data, self_instance=self) is not self:
+                _priorauth_base_init(self, **data)  # its warning, and the same outcome (the validators are pure)
+            return
     _priorauth_original_init(self, **data)
 
 

@@ -26,6 +26,7 @@ same checks and errors, with what they read from each model class worked out onc
 
 from __future__ import annotations
 
+import operator
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -656,7 +657,7 @@ def _interned(value: dict[str, Any], slots: Mapping[str, _Slot], references: dic
             if not isinstance(item, list):
                 continue
             new: Any = [_intern_one(x, slot, references) for x in item]
-            if all(a is b for a, b in zip(new, item)):
+            if not any(map(operator.is_not, new, item)):
                 continue
         else:
             new = _intern_one(item, slot, references)
@@ -700,15 +701,9 @@ def _prune(raw: dict[str, Any], lean: bool = False) -> dict[str, Any]:
     rtype = raw.get("resourceType", "")
     keep = KEEP_OTHER_MEDICATION if lean else KEEP.get(rtype, frozenset())
     decided = _KEPT_KEYS.setdefault(keep, {})
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        wanted = decided.get(key)
-        if wanted is None:
-            wanted = _is_kept(key, keep)
-            if len(decided) < KEPT_KEYS_SIZE:
-                decided[key] = wanted
-        if wanted:
-            out[key] = value
+    if not decided.keys() >= raw.keys():
+        decided = _decide_keys(raw, keep, decided)
+    out: dict[str, Any] = {key: value for key, value in raw.items() if decided[key]}
     if rtype == "Condition" and "extension" in out:
         kept = _histology_extensions(out)
         if kept:
@@ -732,6 +727,15 @@ def _prune_dosage(dosage: Any) -> Any:
     if not isinstance(dosage, dict):
         return dosage
     return {k: v for k, v in dosage.items() if (k.removeprefix("_")) in KEEP_DOSAGE}
+
+
+def _decide_keys(raw: dict[str, Any], keep: frozenset[str], decided: dict[str, bool]) -> dict[str, bool]:
+    """``decided`` with ``raw``'s undecided element names added (in place while it has room, else in a copy)."""
+    new = {key: _is_kept(key, keep) for key in raw.keys() - decided.keys()}
+    if len(decided) + len(new) <= KEPT_KEYS_SIZE:
+        decided.update(new)
+        return decided
+    return {**decided, **new}
 
 
 def _is_kept(key: str, keep: frozenset[str]) -> bool:
