@@ -208,7 +208,7 @@ def fast_init(self: Any, /, **data: Any) -> None:
     ``resource_type`` key, a class with a ``resourceType`` field or without a resource type): the original."""
     if "resource_type" not in data and self.__resource_type__ is not Ellipsis:
         resource_type = data.get("resourceType")
-        plain = resource_type is None and "resourceType" not in data
+        plain: bool | None = resource_type is None and "resourceType" not in data
         if not plain and type(resource_type) is str and resource_type == self.__resource_type__:
             plain = _priorauth_plain_init.get(self.__class__)
             if plain is None:
