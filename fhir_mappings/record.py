@@ -20,8 +20,10 @@ ever read, never mutated. The concept cache is bounded and holds CodeableConcept
 concept text), never references, identifiers or dates; references (patient and practitioner ids) are
 interned for one call only.
 
-fhir_core's two per-instance Python validators run through ``fast_validation`` (installed on import): the
-same checks and errors, with what they read from each model class worked out once per class.
+fhir_core's per-element Python validation runs through ``fast_validation`` (installed on import): the same
+checks and errors, with what it reads from each model class worked out once per class. Models are built with
+``Model(**data)``, which is what ``Model.model_validate(data)`` calls (fhir.resources models have their own
+``__init__``), without the second run of the model's after-validator that ``model_validate`` adds around it.
 """
 
 from __future__ import annotations
@@ -544,7 +546,7 @@ class _Builder:
         copied = False
         for _ in range(MAX_REPAIR_ROUNDS + 1):
             try:
-                model = model_cls.model_validate(_interned(data, _slots(model_cls), self.references))
+                model = model_cls(**_interned(data, _slots(model_cls), self.references))
             except ValidationError as exc:
                 if not copied:
                     data, copied = deep_copy_json(data), True
@@ -683,7 +685,7 @@ def _intern_one(item: Any, slot: _Slot, references: dict[bytes, BaseModel]) -> A
     model = cache.get(key)
     if model is None:
         try:
-            model = slot.model.model_validate(item)
+            model = slot.model(**item)
         except ValidationError:
             return item  # validated in place, so the error keeps its location
         if cache is _CONCEPTS and len(_CONCEPTS) >= CONCEPT_CACHE_SIZE:

@@ -450,3 +450,31 @@ def test_uninstall_restores_every_function() -> None:
     finally:
         fast_validation.install()
     assert all(f.__code__ is fast_validation._FAST_ELEMENT_CODE for f in fast_validation._element_validators())
+
+
+def _called(model_cls: type[BaseModel], data: dict[str, Any]) -> tuple[str, Any]:
+    try:
+        return "model", model_cls(**copy.deepcopy(data))
+    except ValidationError as exc:
+        return "invalid", repr(exc.errors(include_url=False))
+    except Exception as exc:  # noqa: BLE001 - the library's own failures must be the same too
+        return "raised", type(exc).__name__
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_calling_the_class_same_as_model_validate(data: st.DataObject) -> None:
+    """The record builder builds models with ``Model(**data)``: the same models and errors as fhir_core's own
+    ``Model.model_validate(data)`` (which calls it, then runs the after-validator once more)."""
+    resource = copy.deepcopy(data.draw(st.sampled_from(RESOURCES)))
+    model_cls = MODELS[resource["resourceType"]]
+    for _ in range(data.draw(st.integers(0, 3))):
+        data.draw(st.sampled_from([_mutate_more, _mutate]))(resource, data.draw)
+    fast_validation.uninstall()
+    try:
+        upstream = _outcome(model_cls, resource)
+    finally:
+        fast_validation.install()
+    if upstream[0] == "raised":
+        upstream = ("raised", upstream[1].split(":")[0])
+    assert _called(model_cls, resource) == upstream
