@@ -1,7 +1,7 @@
 """fhir_core's per-element Python validation with its per-class work done once (same checks, same errors).
 
 fhir.resources validates every nested complex element (a CodeableConcept, a Dosage, a Reference ...) through
-Python, and the Python, not pydantic-core, is most of the cost. This shim replaces the code of four fhir_core
+Python, and the Python, not pydantic-core, is most of the cost. This shim replaces the code of six fhir_core
 functions with versions that do the same for less:
 
 - the element wrap validator (``FhirBase.__get_pydantic_core_schema__.<locals>._validate``): upstream looks up
@@ -15,7 +15,10 @@ functions with versions that do the same for less:
 - ``validate_after_model_construction`` (after) rebuilt the class's required-primitive and choice-element lists;
   the shim knows them per class, and that most classes have none;
 - ``Date._validate`` ran three regular expressions per date; the shim decides the common cases from the type's
-  own pattern and the length (a partial date is 4 or 7 characters; a leap second needs ``":60"``).
+  own pattern and the length (a partial date is 4 or 7 characters; a leap second needs ``":60"``), and
+  ``DateTime._validate`` does the same before its own time-zone checks, without the ``super()`` round trip;
+- ``FHIRAbstractModel.__init__`` (a resource, or an element validated on its own) drops its own
+  ``resourceType`` and validates, as before, in one frame with ``BaseModel.__init__``.
 
 Exactness: each fast path only decides "nothing to report" or produces the very same outcome through the same
 pydantic-core call; whenever it is unsure (another input type, a ``resourceType`` key, a ``null`` in a complex
@@ -32,6 +35,7 @@ inside fhir_core, described in README.md ("Validation cost").
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import operator
 import types
@@ -47,6 +51,7 @@ _FHIR_BASE = _types_module.FhirBase
 _BEFORE: Any = _BASE.__dict__["reject_null_complex_elements"].__func__
 _AFTER: Any = _BASE.__dict__["validate_after_model_construction"]
 _DATE: Any = _types_module.Date.__dict__["_validate"].__func__
+_DATETIME: Any = _types_module.DateTime.__dict__["_validate"].__func__
 _SCHEMA: Any = _FHIR_BASE.__dict__["__get_pydantic_core_schema__"].__func__
 _INIT: Any = _BASE.__dict__["__init__"]
 _INIT_CODE = _INIT.__code__
@@ -55,6 +60,7 @@ _PLAIN_MODEL_VALIDATOR: Any = _FHIR_BASE.__dict__["fhir_model_validator"].__func
 _BEFORE_CODE = _BEFORE.__code__
 _AFTER_CODE = _AFTER.__code__
 _DATE_CODE = _DATE.__code__
+_DATETIME_CODE = _DATETIME.__code__
 _SCHEMA_CODE = _SCHEMA.__code__
 _ELEMENT_CODE: types.CodeType = next(
     c for c in _SCHEMA_CODE.co_consts if isinstance(c, types.CodeType) and c.co_name == "_validate"
@@ -64,6 +70,10 @@ _ELEMENT_CODE: types.CodeType = next(
 _priorauth_original_before = types.FunctionType(_BEFORE_CODE, _BEFORE.__globals__, "reject_null_complex_elements")
 _priorauth_original_after = types.FunctionType(_AFTER_CODE, _AFTER.__globals__, "validate_after_model_construction")
 _priorauth_original_date = types.FunctionType(_DATE_CODE, _DATE.__globals__, "_validate")
+_priorauth_original_datetime = types.FunctionType(
+    _DATETIME_CODE, _DATETIME.__globals__, "_validate", None, _DATETIME.__closure__
+)
+_priorauth_datetime = datetime.datetime
 _priorauth_original_init = types.FunctionType(_INIT.__code__, _INIT.__globals__, "__init__")
 _priorauth_base_init = BaseModel.__init__
 _priorauth_is_not = operator.is_not
@@ -234,6 +244,32 @@ def fast_date_validate(cls: Any, input_value: Any, validator: Any, validation_in
     return _priorauth_original_date(cls, input_value, validator, validation_info)
 
 
+def _datetime_validator_code() -> types.CodeType:
+    """The code of ``DateTime._validate`` made fast. Its original has one closure cell (``__class__``, for its
+    ``super()`` call into ``Date._validate``), so this one has the same cell, unused."""
+    __class__: Any = None
+
+    def fast_datetime_validate(cls: Any, input_value: Any, validator: Any, validation_info: Any) -> Any:
+        """``Date._validate``'s fast path, then DateTime's own checks of a parsed string; anything else (a
+        ``datetime`` without a time zone after a time: the error) is the original's."""
+        __class__  # noqa: B018 - keeps the cell
+        if type(input_value) is str and cls.pattern.fullmatch(input_value) is not None:
+            size = len(input_value)
+            if size == 4 or size == 7:
+                return input_value
+            if ":60" not in input_value:
+                value = validator(input_value)
+                if type(value) is _priorauth_datetime:
+                    if "T" in input_value and value.tzinfo is None:
+                        return _priorauth_original_datetime(cls, input_value, validator, validation_info)
+                    if "T" not in input_value and value.time():
+                        value = value.date()
+                    return value
+        return _priorauth_original_datetime(cls, input_value, validator, validation_info)
+
+    return fast_datetime_validate.__code__
+
+
 def _element_validator_code() -> types.CodeType:
     """The code of fhir_core's element wrap validator, made fast: it needs the same closure cells (``cls``, the
     ``FhirBase`` subclass, and ``source_type``, the annotated element type)."""
@@ -267,6 +303,7 @@ def _element_validator_code() -> types.CodeType:
 
 
 _FAST_ELEMENT_CODE = _element_validator_code()
+_FAST_DATETIME_CODE = _datetime_validator_code()
 _FAST_SCHEMA_CODE = _SCHEMA_CODE.replace(
     co_consts=tuple(_FAST_ELEMENT_CODE if c is _ELEMENT_CODE else c for c in _SCHEMA_CODE.co_consts)
 )
@@ -277,6 +314,7 @@ _SWAPS: tuple[tuple[Any, types.CodeType, types.CodeType], ...] = (
     (_BEFORE, _BEFORE_CODE, fast_reject_null_complex_elements.__code__),
     (_AFTER, _AFTER_CODE, fast_validate_after_model_construction.__code__),
     (_DATE, _DATE_CODE, fast_date_validate.__code__),
+    (_DATETIME, _DATETIME_CODE, _FAST_DATETIME_CODE),
     (_INIT, _INIT_CODE, fast_init.__code__),
     (_SCHEMA, _SCHEMA_CODE, _FAST_SCHEMA_CODE),
 )
