@@ -1,15 +1,16 @@
 """fhir_core's per-element Python validation with its per-class work done once (same checks, same errors).
 
 fhir.resources validates every nested complex element (a CodeableConcept, a Dosage, a Reference ...) through
-Python, and the Python, not pydantic-core, is most of the cost. This shim replaces the code of six fhir_core
-functions with versions that do the same for less:
+Python, and the Python, not pydantic-core, is most of the cost. This shim replaces the code of five fhir_core
+functions and of the two validator closures pydantic compiled into every schema (and of the two schema builders
+that create those closures, for the classes fhir.resources imports later) with versions that do the same for less:
 
 - the element wrap validator (``FhirBase.__get_pydantic_core_schema__.<locals>._validate``): upstream looks up
   the model class, calls ``fhir_model_validator`` (isinstance checks, an errors list, a resource-type check),
   ``model_validate`` -> pydantic-core -> ``FHIRAbstractModel.__init__`` -> ``BaseModel.__init__`` ->
-  pydantic-core, and then validates the new model once more as a ``FHIRAbstractModel`` (which runs the
-  after-validator a third time). For a plain JSON object without ``resourceType`` the shim validates it straight
-  into a new instance of the class, exactly what ``BaseModel.__init__`` does, once;
+  pydantic-core, running the class's after-validator twice (inside ``__init__`` and around it). For a plain JSON
+  object without ``resourceType`` the shim validates it straight into a new instance of the class, exactly what
+  ``BaseModel.__init__`` does, once;
 - ``reject_null_complex_elements`` (before) walked *all* fields of the class asking whether each is a list of a
   complex type; the shim knows each class's few such lists;
 - ``validate_after_model_construction`` (after) rebuilt the class's required-primitive and choice-element lists;
@@ -17,6 +18,8 @@ functions with versions that do the same for less:
 - ``Date._validate`` ran three regular expressions per date; the shim decides the common cases from the type's
   own pattern and the length (a partial date is 4 or 7 characters; a leap second needs ``":60"``), and
   ``DateTime._validate`` does the same before its own time-zone checks, without the ``super()`` round trip;
+- ``Decimal``'s validator ran a regular expression and built a ``decimal.Decimal`` per value; the shim remembers
+  (bounded) what an int or a short string validated to;
 - ``FHIRAbstractModel.__init__`` (a resource, or an element validated on its own) drops its own
   ``resourceType`` and validates, as before, in one frame with ``BaseModel.__init__``.
 
@@ -36,6 +39,7 @@ inside fhir_core, described in README.md ("Validation cost").
 from __future__ import annotations
 
 import datetime
+import decimal
 import itertools
 import operator
 import types
@@ -62,9 +66,17 @@ _AFTER_CODE = _AFTER.__code__
 _DATE_CODE = _DATE.__code__
 _DATETIME_CODE = _DATETIME.__code__
 _SCHEMA_CODE = _SCHEMA.__code__
-_ELEMENT_CODE: types.CodeType = next(
-    c for c in _SCHEMA_CODE.co_consts if isinstance(c, types.CodeType) and c.co_name == "_validate"
-)
+_DECIMAL_SCHEMA: Any = _types_module.Decimal.__dict__["__get_pydantic_core_schema__"].__func__
+_DECIMAL_SCHEMA_CODE = _DECIMAL_SCHEMA.__code__
+
+
+def _nested_validate(code: types.CodeType) -> types.CodeType:
+    """The code of the ``_validate`` closure a schema builder creates."""
+    return next(c for c in code.co_consts if isinstance(c, types.CodeType) and c.co_name == "_validate")
+
+
+_ELEMENT_CODE = _nested_validate(_SCHEMA_CODE)
+_DECIMAL_CODE = _nested_validate(_DECIMAL_SCHEMA_CODE)
 
 #: The originals, callable while the shim is installed (same code and globals as fhir_core's).
 _priorauth_original_before = types.FunctionType(_BEFORE_CODE, _BEFORE.__globals__, "reject_null_complex_elements")
@@ -74,6 +86,15 @@ _priorauth_original_datetime = types.FunctionType(
     _DATETIME_CODE, _DATETIME.__globals__, "_validate", None, _DATETIME.__closure__
 )
 _priorauth_datetime = datetime.datetime
+_priorauth_original_decimal = types.FunctionType(
+    _DECIMAL_CODE, _DECIMAL_SCHEMA.__globals__, "_validate", None, (types.CellType(_types_module.Decimal),)
+)
+_priorauth_decimal_class = _types_module.Decimal
+#: Decimals by the int or short string they were validated from: a pure function of the value (the same
+#: ``decimal.Decimal``, immutable), bounded; dose quantities and lab values repeat across requests.
+_priorauth_decimals: dict[int | str, decimal.Decimal] = {}
+DECIMALS_SIZE = 1024
+_priorauth_decimals_size = DECIMALS_SIZE
 _priorauth_original_init = types.FunctionType(_INIT.__code__, _INIT.__globals__, "__init__")
 _priorauth_base_init = BaseModel.__init__
 _priorauth_is_not = operator.is_not
@@ -302,13 +323,38 @@ def _element_validator_code() -> types.CodeType:
     return _validate.__code__
 
 
+def _decimal_validator_code() -> types.CodeType:
+    """The code of ``Decimal``'s validator closure (cell: ``cls``), remembering what an int or a short string
+    validated to; anything else, and every first time, is the original (its errors too)."""
+    cls: Any = None
+
+    def _validate(input_value: Any, validator: Any, validation_info: Any) -> Any:
+        kind = type(input_value)
+        if (kind is int or kind is str) and cls is _priorauth_decimal_class:
+            found = _priorauth_decimals.get(input_value)
+            if found is None:
+                found = _priorauth_original_decimal(input_value, validator, validation_info)
+                small = -1_000_000_000 < input_value < 1_000_000_000 if kind is int else len(input_value) <= 24
+                if small and len(_priorauth_decimals) < _priorauth_decimals_size:
+                    _priorauth_decimals[input_value] = found
+            return found
+        return _priorauth_original_decimal(input_value, validator, validation_info)
+
+    return _validate.__code__
+
+
+def _with_nested(builder_code: types.CodeType, original: types.CodeType, fast: types.CodeType) -> types.CodeType:
+    """A schema builder's code creating the fast closure instead of the original (same closure cells)."""
+    if fast.co_freevars != original.co_freevars:  # pragma: no cover - a fhir_core we do not know
+        raise ImportError(f"fhir_core's {original.co_qualname} has closure cells {original.co_freevars}")
+    return builder_code.replace(co_consts=tuple(fast if c is original else c for c in builder_code.co_consts))
+
+
 _FAST_ELEMENT_CODE = _element_validator_code()
+_FAST_DECIMAL_CODE = _decimal_validator_code()
 _FAST_DATETIME_CODE = _datetime_validator_code()
-_FAST_SCHEMA_CODE = _SCHEMA_CODE.replace(
-    co_consts=tuple(_FAST_ELEMENT_CODE if c is _ELEMENT_CODE else c for c in _SCHEMA_CODE.co_consts)
-)
-if _FAST_ELEMENT_CODE.co_freevars != _ELEMENT_CODE.co_freevars:  # pragma: no cover - a fhir_core we do not know
-    raise ImportError(f"fhir_core's element validator has closure cells {_ELEMENT_CODE.co_freevars}")
+#: Closure code (in compiled schemas) -> what replaces it while installed.
+_CLOSURES = {_ELEMENT_CODE: _FAST_ELEMENT_CODE, _DECIMAL_CODE: _FAST_DECIMAL_CODE}
 
 _SWAPS: tuple[tuple[Any, types.CodeType, types.CodeType], ...] = (
     (_BEFORE, _BEFORE_CODE, fast_reject_null_complex_elements.__code__),
@@ -316,19 +362,20 @@ _SWAPS: tuple[tuple[Any, types.CodeType, types.CodeType], ...] = (
     (_DATE, _DATE_CODE, fast_date_validate.__code__),
     (_DATETIME, _DATETIME_CODE, _FAST_DATETIME_CODE),
     (_INIT, _INIT_CODE, fast_init.__code__),
-    (_SCHEMA, _SCHEMA_CODE, _FAST_SCHEMA_CODE),
+    (_SCHEMA, _SCHEMA_CODE, _with_nested(_SCHEMA_CODE, _ELEMENT_CODE, _FAST_ELEMENT_CODE)),
+    (_DECIMAL_SCHEMA, _DECIMAL_SCHEMA_CODE, _with_nested(_DECIMAL_SCHEMA_CODE, _DECIMAL_CODE, _FAST_DECIMAL_CODE)),
 )
 _GLOBALS = {name: value for name, value in globals().items() if name.startswith("_priorauth_")}
-#: Element validators of the model classes seen so far, and those classes (see ``_element_validators``).
-_validators_found: list[types.FunctionType] = []
+#: Closures (element and decimal validators) of the model classes seen so far, and those classes (``_closures``).
+_closures_found: list[types.FunctionType] = []
 _classes_seen: set[type] = set()
 
 
-def _element_validators() -> list[types.FunctionType]:
-    """Every element wrap validator in the compiled schemas of the model classes defined so far.
+def _closures() -> list[types.FunctionType]:
+    """Every element and decimal validator closure in the compiled schemas of the model classes defined so far.
 
     fhir.resources imports element classes lazily (on first use), so new ones appear after ``install``: those
-    get the fast code from the swapped schema builder, and are found here on the next (un)install. Found by
+    get the fast code from the swapped schema builders, and are found here on the next (un)install. Found by
     walking each class's own core schema once (``gc`` cannot see objects ``gc.freeze`` moved out of its reach).
     """
     stack: list[type] = [_BASE]
@@ -338,12 +385,13 @@ def _element_validators() -> list[types.FunctionType]:
             stack.append(model_class)
             if model_class not in _classes_seen:
                 _classes_seen.add(model_class)
-                _validators_found.extend(_functions_in(model_class.__dict__.get("__pydantic_core_schema__")))
-    return _validators_found
+                _closures_found.extend(_closures_in(model_class.__dict__.get("__pydantic_core_schema__")))
+    return _closures_found
 
 
-def _functions_in(schema: Any) -> list[types.FunctionType]:
-    """The element wrap validators (either code) referenced anywhere in a core schema."""
+def _closures_in(schema: Any) -> list[types.FunctionType]:
+    """The validator closures the shim swaps (either code) referenced anywhere in a core schema."""
+    codes = {*_CLOSURES, *_CLOSURES.values()}
     found: list[types.FunctionType] = []
     stack = [schema]
     while stack:
@@ -352,9 +400,14 @@ def _functions_in(schema: Any) -> list[types.FunctionType]:
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-        elif isinstance(item, types.FunctionType) and item.__code__ in (_ELEMENT_CODE, _FAST_ELEMENT_CODE):
+        elif isinstance(item, types.FunctionType) and item.__code__ in codes:
             found.append(item)
     return found
+
+
+def forget_values() -> None:
+    """Empty the decimal memo (benchmarks measure the cold path with this)."""
+    _priorauth_decimals.clear()
 
 
 def installed() -> bool:
@@ -368,13 +421,14 @@ def install() -> None:
     _types_module.__dict__.update(_GLOBALS)
     for function, _original, fast in _SWAPS:
         function.__code__ = fast
-    for function in _element_validators():
-        function.__code__ = _FAST_ELEMENT_CODE
+    for function in _closures():
+        function.__code__ = _CLOSURES.get(function.__code__, function.__code__)
 
 
 def uninstall() -> None:
     """fhir_core's own validators again (benchmarks and the equivalence test compare both)."""
     for function, original, _fast in _SWAPS:
         function.__code__ = original
-    for function in _element_validators():
-        function.__code__ = _ELEMENT_CODE
+    originals = {fast: original for original, fast in _CLOSURES.items()}
+    for function in _closures():
+        function.__code__ = originals.get(function.__code__, function.__code__)

@@ -597,8 +597,9 @@ KEPT_KEYS_SIZE = 512
 
 
 def clear_validation_caches() -> None:
-    """Forget every interned CodeableConcept (benchmarks measure the cold path with this)."""
+    """Forget every interned CodeableConcept and remembered decimal (benchmarks measure the cold path with this)."""
     _CONCEPTS.clear()
+    fast_validation.forget_values()
 
 
 def _slots(model_cls: type[BaseModel]) -> dict[str, _Slot]:

@@ -441,15 +441,14 @@ def test_uninstall_restores_every_function() -> None:
     )
     fast_validation.uninstall()
     try:
-        shim_code = {code for _f, _o, code in fast_validation._SWAPS} | {fast_validation._FAST_ELEMENT_CODE}
+        shim_code = {code for _f, _o, code in fast_validation._SWAPS} | set(fast_validation._CLOSURES.values())
         assert not any(f.__code__ in shim_code for f, _o, _c in fast_validation._SWAPS)
-        validators = fast_validation._element_validators()
-        assert validators
-        assert all(f.__code__ is fast_validation._ELEMENT_CODE for f in validators)
+        closures = fast_validation._closures()
+        assert {f.__code__ for f in closures} == set(fast_validation._CLOSURES)
         assert {CarePlan} <= fast_validation._classes_seen
     finally:
         fast_validation.install()
-    assert all(f.__code__ is fast_validation._FAST_ELEMENT_CODE for f in fast_validation._element_validators())
+    assert {f.__code__ for f in fast_validation._closures()} == set(fast_validation._CLOSURES.values())
 
 
 def _called(model_cls: type[BaseModel], data: dict[str, Any]) -> tuple[str, Any]:
