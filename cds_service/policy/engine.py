@@ -222,12 +222,32 @@ def select_pathway(policy: Policy, facts: Facts) -> Selection:
             return Selection(run_pathway(policy.of_kind(CONTINUED_OTHER)[0], facts))
     if not ranked:
         return Selection(run_pathway(policy.of_kind(INITIAL_OTHER)[0], facts))
-    scored = [(rank, _RANK[_score(p, ranking).decision], index, p) for rank, index, p in ranked]
-    best = min(scored, key=lambda s: s[:3])
+    top = min(rank for rank, _, _ in ranked)
+    pathway, scored = _best([p for rank, _, p in ranked if rank == top], ranking)
     options: tuple[Pathway, ...] = ()
-    if best[0] == GENERIC:
-        options = tuple(p for rank, _, _, p in sorted(scored, key=lambda s: s[2]) if rank == GENERIC)
-    return Selection(run_pathway(best[3], facts), options)
+    if top == GENERIC:
+        options = tuple(p for rank, _, p in ranked if rank == GENERIC)
+    result = scored.result() if scored is not None and ranking is facts else run_pathway(pathway, facts)
+    return Selection(result, options)
+
+
+def _best(contenders: list[Pathway], ranking: Facts) -> tuple[Pathway, _Scored | None]:
+    """The contender (all of the strongest evidence, in policy order) with the best decision, the first on a tie.
+
+    Only the decision is compared, so a lone contender is not scored (None) and scoring stops at the first met:
+    no later pathway can beat it. The winner's outcomes are returned for reuse when they were computed.
+    """
+    if len(contenders) == 1:
+        return contenders[0], None
+    best: _Scored | None = None
+    for pathway in contenders:
+        scored = _score(pathway, ranking)
+        if best is None or _RANK[scored.decision] < _RANK[best.decision]:
+            best = scored
+            if scored.decision is Decision.MET:
+                break
+    assert best is not None
+    return best.pathway, best
 
 
 def select(policy: Policy, facts: Facts) -> PathwayResult:
