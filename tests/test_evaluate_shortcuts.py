@@ -1,8 +1,10 @@
 """The evaluate stage's shortcuts give exactly the answers of the straightforward computation (issue 18).
 
-``select_pathway`` scores only the contenders of the strongest evidence, stops at the first met and reuses the
-winner's outcomes; here the earlier way (score every ranked indication pathway, then run the winner again) is
-compared with it on hypothesis-drawn charts of CP.PHAR.63 tags, missing data included.
+* ``select_pathway`` scores only the contenders of the strongest evidence, stops at the first met and reuses the
+  winner's outcomes; here the earlier way (score every ranked indication pathway, then run the winner again) is
+  compared with it on hypothesis-drawn charts of CP.PHAR.63 tags, missing data included;
+* the DTR prefill reads the chart outcomes the evaluation remembered (``questions.remembered_outcomes``): the offer
+  is the same as the one that runs every leaf test again.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cds_service.dtr.offer import offer
+from cds_service.policy import questions
 from cds_service.policy.engine import (
     _RANK,
     GENERIC,
@@ -20,13 +24,18 @@ from cds_service.policy.engine import (
     UNSEEN,
     Policy,
     Selection,
+    evaluate,
     evidence_rank,
     load_policy,
     run_pathway,
     select_pathway,
 )
 from cds_service.policy.predicates import CONDITION_KEYS
+from cds_service.policy.questions import remembered_outcomes
+from fhir_mappings.answers import ReadAnswers
+from fhir_mappings.codes import load_code_tables
 from fhir_mappings.model import Facts, LineOfBusiness
+from fhir_mappings.record import PatientRecord
 
 from .test_policy_cp_phar_63 import (
     BRANDS,
@@ -43,6 +52,7 @@ from .test_policy_cp_phar_63 import (
 )
 
 POLICY: Policy = load_policy(vocabulary=VOCAB)
+BASE = "https://payer.example"
 KEYS = ("conditions", "medicationRequests", "medicationStatements", "observations", "procedures", "coverage")
 
 
@@ -94,3 +104,19 @@ def test_selection_matches_scoring_every_candidate(chart: dict[str, Any]) -> Non
     selected = select_pathway(POLICY, facts)
     if selected.result is not None and selected.result.pathway.kind == INDICATION:
         assert selected == reference_selection(POLICY, facts)
+
+
+TABLES = load_code_tables()
+PACKAGED = load_policy(vocabulary=TABLES)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(charts)
+def test_prefill_from_remembered_outcomes_is_the_same(chart: dict[str, Any]) -> None:
+    """The DTR offer built from the leaf outcomes the evaluation remembered equals the one that runs every test."""
+    facts, record, heard = make_facts(**chart), PatientRecord(patient_id="p1"), ReadAnswers()
+    with remembered_outcomes():
+        evaluation = evaluate(PACKAGED, facts)
+        remembered = offer(PACKAGED, TABLES, evaluation, facts, record, heard, base=BASE, hook="order-sign")
+        assert evaluation.pathway is None or questions._REMEMBERED.get()  # the evaluation did remember outcomes
+    assert remembered == offer(PACKAGED, TABLES, evaluation, facts, record, heard, base=BASE, hook="order-sign")
