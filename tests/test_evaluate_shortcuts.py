@@ -4,7 +4,8 @@
   winner's outcomes; here the earlier way (score every ranked indication pathway, then run the winner again) is
   compared with it on hypothesis-drawn charts of CP.PHAR.63 tags, missing data included;
 * the DTR prefill reads the chart outcomes the evaluation remembered (``questions.remembered_outcomes``): the offer
-  is the same as the one that runs every leaf test again.
+  is the same as the one that runs every leaf test again;
+* a label note's ``all_of`` stops at its first part not met (``engine.notes_for``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from cds_service.policy.engine import (
     UNSEEN,
     Policy,
     Selection,
+    _label_outcome,
     evaluate,
     evidence_rank,
     load_policy,
@@ -32,6 +34,7 @@ from cds_service.policy.engine import (
 )
 from cds_service.policy.predicates import CONDITION_KEYS
 from cds_service.policy.questions import remembered_outcomes
+from cds_service.policy.results import Status
 from fhir_mappings.answers import ReadAnswers
 from fhir_mappings.codes import load_code_tables
 from fhir_mappings.model import Facts, LineOfBusiness
@@ -120,3 +123,14 @@ def test_prefill_from_remembered_outcomes_is_the_same(chart: dict[str, Any]) -> 
         remembered = offer(PACKAGED, TABLES, evaluation, facts, record, heard, base=BASE, hook="order-sign")
         assert evaluation.pathway is None or questions._REMEMBERED.get()  # the evaluation did remember outcomes
     assert remembered == offer(PACKAGED, TABLES, evaluation, facts, record, heard, base=BASE, hook="order-sign")
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(charts)
+def test_label_note_stops_at_a_part_not_met(chart: dict[str, Any]) -> None:
+    """A label note's all_of stops at its first part not met (None) and is otherwise its full outcome."""
+    facts = make_facts(**chart)
+    assert POLICY.label_notes and all(note.all_of for note in POLICY.label_notes)
+    for note in POLICY.label_notes:
+        full = note.when(facts, ())
+        assert _label_outcome(note, facts) == (None if full.status is Status.NOT_MET else full)

@@ -27,6 +27,7 @@ from .loader import (
     INITIAL_OTHER,
     REFERRAL_KINDS,
     Criterion,
+    LabelNote,
     NonFormularyRule,
     Pathway,
     Policy,
@@ -36,7 +37,7 @@ from .loader import (
     UpTo,
     load_policy,
 )
-from .predicates import CONDITION_KEYS, Outcome, all_of_status, diagnosis_link, not_applicable_note
+from .predicates import CONDITION_KEYS, Outcome, all_of_status, combine_all, diagnosis_link, not_applicable_note
 from .results import CriterionResult, Decision, OrderEvaluation, Status, UnreadableOrder
 
 __all__ = [
@@ -273,10 +274,26 @@ def notes_for(policy: Policy, facts: Facts) -> tuple[str, ...]:
     if rule is not None and facts.product.is_brand is False and rule.generics == "evaluate":
         notes.append(rule.generic_note)
     for note in policy.label_notes:
-        outcome = note.when(facts, ())
-        if outcome.status is Status.MET or (outcome.status is Status.UNKNOWN and outcome.evidence):
+        outcome = _label_outcome(note, facts)
+        if outcome is not None and (
+            outcome.status is Status.MET or (outcome.status is Status.UNKNOWN and outcome.evidence)
+        ):
             notes.append(note.text)
     return tuple(notes)
+
+
+def _label_outcome(note: LabelNote, facts: Facts) -> Outcome | None:
+    """The note's ``when`` over the facts; None as soon as a part of an ``all_of`` is not met (Kleene AND is then
+    not met, whatever the other parts), so a note for another product stops at its product test."""
+    if not note.all_of:
+        return note.when(facts, ())
+    outcomes = []
+    for part in note.all_of:
+        outcome = part(facts, ())
+        if outcome.status is Status.NOT_MET:
+            return None
+        outcomes.append(outcome)
+    return combine_all(outcomes)
 
 
 def approval_months(pathway: Pathway, line: LineOfBusiness | None, requested_months: int | None) -> int | None:
