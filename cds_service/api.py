@@ -185,7 +185,9 @@ def call_service(service_id: str) -> Response:
     _authenticate()
     _rate_limit()
     payload = _read_json_body()
-    outcome = handler.handle(service_id, payload, issuer=g.get("issuer"), base_url=request.host_url)
+    outcome = handler.handle(
+        service_id, payload, issuer=g.get("issuer"), base_url=request.host_url, log_fields=g.log_fields
+    )
     g.decisions = outcome.decisions
     g.log_fields.update(
         hookInstance=outcome.hook_instance[:64],
