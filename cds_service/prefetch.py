@@ -326,7 +326,7 @@ def _log_outcome(
     a FHIR server never has) goes into the caller's one log line per request (``log_fields``) as ``prefetch``
     instead of a ``prefetch.summary`` record of its own: the same fields, one record fewer per call.
     """
-    fields = {
+    fields: dict[str, Any] = {
         "origins": dict(sorted(outcome.origin.items())),
         "failed": dict(sorted(outcome.failed.items())),
         "notes": dict(sorted(outcome.notes.items())),
