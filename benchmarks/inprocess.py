@@ -210,7 +210,8 @@ class AB:
 
 
 def ab_validation(handler: Any, payloads: dict[str, dict[str, Any]], rounds: int, calls: int = 9) -> list[AB]:
-    """fhir_core's own validators (A) against ``fhir_mappings.fast_validation`` (B), alternating every round."""
+    """fhir_core's own per-element Python validation (A: the shim uninstalled) against
+    ``fhir_mappings.fast_validation`` (B), alternating every round."""
     from fhir_mappings import fast_validation
 
     results = {name: AB(name, [], []) for name in payloads}

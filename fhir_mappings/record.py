@@ -20,12 +20,15 @@ ever read, never mutated. The concept cache is bounded and holds CodeableConcept
 concept text), never references, identifiers or dates; references (patient and practitioner ids) are
 interned for one call only.
 
-fhir_core's two per-instance Python validators run through ``fast_validation`` (installed on import): the
-same checks and errors, with what they read from each model class worked out once per class.
+fhir_core's per-element Python validation runs through ``fast_validation`` (installed on import): the same
+checks and errors, with what it reads from each model class worked out once per class. Models are built with
+``Model(**data)``, which is what ``Model.model_validate(data)`` calls (fhir.resources models have their own
+``__init__``), without the second run of the model's after-validator that ``model_validate`` adds around it.
 """
 
 from __future__ import annotations
 
+import operator
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -543,7 +546,7 @@ class _Builder:
         copied = False
         for _ in range(MAX_REPAIR_ROUNDS + 1):
             try:
-                model = model_cls.model_validate(_interned(data, _slots(model_cls), self.references))
+                model = model_cls(**_interned(data, _slots(model_cls), self.references))
             except ValidationError as exc:
                 if not copied:
                     data, copied = deep_copy_json(data), True
@@ -554,7 +557,8 @@ class _Builder:
                     return None
                 notes.extend(fixes)
                 continue
-            self.repaired.extend(f"{label}: {n}" for n in notes)
+            if notes:
+                self.repaired.extend(f"{label}: {n}" for n in notes)
             return model
         self.dropped.append(f"{label}: still invalid after {MAX_REPAIR_ROUNDS} repairs")
         return None
@@ -586,11 +590,16 @@ _SLOTS: dict[type[BaseModel], dict[str, _Slot]] = {}
 #: Keys are exact JSON: dates, dataclasses and str/int subclasses are refused rather than converted.
 _STRICT_JSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
 _CONCEPTS: dict[bytes, BaseModel] = {}
+#: keep set -> element name -> kept by ``_prune``: a pure function of the two, worked out once per name (element
+#: names, never values; at most ``KEPT_KEYS_SIZE`` names per keep set, further names are decided each time).
+_KEPT_KEYS: dict[frozenset[str], dict[str, bool]] = {}
+KEPT_KEYS_SIZE = 512
 
 
 def clear_validation_caches() -> None:
-    """Forget every interned CodeableConcept (benchmarks measure the cold path with this)."""
+    """Forget every interned CodeableConcept and remembered decimal (benchmarks measure the cold path with this)."""
     _CONCEPTS.clear()
+    fast_validation.forget_values()
 
 
 def _slots(model_cls: type[BaseModel]) -> dict[str, _Slot]:
@@ -651,7 +660,7 @@ def _interned(value: dict[str, Any], slots: Mapping[str, _Slot], references: dic
             if not isinstance(item, list):
                 continue
             new: Any = [_intern_one(x, slot, references) for x in item]
-            if all(a is b for a, b in zip(new, item)):
+            if not any(map(operator.is_not, new, item)):
                 continue
         else:
             new = _intern_one(item, slot, references)
@@ -677,7 +686,7 @@ def _intern_one(item: Any, slot: _Slot, references: dict[bytes, BaseModel]) -> A
     model = cache.get(key)
     if model is None:
         try:
-            model = slot.model.model_validate(item)
+            model = slot.model(**item)
         except ValidationError:
             return item  # validated in place, so the error keeps its location
         if cache is _CONCEPTS and len(_CONCEPTS) >= CONCEPT_CACHE_SIZE:
@@ -694,11 +703,10 @@ def _prune(raw: dict[str, Any], lean: bool = False) -> dict[str, Any]:
     """
     rtype = raw.get("resourceType", "")
     keep = KEEP_OTHER_MEDICATION if lean else KEEP.get(rtype, frozenset())
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = key.removeprefix("_")
-        if key in ("resourceType", "id") or name in keep or _is_kept_choice(name, keep):
-            out[key] = value
+    decided = _KEPT_KEYS.setdefault(keep, {})
+    if not decided.keys() >= raw.keys():
+        decided = _decide_keys(raw, keep, decided)
+    out: dict[str, Any] = {key: value for key, value in raw.items() if decided[key]}
     if rtype == "Condition" and "extension" in out:
         kept = _histology_extensions(out)
         if kept:
@@ -722,6 +730,21 @@ def _prune_dosage(dosage: Any) -> Any:
     if not isinstance(dosage, dict):
         return dosage
     return {k: v for k, v in dosage.items() if (k.removeprefix("_")) in KEEP_DOSAGE}
+
+
+def _decide_keys(raw: dict[str, Any], keep: frozenset[str], decided: dict[str, bool]) -> dict[str, bool]:
+    """``decided`` with ``raw``'s undecided element names added (in place while it has room, else in a copy)."""
+    new = {key: _is_kept(key, keep) for key in raw.keys() - decided.keys()}
+    if len(decided) + len(new) <= KEPT_KEYS_SIZE:
+        decided.update(new)
+        return decided
+    return {**decided, **new}
+
+
+def _is_kept(key: str, keep: frozenset[str]) -> bool:
+    """Whether ``_prune`` keeps the element ``key`` (remembered per keep set in ``_KEPT_KEYS``)."""
+    name = key.removeprefix("_")
+    return key in ("resourceType", "id") or name in keep or _is_kept_choice(name, keep)
 
 
 def _is_kept_choice(name: str, keep: frozenset[str]) -> bool:
