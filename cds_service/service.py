@@ -33,6 +33,7 @@ from .errors import PrefetchUnavailable, ProtocolError, UnknownService
 from .logs import log_event
 from .policy.engine import Policy, evaluate, unreadable
 from .policy.loader import DEFAULT_PACK, POLICY_FILE
+from .policy.questions import remembered_outcomes
 from .policy.results import UnreadableOrder
 from .prefetch import gather
 from .protocol import FHIR_ID, HookRequest, HookResponse, parse_hook_request, to_json
@@ -220,10 +221,13 @@ class HookHandler:
                 # Why, not which: response ids stay out of the log like every other resource reference.
                 whys = sorted({n.why for n in heard.not_used})
                 log_event(log, "dtr.responses_ignored", count=len(heard.not_used), reasons="; ".join(whys)[:500])
-            evaluation = evaluate(
-                self.policy, with_answers(facts, heard, offer.suggested_diagnoses(self.policy, facts))
-            )
-            dtr = offer.offer(self.policy, self.tables, evaluation, facts, record, heard, base=base, hook=request.hook)
+            with remembered_outcomes():  # the prefill reads the chart outcomes the evaluation computed
+                evaluation = evaluate(
+                    self.policy, with_answers(facts, heard, offer.suggested_diagnoses(self.policy, facts))
+                )
+                dtr = offer.offer(
+                    self.policy, self.tables, evaluation, facts, record, heard, base=base, hook=request.hook
+                )
             draft = next(d for d in drafts if d.get("resourceType") == "MedicationRequest" and d.get("id") == order_id)
             answered.append(
                 card_builder.EvaluatedOrder(

@@ -98,10 +98,10 @@ def daily_dose(dosage_instructions: Sequence[Dosage | None] | None, product: Pro
     tablet_totals: list[float | None] = []
     for members in groups.values():
         per_member = [_one_daily(d, strength, units) for d in members]
-        mg_totals.append(_sum([m for m, _ in per_member]))
-        tablet_totals.append(_sum([t for _, t in per_member]))
+        mg_totals.append(_sum([m for m, _, _ in per_member]))
+        tablet_totals.append(_sum([t for _, t, _ in per_member]))
     mg_per_day = _max(mg_totals)
-    words = _words(dosages[0], strength, units) if len(dosages) == 1 else None
+    words = per_member[0][2] if len(dosages) == 1 else None  # the one Dosage (the loop's only member)
     if words is None and mg_per_day is not None:
         words = f"{mg_per_day:g} mg/day"
     return Dose(mg_per_day, _max(tablet_totals), words)
@@ -117,10 +117,8 @@ def unit_words(form: str | None) -> frozenset[str]:
     return (known[form] if form is not None and form in known else known[DEFAULT_FORM]).unit_words
 
 
-def _words(dosage: Dosage, strength: float | None, units: frozenset[str]) -> str | None:
+def _words(mg: float | None, per_day: float | None) -> str | None:
     """ "10 mg twice daily" for one readable Dosage; None when the amount or how often is not certain."""
-    mg, _ = amount_per_administration(dosage, strength, units)
-    per_day = administrations_per_day(dosage)
     if mg is None or per_day is None:
         return None
     often = TIMES_A_DAY_WORDS.get(per_day) or f"{per_day:g} times a day"
@@ -140,14 +138,18 @@ def _max(values: list[float | None]) -> float | None:
     return None if not values or any(v is None for v in values) else max(v for v in values if v is not None)
 
 
-def _one_daily(dosage: Dosage, strength: float | None, units: frozenset[str]) -> tuple[float | None, float | None]:
+def _one_daily(
+    dosage: Dosage, strength: float | None, units: frozenset[str]
+) -> tuple[float | None, float | None, str | None]:
+    """(mg a day, units a day, the words of its sig) of one Dosage: the dosage is read once for all three."""
     mg, tablets = amount_per_administration(dosage, strength, units)
     per_day = administrations_per_day(dosage)
     if per_day is None:
-        return None, None
+        return None, None, None
     return (
         _finite(round(mg * per_day, 6)) if mg is not None else None,
         _finite(round(tablets * per_day, 6)) if tablets is not None else None,
+        _words(mg, per_day),
     )
 
 

@@ -584,9 +584,12 @@ def _receptors(record: PatientRecord, tables: CodeTables) -> dict[str, Finding]:
         for coding in codings(condition.code):
             for tag in tables.receptor_status_tags(tables.system_name(coding.system), coding.code):
                 sightings.append(_ReceptorSighting(_condition_start(condition), tag, f"Condition/{condition.id}"))
+    by_axis: dict[str, list[_ReceptorSighting]] = {}  # one pass: sightings in chart order per axis
+    for sighting in sightings:
+        by_axis.setdefault(sighting.tag.rsplit("-", 1)[0], []).append(sighting)
     out: dict[str, Finding] = {}
-    for axis in sorted({s.tag.rsplit("-", 1)[0] for s in sightings}):
-        on_axis = [s for s in sightings if s.tag.rsplit("-", 1)[0] == axis]
+    for axis in sorted(by_axis):
+        on_axis = by_axis[axis]
         latest = max((s.on for s in on_axis if s.on is not None), default=None)
         winners = [s for s in on_axis if s.on == latest]
         if len({s.tag for s in winners}) == 1:

@@ -10,7 +10,7 @@ from fhir_mappings.codes import CodeTables
 from fhir_mappings.model import Facts
 from fhir_mappings.record import PatientRecord
 
-from ..policy.loader import Criterion, Pathway, Policy
+from ..policy.loader import Pathway, Policy
 from ..policy.results import Decision, OrderEvaluation, Status
 from .prefill import Prefill, prefill
 from .questionnaire import (
@@ -75,21 +75,27 @@ def _pathways(policy: Policy, evaluation: OrderEvaluation) -> list[Pathway]:
 def _documentable(evaluation: OrderEvaluation, pathways: list[Pathway]) -> bool:
     if evaluation.pathway is None:
         return bool(pathways)
-    asked = {c.id for p in pathways for c in _criteria_with_questions(p)}
+    asked = {cid for p in pathways for cid in _criteria_with_questions(p)}
     # Top-level criteria decide: an open "or submit literature" under a dose that is within limits is not a gap.
     return any(
         c.status is Status.UNKNOWN and c.applicable and c.review is None and c.id in asked for c in evaluation.criteria
     )
 
 
-def _criteria_with_questions(pathway: Pathway) -> list[Criterion]:
-    """Criteria (at any depth) with a question somewhere in them."""
-    return [
-        node
-        for criterion in pathway.criteria
-        for node in criterion.walk()
-        if any(leaf.questions for child in node.walk() for leaf in child.leaves)
-    ]
+def _criteria_with_questions(pathway: Pathway) -> frozenset[str]:
+    """Ids of the criteria (at any depth) with a question somewhere in them; once per pathway, as the policy is
+    fixed once loaded."""
+    ids: frozenset[str] = memoised(
+        "criteria-with-questions",
+        pathway,
+        lambda: frozenset(
+            node.id
+            for criterion in pathway.criteria
+            for node in criterion.walk()
+            if any(leaf.questions for child in node.walk() for leaf in child.leaves)
+        ),
+    )
+    return ids
 
 
 def offer(

@@ -20,9 +20,9 @@ from fhir_mappings.record import PatientRecord
 
 from ..policy.loader import Pathway
 from ..policy.predicates import Outcome, her2_positive, hormone_receptor_positive
-from ..policy.questions import NEGATIVE, POSITIVE, RECEIVED, Leaf, Question
+from ..policy.questions import NEGATIVE, POSITIVE, RECEIVED, Leaf, Question, chart_outcome
 from ..policy.results import Status
-from .questionnaire import applies_link_id, coding, leaves_of, product_specific, value_set_rows
+from .questionnaire import applies_link_id, asked_leaves, coding, product_specific, value_set_rows
 from .stored import answer as _answer
 
 DTR_QR_PROFILE = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/dtr-questionnaireresponse"
@@ -165,10 +165,8 @@ def prefill(pathway: Pathway, facts: Facts, record: PatientRecord, tables: CodeT
     """What the chart answers for the pathway's questionnaire (facts read without any clinician answers)."""
     chart_facts = facts if not facts.answers else replace(facts, answers={})
     out: Prefill = {}
-    for leaf in leaves_of(pathway):
-        if not leaf.questions:
-            continue
-        chart = leaf.fn(chart_facts, ())
+    for leaf in asked_leaves(pathway):
+        chart = chart_outcome(leaf, chart_facts)
         for question in leaf.questions:
             answers = _question_answers(leaf, question, chart, chart_facts, record, tables)
             if answers:

@@ -39,7 +39,16 @@ def slug(text: str) -> str:
 
 
 def questionnaire_id(policy: Policy, pathway_id: str) -> str:
-    """ "cp-phar-63-i-a" for CP.PHAR.63 pathway I.A: a FHIR id (letters, digits, '-', at most 64)."""
+    """ "cp-phar-63-i-a" for CP.PHAR.63 pathway I.A: a FHIR id (letters, digits, '-', at most 64).
+
+    Worked out once per policy (every hook call names its canonicals): the slug's regex is not free."""
+    ids: dict[str, str] = memoised(
+        "questionnaire-ids", policy, lambda: {p.id: _slug_id(policy, p.id) for p in policy.pathways}
+    )
+    return ids.get(pathway_id) or _slug_id(policy, pathway_id)
+
+
+def _slug_id(policy: Policy, pathway_id: str) -> str:
     return slug(f"{policy.id}-{pathway_id}")[:64]
 
 
@@ -87,7 +96,12 @@ def applies_link_id(criterion_id: str) -> str:
 
 
 def product_specific(pathway: Pathway) -> tuple[Criterion, ...]:
-    """The pathway's criteria (at any depth) written for some products only, in policy order."""
+    """The pathway's criteria (at any depth) written for some products only, in policy order (once per pathway)."""
+    result: tuple[Criterion, ...] = memoised("product-specific", pathway, lambda: _product_specific(pathway))
+    return result
+
+
+def _product_specific(pathway: Pathway) -> tuple[Criterion, ...]:
 
     def walk(criteria: Iterable[Criterion]) -> Iterator[Criterion]:
         for criterion in criteria:
@@ -96,6 +110,14 @@ def product_specific(pathway: Pathway) -> tuple[Criterion, ...]:
             yield from walk(criterion.children)
 
     return tuple(walk(pathway.criteria))
+
+
+def asked_leaves(pathway: Pathway) -> tuple[Leaf, ...]:
+    """The pathway's leaf tests that ask something, in policy order (once per pathway)."""
+    result: tuple[Leaf, ...] = memoised(
+        "asked-leaves", pathway, lambda: tuple(leaf for leaf in leaves_of(pathway) if leaf.questions)
+    )
+    return result
 
 
 def questions_of(pathway: Pathway) -> tuple[Question, ...]:

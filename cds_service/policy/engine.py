@@ -27,6 +27,7 @@ from .loader import (
     INITIAL_OTHER,
     REFERRAL_KINDS,
     Criterion,
+    LabelNote,
     NonFormularyRule,
     Pathway,
     Policy,
@@ -36,7 +37,7 @@ from .loader import (
     UpTo,
     load_policy,
 )
-from .predicates import CONDITION_KEYS, Outcome, all_of_status, diagnosis_link, not_applicable_note
+from .predicates import CONDITION_KEYS, Outcome, all_of_status, combine_all, diagnosis_link, not_applicable_note
 from .results import CriterionResult, Decision, OrderEvaluation, Status, UnreadableOrder
 
 __all__ = [
@@ -222,12 +223,32 @@ def select_pathway(policy: Policy, facts: Facts) -> Selection:
             return Selection(run_pathway(policy.of_kind(CONTINUED_OTHER)[0], facts))
     if not ranked:
         return Selection(run_pathway(policy.of_kind(INITIAL_OTHER)[0], facts))
-    scored = [(rank, _RANK[_score(p, ranking).decision], index, p) for rank, index, p in ranked]
-    best = min(scored, key=lambda s: s[:3])
+    top = min(rank for rank, _, _ in ranked)
+    pathway, scored = _best([p for rank, _, p in ranked if rank == top], ranking)
     options: tuple[Pathway, ...] = ()
-    if best[0] == GENERIC:
-        options = tuple(p for rank, _, _, p in sorted(scored, key=lambda s: s[2]) if rank == GENERIC)
-    return Selection(run_pathway(best[3], facts), options)
+    if top == GENERIC:
+        options = tuple(p for rank, _, p in ranked if rank == GENERIC)
+    result = scored.result() if scored is not None and ranking is facts else run_pathway(pathway, facts)
+    return Selection(result, options)
+
+
+def _best(contenders: list[Pathway], ranking: Facts) -> tuple[Pathway, _Scored | None]:
+    """The contender (all of the strongest evidence, in policy order) with the best decision, the first on a tie.
+
+    Only the decision is compared, so a lone contender is not scored (None) and scoring stops at the first met:
+    no later pathway can beat it. The winner's outcomes are returned for reuse when they were computed.
+    """
+    if len(contenders) == 1:
+        return contenders[0], None
+    best: _Scored | None = None
+    for pathway in contenders:
+        scored = _score(pathway, ranking)
+        if best is None or _RANK[scored.decision] < _RANK[best.decision]:
+            best = scored
+            if scored.decision is Decision.MET:
+                break
+    assert best is not None
+    return best.pathway, best
 
 
 def select(policy: Policy, facts: Facts) -> PathwayResult:
@@ -253,10 +274,26 @@ def notes_for(policy: Policy, facts: Facts) -> tuple[str, ...]:
     if rule is not None and facts.product.is_brand is False and rule.generics == "evaluate":
         notes.append(rule.generic_note)
     for note in policy.label_notes:
-        outcome = note.when(facts, ())
-        if outcome.status is Status.MET or (outcome.status is Status.UNKNOWN and outcome.evidence):
+        outcome = _label_outcome(note, facts)
+        if outcome is not None and (
+            outcome.status is Status.MET or (outcome.status is Status.UNKNOWN and outcome.evidence)
+        ):
             notes.append(note.text)
     return tuple(notes)
+
+
+def _label_outcome(note: LabelNote, facts: Facts) -> Outcome | None:
+    """The note's ``when`` over the facts; None as soon as a part of an ``all_of`` is not met (Kleene AND is then
+    not met, whatever the other parts), so a note for another product stops at its product test."""
+    if not note.all_of:
+        return note.when(facts, ())
+    outcomes = []
+    for part in note.all_of:
+        outcome = part(facts, ())
+        if outcome.status is Status.NOT_MET:
+            return None
+        outcomes.append(outcome)
+    return combine_all(outcomes)
 
 
 def approval_months(pathway: Pathway, line: LineOfBusiness | None, requested_months: int | None) -> int | None:

@@ -177,6 +177,8 @@ class LabelNote:
     id: str
     text: str
     when: Predicate = field(repr=False, compare=False)
+    #: ``when``'s parts when it is an ``all_of`` (``Compiled.all_of``): the first one not met rules the note out.
+    all_of: tuple[Predicate, ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -768,7 +770,11 @@ def _label_notes(raw: Any, env: CompileEnv) -> tuple[LabelNote, ...]:
         where = f"label_notes[{index}]"
         entry = _mapping(item, where, ("id", "when", "text"), ("id", "when", "text"))
         compiled = compile_predicate(entry["when"], f"{where}.when", env)
-        notes.append(LabelNote(_text(entry["id"], where, "id"), _text(entry["text"], where, "text"), compiled.fn))
+        notes.append(
+            LabelNote(
+                _text(entry["id"], where, "id"), _text(entry["text"], where, "text"), compiled.fn, compiled.all_of
+            )
+        )
     return tuple(notes)
 
 

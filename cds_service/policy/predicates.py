@@ -95,6 +95,9 @@ class Compiled:
     leaves: tuple[Any, ...] = ()
     #: "any" or "all" for ``{sub_items: ...}``: how the criterion's sub-items combine.
     sub_items: str | None = None
+    #: The parts of an ``all_of`` (``fn`` is ``combine_all`` of theirs): one not met decides it, for a caller that
+    #: only needs to know whether it can hold (``engine.notes_for``).
+    all_of: tuple[Predicate, ...] = ()
 
 
 # ----------------------------------------------------------------------------- Kleene combination
@@ -1266,6 +1269,7 @@ def compile_predicate(spec: Any, where: str, env: CompileEnv) -> Compiled:
             lambda facts, subs: combine([f(facts, subs) for f in fns]),
             any(c.uses_sub_items for c in parts),
             tuple(leaf for c in parts for leaf in c.leaves),
+            all_of=fns if name == "all_of" else (),
         )
     if name == "not":
         inner = compile_predicate(params, f"{where}.not", env)

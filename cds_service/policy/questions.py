@@ -26,7 +26,9 @@ How an answer counts (``settle``):
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -563,6 +565,34 @@ def leaf(name: str, params: Any, where: str, env: CompileEnv, fn: Predicate) -> 
     return Leaf(where, name, fn, asks[0], asks[1], alternative=alternative)
 
 
+#: The chart outcomes of the asked leaf tests one hook call's evaluation computed, for the DTR prefill to read
+#: instead of running each test again: (leaf predicate, id of the facts) -> (those facts, outcome). Set only inside
+#: ``remembered_outcomes`` (one order of one call), never shared between calls.
+_REMEMBERED: ContextVar[dict[tuple[Predicate, int], tuple[Facts, Outcome]] | None] = ContextVar(
+    "priorauth_cds_leaf_outcomes", default=None
+)
+
+
+@contextmanager
+def remembered_outcomes() -> Iterator[None]:
+    """Remember the asked leaf tests' chart outcomes while one order is evaluated and offered DTR."""
+    token = _REMEMBERED.set({})
+    try:
+        yield
+    finally:
+        _REMEMBERED.reset(token)
+
+
+def chart_outcome(leaf: Leaf, facts: Facts) -> Outcome:
+    """``leaf.fn(facts, ())``: remembered when this call's evaluation ran the test on these very facts (a leaf test
+    never reads sub-item outcomes, so the evaluation's call is the same call)."""
+    remembered = _REMEMBERED.get()
+    hit = remembered.get((leaf.fn, id(facts))) if remembered is not None else None
+    if hit is not None and hit[0] is facts:
+        return hit[1]
+    return leaf.fn(facts, ())
+
+
 def answerable(leaf: Leaf) -> Predicate:
     """The leaf's predicate, reading the clinician's answers to its items when there are any."""
     fn, decide = leaf.fn, leaf.decide
@@ -572,6 +602,9 @@ def answerable(leaf: Leaf) -> Predicate:
 
     def answered(facts: Facts, subs: tuple[Outcome, ...]) -> Outcome:
         chart = fn(facts, subs)
+        remembered = _REMEMBERED.get()
+        if remembered is not None:
+            remembered[fn, id(facts)] = (facts, chart)
         if not facts.answers:
             return chart
         heard = {link_id: facts.answers[link_id] for link_id in link_ids if link_id in facts.answers}
