@@ -6,6 +6,7 @@ Every error body is a FHIR OperationOutcome; the mapping from exception to statu
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import logging
@@ -13,6 +14,7 @@ import os
 import re
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request
@@ -185,7 +187,9 @@ def call_service(service_id: str) -> Response:
     _authenticate()
     _rate_limit()
     payload = _read_json_body()
-    outcome = handler.handle(service_id, payload, issuer=g.get("issuer"), base_url=request.host_url)
+    outcome = handler.handle(
+        service_id, payload, issuer=g.get("issuer"), base_url=request.host_url, log_fields=g.log_fields
+    )
     g.decisions = outcome.decisions
     g.log_fields.update(
         hookInstance=outcome.hook_instance[:64],
@@ -291,16 +295,23 @@ def _check_dev_host() -> None:
     services = _services()
     if services.verifier is not None:
         return
-    from urllib.parse import urlsplit
+    if not _dev_host_allowed(request.headers.get("Host", ""), services.config.public_base_url):
+        raise MisdirectedRequest("without JWT issuers this service only answers Host localhost, 127.0.0.1 or [::1]")
 
+
+_HOST_HEADER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(:[0-9]{1,5})?")
+
+
+@functools.lru_cache(maxsize=64)
+def _dev_host_allowed(host: str, public_base_url: str | None) -> bool:
+    """Whether a Host header names loopback or ``public_base_url``'s host. A pure function of the two, asked on
+    every request with the same few values: cached (bounded, whatever Host values clients send)."""
     from .auth import is_loopback_host
 
-    host = request.headers.get("Host", "")
-    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(:[0-9]{1,5})?", host)
+    match = _HOST_HEADER.fullmatch(host)
     name = match.group(1).lower() if match else ""
-    public = urlsplit(services.config.public_base_url or "").hostname
-    if not name or not (is_loopback_host(name) or name.strip("[]") == public):
-        raise MisdirectedRequest("without JWT issuers this service only answers Host localhost, 127.0.0.1 or [::1]")
+    public = urlsplit(public_base_url or "").hostname
+    return bool(name) and (is_loopback_host(name) or name.strip("[]") == public)
 
 
 @bp.before_app_request

@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, MutableMapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
@@ -249,11 +249,14 @@ def gather(
     keys: Iterable[str] | None = None,
     fhir_access: FhirAccess | None = None,
     session_factory: Callable[[], requests.Session] | None = None,
+    log_fields: MutableMapping[str, Any] | None = None,
+    routine_failures: Collection[str] = (),
 ) -> PrefetchOutcome:
     """Resources for each template key (all, or ``keys``): prefetched when usable, else fetched.
 
     ``fhir_access`` is the call's FHIR allow-list (``egress.fhir_access_for`` with the verified JWT issuer);
-    by default the one of a call without a verified issuer.
+    by default the one of a call without a verified issuer. ``log_fields``, ``routine_failures``: see
+    ``_log_outcome``.
     """
     wanted = list(templates) if keys is None else list(keys)
     unknown = [key for key in wanted if key not in templates]
@@ -286,7 +289,7 @@ def gather(
     outcome = PrefetchOutcome(
         resources=resources, origin=origin, failed=failed, fetch_seconds=fetch_seconds, notes=notes
     )
-    _log_outcome(outcome)
+    _log_outcome(outcome, log_fields, routine_failures)
     return outcome
 
 
@@ -314,16 +317,25 @@ def _plan(
     return resources, origin, notes, to_fetch
 
 
-def _log_outcome(outcome: PrefetchOutcome) -> None:
-    """Keys, origins and reason codes only: no URLs (they hold patient ids), no tokens."""
-    log_event(
-        log,
-        "prefetch.summary",
-        origins=dict(sorted(outcome.origin.items())),
-        failed=dict(sorted(outcome.failed.items())),
-        notes=dict(sorted(outcome.notes.items())),
-        fetch_s=round(outcome.fetch_seconds, 3),
-    )
+def _log_outcome(
+    outcome: PrefetchOutcome, log_fields: MutableMapping[str, Any] | None = None, routine_failures: Collection[str] = ()
+) -> None:
+    """Keys, origins and reason codes only: no URLs (they hold patient ids), no tokens.
+
+    A routine outcome (no notes, no key failed but ``routine_failures``: the optional DTR responses a call without
+    a FHIR server never has) goes into the caller's one log line per request (``log_fields``) as ``prefetch``
+    instead of a ``prefetch.summary`` record of its own: the same fields, one record fewer per call.
+    """
+    fields: dict[str, Any] = {
+        "origins": dict(sorted(outcome.origin.items())),
+        "failed": dict(sorted(outcome.failed.items())),
+        "notes": dict(sorted(outcome.notes.items())),
+        "fetch_s": round(outcome.fetch_seconds, 3),
+    }
+    if log_fields is not None and not outcome.notes and all(key in routine_failures for key in outcome.failed):
+        log_fields["prefetch"] = fields
+    else:
+        log_event(log, "prefetch.summary", **fields)
 
 
 class AddressNotAllowed(urllib3.exceptions.NewConnectionError):

@@ -131,14 +131,21 @@ class HookHandler:
         self.today = today or (lambda: datetime.now(UTC).date())
 
     def handle(
-        self, service_id: str, payload: Any, *, issuer: str | None = None, base_url: str | None = None
+        self,
+        service_id: str,
+        payload: Any,
+        *,
+        issuer: str | None = None,
+        base_url: str | None = None,
+        log_fields: dict[str, Any] | None = None,
     ) -> HookOutcome:
         """Answer one hook call; raises ServiceError subclasses for the web layer to map.
 
         ``issuer`` is the ``iss`` of the caller's verified JWT: with JWT issuers configured, the FHIR fallback
         only calls that issuer's ``fhirServers`` (none without a verified issuer); without issuers, loopback
         servers and ``CDS_FHIR_SERVERS``. ``base_url`` is where DTR clients reach this service (the
-        questionnaire canonicals): ``CDS_PUBLIC_BASE_URL``, else the URL the request came in on.
+        questionnaire canonicals): ``CDS_PUBLIC_BASE_URL``, else the URL the request came in on. ``log_fields``:
+        the fields of the caller's one log line for the request, where a routine prefetch summary goes.
         """
         expected = self.hooks.get(service_id)
         if expected is None:
@@ -168,6 +175,8 @@ class HookHandler:
             config=self.config,
             session_factory=self.session_factory,
             fhir_access=fhir_access_for(self.config, issuer),
+            log_fields=log_fields,
+            routine_failures=ANSWER_KEYS,
         )
         if self.config.metrics:
             metrics.record_prefetch(outcome.origin, outcome.failed)

@@ -144,29 +144,27 @@ assertions_table = Table(
     Column("covered", Text),
     Column("pa_needed", Text),
     Column("doc_needed", Text),
-    Index("ix_coverage_assertions_hook_instance", "hook_instance"),
+    #: What a retry must repeat to be answered with this assertion (``CoverageAssertion.retry_key``); None for
+    #: assertions recorded without a hookInstance and for rows of builds before it.
+    Column("request_key", Text),
+    #: A retried hook call finds the assertion it already made (and its id) only when the key matches, i.e. the same
+    #: caller (JWT issuer), patient, coverage, order content and decision. Any other call reusing the hookInstance
+    #: gets an assertion of its own. Unique, so the assertion's own INSERT is the retry check (``record_response``).
+    Index("uq_coverage_assertions_retry", "hook_instance", "order_ref", "request_key", unique=True),
     Index("ix_coverage_assertions_created_at", "created_at"),
 )
+
+#: Superseded by ``uq_coverage_assertions_retry`` (whose first column it is): dropped at start-up where it exists.
+SUPERSEDED_INDEXES = ("ix_coverage_assertions_hook_instance",)
 
 #: Legacy (before retries were bound to their caller): one row per (hookInstance, order), never read or written now.
 #: Not created on a new database; where an older build left it, retention still purges its rows.
 legacy_assertion_keys = expression.table("coverage_assertion_keys", expression.column("created_at", UTCDateTime))
 
-#: One row per (hookInstance, order, request key): a retried hook call finds the assertion it already made (and its
-#: id) only when the key matches, i.e. the same caller (JWT issuer), patient, coverage, order content and decision
-#: (``retry_key``). Any other call reusing the hookInstance gets an assertion of its own.
-assertion_retries_table = Table(
-    "coverage_assertion_retries",
-    metadata,
-    Column("hook_instance", Text, nullable=False),
-    Column("order_ref", Text, nullable=False),
-    Column("request_key", Text, nullable=False),
-    Column("assertion_id", Text, nullable=False),
-    Column("created_at", UTCDateTime, nullable=False),
-    PrimaryKeyConstraint("hook_instance", "order_ref", "request_key", name="pk_coverage_assertion_retries"),
-    Index("ix_coverage_assertion_retries_created_at", "created_at"),
-    **WITHOUT_ROWID,
-)
+#: Legacy (before the retry key became a column of the assertion, issue 18): one row per (hookInstance, order, request
+#: key) in a table of its own, a fourth table and third index written on every call. Not created on a new database,
+#: never read or written now; where an older build left it, retention still purges its rows.
+legacy_assertion_retries = expression.table("coverage_assertion_retries", expression.column("created_at", UTCDateTime))
 
 #: Every card uuid this service sent; feedback is accepted only for these.
 issued_cards_table = Table(
@@ -261,10 +259,15 @@ def _index(table: Table, name: str) -> Index:
 
 
 #: Columns added to tables that existed before them; added (nullable) at start-up on an older database.
-LATER_COLUMNS = (dtr_package_requests_table.c.issuer, questionnaire_errors_table.c.issuer)
+LATER_COLUMNS = (
+    dtr_package_requests_table.c.issuer,
+    questionnaire_errors_table.c.issuer,
+    assertions_table.c.request_key,
+)
 #: Indexes added to tables that existed before them; created at start-up on an older database (after the columns).
 LATER_INDEXES = (
     _index(assertions_table, "ix_coverage_assertions_created_at"),
+    _index(assertions_table, "uq_coverage_assertions_retry"),
     _index(dtr_package_requests_table, "ix_dtr_package_requests_issuer"),
     _index(questionnaire_errors_table, "ix_questionnaire_errors_issuer"),
 )
@@ -525,6 +528,7 @@ def _assertion_row(assertion: CoverageAssertion) -> dict[str, Any]:
         "covered": assertion.covered,
         "pa_needed": assertion.pa_needed,
         "doc_needed": assertion.doc_needed,
+        "request_key": assertion.retry_key() if assertion.hook_instance is not None else None,
     }
 
 
@@ -638,15 +642,14 @@ def _insert_ignoring(table: Table) -> Callable[[str], Any]:
 #: The statements run on every hook call (``record_response``, ``claim``), by name; compiled
 #: once per store.
 _HOT_STATEMENTS: dict[str, Callable[[str], Any]] = {
-    "insert_assertion_retry": _insert_ignoring(assertion_retries_table),
     "insert_assertion": _insert_ignoring(assertions_table),
     "insert_issued_card": _insert_ignoring(issued_cards_table),
     "insert_dtr_prefill": _insert_ignoring(dtr_prefill_table),
     "insert_dtr_answers_used": _insert_ignoring(dtr_answers_used_table),
-    "assertion_id_for_retry": lambda _: select(assertion_retries_table.c.assertion_id).where(
-        (assertion_retries_table.c.hook_instance == bindparam("hook_instance"))
-        & (assertion_retries_table.c.order_ref == bindparam("order_ref"))
-        & (assertion_retries_table.c.request_key == bindparam("request_key"))
+    "assertion_id_for_retry": lambda _: select(assertions_table.c.assertion_id).where(
+        (assertions_table.c.hook_instance == bindparam("hook_instance"))
+        & (assertions_table.c.order_ref == bindparam("order_ref"))
+        & (assertions_table.c.request_key == bindparam("request_key"))
     ),
     # Every authenticated call (``claim``): the JWT replay guard.
     "insert_replay": _insert_ignoring(replay_table),
@@ -835,6 +838,8 @@ class Store:
                     _add_later_columns(connection)
                     for index in LATER_INDEXES:
                         index.create(connection, checkfirst=True)
+                    for name in SUPERSEDED_INDEXES:
+                        connection.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
                 return
             except StorageError:
                 if attempt == SCHEMA_CREATE_ATTEMPTS:
@@ -898,16 +903,14 @@ class Store:
         return ids
 
     def _record_assertion(self, run: _Run, assertion: CoverageAssertion) -> str:
-        if assertion.hook_instance is not None:
-            where = {
-                "hook_instance": assertion.hook_instance,
-                "order_ref": assertion.order_ref,
-                "request_key": assertion.retry_key(),
-            }
-            key = {**where, "assertion_id": assertion.assertion_id, "created_at": assertion.created_at}
-            if run.execute("insert_assertion_retry", key).rowcount != 1:  # a retry: the first call's assertion stands
-                return str(run.one("assertion_id_for_retry", where)[0])
-        run.execute("insert_assertion", _assertion_row(assertion))
+        row = _assertion_row(assertion)
+        if run.execute("insert_assertion", row).rowcount != 1 and row["request_key"] is not None:
+            # A conflict on the retry key (``uq_coverage_assertions_retry``): the first call's assertion stands.
+            # (A conflict on the assertion id alone finds nothing here: re-recording an id is a no-op, as below.)
+            where = {key: row[key] for key in ("hook_instance", "order_ref", "request_key")}
+            found = run.execute("assertion_id_for_retry", where).fetchone()
+            if found is not None:
+                return str(found[0])
         if assertion.dtr_prefill is not None:
             prefill = {
                 "assertion_id": assertion.assertion_id,
@@ -1083,9 +1086,9 @@ class Store:
                 counts["coverage_assertions"] = int(
                     connection.execute(delete(assertions_table).where(assertions_table.c.created_at < cutoff)).rowcount
                 )
-                connection.execute(delete(assertion_retries_table).where(assertion_retries_table.c.created_at < cutoff))
-                if inspect(connection).has_table(legacy_assertion_keys.name):
-                    connection.execute(delete(legacy_assertion_keys).where(legacy_assertion_keys.c.created_at < cutoff))
+                for legacy in (legacy_assertion_retries, legacy_assertion_keys):
+                    if inspect(connection).has_table(legacy.name):
+                        connection.execute(delete(legacy).where(legacy.c.created_at < cutoff))
                 counts["issued_cards"] = int(
                     connection.execute(
                         delete(issued_cards_table).where(issued_cards_table.c.issued_at < cutoff)
@@ -1121,7 +1124,8 @@ class Store:
 
     def get_assertion(self, assertion_id: str) -> dict[str, Any] | None:
         """One audited assertion by id (criteria as a list of {id, status}), or None."""
-        query = select(assertions_table).where(assertions_table.c.assertion_id == assertion_id)
+        audited = [column for column in assertions_table.c if column is not assertions_table.c.request_key]
+        query = select(*audited).where(assertions_table.c.assertion_id == assertion_id)
         with self._transaction("assertion read", readonly=True) as connection:
             row = connection.execute(query).first()
         return dict(row._mapping) if row is not None else None

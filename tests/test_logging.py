@@ -32,16 +32,25 @@ def _capture() -> tuple[io.StringIO, logging.Handler]:
 def test_request_log_has_hook_instance_and_no_secrets(tmp_path: Path) -> None:
     key = ec_key(kid=FIXED_KID)
     issuer = "https://ehr.example"
-    app = create_app(Config(database_url=f"sqlite:///{tmp_path / 'l.sqlite3'}", trusted_issuers={issuer: jwks(key)},
-                            public_base_url="http://localhost"))
+    app = create_app(
+        Config(
+            database_url=f"sqlite:///{tmp_path / 'l.sqlite3'}",
+            trusted_issuers={issuer: jwks(key)},
+            public_base_url="http://localhost",
+        )
+    )
     client = app.test_client()
     stream, handler = _capture()
     try:
         request: dict[str, Any] = request_for(scenario("A-brand-without-combination"), token="SECRET-ACCESS-TOKEN-123")
         request["hookInstance"] = FIXED_HOOK_INSTANCE
         token = key.sign(cds_claims(issuer, "http://localhost/cds-services/everolimus-order-sign", time.time()))
-        assert client.post("/cds-services/everolimus-order-sign", json=request,
-                           headers={"Authorization": bearer(token)}).status_code == 200
+        assert (
+            client.post(
+                "/cds-services/everolimus-order-sign", json=request, headers={"Authorization": bearer(token)}
+            ).status_code
+            == 200
+        )
         client.post("/cds-services/everolimus-order-sign", json=request, headers={"Authorization": bearer(token)})
     finally:
         logging.getLogger("priorauth_cds").removeHandler(handler)
@@ -53,6 +62,32 @@ def test_request_log_has_hook_instance_and_no_secrets(tmp_path: Path) -> None:
     assert any(line.get("status") == 401 for line in lines if line.get("event") == "request")
     for secret in ("SECRET-ACCESS-TOKEN-123", token, token.split(".")[1], "bea", "Bea", "1968-11-20", "C50.912"):
         assert secret not in text, secret
+
+
+def test_a_routine_prefetch_summary_rides_on_the_request_line(tmp_path: Path) -> None:
+    """Complete prefetch (only the optional DTR responses missing, no FHIR server): one record per call, the
+    request line, carrying the summary's fields; anything else still gets its own ``prefetch.summary`` record."""
+    app = create_app(Config(database_url=f"sqlite:///{tmp_path / 'r.sqlite3'}"))
+    client = app.test_client()
+    stream, handler = _capture()
+    request: dict[str, Any] = request_for(scenario("A-brand-without-combination"))
+    request["hookInstance"] = FIXED_HOOK_INSTANCE
+    try:
+        assert client.post("/cds-services/everolimus-order-sign", json=request).status_code == 200
+        del request["prefetch"]["conditions"]
+        assert client.post("/cds-services/everolimus-order-sign", json=request).status_code == 200
+    finally:
+        logging.getLogger("priorauth_cds").removeHandler(handler)
+        app.extensions["priorauth_cds"].store.dispose()
+    lines = _lines(stream.getvalue())
+    routine, missing = [line for line in lines if line["event"] == "request"]
+    assert routine["prefetch"]["failed"] == {"questionnaireResponses": "no-fhir-server"}
+    assert routine["prefetch"]["origins"]["conditions"] == "prefetch"
+    assert set(routine["prefetch"]) == {"origins", "failed", "notes", "fetch_s"}
+    summaries = [line for line in lines if line["event"] == "prefetch.summary"]
+    assert len(summaries) == 1 and "prefetch" not in missing
+    assert summaries[0]["failed"]["conditions"] == "no-fhir-server"
+    assert set(summaries[0]) >= {"origins", "failed", "notes", "fetch_s"}
 
 
 # ----------------------------------------------------------------------------- one log stream (issue 8)
@@ -85,8 +120,14 @@ def _lines(text: str) -> list[dict[str, Any]]:
 def test_new_events_name_routes_and_hold_no_phi_or_secrets(tmp_path: Path) -> None:
     key = ec_key(kid=FIXED_KID)
     issuer = "https://ehr.example"
-    app = create_app(Config(database_url=f"sqlite:///{tmp_path / 'l2.sqlite3'}", trusted_issuers={issuer: jwks(key)},
-                            public_base_url="http://localhost", rate_limit_per_minute=2))
+    app = create_app(
+        Config(
+            database_url=f"sqlite:///{tmp_path / 'l2.sqlite3'}",
+            trusted_issuers={issuer: jwks(key)},
+            public_base_url="http://localhost",
+            rate_limit_per_minute=2,
+        )
+    )
     client = app.test_client()
     stream, handler = _capture()
     request: dict[str, Any] = request_for(scenario("A-brand-without-combination"), token="SECRET-ACCESS-TOKEN-123")
@@ -94,18 +135,33 @@ def test_new_events_name_routes_and_hold_no_phi_or_secrets(tmp_path: Path) -> No
     del request["prefetch"]["conditions"]  # a key the service must report as unavailable (no fhirServer)
     try:
         good = key.sign(cds_claims(issuer, "http://localhost/cds-services/everolimus-order-sign", time.time()))
-        expired = key.sign(cds_claims(issuer, "http://localhost/cds-services/everolimus-order-sign",
-                                      time.time() - 7200))
+        expired = key.sign(
+            cds_claims(issuer, "http://localhost/cds-services/everolimus-order-sign", time.time() - 7200)
+        )
         client.post("/cds-services/everolimus-order-sign", json=request, headers={"Authorization": bearer(good)})
         client.post("/cds-services/everolimus-order-sign", json=request, headers={"Authorization": bearer(expired)})
-        client.post("/cds-services/everolimus-order-sign/feedback?patient=bea-1968",
-                    json={"feedback": [{"card": "unknown-card", "outcome": "accepted",
-                                        "outcomeTimestamp": "2026-11-27T10:00:00Z"}]},
-                    headers={"Authorization": bearer(key.sign(cds_claims(
-                        issuer, "http://localhost/cds-services/everolimus-order-sign/feedback", time.time())))})
+        client.post(
+            "/cds-services/everolimus-order-sign/feedback?patient=bea-1968",
+            json={
+                "feedback": [
+                    {"card": "unknown-card", "outcome": "accepted", "outcomeTimestamp": "2026-11-27T10:00:00Z"}
+                ]
+            },
+            headers={
+                "Authorization": bearer(
+                    key.sign(
+                        cds_claims(issuer, "http://localhost/cds-services/everolimus-order-sign/feedback", time.time())
+                    )
+                )
+            },
+        )
         third = key.sign(cds_claims(issuer, "http://localhost/cds-services/everolimus-order-sign", time.time()))
-        assert client.post("/cds-services/everolimus-order-sign", json=request,
-                           headers={"Authorization": bearer(third)}).status_code == 429
+        assert (
+            client.post(
+                "/cds-services/everolimus-order-sign", json=request, headers={"Authorization": bearer(third)}
+            ).status_code
+            == 429
+        )
     finally:
         logging.getLogger("priorauth_cds").removeHandler(handler)
         app.extensions["priorauth_cds"].store.dispose()
@@ -114,7 +170,8 @@ def test_new_events_name_routes_and_hold_no_phi_or_secrets(tmp_path: Path) -> No
     requests_logged = [line for line in lines if line["event"] == "request"]
     assert requests_logged and all("path" not in line for line in requests_logged)
     assert {line["route"] for line in requests_logged} == {
-        "/cds-services/<service_id>", "/cds-services/<service_id>/feedback"
+        "/cds-services/<service_id>",
+        "/cds-services/<service_id>/feedback",
     }
     assert [line["status"] for line in requests_logged] == [200, 401, 404, 429]
     rejected = [line for line in lines if line["event"] == "auth.jwt_rejected"]
@@ -122,8 +179,17 @@ def test_new_events_name_routes_and_hold_no_phi_or_secrets(tmp_path: Path) -> No
     summary = [line for line in lines if line["event"] == "prefetch.summary"]
     assert summary and summary[0]["logger"] == "priorauth_cds.prefetch" and "conditions" in summary[0]["origins"]
     assert any(line.get("rate_limited") for line in requests_logged)
-    for secret in ("SECRET-ACCESS-TOKEN-123", good, good.split(".")[1], expired.split(".")[1], "bea", "Bea",
-                   "1968", "C50.912", "unknown-card"):
+    for secret in (
+        "SECRET-ACCESS-TOKEN-123",
+        good,
+        good.split(".")[1],
+        expired.split(".")[1],
+        "bea",
+        "Bea",
+        "1968",
+        "C50.912",
+        "unknown-card",
+    ):
         assert secret not in text, secret
 
 
@@ -131,8 +197,15 @@ def test_gunicorn_and_werkzeug_lines_are_json_without_uris() -> None:
     from cds_service.gunicorn_logging import GunicornJsonLogger
     from cds_service.logs import ThirdPartyJsonFormatter, configure_logging
 
-    record = logging.LogRecord("gunicorn.error", logging.ERROR, __file__, 1, "Error handling request %s",
-                               ("/cds-services/x?patient=bea-1968",), None)
+    record = logging.LogRecord(
+        "gunicorn.error",
+        logging.ERROR,
+        __file__,
+        1,
+        "Error handling request %s",
+        ("/cds-services/x?patient=bea-1968",),
+        None,
+    )
     line = json.loads(ThirdPartyJsonFormatter().format(record))
     assert line["event"] == "Error handling request %s" and line["args_withheld"] == 1
     booted = logging.LogRecord("gunicorn.error", logging.INFO, __file__, 1, "Booting worker with pid: %s", (42,), None)
@@ -148,8 +221,12 @@ def test_served_logs_are_json_lines(live_server: Any) -> None:
     ``GunicornJsonLogger``, which the server would not start without) is one JSON object per line."""
     import requests as http
 
-    http.post(f"{live_server.url}/cds-services/everolimus-order-sign?patientId=bea-1968", data=b"{nope",
-              headers={"Content-Type": "application/json"}, timeout=5)
+    http.post(
+        f"{live_server.url}/cds-services/everolimus-order-sign?patientId=bea-1968",
+        data=b"{nope",
+        headers={"Content-Type": "application/json"},
+        timeout=5,
+    )
     time.sleep(0.2)
     assert live_server.log_path is not None
     text = live_server.log_path.read_text()

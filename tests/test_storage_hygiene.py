@@ -7,6 +7,7 @@ Storage tests run on SQLite and, when PRIORAUTH_TEST_POSTGRES_URL is set, on Pos
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, MetaData, Table, Text, create_engine, inspect, text
+from sqlalchemy import Column, Index, MetaData, Table, Text, create_engine, inspect, text
 
 from cds_service import cli
 from cds_service.app import create_app
@@ -30,6 +31,7 @@ from cds_service.store import (
     CoverageAssertion,
     Store,
     UTCDateTime,
+    assertions_table,
     dtr_package_requests_table,
     normalize_database_url,
     questionnaire_errors_table,
@@ -370,7 +372,7 @@ def test_purge_deletes_what_is_older_than_the_retention(database_url: str) -> No
         # A year and more later, everything recorded "now" is past the retention too.
         later = store.purge(365, now=now + timedelta(days=366))
         assert later == {"feedback": 1, "coverage_assertions": 1, "issued_cards": 1, "dtr": 0, "jwt_replay": 0}
-        assert _count(database_url, "coverage_assertion_retries") == 0
+        assert _count(database_url, "coverage_assertions") == 0  # the retry key is a column of the assertion
     finally:
         store.dispose()
 
@@ -489,15 +491,24 @@ def test_an_older_database_gains_the_new_tables_and_keeps_its_rows(tmp_path: Pat
     assert {"ix_coverage_assertions_created_at", "ix_issued_cards_issued_at"} <= indexes
 
 
-def test_an_older_database_gains_the_issuer_columns_and_the_retry_table(database_url: str) -> None:
-    """The DTR tables as the previous build made them (no issuer): the columns and their indexes are added at
-    start-up, on SQLite and PostgreSQL, and the rows already there are kept (counted as issuer-less)."""
+def test_an_older_database_gains_the_issuer_columns_and_the_retry_key(database_url: str) -> None:
+    """The DTR tables as the previous build made them (no issuer), the assertions without their retry key and the
+    retry keys in a table of their own: the columns and their indexes are added at start-up, on SQLite and
+    PostgreSQL, the index the retry key's supersedes is dropped, and the rows already there are kept (counted as
+    issuer-less; the old retry keys are purged with the retention)."""
     old = MetaData()
-    for table in (dtr_package_requests_table, questionnaire_errors_table):
-        columns = [c for c in table.columns if c.name != "issuer"]
+    for table in (dtr_package_requests_table, questionnaire_errors_table, assertions_table):
+        columns = [c for c in table.columns if c.name not in ("issuer", "request_key")]
         Table(
             table.name, old, *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable) for c in columns)
         )
+    Index("ix_coverage_assertions_hook_instance", old.tables["coverage_assertions"].c.hook_instance)
+    old_retries = Table(
+        "coverage_assertion_retries",
+        old,
+        *(Column(name, Text, nullable=False) for name in ("hook_instance", "order_ref", "request_key", "assertion_id")),
+        Column("created_at", UTCDateTime, nullable=False),
+    )
     errors = old.tables["questionnaire_errors"]
     legacy_keys = Table(
         "coverage_assertion_keys",
@@ -519,6 +530,8 @@ def test_an_older_database_gains_the_issuer_columns_and_the_retry_table(database
             )
             old_key = {"hook_instance": "h", "order_ref": "o", "assertion_id": "a"}
             connection.execute(legacy_keys.insert(), {**old_key, "created_at": datetime.now(UTC) - timedelta(days=400)})
+            old_retry = {**old_key, "request_key": "k", "created_at": datetime.now(UTC) - timedelta(days=400)}
+            connection.execute(old_retries.insert(), old_retry)
     finally:
         engine.dispose()
     for _ in range(2):  # the second start finds everything in place
@@ -541,14 +554,25 @@ def test_an_older_database_gains_the_issuer_columns_and_the_retry_table(database
         assert store.dtr_rows_today("https://ehr-a.example", now=datetime.now(UTC) + timedelta(days=1)) == 0
         store.purge(365)  # the legacy retry keys an older build left are purged too
         assert _count(database_url, "coverage_assertion_keys") == 0
+        assert _count(database_url, "coverage_assertion_retries") == 0
+        first = _assertion(datetime.now(UTC), "h-upgraded")
+        retry = dataclasses.replace(first, assertion_id="a-retry")
+        for made in (first, retry):  # a retry on the upgraded database gets the first call's id
+            ids = store.record_response(
+                service_id=first.service_id, hook_instance="h-upgraded", card_uuids=[], assertions=[made]
+            )
+            assert ids == {first.order_ref: first.assertion_id}
     finally:
         store.dispose()
     engine = create_engine(normalize_database_url(database_url))
     try:
         inspector = inspect(engine)
-        assert "coverage_assertion_retries" in inspector.get_table_names()
         for table in ("dtr_package_requests", "questionnaire_errors"):
             assert f"ix_{table}_issuer" in {index["name"] for index in inspector.get_indexes(table)}
+        assertion_indexes = {index["name"] for index in inspector.get_indexes("coverage_assertions")}
+        assert "uq_coverage_assertions_retry" in assertion_indexes
+        assert "ix_coverage_assertions_hook_instance" not in assertion_indexes
+        assert "request_key" in {column["name"] for column in inspector.get_columns("coverage_assertions")}
     finally:
         engine.dispose()
 

@@ -506,7 +506,7 @@ def _rowid_tables(path: Path) -> dict[str, bool]:
     return {name: "WITHOUT ROWID" not in sql for name, sql in rows}
 
 
-SMALL_ROW_TABLES = ("coverage_assertion_retries", "issued_cards", "jwt_replay", "dtr_answers_used")
+SMALL_ROW_TABLES = ("issued_cards", "jwt_replay", "dtr_answers_used")
 
 
 def test_small_text_keyed_tables_are_created_without_rowid(tmp_path: Path) -> None:

@@ -8,11 +8,14 @@ and rows written whole by earlier versions still read.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from cds_service.dtr import stored
@@ -100,3 +103,74 @@ def test_rows_written_whole_by_earlier_versions_still_read(store: Store) -> None
         )
     row = store.dtr_prefill("a-old")
     assert row is not None and orjson.dumps(row["answers"]) == orjson.dumps(ANSWERS)
+
+
+def _compact_by_bytes(full: Any) -> Any:
+    """The first implementation of ``_compact_answer`` (serialise both forms, compare the bytes): the reference the
+    member-by-member check must agree with."""
+    if not isinstance(full, dict) or not isinstance(full.get("extension"), list):
+        return full
+    refs: list[Any] = []
+    for extension in full["extension"][1:]:
+        reference = extension.get("valueReference") if isinstance(extension, dict) else None
+        refs.append(reference.get("reference") if isinstance(reference, dict) else None)
+    if not all(isinstance(ref, str) for ref in refs):
+        return full
+    value = {key: item for key, item in full.items() if key != "extension"}
+    try:
+        same = orjson.dumps(stored.answer(value, refs)) == orjson.dumps(full)
+    except TypeError:
+        return full
+    return [value, refs] if same else full
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.sampled_from(["A/1", "A/2", "url", "x"]))
+_json = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["url", "valueReference", "reference", "extension", "valueCode", "valueBoolean"]),
+            inner,
+            max_size=3,
+        )
+    ),
+    max_leaves=8,
+)
+
+
+@st.composite
+def _answers(draw: st.DrawFn) -> Any:
+    """Answers as ``answer`` makes them, then (mostly) mutated: members reordered, dropped, replaced, added."""
+    refs = draw(st.lists(st.sampled_from(["A/1", "A/2", "Patient/p"]), max_size=3))
+    full: Any = stored.answer(
+        draw(st.dictionaries(st.sampled_from(["valueBoolean", "valueString"]), _scalars, max_size=2)), refs
+    )
+    for _ in range(draw(st.integers(0, 2))):
+        nodes = (
+            [full, *full["extension"]] if isinstance(full, dict) and isinstance(full.get("extension"), list) else [full]
+        )
+        node = draw(st.sampled_from(nodes + [n.get("valueReference") for n in nodes if isinstance(n, dict)]))
+        if isinstance(node, dict) and node:
+            key = draw(st.sampled_from(sorted(node)))
+            action = draw(st.sampled_from(["drop", "replace", "move-last", "add"]))
+            if action == "drop":
+                del node[key]
+            elif action == "replace":
+                node[key] = draw(_json)
+            elif action == "move-last":
+                node[key] = node.pop(key)
+            else:
+                node[draw(st.sampled_from(["url", "extension", "valueCode", "x"]))] = draw(_json)
+        elif isinstance(full, dict) and isinstance(full.get("extension"), list):
+            full["extension"].append(draw(st.sampled_from(full["extension"] or [{}])))
+    return full
+
+
+@settings(max_examples=600, deadline=None)
+@given(_answers())
+def test_compact_answer_agrees_with_the_byte_comparison(full: Any) -> None:
+    expected = _compact_by_bytes(copy.deepcopy(full))
+    got = stored._compact_answer(copy.deepcopy(full))
+    assert orjson.dumps(got) == orjson.dumps(expected)
+    assert orjson.dumps(stored.expand({"q": {"l": [got]}})) == orjson.dumps({"q": {"l": [full]}})

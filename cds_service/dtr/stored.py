@@ -31,21 +31,43 @@ def answer(value: Mapping[str, Any], evidence: Iterable[str]) -> dict[str, Any]:
 
 
 def _compact_answer(full: Any) -> Any:
-    """``[value, refs]`` when ``answer(value, refs)`` gives ``full`` back byte for byte, else ``full`` itself."""
-    if not isinstance(full, dict) or not isinstance(full.get("extension"), list):
+    """``[value, refs]`` when ``answer(value, refs)`` gives ``full`` back byte for byte, else ``full`` itself.
+
+    Checked member by member (key order included) rather than by serialising ``full`` and its rebuilt form and
+    comparing the bytes: same outcome (``tests/test_stored_prefill.py`` compares both over random answers), a
+    third of the audit write's Python time before.
+    """
+    if not isinstance(full, dict) or next(iter(full), None) != "extension":
         return full
-    refs: list[Any] = []
-    for extension in full["extension"][1:]:
-        reference = extension.get("valueReference") if isinstance(extension, dict) else None
-        refs.append(reference.get("reference") if isinstance(reference, dict) else None)
-    if not all(isinstance(ref, str) for ref in refs):
+    extensions = full["extension"]
+    if not isinstance(extensions, list) or not extensions:
         return full
-    value = {key: item for key, item in full.items() if key != "extension"}
+    refs = [_evidence_ref(extension) for extension in extensions[1:]]
+    if None in refs or len(set(refs)) != len(refs):  # answer() cites each resource once
+        return full
     try:
-        same = orjson.dumps(answer(value, refs)) == orjson.dumps(full)
+        if orjson.dumps(extensions[0]) != _ORIGIN_JSON:
+            return full
     except TypeError:
         return full
-    return [value, refs] if same else full
+    value = dict(full)
+    del value["extension"]
+    return [value, refs]
+
+
+#: The information-origin extension ``answer`` puts first, as JSON.
+_ORIGIN_JSON = orjson.dumps(answer({}, ())["extension"][0])
+
+
+def _evidence_ref(extension: Any) -> str | None:
+    """The reference when ``extension`` is exactly one of ``answer``'s evidence extensions (members in order)."""
+    if not isinstance(extension, dict) or list(extension) != ["url", "valueReference"]:
+        return None
+    reference = extension["valueReference"]
+    if extension["url"] != ANSWER_EVIDENCE or not isinstance(reference, dict) or list(reference) != ["reference"]:
+        return None
+    ref = reference["reference"]
+    return ref if isinstance(ref, str) else None
 
 
 def _expand_answer(stored: Any) -> Any:
