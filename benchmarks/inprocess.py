@@ -294,7 +294,9 @@ def ab_store(payload: dict[str, Any], rounds: int, calls: int) -> StoreAB:
             "b": (_database_bytes(new_handler.store) - start["b"]) / total,
         }
         with new_handler.store._transaction("bench rows", readonly=True) as connection:
-            prefills = connection.exec_driver_sql("SELECT count(*) FROM dtr_prefill").scalar_one()
+            prefills = connection.exec_driver_sql(
+                "SELECT count(*) FROM coverage_assertions WHERE dtr_prefill IS NOT NULL"
+            ).scalar_one()
             assertions = connection.exec_driver_sql("SELECT count(*) FROM coverage_assertions").scalar_one()
     finally:
         stored.compact = real_compact

@@ -36,6 +36,7 @@ from sqlalchemy import (
     Dialect,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -48,6 +49,7 @@ from sqlalchemy import (
     func,
     inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -147,11 +149,25 @@ assertions_table = Table(
     #: What a retry must repeat to be answered with this assertion (``CoverageAssertion.retry_key``); None for
     #: assertions recorded without a hookInstance and for rows of builds before it.
     Column("request_key", Text),
+    #: The verified JWT issuer of the hook call (None without JWT checks): the only caller that may fetch its DTR package.
+    Column("issuer", Text),
+    #: DTR: the payer's prefill for the order's questionnaires, ``{questionnaire id: {linkId: [answer]}}`` in its
+    #: compact form, deflated (``cds_service.dtr.stored.pack``); its keys, in order, are the questionnaires offered.
+    #: NULL when the call offered none, and on rows of builds that stored it in ``dtr_prefill`` (read as a fallback).
+    Column("dtr_prefill", LargeBinary),
     #: A retried hook call finds the assertion it already made (and its id) only when the key matches, i.e. the same
     #: caller (JWT issuer), patient, coverage, order content and decision. Any other call reusing the hookInstance
     #: gets an assertion of its own. Unique, so the assertion's own INSERT is the retry check (``record_response``).
     Index("uq_coverage_assertions_retry", "hook_instance", "order_ref", "request_key", unique=True),
     Index("ix_coverage_assertions_created_at", "created_at"),
+    #: ``latest_dtr_prefill`` (a DTR client that sends only its orders): partial, so only calls that store a prefill
+    #: write it, and its WHERE clause is the query's.
+    Index(
+        "ix_coverage_assertions_prefill_order",
+        "order_ref",
+        sqlite_where=text("dtr_prefill IS NOT NULL"),
+        postgresql_where=text("dtr_prefill IS NOT NULL"),
+    ),
 )
 
 #: Superseded by ``uq_coverage_assertions_retry`` (whose first column it is): dropped at start-up where it exists.
@@ -190,9 +206,10 @@ replay_table = Table(
     **WITHOUT_ROWID,
 )
 
-#: DTR: what the payer prefilled for an order's questionnaires at order-sign, by the coverage assertion made then
-#: (the ``context`` a DTR client sends to ``$questionnaire-package``). ``answers`` is
-#: ``{questionnaire id: {linkId: [answer JSON]}}``.
+#: Legacy DTR (before the prefill became a column of its assertion, issue 18): what the payer prefilled for an order's
+#: questionnaires at order-sign, by the coverage assertion made then (the ``context`` a DTR client sends to
+#: ``$questionnaire-package``). ``answers`` is ``{questionnaire id: {linkId: [answer JSON]}}``. Still created (empty)
+#: and never written now; the readers fall back to it for rows older builds wrote, and retention purges it.
 dtr_prefill_table = Table(
     "dtr_prefill",
     metadata,
@@ -263,11 +280,14 @@ LATER_COLUMNS = (
     dtr_package_requests_table.c.issuer,
     questionnaire_errors_table.c.issuer,
     assertions_table.c.request_key,
+    assertions_table.c.issuer,
+    assertions_table.c.dtr_prefill,
 )
 #: Indexes added to tables that existed before them; created at start-up on an older database (after the columns).
 LATER_INDEXES = (
     _index(assertions_table, "ix_coverage_assertions_created_at"),
     _index(assertions_table, "uq_coverage_assertions_retry"),
+    _index(assertions_table, "ix_coverage_assertions_prefill_order"),
     _index(dtr_package_requests_table, "ix_dtr_package_requests_issuer"),
     _index(questionnaire_errors_table, "ix_questionnaire_errors_issuer"),
 )
@@ -500,9 +520,40 @@ def _unique_sorted(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [unique[key] for key in sorted(unique)]
 
 
+def _assertion_prefill_columns() -> tuple[Any, ...]:
+    """The assertion's columns that make a prefill row, named as ``dtr_prefill``'s (its questionnaires are the
+    stored answers' keys, in order: the same list the legacy table kept beside them; ``_prefill_row``)."""
+    table = assertions_table
+    return (
+        table.c.assertion_id,
+        table.c.created_at,
+        table.c.order_ref,
+        table.c.patient_ref,
+        table.c.coverage_ref,
+        table.c.dtr_prefill.label("answers"),
+        table.c.issuer,
+    )
+
+
 def _prefill_row(row: Mapping[Any, Any]) -> dict[str, Any]:
-    """A ``dtr_prefill`` row with its answers as FHIR JSON again (stored compact: ``cds_service.dtr.stored``)."""
-    return {**{str(k): v for k, v in row.items()}, "answers": stored_prefill.expand(row["answers"])}
+    """A prefill (assertion or legacy ``dtr_prefill`` row) with its answers as FHIR JSON again (stored compact:
+    ``cds_service.dtr.stored``) and the questionnaires it was made for."""
+    fields = {str(k): v for k, v in row.items()}
+    if "questionnaires" in fields:  # a legacy row: answers as JSON, compact or whole
+        answers, questionnaires = stored_prefill.expand(fields["answers"]), fields["questionnaires"]
+    else:
+        answers = stored_prefill.unpack(bytes(fields["answers"]))
+        questionnaires = list(answers)
+    return {
+        "assertion_id": fields["assertion_id"],
+        "created_at": fields["created_at"],
+        "order_ref": fields["order_ref"],
+        "patient_ref": fields["patient_ref"],
+        "coverage_ref": fields["coverage_ref"],
+        "questionnaires": questionnaires,
+        "answers": answers,
+        "issuer": fields["issuer"],
+    }
 
 
 def _json_text(value: Any) -> str:
@@ -529,6 +580,8 @@ def _assertion_row(assertion: CoverageAssertion) -> dict[str, Any]:
         "pa_needed": assertion.pa_needed,
         "doc_needed": assertion.doc_needed,
         "request_key": assertion.retry_key() if assertion.hook_instance is not None else None,
+        "issuer": assertion.issuer,
+        "dtr_prefill": None if assertion.dtr_prefill is None else stored_prefill.pack(assertion.dtr_prefill),
     }
 
 
@@ -644,7 +697,6 @@ def _insert_ignoring(table: Table) -> Callable[[str], Any]:
 _HOT_STATEMENTS: dict[str, Callable[[str], Any]] = {
     "insert_assertion": _insert_ignoring(assertions_table),
     "insert_issued_card": _insert_ignoring(issued_cards_table),
-    "insert_dtr_prefill": _insert_ignoring(dtr_prefill_table),
     "insert_dtr_answers_used": _insert_ignoring(dtr_answers_used_table),
     "assertion_id_for_retry": lambda _: select(assertions_table.c.assertion_id).where(
         (assertions_table.c.hook_instance == bindparam("hook_instance"))
@@ -911,18 +963,6 @@ class Store:
             found = run.execute("assertion_id_for_retry", where).fetchone()
             if found is not None:
                 return str(found[0])
-        if assertion.dtr_prefill is not None:
-            prefill = {
-                "assertion_id": assertion.assertion_id,
-                "created_at": assertion.created_at,
-                "order_ref": assertion.order_ref,
-                "patient_ref": assertion.patient_ref,
-                "coverage_ref": assertion.coverage_ref,
-                "questionnaires": list(assertion.dtr_prefill),
-                "answers": stored_prefill.compact(assertion.dtr_prefill),
-                "issuer": assertion.issuer,
-            }
-            run.execute("insert_dtr_prefill", prefill)
         if assertion.dtr_answers_used:
             used = [
                 {
@@ -939,10 +979,17 @@ class Store:
     # -- DTR ---------------------------------------------------------------------------------
 
     def dtr_prefill(self, assertion_id: str) -> dict[str, Any] | None:
-        """What was prefilled for the order of one coverage assertion, or None when it offered no questionnaire."""
-        query = select(dtr_prefill_table).where(dtr_prefill_table.c.assertion_id == assertion_id)
+        """What was prefilled for the order of one coverage assertion, or None when it offered no questionnaire.
+
+        Read from the assertion's own row; one an older build made has its prefill in ``dtr_prefill`` instead.
+        """
+        table = assertions_table
+        query = select(*_assertion_prefill_columns()).where(
+            (table.c.assertion_id == assertion_id) & table.c.dtr_prefill.is_not(None)
+        )
+        legacy = select(dtr_prefill_table).where(dtr_prefill_table.c.assertion_id == assertion_id)
         with self._transaction("dtr prefill read", readonly=True) as connection:
-            row = connection.execute(query).first()
+            row = connection.execute(query).first() or connection.execute(legacy).first()
         return _prefill_row(row._mapping) if row is not None else None
 
     def latest_dtr_prefill(
@@ -950,21 +997,32 @@ class Store:
     ) -> dict[str, Any] | None:
         """The most recent prefill for any of the orders (a DTR client that sends no context, only its orders).
 
-        One indexed ``IN`` query whatever the number of orders. ``own``: only the prefills made for ``issuer``'s
-        hook calls (JWT checks on; a prefill stored without an issuer then belongs to nobody).
+        One indexed ``IN`` query on the assertions (``ix_coverage_assertions_prefill_order``) and one on the legacy
+        ``dtr_prefill`` rows of older builds, whatever the number of orders; the newer of the two wins. ``own``: only
+        the prefills made for ``issuer``'s hook calls (JWT checks on; a prefill stored without an issuer then belongs
+        to nobody).
         """
         if not order_refs or (own and issuer is None):
             return None
-        table = dtr_prefill_table
-        query = select(table).where(table.c.order_ref.in_(list(dict.fromkeys(order_refs))))
-        if patient_ref:
-            query = query.where(table.c.patient_ref == patient_ref)
-        if own:
-            query = query.where(table.c.issuer == issuer)
-        query = query.order_by(table.c.created_at.desc()).limit(1)
+        refs = list(dict.fromkeys(order_refs))
+        rows = []
         with self._transaction("dtr prefill read", readonly=True) as connection:
-            row = connection.execute(query).first()
-        return _prefill_row(row._mapping) if row is not None else None
+            for table, columns in (
+                (assertions_table, _assertion_prefill_columns()),
+                (dtr_prefill_table, tuple(dtr_prefill_table.c)),
+            ):
+                query = select(*columns).where(table.c.order_ref.in_(refs))
+                if table is assertions_table:
+                    query = query.where(table.c.dtr_prefill.is_not(None))
+                if patient_ref:
+                    query = query.where(table.c.patient_ref == patient_ref)
+                if own:
+                    query = query.where(table.c.issuer == issuer)
+                row = connection.execute(query.order_by(table.c.created_at.desc()).limit(1)).first()
+                if row is not None:
+                    rows.append(row._mapping)
+        latest = max(rows, key=lambda row: row["created_at"], default=None)  # first (the assertion's) on a tie
+        return _prefill_row(latest) if latest is not None else None
 
     def record_package_request(
         self,
@@ -1072,8 +1130,9 @@ class Store:
     def purge(self, retention_days: int, *, now: datetime | None = None) -> dict[str, int]:
         """Delete what is older than ``retention_days`` (0 keeps it forever) and every expired replay row.
 
-        Returns rows deleted per kind: ``feedback``, ``coverage_assertions`` (with their retry keys),
-        ``issued_cards``, ``dtr`` (prefills, answers used, package requests, questionnaire errors), ``jwt_replay``. One transaction, so a failure deletes nothing.
+        Returns rows deleted per kind: ``feedback``, ``coverage_assertions`` (with their retry keys and prefills),
+        ``issued_cards``, ``dtr`` (older builds' prefill rows, answers used, package requests, questionnaire errors),
+        ``jwt_replay``. One transaction, so a failure deletes nothing.
         """
         now = now or _utcnow()
         counts = {"feedback": 0, "coverage_assertions": 0, "issued_cards": 0, "dtr": 0, "jwt_replay": 0}
@@ -1124,7 +1183,8 @@ class Store:
 
     def get_assertion(self, assertion_id: str) -> dict[str, Any] | None:
         """One audited assertion by id (criteria as a list of {id, status}), or None."""
-        audited = [column for column in assertions_table.c if column is not assertions_table.c.request_key]
+        internal = (assertions_table.c.request_key, assertions_table.c.issuer, assertions_table.c.dtr_prefill)
+        audited = [column for column in assertions_table.c if not any(column is c for c in internal)]
         query = select(*audited).where(assertions_table.c.assertion_id == assertion_id)
         with self._transaction("assertion read", readonly=True) as connection:
             row = connection.execute(query).first()

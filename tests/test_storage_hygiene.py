@@ -498,7 +498,7 @@ def test_an_older_database_gains_the_issuer_columns_and_the_retry_key(database_u
     issuer-less; the old retry keys are purged with the retention)."""
     old = MetaData()
     for table in (dtr_package_requests_table, questionnaire_errors_table, assertions_table):
-        columns = [c for c in table.columns if c.name not in ("issuer", "request_key")]
+        columns = [c for c in table.columns if c.name not in ("issuer", "request_key", "dtr_prefill")]
         Table(
             table.name, old, *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable) for c in columns)
         )
@@ -570,9 +570,10 @@ def test_an_older_database_gains_the_issuer_columns_and_the_retry_key(database_u
         for table in ("dtr_package_requests", "questionnaire_errors"):
             assert f"ix_{table}_issuer" in {index["name"] for index in inspector.get_indexes(table)}
         assertion_indexes = {index["name"] for index in inspector.get_indexes("coverage_assertions")}
-        assert "uq_coverage_assertions_retry" in assertion_indexes
+        assert {"uq_coverage_assertions_retry", "ix_coverage_assertions_prefill_order"} <= assertion_indexes
         assert "ix_coverage_assertions_hook_instance" not in assertion_indexes
-        assert "request_key" in {column["name"] for column in inspector.get_columns("coverage_assertions")}
+        added = {"request_key", "issuer", "dtr_prefill"}
+        assert added <= {column["name"] for column in inspector.get_columns("coverage_assertions")}
     finally:
         engine.dispose()
 

@@ -5,10 +5,15 @@ Every prefilled answer (``prefill.py``) carries the same DTR ``information-origi
 again with every coverage assertion. The audit store keeps ``[value, [evidence references]]`` per answer instead
 (``compact``) and rebuilds the exact FHIR answer JSON, byte for byte, when it reads the row (``expand``). An answer
 of any other shape is stored whole, and rows stored whole by earlier versions read as they are.
+
+The coverage assertion keeps that compact JSON deflated (``pack``/``unpack``): about 1.5 KB becomes 0.5 KB, so an
+assertion with its prefill fits three to a 4 KB SQLite page instead of one (the prefill's JSON is repetitive: code
+system URLs, reference prefixes, linkId stems).
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -99,3 +104,19 @@ def expand(stored: Any) -> Any:
         )
         for qid, by_link in stored.items()
     }
+
+
+#: Raw deflate (no zlib header) with a 2 KB window: the JSON is about 1.5 KB, and a small window sets up in a third
+#: of the time of the default 32 KB one (12 us instead of 35 on the acceptance request's prefill, same size).
+_DEFLATE_WINDOW_BITS = -11
+
+
+def pack(answers: Mapping[str, Mapping[str, Iterable[Any]]]) -> bytes:
+    """The stored bytes of a prefill: its compact form (``compact``) as JSON, deflated."""
+    deflate = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, _DEFLATE_WINDOW_BITS)
+    return deflate.compress(orjson.dumps(compact(answers))) + deflate.flush()
+
+
+def unpack(stored: bytes) -> Any:
+    """The FHIR answers of ``pack``'s bytes (questionnaire ids in the order they were given)."""
+    return expand(orjson.loads(zlib.decompress(stored, -15)))
