@@ -141,24 +141,21 @@ def _describe(error: ValidationError) -> tuple[str, list[str]]:
 def nesting_depth(value: Any, limit: int = MAX_NESTING) -> int:
     """How deeply objects and arrays nest in a JSON value (a scalar is 0), counting no further than ``limit + 1``.
 
-    Iterative, so a deep value cannot exhaust the interpreter's stack while being measured.
+    Iterative, so a deep value cannot exhaust the interpreter's stack while being measured; level by level, so it
+    keeps one list per level instead of a (node, depth) tuple per container (1.5 % of the handler before).
     """
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
+    level = [value] if isinstance(value, (dict, list)) else []
+    depth = 0
+    while level:
         depth += 1
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        stack.extend((child, depth) for child in children if isinstance(child, (dict, list)))
-    return deepest
+        if depth > limit:
+            return depth
+        below: list[Any] = []
+        for node in level:
+            children = node.values() if isinstance(node, dict) else node
+            below.extend(child for child in children if isinstance(child, (dict, list)))
+        level = below
+    return depth
 
 
 def parse_hook_request(payload: Any, expected_hook: str) -> HookRequest:
