@@ -333,7 +333,7 @@ def _plain(value: Any) -> Any:
     return kept
 
 
-#: The models ``_plain`` reads field by field; any other model (a subclass, one inside ``extension``) falls back.
+#: The models ``_plain`` reads field by field; any other model (a subclass, a foreign one in ``extension``) falls back.
 _RESPONSE_MODELS: frozenset[type[BaseModel]] = frozenset({Coding, Source, Link, Action, Suggestion, Card, HookResponse})
 
 

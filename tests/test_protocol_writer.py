@@ -11,6 +11,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from cds_service.protocol import (
     Action,
@@ -119,7 +120,7 @@ def test_values_json_mode_converts_are_identical(response: HookResponse) -> None
     assert orjson.dumps(body) == orjson.dumps(_two_step(response))
 
 
-def test_models_inside_free_form_members_fall_back() -> None:
+def test_response_models_inside_free_form_members_match() -> None:
     extension = {"m": Coding(code="x", system=None), "n": [Source(label="")]}
     response = HookResponse(cards=[Card(summary="s", indicator="info", source=Source(label="l"), extension=extension)])
     assert (
@@ -144,3 +145,15 @@ def test_non_string_keys_fall_back() -> None:
     card = Card.model_construct(summary="s", indicator="info", source=Source(label="l"), extension={1: "a"})
     response = HookResponse.model_construct(cards=[card], systemActions=[])
     assert to_json(response) == _two_step(response)
+
+
+class _Foreign(BaseModel):
+    label: str = ""
+    when: datetime.date | None = None
+
+
+def test_foreign_models_fall_back() -> None:
+    extension = {"f": _Foreign(when=datetime.date(2026, 1, 2)), "g": [_Foreign()]}
+    response = HookResponse(cards=[Card(summary="s", indicator="info", source=Source(label="l"), extension=extension)])
+    assert to_json(response) == _two_step(response)
+    assert to_json(response)["cards"][0]["extension"] == {"f": {"when": "2026-01-02"}}
