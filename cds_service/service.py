@@ -353,7 +353,7 @@ class HookHandler:
                     policy_version=ev.policy_version,
                     pathway=ev.pathway,
                     decision=ev.decision.value,
-                    criteria=[{"id": c.id, "status": c.status.value} for c in ev.all_criteria()],
+                    criteria=[{"id": c.id, "status": card_builder.STATUS_WORD[c.status]} for c in ev.all_criteria()],
                     covered=decision.covered,
                     pa_needed=decision.pa_needed,
                     doc_needed=decision.doc_needed,
