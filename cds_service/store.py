@@ -74,11 +74,6 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: WAL pages after which a committing SQLite connection checkpoints by itself (SQLite's default: 1000). Once a process
 #: checkpoints in the background (``Store.start_background_checkpoints``) its connections only keep this as a backstop.
 WAL_BACKSTOP_PAGES = 10_000
-#: Tables keyed by text (uuids, hookInstances, issuer + jti) are created ``WITHOUT ROWID`` on SQLite: the row lives in
-#: its primary-key b-tree instead of a rowid table plus an index on the key, one b-tree page fewer written (and read
-#: back) per inserted row. Tables made by an older build keep their rowid; both read and write the same.
-#: PostgreSQL ignores the option.
-WITHOUT_ROWID: dict[str, Any] = {"sqlite_with_rowid": False}
 #: Seconds between the background checkpoints of one process.
 CHECKPOINT_INTERVAL_SECONDS = 1.0
 #: Arbitrary constant naming the PostgreSQL advisory lock that serialises schema creation.
@@ -192,7 +187,6 @@ issued_cards_table = Table(
     Column("issued_at", UTCDateTime, nullable=False),
     PrimaryKeyConstraint("card_uuid", name="pk_issued_cards"),
     Index("ix_issued_cards_issued_at", "issued_at"),
-    **WITHOUT_ROWID,
 )
 
 replay_table = Table(
@@ -203,7 +197,6 @@ replay_table = Table(
     Column("expires_at", UTCDateTime, nullable=False),
     PrimaryKeyConstraint("issuer", "jti", name="pk_jwt_replay"),
     Index("ix_jwt_replay_expires_at", "expires_at"),
-    **WITHOUT_ROWID,
 )
 
 #: Legacy DTR (before the prefill became a column of its assertion, issue 18): what the payer prefilled for an order's
@@ -236,7 +229,6 @@ dtr_answers_used_table = Table(
     Column("created_at", UTCDateTime, nullable=False),
     PrimaryKeyConstraint("assertion_id", "response_ref", name="pk_dtr_answers_used"),
     Index("ix_dtr_answers_used_created_at", "created_at"),
-    **WITHOUT_ROWID,
 )
 
 #: DTR: every $questionnaire-package call, linked to the assertion it was for (None when none matched).

@@ -498,56 +498,6 @@ def test_sqlite_is_configured_for_concurrent_crash_safe_writes(tmp_path: Path) -
     assert pragma == {"journal_mode": "wal", "synchronous": 1, "busy_timeout": store_module.SQLITE_BUSY_TIMEOUT_MS}
 
 
-def _rowid_tables(path: Path) -> dict[str, bool]:
-    import sqlite3
-
-    with sqlite3.connect(path) as connection:
-        rows = connection.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall()
-    return {name: "WITHOUT ROWID" not in sql for name, sql in rows}
-
-
-SMALL_ROW_TABLES = ("issued_cards", "jwt_replay", "dtr_answers_used")
-
-
-def test_small_text_keyed_tables_are_created_without_rowid(tmp_path: Path) -> None:
-    """One b-tree per such table on SQLite (fewer pages written per call); big-row tables keep their rowid (a
-    WITHOUT ROWID row over ~1 KB spills to overflow pages)."""
-    Store(f"sqlite:///{tmp_path / 'new.sqlite3'}").dispose()
-    rowid = _rowid_tables(tmp_path / "new.sqlite3")
-    assert {name: rowid[name] for name in SMALL_ROW_TABLES} == dict.fromkeys(SMALL_ROW_TABLES, False)
-    assert rowid["coverage_assertions"] and rowid["dtr_prefill"]
-
-
-def test_a_database_an_older_build_made_with_rowid_tables_keeps_working(tmp_path: Path) -> None:
-    import sqlite3
-
-    from sqlalchemy.dialects import sqlite as sqlite_dialect
-    from sqlalchemy.schema import CreateIndex, CreateTable
-
-    path = tmp_path / "old.sqlite3"
-    dialect = sqlite_dialect.dialect()
-    with sqlite3.connect(path) as connection:  # the schema as builds before WITHOUT ROWID made it
-        for table in store_module.metadata.sorted_tables:
-            connection.execute(str(CreateTable(table).compile(dialect=dialect)).replace("WITHOUT ROWID", ""))
-            for index in table.indexes:
-                connection.execute(str(CreateIndex(index).compile(dialect=dialect)))
-    assert all(_rowid_tables(path)[name] for name in SMALL_ROW_TABLES)
-    store = Store(f"sqlite:///{path}")
-    try:
-        first = store.record_response(
-            service_id="everolimus-pa", hook_instance="h-1", card_uuids=["c-1"], assertions=[assertion("a-1")]
-        )
-        retried = store.record_response(
-            service_id="everolimus-pa", hook_instance="h-1", card_uuids=["c-2"], assertions=[assertion("a-2")]
-        )
-        claimed = [store.claim("issuer", "jti-1", T0 + timedelta(days=365 * 50)) for _ in range(2)]
-    finally:
-        store.dispose()
-    assert first == {"MedicationRequest/draft-1": "a-1"} and retried == first
-    assert claimed == [True, False]
-    assert _rowid_tables(path)["issued_cards"]  # left as it was
-
-
 def test_background_checkpoints_take_the_wal_off_the_request_path(tmp_path: Path) -> None:
     path = tmp_path / "checkpoints.sqlite3"
     store = Store(f"sqlite:///{path}")
