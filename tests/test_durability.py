@@ -27,9 +27,8 @@ import requests
 
 from cds_service.store import Store
 from tests.conftest import LiveServer
-from tests.scenarios import SAMPLE_DIR
 from tests.issued import issue_cards
-from tests.scenarios import request_for, scenario
+from tests.scenarios import SAMPLE_DIR
 
 pytestmark = pytest.mark.server
 
@@ -140,11 +139,19 @@ def is_gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-def kill_everything(server: LiveServer) -> int:
-    """SIGKILL the master and every worker at once; returns how many processes were killed."""
+def kill_everything(server: LiveServer, acks: Acknowledged | None = None) -> int:
+    """SIGKILL the master and every worker at once; returns how many processes were killed.
+
+    ``acks.killed_at`` is the instant the signals go, after the processes are found (a walk of /proc that takes
+    longer than a call): a request counts as cut off only if it was sent before the kill itself, not merely before
+    the walk began -- those finish during the walk, and the check that some request was in flight failed by chance.
+    """
     assert server.process is not None
     pids = server_pids(server.process.pid)
     assert len(pids) >= 3, "expected a master and at least two workers"
+    if acks is not None:
+        with acks.lock:
+            acks.killed_at = time.monotonic()
     for pid in reversed(pids):
         os.kill(pid, signal.SIGKILL)
     server.process.wait(timeout=10)
@@ -168,9 +175,7 @@ def run_burst_and_kill(server: LiveServer) -> Acknowledged:
         while acks.count() < KILL_AFTER and time.monotonic() < deadline:
             time.sleep(0.01)
         assert acks.count() >= KILL_AFTER, f"only {acks.count()} writes acknowledged in {BURST_LIMIT_SECONDS}s"
-        with acks.lock:
-            acks.killed_at = time.monotonic()
-        kill_everything(server)
+        kill_everything(server, acks)
     finally:
         stop.set()
         for thread in threads:
