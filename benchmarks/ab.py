@@ -40,31 +40,19 @@ ROOT = HERE.parent
 
 #: Run in a fresh interpreter whose ``PYTHONPATH`` starts with the revision's tree: the handler's CPU per call.
 PROBE = r"""
-import gc, json, os, statistics, sys, time
+import json, os, sys
 sys.path.insert(0, os.environ["AB_WORKLOAD"])
 import inprocess
 from workload import acceptance_size, hook_request
 
 calls = int(os.environ["AB_CALLS"])
 handler, cleanup = inprocess.make_handler(with_store=True)
-requests = inprocess.fresh_instances(hook_request(acceptance_size()))
+payload = hook_request(acceptance_size())
 try:
-    for _ in range(50):
-        handler.handle(inprocess.SERVICE_ID, next(requests))
-    gc.collect()
-    stages, wall = {}, []
-    cpu = time.process_time()
-    for _ in range(calls):
-        started = time.perf_counter()
-        outcome = handler.handle(inprocess.SERVICE_ID, next(requests))
-        wall.append((time.perf_counter() - started) * 1000)
-        for name, ms in outcome.timings.stages.items():
-            stages.setdefault(name, []).append(ms)
-    cpu_ms = (time.process_time() - cpu) * 1000 / calls
+    series = inprocess.measure(handler, payload, "ab", iterations=calls, warmup=50)
 finally:
     cleanup()
-print(json.dumps({"cpu_ms": cpu_ms, "p50_ms": statistics.median(wall),
-                  "stages": {k: statistics.median(v) for k, v in stages.items()}}))
+print(json.dumps({"cpu_ms": series.cpu_ms, "p50_ms": series.pct(50), "stages": series.stage_medians()}))
 """
 
 
@@ -130,7 +118,9 @@ def probe(arm: Arm, calls: int) -> dict[str, Any]:
 
 def http_round(arm: Arm, seconds: float) -> dict[str, Any]:
     """Server CPU per answer for the hook and the floor, gunicorn started from the revision's tree."""
-    sys.path[:0] = [str(HERE), str(ROOT)]  # workload.py reads tests/scenarios.py
+    for folder in (str(HERE), str(ROOT)):  # workload.py reads tests/scenarios.py
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     import orjson
     from http_bench import FLOOR_PATH, HOOK_PATH, cpu_seconds, run_load, start_server
     from workload import acceptance_size, hook_request
@@ -139,15 +129,7 @@ def http_round(arm: Arm, seconds: float) -> dict[str, Any]:
     body = body_dir / "acceptance.json"
     request = hook_request(acceptance_size())
     body.write_bytes(orjson.dumps(request))
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(arm.tree)  # start_server passes its environment to the server
-    try:
-        server = start_server()
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
+    server = start_server({"PYTHONPATH": str(arm.tree)})  # the server imports the revision's code
     out: dict[str, Any] = {}
     try:
         for name, path in (("floor", FLOOR_PATH), ("service", HOOK_PATH)):

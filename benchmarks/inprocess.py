@@ -30,6 +30,8 @@ class Series:
     label: str
     samples_ms: list[float]
     stages_ms: dict[str, list[float]] = field(default_factory=dict)
+    #: Process CPU per call over the timed calls (``time.process_time``; warm-up and collection excluded).
+    cpu_ms: float = 0.0
 
     def pct(self, q: float) -> float:
         return percentile(self.samples_ms, q)
@@ -93,12 +95,13 @@ def measure(
     handler: Any, payload: dict[str, Any], label: str, *, iterations: int, warmup: int = 5, cold: bool = False
 ) -> Series:
     """Call ``handle`` repeatedly on the same request, each time with a fresh ``hookInstance`` (as an EHR sends it,
-    so an audit store writes every call); wall time per call and stage medians."""
+    so an audit store writes every call); wall time per call, CPU per call and stage medians."""
     requests = fresh_instances(payload)
     for _ in range(warmup):
         handler.handle(SERVICE_ID, next(requests))
     series = Series(label, [])
     gc.collect()
+    cpu = time.process_time()
     for _ in range(iterations):
         if cold:
             clear_memos()
@@ -108,6 +111,7 @@ def measure(
         series.samples_ms.append((time.perf_counter() - started) * 1000)
         for name, ms in outcome.timings.stages.items():
             series.stages_ms.setdefault(name, []).append(ms)
+    series.cpu_ms = (time.process_time() - cpu) * 1000 / max(iterations, 1)
     return series
 
 
