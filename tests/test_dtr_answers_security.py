@@ -211,7 +211,9 @@ def test_a_response_authored_in_the_future_is_refused_and_never_outranks_a_real_
     assert statuses(body)["I.A.3"] == "met"
     assert _not_used(body) == ["QuestionnaireResponse/qr-future not used: authored in the future"]
     tomorrow = copy.deepcopy(future)
-    tomorrow["authored"] = (now + timedelta(days=1)).date().isoformat()  # a date alone, too
+    # A date alone, too: the day after tomorrow, since tomorrow's date begins within the 5-minute clock skew
+    # allowed (CLOCK_SKEW) in the last minutes of a UTC day, where this test failed.
+    tomorrow["authored"] = (now + timedelta(days=2)).date().isoformat()
     assert _not_used(sign(client, with_responses(request, tomorrow))) == [
         "QuestionnaireResponse/qr-future not used: authored in the future"
     ]
