@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import requests
 
+from cds_service.feedback import MAX_FEEDBACK_ITEMS
 from cds_service.store import Store
 from tests.conftest import LiveServer
 from tests.issued import issue_cards
@@ -65,10 +66,18 @@ ISSUED: list[str] = []
 
 
 def feedback_item() -> dict[str, Any]:
-    return {"card": ISSUED.pop(), "outcome": "overridden",
-            "overrideReason": {"reason": {"code": "patient-preference", "system": "http://example.org/override",
-                                          "display": "Patient preference"}},
-            "outcomeTimestamp": "2026-11-27T12:00:00Z"}
+    return {
+        "card": ISSUED.pop(),
+        "outcome": "overridden",
+        "overrideReason": {
+            "reason": {
+                "code": "patient-preference",
+                "system": "http://example.org/override",
+                "display": "Patient preference",
+            }
+        },
+        "outcomeTimestamp": "2026-11-27T12:00:00Z",
+    }
 
 
 def post_feedback(session: requests.Session, url: str, acks: Acknowledged, n: int) -> None:
@@ -94,15 +103,23 @@ def post_sign(session: requests.Session, url: str, acks: Acknowledged, n: int) -
         with acks.lock:
             acks.rejected.append(response.status_code)
         return
-    ids = [sub["valueString"] for action in response.json()["systemActions"]
-           for ext in action["resource"]["extension"] for sub in ext.get("extension", [])
-           if sub["url"] == "coverage-assertion-id"]
+    ids = [
+        sub["valueString"]
+        for action in response.json()["systemActions"]
+        for ext in action["resource"]["extension"]
+        for sub in ext.get("extension", [])
+        if sub["url"] == "coverage-assertion-id"
+    ]
     with acks.lock:
         acks.assertions += ids
 
 
-def burst_worker(url: str, acks: Acknowledged, stop: threading.Event,
-                 post: Callable[[requests.Session, str, Acknowledged, int], None]) -> None:
+def burst_worker(
+    url: str,
+    acks: Acknowledged,
+    stop: threading.Event,
+    post: Callable[[requests.Session, str, Acknowledged, int], None],
+) -> None:
     """Post until told to stop; a refused or cut-off request is expected once the server is killed."""
     with requests.Session() as session:
         n = 0
@@ -187,11 +204,19 @@ def database_url(kind: str, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'durable.sqlite3'}" if kind == "sqlite" else str(POSTGRES_URL)
 
 
-@pytest.mark.parametrize("kind", [
-    "sqlite",
-    pytest.param("postgresql", marks=[pytest.mark.postgres, pytest.mark.skipif(
-        not POSTGRES_URL, reason="PRIORAUTH_TEST_POSTGRES_URL not set")]),
-])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "sqlite",
+        pytest.param(
+            "postgresql",
+            marks=[
+                pytest.mark.postgres,
+                pytest.mark.skipif(not POSTGRES_URL, reason="PRIORAUTH_TEST_POSTGRES_URL not set"),
+            ],
+        ),
+    ],
+)
 def test_acknowledged_writes_survive_sigkill_of_master_and_workers(tmp_path: Path, kind: str) -> None:
     url = database_url(kind, tmp_path)
     ISSUED[:] = [str(uuid.uuid4()) for _ in range(6_000)]
@@ -206,9 +231,11 @@ def test_acknowledged_writes_survive_sigkill_of_master_and_workers(tmp_path: Pat
         server.start(tmp_path / "server.log")
         health = requests.get(f"{server.url}/healthz", timeout=5)
         assert health.status_code == 200 and health.json()["storage"] == "ok"
-        again = requests.post(f"{server.url}{FEEDBACK}", json={"feedback": acks.feedback}, timeout=30)
-        assert again.status_code == 200
-        assert again.json() == {"received": len(acks.feedback), "stored": 0}, "acknowledged feedback was lost"
+        for start in range(0, len(acks.feedback), MAX_FEEDBACK_ITEMS):  # one request takes at most this many
+            batch = acks.feedback[start : start + MAX_FEEDBACK_ITEMS]
+            again = requests.post(f"{server.url}{FEEDBACK}", json={"feedback": batch}, timeout=30)
+            assert again.status_code == 200, again.text
+            assert again.json() == {"received": len(batch), "stored": 0}, "acknowledged feedback was lost"
     finally:
         server.stop()
 
