@@ -40,39 +40,39 @@ def _compact_answer(full: Any) -> Any:
 
     Checked member by member (key order included) rather than by serialising ``full`` and its rebuilt form and
     comparing the bytes: same outcome (``tests/test_stored_prefill.py`` compares both over random answers), a
-    third of the audit write's Python time before.
+    third of the audit write's Python time before. One loop over the evidence that stops at the first mismatch
+    (6 us of 20 a call on the acceptance request's 13 answers, against a helper call per extension).
     """
     if not isinstance(full, dict) or next(iter(full), None) != "extension":
         return full
     extensions = full["extension"]
     if not isinstance(extensions, list) or not extensions:
         return full
-    refs = [_evidence_ref(extension) for extension in extensions[1:]]
-    if None in refs or len(set(refs)) != len(refs):  # answer() cites each resource once
-        return full
+    refs: list[str] = []
+    for extension in extensions[1:]:
+        # Exactly one of answer()'s evidence extensions (members in order), each resource cited once.
+        if not isinstance(extension, dict) or list(extension) != _EVIDENCE_MEMBERS:
+            return full
+        reference = extension["valueReference"]
+        if extension["url"] != ANSWER_EVIDENCE or not isinstance(reference, dict) or len(reference) != 1:
+            return full
+        ref = reference.get("reference")
+        if not isinstance(ref, str) or ref in refs:
+            return full
+        refs.append(ref)
     try:
         if orjson.dumps(extensions[0]) != _ORIGIN_JSON:
             return full
     except TypeError:
         return full
-    value = dict(full)
+    value = full.copy()
     del value["extension"]
     return [value, refs]
 
 
-#: The information-origin extension ``answer`` puts first, as JSON.
+#: The information-origin extension ``answer`` puts first, as JSON; the members of each evidence extension, in order.
 _ORIGIN_JSON = orjson.dumps(answer({}, ())["extension"][0])
-
-
-def _evidence_ref(extension: Any) -> str | None:
-    """The reference when ``extension`` is exactly one of ``answer``'s evidence extensions (members in order)."""
-    if not isinstance(extension, dict) or list(extension) != ["url", "valueReference"]:
-        return None
-    reference = extension["valueReference"]
-    if extension["url"] != ANSWER_EVIDENCE or not isinstance(reference, dict) or list(reference) != ["reference"]:
-        return None
-    ref = reference["reference"]
-    return ref if isinstance(ref, str) else None
+_EVIDENCE_MEMBERS = ["url", "valueReference"]
 
 
 def _expand_answer(stored: Any) -> Any:
