@@ -327,6 +327,34 @@ def repair(resource: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return out, notes
 
 
+#: Per resource type, the element names ``repair`` may change (``repairs`` says whether it does).
+REPAIRABLE: dict[str, frozenset[str]] = {
+    rtype: frozenset(ARRAY_ELEMENTS.get(rtype, ()))
+    | ({DOSAGE_ELEMENTS[rtype], "medication"} if rtype in DOSAGE_ELEMENTS else set())
+    for rtype in ARRAY_ELEMENTS.keys() | DOSAGE_ELEMENTS.keys()
+}
+
+
+def repairs(rtype: str, name: str, value: Any) -> bool:
+    """Whether ``repair`` may change element ``name`` (holding ``value``) of a resource of type ``rtype``: True
+    whenever it would (a lone object for an array, a dosage with a lone ``doseAndRate`` or an STU3 dose, an R5
+    ``medication``), so False means the element comes out of ``repair`` as it went in."""
+    if name in ARRAY_ELEMENTS.get(rtype, ()) and isinstance(value, dict):
+        return True
+    if rtype not in DOSAGE_ELEMENTS:
+        return False
+    if name == "medication":
+        return isinstance(value, dict)
+    if name == DOSAGE_ELEMENTS[rtype] and isinstance(value, list):
+        return any(isinstance(d, dict) and _dosage_repairs(d) for d in value)
+    return False
+
+
+def _dosage_repairs(dosage: dict[str, Any]) -> bool:
+    """Whether ``_repair_dosage`` changes ``dosage`` (beyond copying it)."""
+    return isinstance(dosage.get("doseAndRate"), dict) or any(key in dosage for key in STU3_DOSE_KEYS)
+
+
 def _repair_dosage(dosage: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     out = dict(dosage)
     if isinstance(out.get("doseAndRate"), dict):
