@@ -201,7 +201,12 @@ def _raw_coding_entries(concept: object) -> list[Any]:
 
 def raw_concept_texts(concept: object) -> list[str]:
     """The human-readable words of a raw CodeableConcept: its text and its codings' displays."""
-    texts = [raw_get(concept, "text")] + [c.display for c in raw_codings(concept)]
+    return _concept_words(concept, raw_codings(concept))
+
+
+def _concept_words(concept: object, codings: list[Code]) -> list[str]:
+    """``raw_concept_texts`` of a concept whose ``raw_codings`` are at hand (read once, used twice)."""
+    texts = [raw_get(concept, "text")] + [c.display for c in codings]
     return [t for t in texts if isinstance(t, str) and t.strip()]
 
 
@@ -272,16 +277,19 @@ def raw_medication_concept(
     if concept is None and reference is None and isinstance(r5, dict):
         concept, reference = r5.get("concept"), r5.get("reference")
     if concept is not None:
-        codes += raw_codings(concept)
-        texts += raw_concept_texts(concept)
+        codings = raw_codings(concept)
+        codes += codings
+        texts += _concept_words(concept, codings)
     if reference is not None:
         display = raw_get(reference, "display")
         if isinstance(display, str) and display.strip():
             texts.append(display)
         medication = _raw_resolve_medication(resource, raw_reference(reference), medications or {})
         if medication is not None:
-            codes += raw_codings(medication.get("code"))
-            texts += raw_concept_texts(medication.get("code"))
+            code = medication.get("code")
+            codings = raw_codings(code)
+            codes += codings
+            texts += _concept_words(code, codings)
     return MedicationConcept(tuple(codes), tuple(dict.fromkeys(texts)))
 
 

@@ -611,6 +611,7 @@ _CONCEPTS: dict[bytes, BaseModel] = {}
 #: keep set -> element name -> kept by ``_prune``: a pure function of the two, worked out once per name (element
 #: names, never values; at most ``KEPT_KEYS_SIZE`` names per keep set, further names are decided each time).
 _KEPT_KEYS: dict[frozenset[str], dict[str, bool]] = {}
+_NOTHING: frozenset[str] = frozenset()
 KEPT_KEYS_SIZE = 512
 
 
@@ -690,11 +691,17 @@ def _prepared(
     names ``repair`` never touches are not looked at again (about a third of a resource's preparation).
     """
     rtype = raw.get("resourceType", "")
-    decided = _kept_names(raw, rtype, lean)
-    repairable = REPAIRABLE.get(rtype, frozenset())
+    keep = KEEP_OTHER_MEDICATION if lean else KEEP.get(rtype, _NOTHING)
+    decided = _KEPT_KEYS.setdefault(keep, {})
+    repairable = REPAIRABLE.get(rtype, _NOTHING)
     out: dict[str, Any] = {}
     for key, value in raw.items():
-        if not decided[key]:
+        kept = decided.get(key)
+        if kept is None:
+            kept = _is_kept(key, keep)
+            if len(decided) < KEPT_KEYS_SIZE:
+                decided[key] = kept
+        if not kept:
             continue
         if key in _PRUNED_INSIDE:
             if key == "extension":
@@ -752,7 +759,10 @@ def _prune(raw: dict[str, Any], lean: bool = False) -> dict[str, Any]:
     start date are read, so their dosage and supply are not validated at all.
     """
     rtype = raw.get("resourceType", "")
-    decided = _kept_names(raw, rtype, lean)
+    keep = KEEP_OTHER_MEDICATION if lean else KEEP.get(rtype, _NOTHING)
+    decided = _KEPT_KEYS.setdefault(keep, {})
+    if not decided.keys() >= raw.keys():
+        decided = _decide_keys(raw, keep, decided)
     out: dict[str, Any] = {key: value for key, value in raw.items() if decided[key]}
     if rtype == "Condition" and "extension" in out:
         kept = _histology_extensions(out)
@@ -781,15 +791,6 @@ def _prune_dosage(dosage: Any) -> Any:
     if not isinstance(dosage, dict):
         return dosage
     return {k: v for k, v in dosage.items() if (k.removeprefix("_")) in KEEP_DOSAGE}
-
-
-def _kept_names(raw: dict[str, Any], rtype: str, lean: bool) -> dict[str, bool]:
-    """Element name -> kept by ``_prune``, for at least every name of ``raw``."""
-    keep = KEEP_OTHER_MEDICATION if lean else KEEP.get(rtype, frozenset())
-    decided = _KEPT_KEYS.setdefault(keep, {})
-    if not decided.keys() >= raw.keys():
-        decided = _decide_keys(raw, keep, decided)
-    return decided
 
 
 def _decide_keys(raw: dict[str, Any], keep: frozenset[str], decided: dict[str, bool]) -> dict[str, bool]:
