@@ -35,7 +35,7 @@ import operator
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
@@ -545,14 +545,13 @@ class _Builder:
             return None
 
     def _validate_once(self, raw: dict[str, Any], model_cls: type[M], lean: bool = False) -> M | None:
-        slots = _slots(model_cls)
         try:
-            prepared = _prepared(raw, lean, slots, self.references)
+            prepared = _prepared(raw, lean, model_cls, self.references)
             if prepared is not None:
                 return model_cls(**prepared)
         except Exception:  # noqa: BLE001, S110 - the general path runs it all again, in its order, and reports it
             pass
-        return self._validate_repaired(raw, model_cls, slots, lean)
+        return self._validate_repaired(raw, model_cls, _slots(model_cls), lean)
 
     def _validate_repaired(
         self, raw: dict[str, Any], model_cls: type[M], slots: Mapping[str, _Slot], lean: bool
@@ -612,6 +611,11 @@ _CONCEPTS: dict[bytes, BaseModel] = {}
 #: names, never values; at most ``KEPT_KEYS_SIZE`` names per keep set, further names are decided each time).
 _KEPT_KEYS: dict[frozenset[str], dict[str, bool]] = {}
 _NOTHING: frozenset[str] = frozenset()
+#: ``_prepared``'s step per element name: False (pruned) or (pruned inside, ``repair`` may change it, its slot).
+_Step = Literal[False] | tuple[bool, bool, "_Slot | None"]
+#: (resource type, lean, model class) -> element name -> its ``_Step``: a pure function of the three and the name,
+#: worked out once per name (names, never values; at most ``KEPT_KEYS_SIZE`` names each, further ones each time).
+_STEPS: dict[tuple[Any, bool, type[BaseModel]], dict[str, _Step]] = {}
 KEPT_KEYS_SIZE = 512
 
 
@@ -682,28 +686,29 @@ def _interned(value: dict[str, Any], slots: Mapping[str, _Slot], references: dic
 
 
 def _prepared(
-    raw: dict[str, Any], lean: bool, slots: Mapping[str, _Slot], references: dict[bytes, BaseModel]
+    raw: dict[str, Any], lean: bool, model_cls: type[BaseModel], references: dict[bytes, BaseModel]
 ) -> dict[str, Any] | None:
-    """``_interned(repair(_prune(raw, lean))[0], slots, references)`` in one pass over ``raw`` when ``repair``
+    """``_interned(repair(_prune(raw, lean))[0], _slots(model_cls), references)`` in one pass over ``raw`` when ``repair``
     changes nothing; None when it may (a lone object where an array belongs, an STU3 dose, an R5 medication).
 
-    The passes are the same functions, applied element by element: one dict is built instead of three, and the
-    names ``repair`` never touches are not looked at again (about a third of a resource's preparation).
+    The passes are the same functions, applied element by element: one dict is built instead of three, and what
+    each pass does with an element name is looked up once (``_STEPS``), not in three tables per element.
     """
     rtype = raw.get("resourceType", "")
-    keep = KEEP_OTHER_MEDICATION if lean else KEEP.get(rtype, _NOTHING)
-    decided = _KEPT_KEYS.setdefault(keep, {})
-    repairable = REPAIRABLE.get(rtype, _NOTHING)
+    steps = _STEPS.get((rtype, lean, model_cls))
+    if steps is None:
+        steps = _STEPS.setdefault((rtype, lean, model_cls), {})
     out: dict[str, Any] = {}
     for key, value in raw.items():
-        kept = decided.get(key)
-        if kept is None:
-            kept = _is_kept(key, keep)
-            if len(decided) < KEPT_KEYS_SIZE:
-                decided[key] = kept
-        if not kept:
+        step = steps.get(key)
+        if step is None:
+            step = _step(key, rtype, lean, model_cls)
+            if len(steps) < KEPT_KEYS_SIZE:
+                steps[key] = step
+        if step is False:
             continue
-        if key in _PRUNED_INSIDE:
+        inside, repairable, slot = step
+        if inside:
             if key == "extension":
                 if rtype == "Condition" and not (value := _histology_extensions(raw)):
                     continue
@@ -712,11 +717,18 @@ def _prepared(
                     value = {k: v for k, v in value.items() if k == "validityPeriod"}
             elif isinstance(value, list):
                 value = [_prune_dosage(d) for d in value]
-        if key in repairable and repairs(rtype, key, value):
+        if repairable and repairs(rtype, key, value):
             return None
-        slot = slots.get(key)
         out[key] = value if slot is None else _intern_member(value, slot, references)
     return out
+
+
+def _step(key: str, rtype: Any, lean: bool, model_cls: type[BaseModel]) -> _Step:
+    """What ``_prepared`` does with element ``key``: False (pruned), else (``_prune`` prunes inside it, ``repair``
+    may change it, how it is interned)."""
+    if not _is_kept(key, KEEP_OTHER_MEDICATION if lean else KEEP.get(rtype, _NOTHING)):
+        return False
+    return key in _PRUNED_INSIDE, key in REPAIRABLE.get(rtype, _NOTHING), _slots(model_cls).get(key)
 
 
 def _intern_member(item: Any, slot: _Slot, references: dict[bytes, BaseModel]) -> Any:

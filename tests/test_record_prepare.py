@@ -107,7 +107,7 @@ def test_prepared_is_the_general_path_when_nothing_is_repaired(data: st.DataObje
     lean = data.draw(st.booleans())
     before = copy.deepcopy(raw)
     try:
-        prepared = _prepared(raw, lean, _slots(model_cls), {})
+        prepared = _prepared(raw, lean, model_cls, {})
     except Exception as exc:  # noqa: BLE001
         prepared = None
         assert _general(raw, lean, model_cls) == ("raised", type(exc).__name__)
