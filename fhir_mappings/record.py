@@ -676,8 +676,8 @@ def _interned(value: dict[str, Any], slots: Mapping[str, _Slot], references: dic
     """``value`` with its valid concepts and references replaced by validated models (a copy; never mutated)."""
     changed: dict[str, Any] | None = None
     for key in slots.keys() & value.keys():
-        item = value[key]
-        new = _intern_member(item, slots[key], references)
+        item, slot = value[key], slots[key]
+        new = _intern_list(item, slot, references) if slot.many else _intern_one(item, slot, references)
         if new is not item:
             if changed is None:
                 changed = dict(value)
@@ -719,7 +719,9 @@ def _prepared(
                 value = [_prune_dosage(d) for d in value]
         if repairable and repairs(rtype, key, value):
             return None
-        out[key] = value if slot is None else _intern_member(value, slot, references)
+        if slot is not None:
+            value = _intern_list(value, slot, references) if slot.many else _intern_one(value, slot, references)
+        out[key] = value
     return out
 
 
@@ -731,10 +733,8 @@ def _step(key: str, rtype: Any, lean: bool, model_cls: type[BaseModel]) -> _Step
     return key in _PRUNED_INSIDE, key in REPAIRABLE.get(rtype, _NOTHING), _slots(model_cls).get(key)
 
 
-def _intern_member(item: Any, slot: _Slot, references: dict[bytes, BaseModel]) -> Any:
-    """One member of an object, interned as ``_interned`` does (a list item by item, kept when nothing changed)."""
-    if not slot.many:
-        return _intern_one(item, slot, references)
+def _intern_list(item: Any, slot: _Slot, references: dict[bytes, BaseModel]) -> Any:
+    """A list member of an object, interned item by item (the list itself when nothing changed)."""
     if not isinstance(item, list):
         return item
     new = [_intern_one(x, slot, references) for x in item]
