@@ -675,8 +675,10 @@ def _model_of(element: Any) -> type[BaseModel] | None:
 def _interned(value: dict[str, Any], slots: Mapping[str, _Slot], references: dict[bytes, BaseModel]) -> dict[str, Any]:
     """``value`` with its valid concepts and references replaced by validated models (a copy; never mutated)."""
     changed: dict[str, Any] | None = None
-    for key in slots.keys() & value.keys():
-        item, slot = value[key], slots[key]
+    for key, item in value.items():  # in the data's order: a failure other than a ValidationError is the first one
+        slot = slots.get(key)
+        if slot is None:
+            continue
         new = _intern_list(item, slot, references) if slot.many else _intern_one(item, slot, references)
         if new is not item:
             if changed is None:
