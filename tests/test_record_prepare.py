@@ -84,7 +84,7 @@ def _general(raw: dict[str, Any], lean: bool, model_cls: type[BaseModel]) -> tup
     try:
         data, notes = repair(_prune(raw, lean))
         return "data", (_interned(data, _slots(model_cls), {}), notes)
-    except Exception as exc:  # noqa: BLE001 - then the one-pass path must fail too or decline
+    except Exception as exc:  # noqa: BLE001 - then the one-pass path must not have given a dict
         return "raised", type(exc).__name__
 
 
@@ -108,9 +108,8 @@ def test_prepared_is_the_general_path_when_nothing_is_repaired(data: st.DataObje
     before = copy.deepcopy(raw)
     try:
         prepared = _prepared(raw, lean, model_cls, {})
-    except Exception as exc:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - the builder then runs the general path alone (the next test)
         prepared = None
-        assert _general(raw, lean, model_cls) == ("raised", type(exc).__name__)
     assert raw == before  # never mutated
     if prepared is not None:
         assert _general(raw, lean, model_cls) == ("data", (prepared, []))
