@@ -201,7 +201,12 @@ def _raw_coding_entries(concept: object) -> list[Any]:
 
 def raw_concept_texts(concept: object) -> list[str]:
     """The human-readable words of a raw CodeableConcept: its text and its codings' displays."""
-    texts = [raw_get(concept, "text")] + [c.display for c in raw_codings(concept)]
+    return _concept_words(concept, raw_codings(concept))
+
+
+def _concept_words(concept: object, codings: list[Code]) -> list[str]:
+    """``raw_concept_texts`` of a concept whose ``raw_codings`` are at hand (read once, used twice)."""
+    texts = [raw_get(concept, "text")] + [c.display for c in codings]
     return [t for t in texts if isinstance(t, str) and t.strip()]
 
 
@@ -272,16 +277,19 @@ def raw_medication_concept(
     if concept is None and reference is None and isinstance(r5, dict):
         concept, reference = r5.get("concept"), r5.get("reference")
     if concept is not None:
-        codes += raw_codings(concept)
-        texts += raw_concept_texts(concept)
+        codings = raw_codings(concept)
+        codes += codings
+        texts += _concept_words(concept, codings)
     if reference is not None:
         display = raw_get(reference, "display")
         if isinstance(display, str) and display.strip():
             texts.append(display)
         medication = _raw_resolve_medication(resource, raw_reference(reference), medications or {})
         if medication is not None:
-            codes += raw_codings(medication.get("code"))
-            texts += raw_concept_texts(medication.get("code"))
+            code = medication.get("code")
+            codings = raw_codings(code)
+            codes += codings
+            texts += _concept_words(code, codings)
     return MedicationConcept(tuple(codes), tuple(dict.fromkeys(texts)))
 
 
@@ -325,6 +333,34 @@ def repair(resource: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                 out["medicationReference"] = medication["reference"]
             notes.append("R5 medication CodeableReference converted")
     return out, notes
+
+
+#: Per resource type, the element names ``repair`` may change (``repairs`` says whether it does).
+REPAIRABLE: dict[str, frozenset[str]] = {
+    rtype: frozenset(ARRAY_ELEMENTS.get(rtype, ()))
+    | ({DOSAGE_ELEMENTS[rtype], "medication"} if rtype in DOSAGE_ELEMENTS else set())
+    for rtype in ARRAY_ELEMENTS.keys() | DOSAGE_ELEMENTS.keys()
+}
+
+
+def repairs(rtype: str, name: str, value: Any) -> bool:
+    """Whether ``repair`` may change element ``name`` (holding ``value``) of a resource of type ``rtype``: True
+    whenever it would (a lone object for an array, a dosage with a lone ``doseAndRate`` or an STU3 dose, an R5
+    ``medication``), so False means the element comes out of ``repair`` as it went in."""
+    if name in ARRAY_ELEMENTS.get(rtype, ()) and isinstance(value, dict):
+        return True
+    if rtype not in DOSAGE_ELEMENTS:
+        return False
+    if name == "medication":
+        return isinstance(value, dict)
+    if name == DOSAGE_ELEMENTS[rtype] and isinstance(value, list):
+        return any(isinstance(d, dict) and _dosage_repairs(d) for d in value)
+    return False
+
+
+def _dosage_repairs(dosage: dict[str, Any]) -> bool:
+    """Whether ``_repair_dosage`` changes ``dosage`` (beyond copying it)."""
+    return isinstance(dosage.get("doseAndRate"), dict) or any(key in dosage for key in STU3_DOSE_KEYS)
 
 
 def _repair_dosage(dosage: dict[str, Any], notes: list[str]) -> dict[str, Any]:

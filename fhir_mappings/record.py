@@ -9,6 +9,9 @@ another patient is named in ``record.ignored``. Neither is ever fatal. Draft ord
 of the drug that does not validate is dropped and reported like a prefetch entry, and the caller answers
 for that order without evaluating it (``PatientRecord.draft`` gives None, ``dropped_reason`` says why).
 
+Pruning, the repair check and interning run as one pass over each raw resource (``_prepared``); only a resource
+that ``repair`` would change (or that fails) takes the general path: prune, repair, intern, validate, fix errors.
+
 Only raw dicts are read here before validation, with the ``raw_*`` readers of ``normalize``; the record
 itself holds validated models only, read by the fact layer through ``fhir_mappings.read``.
 
@@ -32,7 +35,7 @@ import operator
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
@@ -57,6 +60,7 @@ from .allergies import class_tags_in_text
 from .codes import CodeTables
 from .diagnoses import HISTOLOGY_EXTENSION
 from .normalize import (
+    REPAIRABLE,
     Code,
     deep_copy_json,
     drop_path,
@@ -69,6 +73,7 @@ from .normalize import (
     raw_reference,
     raw_system_codes,
     repair,
+    repairs,
     split_reference,
     wrap_path,
 )
@@ -540,13 +545,25 @@ class _Builder:
             return None
 
     def _validate_once(self, raw: dict[str, Any], model_cls: type[M], lean: bool = False) -> M | None:
+        try:
+            prepared = _prepared(raw, lean, model_cls, self.references)
+            if prepared is not None:
+                return model_cls(**prepared)
+        except Exception:  # noqa: BLE001, S110 - the general path runs it all again, in its order, and reports it
+            pass
+        return self._validate_repaired(raw, model_cls, _slots(model_cls), lean)
+
+    def _validate_repaired(
+        self, raw: dict[str, Any], model_cls: type[M], slots: Mapping[str, _Slot], lean: bool
+    ) -> M | None:
+        """Prune, repair, validate, and fix what the errors point at (up to ``MAX_REPAIR_ROUNDS`` times)."""
         rtype = raw.get("resourceType", "?")
         label = f"{rtype}/{raw.get('id')}"
         data, notes = repair(_prune(raw, lean))
         copied = False
         for _ in range(MAX_REPAIR_ROUNDS + 1):
             try:
-                model = model_cls(**_interned(data, _slots(model_cls), self.references))
+                model = model_cls(**_interned(data, slots, self.references))
             except ValidationError as exc:
                 if not copied:
                     data, copied = deep_copy_json(data), True
@@ -593,6 +610,12 @@ _CONCEPTS: dict[bytes, BaseModel] = {}
 #: keep set -> element name -> kept by ``_prune``: a pure function of the two, worked out once per name (element
 #: names, never values; at most ``KEPT_KEYS_SIZE`` names per keep set, further names are decided each time).
 _KEPT_KEYS: dict[frozenset[str], dict[str, bool]] = {}
+_NOTHING: frozenset[str] = frozenset()
+#: ``_prepared``'s step per element name: False (pruned) or (pruned inside, ``repair`` may change it, its slot).
+_Step = Literal[False] | tuple[bool, bool, "_Slot | None"]
+#: (resource type, lean, model class) -> element name -> its ``_Step``: a pure function of the three and the name,
+#: worked out once per name (names, never values; at most ``KEPT_KEYS_SIZE`` names each, further ones each time).
+_STEPS: dict[tuple[Any, bool, type[BaseModel]], dict[str, _Step]] = {}
 KEPT_KEYS_SIZE = 512
 
 
@@ -652,24 +675,72 @@ def _model_of(element: Any) -> type[BaseModel] | None:
 def _interned(value: dict[str, Any], slots: Mapping[str, _Slot], references: dict[bytes, BaseModel]) -> dict[str, Any]:
     """``value`` with its valid concepts and references replaced by validated models (a copy; never mutated)."""
     changed: dict[str, Any] | None = None
-    for key, item in value.items():
+    for key, item in value.items():  # in the data's order: a failure other than a ValidationError is the first one
         slot = slots.get(key)
         if slot is None:
             continue
-        if slot.many:
-            if not isinstance(item, list):
-                continue
-            new: Any = [_intern_one(x, slot, references) for x in item]
-            if not any(map(operator.is_not, new, item)):
-                continue
-        else:
-            new = _intern_one(item, slot, references)
-            if new is item:
-                continue
-        if changed is None:
-            changed = dict(value)
-        changed[key] = new
+        new = _intern_list(item, slot, references) if slot.many else _intern_one(item, slot, references)
+        if new is not item:
+            if changed is None:
+                changed = dict(value)
+            changed[key] = new
     return value if changed is None else changed
+
+
+def _prepared(
+    raw: dict[str, Any], lean: bool, model_cls: type[BaseModel], references: dict[bytes, BaseModel]
+) -> dict[str, Any] | None:
+    """``_interned(repair(_prune(raw, lean))[0], _slots(model_cls), references)`` in one pass over ``raw`` when ``repair``
+    changes nothing; None when it may (a lone object where an array belongs, an STU3 dose, an R5 medication).
+
+    The passes are the same functions, applied element by element: one dict is built instead of three, and what
+    each pass does with an element name is looked up once (``_STEPS``), not in three tables per element.
+    """
+    rtype = raw.get("resourceType", "")
+    steps = _STEPS.get((rtype, lean, model_cls))
+    if steps is None:
+        steps = _STEPS.setdefault((rtype, lean, model_cls), {})
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        step = steps.get(key)
+        if step is None:
+            step = _step(key, rtype, lean, model_cls)
+            if len(steps) < KEPT_KEYS_SIZE:
+                steps[key] = step
+        if step is False:
+            continue
+        inside, repairable, slot = step
+        if inside:
+            if key == "extension":
+                if rtype == "Condition" and not (value := _histology_extensions(raw)):
+                    continue
+            elif key == "dispenseRequest":
+                if lean and isinstance(value, dict):
+                    value = {k: v for k, v in value.items() if k == "validityPeriod"}
+            elif isinstance(value, list):
+                value = [_prune_dosage(d) for d in value]
+        if repairable and repairs(rtype, key, value):
+            return None
+        if slot is not None:
+            value = _intern_list(value, slot, references) if slot.many else _intern_one(value, slot, references)
+        out[key] = value
+    return out
+
+
+def _step(key: str, rtype: Any, lean: bool, model_cls: type[BaseModel]) -> _Step:
+    """What ``_prepared`` does with element ``key``: False (pruned), else (``_prune`` prunes inside it, ``repair``
+    may change it, how it is interned)."""
+    if not _is_kept(key, KEEP_OTHER_MEDICATION if lean else KEEP.get(rtype, _NOTHING)):
+        return False
+    return key in _PRUNED_INSIDE, key in REPAIRABLE.get(rtype, _NOTHING), _slots(model_cls).get(key)
+
+
+def _intern_list(item: Any, slot: _Slot, references: dict[bytes, BaseModel]) -> Any:
+    """A list member of an object, interned item by item (the list itself when nothing changed)."""
+    if not isinstance(item, list):
+        return item
+    new = [_intern_one(x, slot, references) for x in item]
+    return new if any(map(operator.is_not, new, item)) else item
 
 
 def _intern_one(item: Any, slot: _Slot, references: dict[bytes, BaseModel]) -> Any:
@@ -702,7 +773,7 @@ def _prune(raw: dict[str, Any], lean: bool = False) -> dict[str, Any]:
     start date are read, so their dosage and supply are not validated at all.
     """
     rtype = raw.get("resourceType", "")
-    keep = KEEP_OTHER_MEDICATION if lean else KEEP.get(rtype, frozenset())
+    keep = KEEP_OTHER_MEDICATION if lean else KEEP.get(rtype, _NOTHING)
     decided = _KEPT_KEYS.setdefault(keep, {})
     if not decided.keys() >= raw.keys():
         decided = _decide_keys(raw, keep, decided)
@@ -719,6 +790,10 @@ def _prune(raw: dict[str, Any], lean: bool = False) -> dict[str, Any]:
     if lean and isinstance(out.get("dispenseRequest"), dict):
         out["dispenseRequest"] = {k: v for k, v in out["dispenseRequest"].items() if k == "validityPeriod"}
     return out
+
+
+#: Elements ``_prune`` prunes inside (besides dropping top-level names).
+_PRUNED_INSIDE = frozenset({"extension", "dispenseRequest", "dosageInstruction", "dosage"})
 
 
 def _histology_extensions(resource: dict[str, Any]) -> list[Any]:
