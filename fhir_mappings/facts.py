@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, NamedTuple
 
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.codeableconcept import CodeableConcept
@@ -268,7 +268,8 @@ def build_facts(
     concept = medication_concept(order, record.medications)
     product = resolve_product(concept, tables)
     age, age_evidence = _age(record, evaluation_date)
-    found = _diagnoses(record, order, order_ref, tables)
+    counted = _counted_conditions(record)
+    found = _diagnoses(counted, order, order_ref, tables)
     specialties, requester_ref = _specialties(record, order, user_ref, tables)
     co_medications, co_unknown_form = _co_medications(record, order_ref, tables, evaluation_date)
     history, history_unknown_form = _history(record, evaluation_date, tables)
@@ -298,7 +299,7 @@ def build_facts(
             or procedures.scheduled
             or procedures.possible
         ),
-        receptors=_receptors(record, tables),
+        receptors=_receptors(record, counted, tables),
         specialties=specialties,
         requester_ref=requester_ref,
         co_medications=co_medications,
@@ -446,6 +447,29 @@ def _condition_start(resource: Condition | AllergyIntolerance) -> date | None:
     return to_date(resource.recordedDate)
 
 
+class _Counted(NamedTuple):
+    """A Condition that counts (``_condition_state``), read once per call for the diagnoses and the receptors."""
+
+    condition: Condition
+    ref: str
+    state: str
+    clinical: str | None
+    start: date | None
+
+
+def _counted_conditions(record: PatientRecord) -> list[_Counted]:
+    """The record's Conditions that count, in chart order, with their state, clinical status and start."""
+    counted: list[_Counted] = []
+    for condition in record.conditions:
+        state = _condition_state(condition)
+        if state is not None:
+            clinical = status_code(condition.clinicalStatus)
+            counted.append(
+                _Counted(condition, f"Condition/{condition.id}", state, clinical, _condition_start(condition))
+            )
+    return counted
+
+
 @dataclass
 class _DiagnosisFindings:
     confirmed: dict[str, Finding]
@@ -457,18 +481,14 @@ class _DiagnosisFindings:
 
 
 def _diagnoses(
-    record: PatientRecord, order: MedicationRequest, order_ref: str, tables: CodeTables
+    counted: Sequence[_Counted], order: MedicationRequest, order_ref: str, tables: CodeTables
 ) -> _DiagnosisFindings:
     """Coded Conditions confirm (or, provisional / broad codes, suggest); names in text and the order's reason
     suggest; possible.csv rules derive manifestations (TSC + a brain tumour suggests SEGA)."""
     confirmed, possible = _Findings(), _Findings()
     readings: list[tuple[str, ConditionReading]] = []
     qualifiers: list[QualifierFinding] = []
-    for condition in record.conditions:
-        state = _condition_state(condition)
-        if state is None:
-            continue
-        ref, start = f"Condition/{condition.id}", _condition_start(condition)
+    for condition, ref, state, clinical, start in counted:
         reading = read_condition(condition, tables)
         readings.append((ref, reading))
         for tag in reading.confirmed:
@@ -486,7 +506,6 @@ def _diagnoses(
                 for match in tables.condition_matches(tables.system_name(coding.system), coding.code):
                     for tag in match.tags:
                         (possible if state == "possible" else confirmed).add(tag, ref, start)
-        clinical = status_code(condition.clinicalStatus)
         if tagged and state == "confirmed" and clinical is not None:
             for tag in tables.condition_status.get(("condition-clinical", clinical), ()):
                 confirmed.add(tag, ref, start)
@@ -557,7 +576,7 @@ class _ReceptorSighting:
     ref: str
 
 
-def _receptors(record: PatientRecord, tables: CodeTables) -> dict[str, Finding]:
+def _receptors(record: PatientRecord, counted: Sequence[_Counted], tables: CodeTables) -> dict[str, Finding]:
     """Per receptor (er, pr, her2, hr) the most recent final result wins; a tie that disagrees says nothing."""
     sightings: list[_ReceptorSighting] = []
     for observation in record.observations:
@@ -578,12 +597,12 @@ def _receptors(record: PatientRecord, tables: CodeTables) -> dict[str, Finding]:
                 if result in ("positive", "negative"):
                     sightings.append(_ReceptorSighting(on, f"{test.receptor}-{result}", ref))
                 break
-    for condition in record.conditions:
-        if _condition_state(condition) != "confirmed":
+    for condition, ref, state, _, start in counted:
+        if state != "confirmed":
             continue
         for coding in codings(condition.code):
             for tag in tables.receptor_status_tags(tables.system_name(coding.system), coding.code):
-                sightings.append(_ReceptorSighting(_condition_start(condition), tag, f"Condition/{condition.id}"))
+                sightings.append(_ReceptorSighting(start, tag, ref))
     by_axis: dict[str, list[_ReceptorSighting]] = {}  # one pass: sightings in chart order per axis
     for sighting in sightings:
         by_axis.setdefault(sighting.tag.rsplit("-", 1)[0], []).append(sighting)

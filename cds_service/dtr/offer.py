@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from fhir_mappings.answers import ReadAnswers, diagnosis_notes
 from fhir_mappings.codes import CodeTables
@@ -40,19 +41,34 @@ class DtrOffer:
     answers_not_used: tuple[str, ...] = ()
 
 
-def answerable(policy: Policy, base: str) -> dict[str, frozenset[str]]:
+#: Bases ``answerable`` keeps per policy: a deployment has one (``public_base_url``) or a few host names; one a
+#: client names in a Host header is never kept beside more than this many others.
+ANSWERABLE_BASES = 8
+
+
+def answerable(policy: Policy, base: str) -> Mapping[str, frozenset[str]]:
     """This service's full version-specific Questionnaire canonicals (``base``) -> the linkIds each asks: only
-    answers to a questionnaire's own items, in a response naming that exact canonical, count."""
-    link_ids: dict[str, frozenset[str]] = memoised(
-        "link-ids",
-        policy,
-        lambda: {
-            p.id: frozenset(q.link_id for q in questions_of(p))
-            | frozenset(applies_link_id(c.id) for c in product_specific(p))
-            for p in asked_pathways(policy)
-        },
-    )
-    return {questionnaire_canonical(base, policy, pid): ids for pid, ids in link_ids.items()}
+    answers to a questionnaire's own items, in a response naming that exact canonical, count.
+
+    A pure function of the policy and the base, asked on every call: worked out once per base (read-only)."""
+    by_base: dict[str, Mapping[str, frozenset[str]]] = memoised("answerable", policy, dict)
+    known = by_base.get(base)
+    if known is None:
+        link_ids: dict[str, frozenset[str]] = memoised(
+            "link-ids",
+            policy,
+            lambda: {
+                p.id: frozenset(q.link_id for q in questions_of(p))
+                | frozenset(applies_link_id(c.id) for c in product_specific(p))
+                for p in asked_pathways(policy)
+            },
+        )
+        if len(by_base) >= ANSWERABLE_BASES:
+            by_base.clear()
+        known = by_base[base] = MappingProxyType(
+            {questionnaire_canonical(base, policy, pid): ids for pid, ids in link_ids.items()}
+        )
+    return known
 
 
 def suggested_diagnoses(policy: Policy, facts: Facts) -> frozenset[str]:

@@ -38,7 +38,7 @@ from .loader import (
     load_policy,
 )
 from .predicates import CONDITION_KEYS, Outcome, all_of_status, combine_all, diagnosis_link, not_applicable_note
-from .results import CriterionResult, Decision, OrderEvaluation, Status, UnreadableOrder
+from .results import CriterionResult, Decision, OrderEvaluation, Status, UnreadableOrder, criterion_result
 
 __all__ = [
     "PathwayResult",
@@ -90,19 +90,19 @@ def _outcomes(criterion: Criterion, facts: Facts) -> _Node:
 
 def _result(criterion: Criterion, node: _Node) -> CriterionResult:
     outcome, children = node
-    return CriterionResult(
-        id=criterion.id,
-        text=criterion.text,
-        status=outcome.status,
-        evidence=outcome.evidence,
-        remedy=criterion.remedy,
-        fixes=outcome.fixes,
-        children=tuple(_result(c, n) for c, n in zip(criterion.children, children)),
-        note=outcome.note,
-        applicable=not outcome.gate,
-        gaps=outcome.gaps,
-        review=outcome.review,
-        quoted=outcome.quoted,
+    return criterion_result(
+        criterion.id,
+        criterion.text,
+        outcome.status,
+        outcome.evidence,
+        criterion.remedy,
+        outcome.fixes,
+        tuple([_result(c, n) for c, n in zip(criterion.children, children)]) if children else (),
+        outcome.note,
+        not outcome.gate,
+        outcome.gaps,
+        outcome.review,
+        outcome.quoted,
     )
 
 

@@ -184,9 +184,9 @@ def combine_all(outcomes: Sequence[Outcome]) -> Outcome:
     """
     status, deciding = _deciding(outcomes, True)
     evidence = _merge([o.evidence for o in deciding])
-    extra = _carried(status, deciding, all_=True)
     if status is MET:
         return Outcome(status, evidence, (), *_quoted(deciding))
+    extra = _carried(status, deciding, all_=True)
     if status is NOT_MET and any(not o.fixes for o in deciding):
         return Outcome(status, evidence, (), *extra)
     return Outcome(status, evidence, _merge([o.fixes for o in deciding]), *extra)

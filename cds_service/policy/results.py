@@ -87,6 +87,41 @@ class CriterionResult:
             yield from child.walk()
 
 
+def criterion_result(
+    id: str,
+    text: str,
+    status: Status,
+    evidence: tuple[str, ...],
+    remedy: str | None,
+    fixes: tuple[Fix, ...],
+    children: tuple[CriterionResult, ...],
+    note: str | None,
+    applicable: bool,
+    gaps: tuple[str, ...],
+    review: str | None,
+    quoted: bool,
+) -> CriterionResult:
+    """``CriterionResult(...)`` with every field given, in one ``__dict__`` update instead of the frozen dataclass's
+    twelve ``object.__setattr__`` calls: the engine builds one per criterion of the winning pathway (1.8 -> 0.5 µs
+    each). The same object field for field (``tests/test_evaluate_shortcuts.py``)."""
+    result: CriterionResult = object.__new__(CriterionResult)
+    result.__dict__.update(
+        id=id,
+        text=text,
+        status=status,
+        evidence=evidence,
+        remedy=remedy,
+        fixes=fixes,
+        children=children,
+        note=note,
+        applicable=applicable,
+        gaps=gaps,
+        review=review,
+        quoted=quoted,
+    )
+    return result
+
+
 @dataclass(frozen=True)
 class OrderEvaluation:
     """The policy's answer for one draft order."""
