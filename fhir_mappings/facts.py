@@ -265,15 +265,16 @@ def build_facts(
         raise OrderNotFound(f"no draft MedicationRequest {order_id.split('/')[-1]!r} in the record")
     order_ref = f"MedicationRequest/{order.id}"
     evaluation_date = to_date(order.authoredOn) or today
-    concept = medication_concept(order, record.medications)
+    medications = _Medications(record.medications, tables)
+    concept = medications.concept(order)
     product = resolve_product(concept, tables)
     age, age_evidence = _age(record, evaluation_date)
     counted = _counted_conditions(record)
     found = _diagnoses(counted, order, order_ref, tables)
     specialties, requester_ref = _specialties(record, order, user_ref, tables)
-    co_medications, co_unknown_form = _co_medications(record, order_ref, tables, evaluation_date)
-    history, history_unknown_form = _history(record, evaluation_date, tables)
-    course, previous_mg = _drug_exposure(record, evaluation_date, tables, max_gap_days)
+    co_medications, co_unknown_form = _co_medications(record, order_ref, medications, evaluation_date)
+    history, history_unknown_form = _history(record, evaluation_date, medications)
+    course, previous_mg = _drug_exposure(record, evaluation_date, medications, max_gap_days)
     response = therapy_response(record, tables, course.start, evaluation_date)
     lob, lob_evidence, coverage_ref = _line_of_business(record, order, plan_prefixes, tables)
     procedures = read_procedures(record.procedures, evaluation_date, tables)
@@ -283,7 +284,7 @@ def build_facts(
         evaluation_date=evaluation_date,
         product=product,
         dose=daily_dose(order.dosageInstruction, product),
-        other_doses=_other_drug_drafts(record, order_ref, tables),
+        other_doses=_other_drug_drafts(record, order_ref, medications),
         age_years=age,
         age_evidence=age_evidence,
         diagnoses=found.confirmed,
@@ -375,7 +376,7 @@ def resolve_product(concept: MedicationConcept, tables: CodeTables) -> Product:
 # -- the day's dose ------------------------------------------------------------------------
 
 
-def _other_drug_drafts(record: PatientRecord, order_ref: str, tables: CodeTables) -> tuple[DraftDose, ...]:
+def _other_drug_drafts(record: PatientRecord, order_ref: str, medications: _Medications) -> tuple[DraftDose, ...]:
     """The request's other drafts of the drug (a member takes them all the same day), each with its daily dose."""
     found: list[DraftDose] = []
     for draft in record.draft_orders:
@@ -385,10 +386,10 @@ def _other_drug_drafts(record: PatientRecord, order_ref: str, tables: CodeTables
         subject = split_reference(reference_of(draft.subject))
         if record.patient_id and subject[0] is not None and subject != ("Patient", record.patient_id):
             continue  # another member's order: not this member's day
-        concept = medication_concept(draft, record.medications)
-        if not is_requested_drug(concept, tables):
+        concept = medications.concept(draft)
+        if not is_requested_drug(concept, medications.tables):
             continue
-        product = resolve_product(concept, tables)
+        product = resolve_product(concept, medications.tables)
         found.append(DraftDose(ref, product.family, daily_dose(draft.dosageInstruction, product)))
     return tuple(found)
 
@@ -569,8 +570,7 @@ def _start_of(confirmed: _Findings, possible: _Findings, tag: str) -> date | Non
 # -- receptors -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _ReceptorSighting:
+class _ReceptorSighting(NamedTuple):  # a named tuple: one per result read, construction cost counts
     on: date | None
     tag: str
     ref: str
@@ -734,12 +734,38 @@ def _chart_medications(record: PatientRecord) -> list[tuple[str, MedicationResou
     return chart_medication_records(record)
 
 
-def _tags_with_forms(
-    resource: MedicationResource, medications: Mapping[str, Medication], tables: CodeTables
-) -> tuple[frozenset[str], frozenset[str]]:
-    concept = medication_concept(resource, medications)
-    tags = medication_tags(concept, tables)
-    forms, unknown = form_tags(resource, concept, tags, tables)
+class _Medications:
+    """The concept and ingredient tags of each medication resource, read once per ``build_facts`` call: the chart's
+    orders, statements and dispenses are read by the co-medications, the history and the drug's course, the drafts
+    by the order, the co-medications and the day's other drafts. Lives for one call (``tests/test_facts_shortcuts.py``
+    compares it with reading every time)."""
+
+    def __init__(self, medications: Mapping[str, Medication], tables: CodeTables) -> None:
+        self.medications = medications
+        self.tables = tables
+        #: id(resource) -> (resource, its concept, its tags once read); the resource is kept so its id stays its own.
+        self._read: dict[int, tuple[MedicationResource, MedicationConcept, frozenset[str] | None]] = {}
+
+    def concept(self, resource: MedicationResource) -> MedicationConcept:
+        """``medication_concept`` of the resource."""
+        known = self._read.get(id(resource))
+        if known is None:
+            known = self._read[id(resource)] = (resource, medication_concept(resource, self.medications), None)
+        return known[1]
+
+    def tags(self, resource: MedicationResource) -> frozenset[str]:
+        """``medication_tags`` of the resource's concept."""
+        concept = self.concept(resource)
+        known = self._read[id(resource)][2]
+        if known is None:
+            known = medication_tags(concept, self.tables)
+            self._read[id(resource)] = (resource, concept, known)
+        return known
+
+
+def _tags_with_forms(resource: MedicationResource, medications: _Medications) -> tuple[frozenset[str], frozenset[str]]:
+    tags = medications.tags(resource)
+    forms, unknown = form_tags(resource, medications.concept(resource), tags, medications.tables)
     return tags | forms, unknown
 
 
@@ -753,17 +779,16 @@ def _dispense_covers(dispense: MedicationDispense, on: date) -> bool:
 
 
 def _co_medications(
-    record: PatientRecord, order_ref: str, tables: CodeTables, evaluation_date: date
+    record: PatientRecord, order_ref: str, medications: _Medications, evaluation_date: date
 ) -> tuple[dict[str, Finding], dict[str, Finding]]:
     """Other drafts of this request, the chart's active orders and statements, and dispenses whose supply runs on
     the evaluation date (and, per form-specific ingredient, the ones whose form they do not show)."""
     found, unknown_form = _Findings(), _Findings()
-    medications = record.medications
     for draft in record.draft_orders:
         ref = f"MedicationRequest/{draft.id}"
         if ref == order_ref or draft.status not in CO_DRAFT_STATUS:
             continue
-        tags, unknown = _tags_with_forms(draft, medications, tables)
+        tags, unknown = _tags_with_forms(draft, medications)
         for tag in tags:
             found.add(tag, ref, to_date(draft.authoredOn))
         for tag in unknown:
@@ -778,7 +803,7 @@ def _co_medications(
         if not active:
             continue
         ref = f"{rtype}/{resource.id}"
-        tags, unknown = _tags_with_forms(resource, medications, tables)
+        tags, unknown = _tags_with_forms(resource, medications)
         for tag in tags:
             found.add(tag, ref, _medication_start(resource))
         for tag in unknown:
@@ -787,19 +812,18 @@ def _co_medications(
 
 
 def _history(
-    record: PatientRecord, evaluation_date: date, tables: CodeTables
+    record: PatientRecord, evaluation_date: date, medications: _Medications
 ) -> tuple[dict[str, Finding], dict[str, Finding]]:
     """Chart orders, statements and dispenses (not the drafts) started before the evaluation date; undated ones
     count."""
     found, unknown_form = _Findings(), _Findings()
-    medications = record.medications
     for rtype, resource in _chart_medications(record):
         if not shows_use(resource):
             continue
         start = _medication_start(resource)
         if start is not None and start >= evaluation_date:
             continue
-        tags, unknown = _tags_with_forms(resource, medications, tables)
+        tags, unknown = _tags_with_forms(resource, medications)
         for tag in tags:
             found.add(tag, f"{rtype}/{resource.id}", start)
         for tag in unknown:
@@ -808,20 +832,20 @@ def _history(
 
 
 def _drug_exposure(
-    record: PatientRecord, evaluation_date: date, tables: CodeTables, max_gap_days: float
+    record: PatientRecord, evaluation_date: date, medications: _Medications, max_gap_days: float
 ) -> tuple[Course, float | None]:
     """The current course of the drug (``therapy.current_course``) and the latest prior mg/day (dose increase)."""
-    medications = record.medications
+    tables = medications.tables
 
     def is_drug(resource: MedicationResource) -> bool:
-        return tables.drug_tag in medication_tags(medication_concept(resource, medications), tables)
+        return tables.drug_tag in medications.tags(resource)
 
     uses = drug_uses(record, is_drug, evaluation_date)
     course = current_course(uses, evaluation_date, max_gap_days)
     previous = None
     if uses:
         latest = max(uses, key=lambda u: u.start).resource
-        concept = medication_concept(latest, medications)
+        concept = medications.concept(latest)
         previous = daily_dose(_dosages(latest), resolve_product(concept, tables)).mg_per_day
     return course, previous
 

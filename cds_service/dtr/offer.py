@@ -74,8 +74,15 @@ def answerable(policy: Policy, base: str) -> Mapping[str, frozenset[str]]:
 def suggested_diagnoses(policy: Policy, facts: Facts) -> frozenset[str]:
     """Diagnosis tags the chart suggests under the policy (TSC suggests each manifestation's pathway): an answer
     naming one documents what the chart left open rather than contradicting it."""
-    found = set(facts.diagnoses) | set(facts.possible_diagnoses)
-    return frozenset(tag for p in policy.pathways if found.intersection(p.suggested_by) for tag in p.diagnoses)
+    if not facts.diagnoses and not facts.possible_diagnoses:
+        return frozenset()
+    found = facts.diagnoses.keys() | facts.possible_diagnoses.keys()
+    suggesters: tuple[tuple[frozenset[str], tuple[str, ...]], ...] = memoised(
+        "suggesters",
+        policy,
+        lambda: tuple((frozenset(p.suggested_by), tuple(p.diagnoses)) for p in policy.pathways if p.suggested_by),
+    )
+    return frozenset(tag for by, diagnoses in suggesters if not found.isdisjoint(by) for tag in diagnoses)
 
 
 def _pathways(policy: Policy, evaluation: OrderEvaluation) -> list[Pathway]:
@@ -127,12 +134,14 @@ def offer(
 ) -> DtrOffer:
     """The DTR side of one evaluation (``chart_facts``: the facts before any clinician answer)."""
     pathways = _pathways(policy, evaluation)
-    asked_ids = {q.link_id for p in pathways for q in questions_of(p)}
     used: dict[str, list[str]] = {}
-    for link_id, answer in answers.answers.items():
-        if link_id in asked_ids:
-            used.setdefault(answer.source, []).append(link_id)
-    notes = list(diagnosis_notes(chart_facts, answers, suggested_diagnoses(policy, chart_facts)))
+    notes: list[str] = []
+    if answers.answers:  # without answers none is used and ``diagnosis_notes`` has nothing to say
+        asked_ids = {q.link_id for p in pathways for q in questions_of(p)}
+        for link_id, answer in answers.answers.items():
+            if link_id in asked_ids:
+                used.setdefault(answer.source, []).append(link_id)
+        notes += diagnosis_notes(chart_facts, answers, suggested_diagnoses(policy, chart_facts))
     if used:
         words = "; ".join(f"{ref}: {', '.join(ids)}" for ref, ids in used.items())
         notes.append(f"Clinician answers used ({words}).")

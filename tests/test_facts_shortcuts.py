@@ -1,0 +1,211 @@
+"""The facts, evaluation and DTR offer's per-call shortcuts give exactly the answers of the full computation (issue 18).
+
+* ``build_facts`` reads each medication resource's concept and tags once per call (``facts._Medications``): here the
+  same facts as reading them every time a reader asks, on hypothesis-drawn charts cut from the sample bundles
+  (any subset of their resources, medication statuses redrawn);
+* ``engine._result`` builds each ``CriterionResult`` in one ``__dict__`` update (``results.criterion_result``): the
+  same object as the dataclass constructor;
+* ``read.codings`` / ``read.status_code`` build codings without the named tuple's ``__new__``: the same codings;
+* ``offer.answerable`` keeps the canonicals per policy and base, ``offer.suggested_diagnoses`` the policy's
+  suggesting pathways: the same answers as working them out on each call;
+* without clinician answers ``read_answers`` reads nothing and ``offer`` skips ``diagnosis_notes``, which has
+  nothing to say then.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import fields
+from datetime import date
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import orjson
+from fhir.resources.R4B.codeableconcept import CodeableConcept
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cds_service.dtr import offer
+from cds_service.dtr.questionnaire import (
+    applies_link_id,
+    asked_pathways,
+    product_specific,
+    questionnaire_canonical,
+    questions_of,
+)
+from cds_service.policy.engine import load_policy
+from cds_service.policy.results import CriterionResult, Fix, Status, criterion_result
+from fhir_mappings import facts as facts_module
+from fhir_mappings.answers import ReadAnswers, diagnosis_notes, read_answers
+from fhir_mappings.codes import load_code_tables
+from fhir_mappings.facts import build_facts, find_drug_orders, medication_tags
+from fhir_mappings.model import Facts
+from fhir_mappings.normalize import Code
+from fhir_mappings.read import codings, medication_concept, status_code
+from fhir_mappings.record import build_record
+
+from .test_evaluate_shortcuts import charts
+from .test_policy_cp_phar_63 import make_facts
+
+TABLES = load_code_tables()
+POLICY = load_policy(vocabulary=TABLES)
+SAMPLES = sorted((Path(__file__).resolve().parent.parent / "sample_bundles").glob("*.json"))
+BUNDLES = [orjson.loads(p.read_bytes()) for p in SAMPLES if p.name != "expected.json"]
+TODAY = date(2026, 11, 27)
+MEDICATION_STATUSES = ["active", "completed", "stopped", "on-hold", "intended", "draft", "entered-in-error", "unknown"]
+
+
+class _ReadEveryTime(facts_module._Medications):
+    """The full computation: every reader reads the resource again."""
+
+    def concept(self, resource: Any) -> Any:
+        return medication_concept(resource, self.medications)
+
+    def tags(self, resource: Any) -> frozenset[str]:
+        return medication_tags(medication_concept(resource, self.medications), self.tables)
+
+
+def _entries(value: Any) -> list[Any]:
+    if isinstance(value, dict) and value.get("resourceType") == "Bundle":
+        return [e.get("resource") for e in value.get("entry") or [] if isinstance(e, dict)]
+    return [value] if isinstance(value, dict) else list(value or [])
+
+
+@st.composite
+def sample_charts(draw: st.DrawFn) -> dict[str, Any]:
+    """A sample bundle with a drawn subset of each prefetch key's resources, medication statuses redrawn."""
+    request = copy.deepcopy(draw(st.sampled_from(BUNDLES)))
+    prefetch: dict[str, Any] = {}
+    for key, value in request["prefetch"].items():
+        resources = _entries(value)
+        if key == "patient" or not resources:
+            prefetch[key] = value
+            continue
+        kept = [r for r in resources if draw(st.booleans())]
+        for resource in kept:
+            medication = isinstance(resource, dict) and resource.get("resourceType", "").startswith("Medication")
+            if medication and draw(st.booleans()):
+                resource["status"] = draw(st.sampled_from(MEDICATION_STATUSES))
+        prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in kept]}
+    request["prefetch"] = prefetch
+    return request
+
+
+def _facts_of(request: dict[str, Any]) -> list[Facts]:
+    context = request["context"]
+    drafts = _entries(context["draftOrders"])
+    record = build_record(
+        request["prefetch"], drafts, TABLES, patient_id=context["patientId"], user_ref=context.get("userId")
+    )
+    return [
+        build_facts(record, order_id, TABLES, plan_prefixes={}, user_ref=context.get("userId"), today=TODAY)
+        for order_id in find_drug_orders(drafts, TABLES)
+        if record.draft(order_id) is not None
+    ]
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sample_charts())
+def test_medications_read_once_per_call_give_the_same_facts(request: dict[str, Any]) -> None:
+    once = _facts_of(request)
+    with mock.patch.object(facts_module, "_Medications", _ReadEveryTime):
+        assert _facts_of(request) == once
+
+
+texts = st.none() | st.sampled_from(["", "x", "everolimus", "active"])
+codings_json = st.lists(
+    st.fixed_dictionaries({}, optional={"system": texts.filter(bool), "code": texts.filter(bool), "display": texts}),
+    max_size=3,
+)
+
+
+@given(st.none() | st.fixed_dictionaries({}, optional={"coding": codings_json, "text": texts.filter(bool)}))
+def test_codings_and_status_code_read_as_before(raw: dict[str, Any] | None) -> None:
+    concept = CodeableConcept.model_validate(raw) if raw is not None else None
+    full = (
+        [Code(c.system, c.code, c.display) for c in concept.coding if c is not None]
+        if concept and concept.coding
+        else []
+    )
+    assert codings(concept) == full and all(type(c) is Code for c in codings(concept))
+    assert status_code(concept) == next((c.code for c in full if c.code), None)
+
+
+optional_text = st.none() | st.text(max_size=5)
+refs = st.lists(st.text(max_size=5), max_size=3).map(tuple)
+
+
+@given(
+    st.text(max_size=5),
+    st.sampled_from(list(Status)),
+    refs,
+    optional_text,
+    st.lists(st.builds(Fix, kind=st.text(max_size=3)), max_size=2).map(tuple),
+    optional_text,
+    st.booleans(),
+    refs,
+    optional_text,
+    st.booleans(),
+)
+def test_criterion_result_is_the_dataclass(
+    text: str,
+    status: Status,
+    evidence: tuple[str, ...],
+    remedy: str | None,
+    fixes: tuple[Fix, ...],
+    note: str | None,
+    applicable: bool,
+    gaps: tuple[str, ...],
+    review: str | None,
+    quoted: bool,
+) -> None:
+    child = CriterionResult("I.A.1.a", "child", status)
+    values = (
+        "I.A.1",
+        text,
+        status,
+        evidence,
+        remedy,
+        fixes,
+        (child,),
+        note,
+        applicable,
+        gaps,
+        review,
+        quoted,
+    )
+    fast, full = criterion_result(*values), CriterionResult(*values)
+    assert fast == full and hash(fast) == hash(full) and repr(fast) == repr(full)
+    assert list(vars(fast).items()) == list(vars(full).items())
+    assert [f.name for f in fields(CriterionResult)] == list(vars(fast))
+
+
+def test_answerable_is_the_full_computation_for_each_base() -> None:
+    bases = [f"https://payer{i}.example" for i in range(offer.ANSWERABLE_BASES + 3)]
+    for base in bases + bases[:2]:
+        full = {
+            questionnaire_canonical(base, POLICY, p.id): frozenset(q.link_id for q in questions_of(p))
+            | frozenset(applies_link_id(c.id) for c in product_specific(p))
+            for p in asked_pathways(POLICY)
+        }
+        assert dict(offer.answerable(POLICY, base)) == full
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(charts)
+def test_suggested_diagnoses_and_no_answers_shortcuts(chart: dict[str, Any]) -> None:
+    facts = make_facts(**chart)
+    found = set(facts.diagnoses) | set(facts.possible_diagnoses)
+    full = frozenset(tag for p in POLICY.pathways if found.intersection(p.suggested_by) for tag in p.diagnoses)
+    assert offer.suggested_diagnoses(POLICY, facts) == full
+    # What ``offer`` skips when no clinician answer was read: no notes, whatever the chart suggests.
+    assert diagnosis_notes(facts, ReadAnswers(), full) == ()
+
+
+def test_no_responses_read_as_nothing() -> None:
+    assert (
+        read_answers([], TABLES, patient_id="p1", order_ref="MedicationRequest/o", questionnaires={}) == ReadAnswers()
+    )
+    empty_bundle = [{"resourceType": "Bundle", "type": "searchset"}]  # not the shortcut: the full path, same answer
+    assert read_answers(empty_bundle, TABLES, patient_id="p1", order_ref="o", questionnaires={}) == ReadAnswers()
