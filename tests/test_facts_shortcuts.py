@@ -8,6 +8,7 @@
 * ``read.codings`` / ``read.status_code`` build codings without the named tuple's ``__new__``: the same codings;
 * ``offer.answerable`` keeps the canonicals per policy and base, ``offer.suggested_diagnoses`` the policy's
   suggesting pathways: the same answers as working them out on each call;
+* selection ranks only the indications whose diagnosis tags the facts show at all (``engine._rank_if_shown``);
 * without clinician answers ``read_answers`` reads nothing and ``offer`` skips ``diagnosis_notes``, which has
   nothing to say then.
 """
@@ -15,7 +16,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -34,19 +35,19 @@ from cds_service.dtr.questionnaire import (
     questionnaire_canonical,
     questions_of,
 )
-from cds_service.policy.engine import load_policy
+from cds_service.policy.engine import _rank_if_shown, _shown_diagnoses, evidence_rank, load_policy
 from cds_service.policy.results import CriterionResult, Fix, Status, criterion_result
 from fhir_mappings import facts as facts_module
 from fhir_mappings.answers import ReadAnswers, diagnosis_notes, read_answers
 from fhir_mappings.codes import load_code_tables
 from fhir_mappings.facts import build_facts, find_drug_orders, medication_tags
-from fhir_mappings.model import Facts
+from fhir_mappings.model import Facts, Finding
 from fhir_mappings.normalize import Code
 from fhir_mappings.read import codings, medication_concept, status_code
 from fhir_mappings.record import build_record
 
 from .test_evaluate_shortcuts import charts
-from .test_policy_cp_phar_63 import make_facts
+from .test_policy_cp_phar_63 import DIAGNOSIS_TAGS, make_facts
 
 TABLES = load_code_tables()
 POLICY = load_policy(vocabulary=TABLES)
@@ -209,3 +210,20 @@ def test_no_responses_read_as_nothing() -> None:
     )
     empty_bundle = [{"resourceType": "Bundle", "type": "searchset"}]  # not the shortcut: the full path, same answer
     assert read_answers(empty_bundle, TABLES, patient_id="p1", order_ref="o", questionnaires={}) == ReadAnswers()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    charts, st.lists(st.sampled_from(DIAGNOSIS_TAGS), max_size=2), st.lists(st.sampled_from(DIAGNOSIS_TAGS), max_size=2)
+)
+def test_rank_if_shown_is_evidence_rank(chart: dict[str, Any], received: list[str], scheduled: list[str]) -> None:
+    """Selection skips ``evidence_rank`` for a pathway none of whose tags the facts show: it would be None."""
+    finding = Finding(evidence=("Procedure/p",), start=None)
+    facts = replace(
+        make_facts(**chart),
+        procedures={t: finding for t in received},
+        scheduled_procedures={t: finding for t in scheduled},
+    )
+    shown = _shown_diagnoses(facts)
+    for pathway in POLICY.pathways:
+        assert _rank_if_shown(pathway, facts, shown) == evidence_rank(pathway, facts)

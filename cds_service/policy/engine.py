@@ -175,6 +175,33 @@ def evidence_rank(pathway: Pathway, facts: Facts) -> int | None:
     return None
 
 
+def _shown_diagnoses(facts: Facts) -> set[str]:
+    """Every tag ``evidence_rank`` can find evidence in: diagnoses coded, possible, or shown by a procedure."""
+    return (
+        facts.diagnoses.keys()
+        | facts.possible_diagnoses.keys()
+        | facts.procedures.keys()
+        | facts.scheduled_procedures.keys()
+    )
+
+
+#: id(pathway) -> (the pathway, its diagnoses and suggested_by tags): pathways are fixed once the policy is loaded.
+_EVIDENCE_TAGS: dict[int, tuple[Pathway, frozenset[str]]] = {}
+
+
+def _evidence_tags(pathway: Pathway) -> frozenset[str]:
+    known = _EVIDENCE_TAGS.get(id(pathway))
+    if known is None or known[0] is not pathway:
+        known = _EVIDENCE_TAGS[id(pathway)] = (pathway, frozenset(pathway.diagnoses) | frozenset(pathway.suggested_by))
+    return known[1]
+
+
+def _rank_if_shown(pathway: Pathway, facts: Facts, shown: set[str]) -> int | None:
+    """``evidence_rank``, known to be None without reading it when none of the pathway's tags is shown at all (most
+    indications of most orders): every link it looks for is one of those tags in one of those fact maps."""
+    return None if shown.isdisjoint(_evidence_tags(pathway)) else evidence_rank(pathway, facts)
+
+
 def covered_indication(pathway: Pathway, facts: Facts) -> bool:
     """Whether a ranked indication is one a continuation can be for: its ``also_requires`` diagnoses are on record
     (or may be). Focal epilepsy with no TSC on record is not the policy's "partial-onset seizures associated with
@@ -210,10 +237,15 @@ def select_pathway(policy: Policy, facts: Facts) -> Selection:
     if not facts.diagnosis_documented and not conditions_missing:
         return Selection(None, indications)
     ranking = replace(facts, unavailable=frozenset()) if facts.unavailable else facts
+    shown = _shown_diagnoses(ranking)
     ranked = [
         (rank, index, p)
         for index, p in enumerate(indications)
-        if (rank := evidence_rank(p, ranking) if not conditions_missing else _or_unseen(evidence_rank(p, ranking)))
+        if (
+            rank := _rank_if_shown(p, ranking, shown)
+            if not conditions_missing
+            else _or_unseen(_rank_if_shown(p, ranking, shown))
+        )
         is not None
     ]
     for continued in policy.of_kind(CONTINUED):

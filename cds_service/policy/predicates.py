@@ -1247,7 +1247,12 @@ def _sub_items(params: Any, where: str) -> Compiled:
         raise PolicyError(f"{where}: sub_items must be 'any' (a or b) or 'all' (i, ii, and iii), got {params!r}")
     combine = combine_any if params == "any" else combine_all
     # Sub-items show their own notes; the parent criterion does not repeat them.
-    return Compiled(lambda facts, subs: combine(subs)._replace(note=None), uses_sub_items=True, sub_items=params)
+    return Compiled(lambda facts, subs: _without_note(combine(subs)), uses_sub_items=True, sub_items=params)
+
+
+def _without_note(outcome: Outcome) -> Outcome:
+    """The outcome with no note (the named tuple's ``_replace`` only when there is one to drop)."""
+    return outcome if outcome.note is None else outcome._replace(note=None)
 
 
 def compile_predicate(spec: Any, where: str, env: CompileEnv) -> Compiled:
