@@ -9,6 +9,7 @@
 * ``offer.answerable`` keeps the canonicals per policy and base, ``offer.suggested_diagnoses`` the policy's
   suggesting pathways: the same answers as working them out on each call;
 * selection ranks only the indications whose diagnosis tags the facts show at all (``engine._rank_if_shown``);
+* the DTR prefill finds a chart code's value-set row through an index made once per value set (``prefill._row_for``);
 * without clinician answers ``read_answers`` reads nothing and ``offer`` skips ``diagnosis_notes``, which has
   nothing to say then.
 """
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import fields, replace
 from datetime import date
 from pathlib import Path
@@ -28,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cds_service.dtr import offer
+from cds_service.dtr.prefill import _row_for
 from cds_service.dtr.questionnaire import (
     applies_link_id,
     asked_pathways,
@@ -39,7 +42,7 @@ from cds_service.policy.engine import _rank_if_shown, _shown_diagnoses, evidence
 from cds_service.policy.results import CriterionResult, Fix, Status, criterion_result
 from fhir_mappings import facts as facts_module
 from fhir_mappings.answers import ReadAnswers, diagnosis_notes, read_answers
-from fhir_mappings.codes import load_code_tables
+from fhir_mappings.codes import CodeRow, load_code_tables, normalize_icd10cm
 from fhir_mappings.facts import build_facts, find_drug_orders, medication_tags
 from fhir_mappings.model import Facts, Finding
 from fhir_mappings.normalize import Code
@@ -227,3 +230,37 @@ def test_rank_if_shown_is_evidence_rank(chart: dict[str, Any], received: list[st
     shown = _shown_diagnoses(facts)
     for pathway in POLICY.pathways:
         assert _rank_if_shown(pathway, facts, shown) == evidence_rank(pathway, facts)
+
+
+def _row_for_every_row(system: str | None, code: str | None, rows: Sequence[CodeRow]) -> CodeRow | None:
+    """The full computation ``prefill._row_for`` replaced: every row's code normalised on every call."""
+    if not system or not code:
+        return None
+    wanted = normalize_icd10cm(code) if system == "icd-10-cm" else code
+    best: CodeRow | None = None
+    for row in rows:
+        if row.system != system:
+            continue
+        row_code = normalize_icd10cm(row.code) if system == "icd-10-cm" else row.code
+        if row_code == wanted:
+            return row
+        if system == "icd-10-cm" and wanted.startswith(row_code) and (best is None or len(row.code) > len(best.code)):
+            best = row
+    return best
+
+
+CONDITION_ROWS = TABLES.condition_codes
+value_set_tags = st.lists(st.sampled_from(sorted({t for row in CONDITION_ROWS for t in row.tags})), max_size=4)
+chart_codes = st.sampled_from([row.code for row in CONDITION_ROWS]).flatmap(
+    lambda code: st.sampled_from([code, code.lower(), code.replace(".", ""), code[:3], code + "1", code[:-1]])
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    value_set_tags, st.sampled_from(["icd-10-cm", "snomed", "icd-o-3", None]), st.none() | chart_codes, st.booleans()
+)
+def test_row_for_is_every_row_read(tags: list[str], system: str | None, code: str | None, as_list: bool) -> None:
+    rows = tuple(TABLES.codes_for("diagnosis", tags))
+    given_rows = list(rows) if as_list else rows
+    assert _row_for(system, code, given_rows) == _row_for_every_row(system, code, rows)
