@@ -98,8 +98,9 @@ def _combine(reading: ConditionReading, tables: CodeTables) -> None:
     changed = True
     while changed:
         changed = False
+        tags = reading.tags  # worked out again only after a rule adds to it, not once per rule
         for rule in tables.combinations:
-            if not rule.if_all <= reading.tags:
+            if not rule.if_all <= tags:
                 continue
             possible = bool(rule.if_all & reading.possible - reading.confirmed)
             words = [w for tag in sorted(rule.if_all) for w in reading.sources.get(tag, ())]
@@ -107,6 +108,7 @@ def _combine(reading: ConditionReading, tables: CodeTables) -> None:
                 before = (tag in reading.confirmed, tag in reading.possible)
                 reading.add(tag, possible, words)
                 changed |= before != (tag in reading.confirmed, tag in reading.possible)
+            tags = reading.tags
 
 
 def find_conflicts(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, NamedTuple
@@ -559,7 +559,13 @@ def _demote(conflicts: Mapping[str, tuple[Conflict, ...]], confirmed: _Findings,
 
 
 def _diagnosis_words(concept: CodeableConcept | None, tables: CodeTables) -> frozenset[str]:
-    return tables.diagnosis_words(codings(concept), concept_texts(concept))
+    return tables.diagnosis_words(codings(concept), _lazy_texts(concept))
+
+
+def _lazy_texts(concept: CodeableConcept | None) -> Iterator[str]:
+    """``concept_texts``, read only if iterated: ``diagnosis_words`` needs the words only when the codes do not
+    speak, and most coded Conditions' codes do."""
+    yield from concept_texts(concept)
 
 
 def _start_of(confirmed: _Findings, possible: _Findings, tag: str) -> date | None:

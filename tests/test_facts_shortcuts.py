@@ -10,6 +10,7 @@
   suggesting pathways: the same answers as working them out on each call;
 * selection ranks only the indications whose diagnosis tags the facts show at all (``engine._rank_if_shown``);
 * the DTR prefill finds a chart code's value-set row through an index made once per value set (``prefill._row_for``);
+* ``diagnoses._combine`` works out a reading's tags again only after a rule adds to them;
 * without clinician answers ``read_answers`` reads nothing and ``offer`` skips ``diagnosis_notes``, which has
   nothing to say then.
 """
@@ -43,6 +44,7 @@ from cds_service.policy.results import CriterionResult, Fix, Status, criterion_r
 from fhir_mappings import facts as facts_module
 from fhir_mappings.answers import ReadAnswers, diagnosis_notes, read_answers
 from fhir_mappings.codes import CodeRow, load_code_tables, normalize_icd10cm
+from fhir_mappings.diagnoses import ConditionReading, _combine
 from fhir_mappings.facts import build_facts, find_drug_orders, medication_tags
 from fhir_mappings.model import Facts, Finding
 from fhir_mappings.normalize import Code
@@ -264,3 +266,34 @@ def test_row_for_is_every_row_read(tags: list[str], system: str | None, code: st
     rows = tuple(TABLES.codes_for("diagnosis", tags))
     given_rows = list(rows) if as_list else rows
     assert _row_for(system, code, given_rows) == _row_for_every_row(system, code, rows)
+
+
+def _combine_reading_tags_per_rule(reading: ConditionReading, tables: Any) -> None:
+    """The full computation ``diagnoses._combine`` replaced: the reading's tags worked out for every rule."""
+    changed = True
+    while changed:
+        changed = False
+        for rule in tables.combinations:
+            if not rule.if_all <= reading.tags:
+                continue
+            possible = bool(rule.if_all & reading.possible - reading.confirmed)
+            words = [w for tag in sorted(rule.if_all) for w in reading.sources.get(tag, ())]
+            for tag in rule.then:
+                before = (tag in reading.confirmed, tag in reading.possible)
+                reading.add(tag, possible, words)
+                changed |= before != (tag in reading.confirmed, tag in reading.possible)
+
+
+COMBINED_TAGS = sorted({t for rule in TABLES.combinations for t in rule.if_all | rule.then})
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(COMBINED_TAGS), st.booleans(), st.sampled_from(["a", "b"])), max_size=6))
+def test_combine_reads_tags_once_per_change(added: list[tuple[str, bool, str]]) -> None:
+    fast, full = ConditionReading(), ConditionReading()
+    for tag, possible, word in added:
+        fast.add(tag, possible, (word,))
+        full.add(tag, possible, (word,))
+    _combine(fast, TABLES)
+    _combine_reading_tags_per_rule(full, TABLES)
+    assert fast == full
