@@ -11,6 +11,7 @@
 * selection ranks only the indications whose diagnosis tags the facts show at all (``engine._rank_if_shown``);
 * the DTR prefill finds a chart code's value-set row through an index made once per value set (``prefill._row_for``);
 * ``diagnoses._combine`` works out a reading's tags again only after a rule adds to them;
+* ``OrderEvaluation.fixes`` walks the criteria with a list instead of a generator per level;
 * without clinician answers ``read_answers`` reads nothing and ``offer`` skips ``diagnosis_notes``, which has
   nothing to say then.
 """
@@ -39,8 +40,8 @@ from cds_service.dtr.questionnaire import (
     questionnaire_canonical,
     questions_of,
 )
-from cds_service.policy.engine import _rank_if_shown, _shown_diagnoses, evidence_rank, load_policy
-from cds_service.policy.results import CriterionResult, Fix, Status, criterion_result
+from cds_service.policy.engine import _rank_if_shown, _shown_diagnoses, evidence_rank, load_policy, run_pathway
+from cds_service.policy.results import CriterionResult, Fix, OrderEvaluation, Status, criterion_result
 from fhir_mappings import facts as facts_module
 from fhir_mappings.answers import ReadAnswers, diagnosis_notes, read_answers
 from fhir_mappings.codes import CodeRow, load_code_tables, normalize_icd10cm
@@ -297,3 +298,20 @@ def test_combine_reads_tags_once_per_change(added: list[tuple[str, bool, str]]) 
     _combine(fast, TABLES)
     _combine_reading_tags_per_rule(full, TABLES)
     assert fast == full
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(charts)
+def test_fixes_in_all_criteria_order(chart: dict[str, Any]) -> None:
+    """``OrderEvaluation.fixes`` walks the criteria with a list, in ``all_criteria``'s order."""
+    facts = make_facts(**chart)
+    for pathway in POLICY.pathways:
+        result = run_pathway(pathway, facts)
+        evaluation = OrderEvaluation(
+            "o", "p", "v", pathway.id, pathway.title, result.decision, criteria=result.criteria
+        )
+        full: list[Fix] = []
+        for criterion in evaluation.all_criteria():
+            if criterion.status is Status.NOT_MET:
+                full += [fix for fix in criterion.fixes if fix not in full]
+        assert evaluation.fixes() == tuple(full)

@@ -159,11 +159,15 @@ class OrderEvaluation:
     def fixes(self) -> tuple[Fix, ...]:
         """Distinct fixes of not-met criteria, in policy order (an unknown criterion may have an exception)."""
         seen: list[Fix] = []
-        for criterion in self.all_criteria():
+        pending = list(reversed(self.criteria))  # ``all_criteria``'s order without a generator per level
+        while pending:
+            criterion = pending.pop()
             if criterion.status is Status.NOT_MET:
                 for fix in criterion.fixes:
                     if fix not in seen:
                         seen.append(fix)
+            if criterion.children:
+                pending += reversed(criterion.children)
         return tuple(seen)
 
 
