@@ -216,6 +216,20 @@ def medication_tags(concept: MedicationConcept, tables: CodeTables) -> frozenset
 # ----------------------------------------------------------------------------- findings
 
 
+_new = object.__new__
+
+
+def finding(evidence: tuple[str, ...], start: date | None) -> Finding:
+    """``Finding(evidence, start)`` without the frozen dataclass's ``__init__`` (its ``object.__setattr__`` per
+    field): a call builds one per tag of each fact map, a fifth of the cost. The same object field for field
+    (``tests/test_facts_shortcuts.py``)."""
+    made: Finding = _new(Finding)
+    fields = made.__dict__
+    fields["evidence"] = evidence
+    fields["start"] = start
+    return made
+
+
 @dataclass
 class _Findings:
     """tag -> evidence references (in order seen, no repeats) and earliest start."""
@@ -238,7 +252,7 @@ class _Findings:
     def freeze(self, exclude: Iterable[str] = ()) -> dict[str, Finding]:
         skip = set(exclude)
         return {
-            tag: Finding(evidence=tuple(refs), start=self.starts.get(tag))
+            tag: finding(tuple(refs), self.starts.get(tag))
             for tag, refs in sorted(self.evidence.items())
             if tag not in skip
         }
@@ -619,7 +633,7 @@ def _receptors(record: PatientRecord, counted: Sequence[_Counted], tables: CodeT
         winners = [s for s in on_axis if s.on == latest]
         if len({s.tag for s in winners}) == 1:
             tag = winners[0].tag
-            out[tag] = Finding(evidence=tuple(dict.fromkeys(s.ref for s in winners)), start=latest)
+            out[tag] = finding(tuple(dict.fromkeys([s.ref for s in winners])), latest)
     return out
 
 

@@ -5,6 +5,7 @@
   (any subset of their resources, medication statuses redrawn);
 * ``engine._result`` builds each ``CriterionResult`` in one ``__dict__`` update (``results.criterion_result``): the
   same object as the dataclass constructor;
+* ``facts.finding`` builds a ``Finding`` without the frozen dataclass's ``__init__``: the same object;
 * ``read.codings`` / ``read.status_code`` build codings without the named tuple's ``__new__``: the same codings;
 * ``offer.answerable`` keeps the canonicals per policy and base, ``offer.suggested_diagnoses`` the policy's
   suggesting pathways: the same answers as working them out on each call;
@@ -46,7 +47,7 @@ from fhir_mappings import facts as facts_module
 from fhir_mappings.answers import ReadAnswers, diagnosis_notes, read_answers
 from fhir_mappings.codes import CodeRow, load_code_tables, normalize_icd10cm
 from fhir_mappings.diagnoses import ConditionReading, _combine
-from fhir_mappings.facts import build_facts, find_drug_orders, medication_tags
+from fhir_mappings.facts import build_facts, find_drug_orders, finding, medication_tags
 from fhir_mappings.model import Facts, Finding
 from fhir_mappings.normalize import Code
 from fhir_mappings.read import codings, medication_concept, status_code
@@ -315,3 +316,10 @@ def test_fixes_in_all_criteria_order(chart: dict[str, Any]) -> None:
             if criterion.status is Status.NOT_MET:
                 full += [fix for fix in criterion.fixes if fix not in full]
         assert evaluation.fixes() == tuple(full)
+
+
+@given(st.lists(st.text(max_size=4), max_size=3).map(tuple), st.none() | st.dates())
+def test_finding_is_the_dataclass(evidence: tuple[str, ...], start: date | None) -> None:
+    fast, full = finding(evidence, start), Finding(evidence=evidence, start=start)
+    assert fast == full and hash(fast) == hash(full) and repr(fast) == repr(full)
+    assert list(vars(fast).items()) == list(vars(full).items())
