@@ -195,7 +195,12 @@ def combine_all(outcomes: Sequence[Outcome]) -> Outcome:
 def _quoted(deciding: Sequence[Outcome]) -> tuple[str | None, bool, tuple[str, ...], str | None, bool]:
     """A met combination keeps the chart quotes its met children were decided by (and nothing else)."""
     quotes = [o.note for o in deciding if o.quoted and o.note]
-    return ("; ".join(dict.fromkeys(quotes)) or None), False, (), None, bool(quotes)
+    if not quotes:  # the usual case: nothing quoted, nothing to join
+        return _UNQUOTED
+    return ("; ".join(dict.fromkeys(quotes)) or None), False, (), None, True
+
+
+_UNQUOTED: tuple[str | None, bool, tuple[str, ...], str | None, bool] = (None, False, (), None, False)
 
 
 def _carried(
