@@ -12,6 +12,7 @@
 * selection ranks only the indications whose diagnosis tags the facts show at all (``engine._rank_if_shown``);
 * the DTR prefill finds a chart code's value-set row through an index made once per value set (``prefill._row_for``);
 * ``diagnoses._combine`` works out a reading's tags again only after a rule adds to them;
+* ``predicates._merge`` drops repeats in one ``dict.fromkeys`` over the chained groups;
 * ``OrderEvaluation.fixes`` walks the criteria with a list instead of a generator per level;
 * without clinician answers ``read_answers`` reads nothing and ``offer`` skips ``diagnosis_notes``, which has
   nothing to say then.
@@ -42,6 +43,7 @@ from cds_service.dtr.questionnaire import (
     questions_of,
 )
 from cds_service.policy.engine import _rank_if_shown, _shown_diagnoses, evidence_rank, load_policy, run_pathway
+from cds_service.policy.predicates import _merge
 from cds_service.policy.results import CriterionResult, Fix, OrderEvaluation, Status, criterion_result
 from fhir_mappings import facts as facts_module
 from fhir_mappings.answers import ReadAnswers, diagnosis_notes, read_answers
@@ -323,3 +325,17 @@ def test_finding_is_the_dataclass(evidence: tuple[str, ...], start: date | None)
     fast, full = finding(evidence, start), Finding(evidence=evidence, start=start)
     assert fast == full and hash(fast) == hash(full) and repr(fast) == repr(full)
     assert list(vars(fast).items()) == list(vars(full).items())
+
+
+def _merge_group_by_group(groups: list[tuple[str, ...]]) -> tuple[str, ...]:
+    """The full computation ``predicates._merge`` replaced: one ``dict.fromkeys`` per group."""
+    seen: dict[str, None] = {}
+    for group in groups:
+        if group:
+            seen.update(dict.fromkeys(group))
+    return tuple(seen)
+
+
+@given(st.lists(st.lists(st.sampled_from("abcde"), max_size=3).map(tuple), max_size=4))
+def test_merge_is_group_by_group(groups: list[tuple[str, ...]]) -> None:
+    assert _merge(groups) == _merge_group_by_group(groups) == _merge(iter(groups))

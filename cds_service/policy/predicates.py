@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from typing import Any, NamedTuple, Protocol
 
 from fhir_mappings.codes import dose_forms
@@ -104,12 +105,12 @@ class Compiled:
 
 
 def _merge(groups: Iterable[Iterable[Any]]) -> tuple[Any, ...]:
-    """Concatenate in order, dropping repeats (evidence and fixes keep policy order)."""
-    seen: dict[Any, None] = {}
-    for group in groups:
-        if group:
-            seen.update(dict.fromkeys(group))
-    return tuple(seen)
+    """Concatenate in order, dropping repeats (evidence and fixes keep policy order); one ``dict.fromkeys`` over the
+    chained groups rather than one per group."""
+    return tuple(dict.fromkeys(_chain(groups)))
+
+
+_chain = chain.from_iterable
 
 
 def all_of_status(statuses: Iterable[Status]) -> Status:
