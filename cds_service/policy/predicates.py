@@ -1038,9 +1038,9 @@ def _fewer_tablets(mg_per_day: float | None, limit: float, strengths: list[tuple
     return None
 
 
-@dataclass(frozen=True)
-class _DayTotal:
-    """The member's daily amount over every draft of the drug a limit counts (this order first)."""
+class _DayTotal(NamedTuple):
+    """The member's daily amount over every draft of the drug a limit counts (this order first); a named tuple, as
+    each dose test builds one."""
 
     amount: float | None
     evidence: tuple[str, ...]
@@ -1069,11 +1069,13 @@ def _day_total(facts: Facts, family: str | None, units: bool = False) -> _DayTot
     if unreadable or unclear_family:
         return _DayTotal(None, evidence, unreadable + unclear_family, None, others)
     total = round(sum(read(dose) or 0.0 for _, dose in parts), 6)
+    if len(parts) == 1:  # this order alone (the usual request): no sum to put in words
+        return _DayTotal(total, evidence, (), None, others)
     if not units:  # "10 mg twice daily + 5 mg daily"
         joined = " + ".join(dose.words or f"{read(dose):g} mg/day" for _, dose in parts)
     else:  # "2 + 1"
         joined = " + ".join(f"{read(dose):g}" for _, dose in parts)
-    return _DayTotal(total, evidence, (), joined if len(parts) > 1 else None, others)
+    return _DayTotal(total, evidence, (), joined, others)
 
 
 def member_mg_per_day(facts: Facts) -> float | None:
