@@ -623,12 +623,21 @@ def _receptors(record: PatientRecord, counted: Sequence[_Counted], tables: CodeT
         for coding in codings(condition.code):
             for tag in tables.receptor_status_tags(tables.system_name(coding.system), coding.code):
                 sightings.append(_ReceptorSighting(start, tag, ref))
+    return _latest_per_axis(sightings)
+
+
+def _latest_per_axis(sightings: Sequence[_ReceptorSighting]) -> dict[str, Finding]:
+    """Per axis (er, pr, her2, hr) the latest sightings' result, when they agree; sorted by axis."""
     by_axis: dict[str, list[_ReceptorSighting]] = {}  # one pass: sightings in chart order per axis
     for sighting in sightings:
         by_axis.setdefault(sighting.tag.rsplit("-", 1)[0], []).append(sighting)
     out: dict[str, Finding] = {}
     for axis in sorted(by_axis):
         on_axis = by_axis[axis]
+        if len(on_axis) == 1:  # one result on the axis (the usual chart): it wins, alone
+            only = on_axis[0]
+            out[only.tag] = finding((only.ref,), only.on)
+            continue
         latest = max((s.on for s in on_axis if s.on is not None), default=None)
         winners = [s for s in on_axis if s.on == latest]
         if len({s.tag for s in winners}) == 1:

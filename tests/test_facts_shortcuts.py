@@ -3,6 +3,7 @@
 * ``build_facts`` reads each medication resource's concept and tags once per call (``facts._Medications``): here the
   same facts as reading them every time a reader asks, on hypothesis-drawn charts cut from the sample bundles
   (any subset of their resources, medication statuses redrawn);
+* a receptor axis with one sighting takes it without the latest-date and agreement tests (``facts._latest_per_axis``);
 * ``engine._result`` builds each ``CriterionResult`` in one ``__dict__`` update (``results.criterion_result``): the
   same object as the dataclass constructor;
 * ``facts.finding`` builds a ``Finding`` without the frozen dataclass's ``__init__``: the same object;
@@ -49,7 +50,14 @@ from fhir_mappings import facts as facts_module
 from fhir_mappings.answers import ReadAnswers, diagnosis_notes, read_answers
 from fhir_mappings.codes import CodeRow, load_code_tables, normalize_icd10cm
 from fhir_mappings.diagnoses import ConditionReading, _combine
-from fhir_mappings.facts import build_facts, find_drug_orders, finding, medication_tags
+from fhir_mappings.facts import (
+    _latest_per_axis,
+    _ReceptorSighting,
+    build_facts,
+    find_drug_orders,
+    finding,
+    medication_tags,
+)
 from fhir_mappings.model import Facts, Finding
 from fhir_mappings.normalize import Code
 from fhir_mappings.read import codings, medication_concept, status_code
@@ -339,3 +347,35 @@ def _merge_group_by_group(groups: list[tuple[str, ...]]) -> tuple[str, ...]:
 @given(st.lists(st.lists(st.sampled_from("abcde"), max_size=3).map(tuple), max_size=4))
 def test_merge_is_group_by_group(groups: list[tuple[str, ...]]) -> None:
     assert _merge(groups) == _merge_group_by_group(groups) == _merge(iter(groups))
+
+
+def _latest_per_axis_in_full(sightings: list[_ReceptorSighting]) -> dict[str, Finding]:
+    """The full computation ``facts._latest_per_axis`` replaced: a lone sighting goes through max and the tie test."""
+    by_axis: dict[str, list[_ReceptorSighting]] = {}
+    for sighting in sightings:
+        by_axis.setdefault(sighting.tag.rsplit("-", 1)[0], []).append(sighting)
+    out: dict[str, Finding] = {}
+    for axis in sorted(by_axis):
+        on_axis = by_axis[axis]
+        latest = max((s.on for s in on_axis if s.on is not None), default=None)
+        winners = [s for s in on_axis if s.on == latest]
+        if len({s.tag for s in winners}) == 1:
+            out[winners[0].tag] = Finding(evidence=tuple(dict.fromkeys(s.ref for s in winners)), start=latest)
+    return out
+
+
+sightings = st.lists(
+    st.builds(
+        _ReceptorSighting,
+        st.sampled_from([None, date(2026, 1, 1), date(2026, 6, 1)]),
+        st.sampled_from(["er-positive", "er-negative", "her2-positive", "her2-negative", "hr-positive", "pr-negative"]),
+        st.sampled_from(["Observation/a", "Observation/b", "Condition/c"]),
+    ),
+    max_size=6,
+)
+
+
+@given(sightings)
+def test_latest_per_axis_with_a_lone_sighting_shortcut(drawn: list[_ReceptorSighting]) -> None:
+    fast = _latest_per_axis(drawn)
+    assert fast == _latest_per_axis_in_full(drawn) and list(fast) == list(_latest_per_axis_in_full(drawn))
