@@ -296,10 +296,13 @@ def read_answers(
 
     ``questionnaires`` maps this service's full version-specific Questionnaire canonicals to their linkIds.
     """
+    given = list(resources)
+    if not given:  # the usual call: no QuestionnaireResponse in the request, nothing to read
+        return ReadAnswers({}, (), ())
     now = now or datetime.now(UTC)
     not_used: list[NotUsed] = []
     chosen: list[tuple[QuestionnaireResponse, frozenset[str]]] = []
-    for raw in iter_bundle(list(resources)):
+    for raw in iter_bundle(given):
         if raw.get("resourceType") != "QuestionnaireResponse":
             continue
         label = _label(raw)

@@ -82,13 +82,17 @@ def read_condition(condition: Condition, tables: CodeTables) -> ConditionReading
     reading = ConditionReading()
     for concept in [condition.code, *histology_concepts(condition)]:
         for coding in codings(concept):
-            for match in tables.condition_matches(tables.system_name(coding.system), coding.code):
+            matches = tables.condition_matches(tables.system_name(coding.system), coding.code)
+            words = (_words(coding, tables),) if matches else ()  # once per coding, not per tag it gives
+            for match in matches:
                 for tag in match.tags:
-                    reading.add(tag, match.possible, (_words(coding, tables),))
+                    reading.add(tag, match.possible, words)
     for site in present(condition.bodySite):
         for coding in codings(site):
-            for tag in tables.body_site_tags(tables.system_name(coding.system), coding.code):
-                reading.add(tag, False, (_words(coding, tables),))
+            site_tags = tables.body_site_tags(tables.system_name(coding.system), coding.code)
+            words = (_words(coding, tables),) if site_tags else ()
+            for tag in site_tags:
+                reading.add(tag, False, words)
     _combine(reading, tables)
     return reading
 
@@ -98,8 +102,9 @@ def _combine(reading: ConditionReading, tables: CodeTables) -> None:
     changed = True
     while changed:
         changed = False
+        tags = reading.tags  # worked out again only after a rule adds to it, not once per rule
         for rule in tables.combinations:
-            if not rule.if_all <= reading.tags:
+            if not rule.if_all <= tags:
                 continue
             possible = bool(rule.if_all & reading.possible - reading.confirmed)
             words = [w for tag in sorted(rule.if_all) for w in reading.sources.get(tag, ())]
@@ -107,6 +112,7 @@ def _combine(reading: ConditionReading, tables: CodeTables) -> None:
                 before = (tag in reading.confirmed, tag in reading.possible)
                 reading.add(tag, possible, words)
                 changed |= before != (tag in reading.confirmed, tag in reading.possible)
+            tags = reading.tags
 
 
 def find_conflicts(

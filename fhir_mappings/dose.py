@@ -131,11 +131,11 @@ def _finite(value: float | None) -> float | None:
 
 
 def _sum(values: list[float | None]) -> float | None:
-    return None if any(v is None for v in values) else round(sum(v for v in values if v is not None), 6)
+    return None if None in values else round(sum(v for v in values if v is not None), 6)
 
 
 def _max(values: list[float | None]) -> float | None:
-    return None if not values or any(v is None for v in values) else max(v for v in values if v is not None)
+    return None if not values or None in values else max(v for v in values if v is not None)
 
 
 def _one_daily(
@@ -159,7 +159,9 @@ def amount_per_administration(
     """(mg, units of the dose form) of one administration from Dosage.doseAndRate (a range counts at its high
     end); ``units``: the form's unit words (the default form's when not given)."""
     units = unit_words(None) if units is None else units
-    ordered = sorted(present(dosage.doseAndRate), key=lambda e: 0 if _is_ordered(e) else 1)
+    entries = present(dosage.doseAndRate)
+    # A lone entry (the usual sig) needs no ordering: sorting would read its type all the same.
+    ordered = sorted(entries, key=lambda e: 0 if _is_ordered(e) else 1) if len(entries) > 1 else entries
     for entry in ordered:
         quantity = entry.doseQuantity
         if quantity is None and entry.doseRange is not None:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, NamedTuple
 
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.codeableconcept import CodeableConcept
@@ -216,6 +216,20 @@ def medication_tags(concept: MedicationConcept, tables: CodeTables) -> frozenset
 # ----------------------------------------------------------------------------- findings
 
 
+_new = object.__new__
+
+
+def finding(evidence: tuple[str, ...], start: date | None) -> Finding:
+    """``Finding(evidence, start)`` without the frozen dataclass's ``__init__`` (its ``object.__setattr__`` per
+    field): a call builds one per tag of each fact map, a fifth of the cost. The same object field for field
+    (``tests/test_facts_shortcuts.py``)."""
+    made: Finding = _new(Finding)
+    fields = made.__dict__
+    fields["evidence"] = evidence
+    fields["start"] = start
+    return made
+
+
 @dataclass
 class _Findings:
     """tag -> evidence references (in order seen, no repeats) and earliest start."""
@@ -238,7 +252,7 @@ class _Findings:
     def freeze(self, exclude: Iterable[str] = ()) -> dict[str, Finding]:
         skip = set(exclude)
         return {
-            tag: Finding(evidence=tuple(refs), start=self.starts.get(tag))
+            tag: finding(tuple(refs), self.starts.get(tag))
             for tag, refs in sorted(self.evidence.items())
             if tag not in skip
         }
@@ -265,14 +279,16 @@ def build_facts(
         raise OrderNotFound(f"no draft MedicationRequest {order_id.split('/')[-1]!r} in the record")
     order_ref = f"MedicationRequest/{order.id}"
     evaluation_date = to_date(order.authoredOn) or today
-    concept = medication_concept(order, record.medications)
+    medications = _Medications(record.medications, tables)
+    concept = medications.concept(order)
     product = resolve_product(concept, tables)
     age, age_evidence = _age(record, evaluation_date)
-    found = _diagnoses(record, order, order_ref, tables)
+    counted = _counted_conditions(record)
+    found = _diagnoses(counted, order, order_ref, tables)
     specialties, requester_ref = _specialties(record, order, user_ref, tables)
-    co_medications, co_unknown_form = _co_medications(record, order_ref, tables, evaluation_date)
-    history, history_unknown_form = _history(record, evaluation_date, tables)
-    course, previous_mg = _drug_exposure(record, evaluation_date, tables, max_gap_days)
+    co_medications, co_unknown_form = _co_medications(record, order_ref, medications, evaluation_date)
+    history, history_unknown_form = _history(record, evaluation_date, medications)
+    course, previous_mg = _drug_exposure(record, evaluation_date, medications, max_gap_days)
     response = therapy_response(record, tables, course.start, evaluation_date)
     lob, lob_evidence, coverage_ref = _line_of_business(record, order, plan_prefixes, tables)
     procedures = read_procedures(record.procedures, evaluation_date, tables)
@@ -282,7 +298,7 @@ def build_facts(
         evaluation_date=evaluation_date,
         product=product,
         dose=daily_dose(order.dosageInstruction, product),
-        other_doses=_other_drug_drafts(record, order_ref, tables),
+        other_doses=_other_drug_drafts(record, order_ref, medications),
         age_years=age,
         age_evidence=age_evidence,
         diagnoses=found.confirmed,
@@ -298,7 +314,7 @@ def build_facts(
             or procedures.scheduled
             or procedures.possible
         ),
-        receptors=_receptors(record, tables),
+        receptors=_receptors(record, counted, tables),
         specialties=specialties,
         requester_ref=requester_ref,
         co_medications=co_medications,
@@ -374,7 +390,7 @@ def resolve_product(concept: MedicationConcept, tables: CodeTables) -> Product:
 # -- the day's dose ------------------------------------------------------------------------
 
 
-def _other_drug_drafts(record: PatientRecord, order_ref: str, tables: CodeTables) -> tuple[DraftDose, ...]:
+def _other_drug_drafts(record: PatientRecord, order_ref: str, medications: _Medications) -> tuple[DraftDose, ...]:
     """The request's other drafts of the drug (a member takes them all the same day), each with its daily dose."""
     found: list[DraftDose] = []
     for draft in record.draft_orders:
@@ -384,10 +400,10 @@ def _other_drug_drafts(record: PatientRecord, order_ref: str, tables: CodeTables
         subject = split_reference(reference_of(draft.subject))
         if record.patient_id and subject[0] is not None and subject != ("Patient", record.patient_id):
             continue  # another member's order: not this member's day
-        concept = medication_concept(draft, record.medications)
-        if not is_requested_drug(concept, tables):
+        concept = medications.concept(draft)
+        if not is_requested_drug(concept, medications.tables):
             continue
-        product = resolve_product(concept, tables)
+        product = resolve_product(concept, medications.tables)
         found.append(DraftDose(ref, product.family, daily_dose(draft.dosageInstruction, product)))
     return tuple(found)
 
@@ -446,6 +462,29 @@ def _condition_start(resource: Condition | AllergyIntolerance) -> date | None:
     return to_date(resource.recordedDate)
 
 
+class _Counted(NamedTuple):
+    """A Condition that counts (``_condition_state``), read once per call for the diagnoses and the receptors."""
+
+    condition: Condition
+    ref: str
+    state: str
+    clinical: str | None
+    start: date | None
+
+
+def _counted_conditions(record: PatientRecord) -> list[_Counted]:
+    """The record's Conditions that count, in chart order, with their state, clinical status and start."""
+    counted: list[_Counted] = []
+    for condition in record.conditions:
+        state = _condition_state(condition)
+        if state is not None:
+            clinical = status_code(condition.clinicalStatus)
+            counted.append(
+                _Counted(condition, f"Condition/{condition.id}", state, clinical, _condition_start(condition))
+            )
+    return counted
+
+
 @dataclass
 class _DiagnosisFindings:
     confirmed: dict[str, Finding]
@@ -457,18 +496,14 @@ class _DiagnosisFindings:
 
 
 def _diagnoses(
-    record: PatientRecord, order: MedicationRequest, order_ref: str, tables: CodeTables
+    counted: Sequence[_Counted], order: MedicationRequest, order_ref: str, tables: CodeTables
 ) -> _DiagnosisFindings:
     """Coded Conditions confirm (or, provisional / broad codes, suggest); names in text and the order's reason
     suggest; possible.csv rules derive manifestations (TSC + a brain tumour suggests SEGA)."""
     confirmed, possible = _Findings(), _Findings()
     readings: list[tuple[str, ConditionReading]] = []
     qualifiers: list[QualifierFinding] = []
-    for condition in record.conditions:
-        state = _condition_state(condition)
-        if state is None:
-            continue
-        ref, start = f"Condition/{condition.id}", _condition_start(condition)
+    for condition, ref, state, clinical, start in counted:
         reading = read_condition(condition, tables)
         readings.append((ref, reading))
         for tag in reading.confirmed:
@@ -486,7 +521,6 @@ def _diagnoses(
                 for match in tables.condition_matches(tables.system_name(coding.system), coding.code):
                     for tag in match.tags:
                         (possible if state == "possible" else confirmed).add(tag, ref, start)
-        clinical = status_code(condition.clinicalStatus)
         if tagged and state == "confirmed" and clinical is not None:
             for tag in tables.condition_status.get(("condition-clinical", clinical), ()):
                 confirmed.add(tag, ref, start)
@@ -539,7 +573,13 @@ def _demote(conflicts: Mapping[str, tuple[Conflict, ...]], confirmed: _Findings,
 
 
 def _diagnosis_words(concept: CodeableConcept | None, tables: CodeTables) -> frozenset[str]:
-    return tables.diagnosis_words(codings(concept), concept_texts(concept))
+    return tables.diagnosis_words(codings(concept), _lazy_texts(concept))
+
+
+def _lazy_texts(concept: CodeableConcept | None) -> Iterator[str]:
+    """``concept_texts``, read only if iterated: ``diagnosis_words`` needs the words only when the codes do not
+    speak, and most coded Conditions' codes do."""
+    yield from concept_texts(concept)
 
 
 def _start_of(confirmed: _Findings, possible: _Findings, tag: str) -> date | None:
@@ -550,14 +590,13 @@ def _start_of(confirmed: _Findings, possible: _Findings, tag: str) -> date | Non
 # -- receptors -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _ReceptorSighting:
+class _ReceptorSighting(NamedTuple):  # a named tuple: one per result read, construction cost counts
     on: date | None
     tag: str
     ref: str
 
 
-def _receptors(record: PatientRecord, tables: CodeTables) -> dict[str, Finding]:
+def _receptors(record: PatientRecord, counted: Sequence[_Counted], tables: CodeTables) -> dict[str, Finding]:
     """Per receptor (er, pr, her2, hr) the most recent final result wins; a tie that disagrees says nothing."""
     sightings: list[_ReceptorSighting] = []
     for observation in record.observations:
@@ -578,23 +617,32 @@ def _receptors(record: PatientRecord, tables: CodeTables) -> dict[str, Finding]:
                 if result in ("positive", "negative"):
                     sightings.append(_ReceptorSighting(on, f"{test.receptor}-{result}", ref))
                 break
-    for condition in record.conditions:
-        if _condition_state(condition) != "confirmed":
+    for condition, ref, state, _, start in counted:
+        if state != "confirmed":
             continue
         for coding in codings(condition.code):
             for tag in tables.receptor_status_tags(tables.system_name(coding.system), coding.code):
-                sightings.append(_ReceptorSighting(_condition_start(condition), tag, f"Condition/{condition.id}"))
+                sightings.append(_ReceptorSighting(start, tag, ref))
+    return _latest_per_axis(sightings)
+
+
+def _latest_per_axis(sightings: Sequence[_ReceptorSighting]) -> dict[str, Finding]:
+    """Per axis (er, pr, her2, hr) the latest sightings' result, when they agree; sorted by axis."""
     by_axis: dict[str, list[_ReceptorSighting]] = {}  # one pass: sightings in chart order per axis
     for sighting in sightings:
         by_axis.setdefault(sighting.tag.rsplit("-", 1)[0], []).append(sighting)
     out: dict[str, Finding] = {}
     for axis in sorted(by_axis):
         on_axis = by_axis[axis]
+        if len(on_axis) == 1:  # one result on the axis (the usual chart): it wins, alone
+            only = on_axis[0]
+            out[only.tag] = finding((only.ref,), only.on)
+            continue
         latest = max((s.on for s in on_axis if s.on is not None), default=None)
         winners = [s for s in on_axis if s.on == latest]
         if len({s.tag for s in winners}) == 1:
             tag = winners[0].tag
-            out[tag] = Finding(evidence=tuple(dict.fromkeys(s.ref for s in winners)), start=latest)
+            out[tag] = finding(tuple(dict.fromkeys([s.ref for s in winners])), latest)
     return out
 
 
@@ -715,12 +763,38 @@ def _chart_medications(record: PatientRecord) -> list[tuple[str, MedicationResou
     return chart_medication_records(record)
 
 
-def _tags_with_forms(
-    resource: MedicationResource, medications: Mapping[str, Medication], tables: CodeTables
-) -> tuple[frozenset[str], frozenset[str]]:
-    concept = medication_concept(resource, medications)
-    tags = medication_tags(concept, tables)
-    forms, unknown = form_tags(resource, concept, tags, tables)
+class _Medications:
+    """The concept and ingredient tags of each medication resource, read once per ``build_facts`` call: the chart's
+    orders, statements and dispenses are read by the co-medications, the history and the drug's course, the drafts
+    by the order, the co-medications and the day's other drafts. Lives for one call (``tests/test_facts_shortcuts.py``
+    compares it with reading every time)."""
+
+    def __init__(self, medications: Mapping[str, Medication], tables: CodeTables) -> None:
+        self.medications = medications
+        self.tables = tables
+        #: id(resource) -> (resource, its concept, its tags once read); the resource is kept so its id stays its own.
+        self._read: dict[int, tuple[MedicationResource, MedicationConcept, frozenset[str] | None]] = {}
+
+    def concept(self, resource: MedicationResource) -> MedicationConcept:
+        """``medication_concept`` of the resource."""
+        known = self._read.get(id(resource))
+        if known is None:
+            known = self._read[id(resource)] = (resource, medication_concept(resource, self.medications), None)
+        return known[1]
+
+    def tags(self, resource: MedicationResource) -> frozenset[str]:
+        """``medication_tags`` of the resource's concept."""
+        concept = self.concept(resource)
+        known = self._read[id(resource)][2]
+        if known is None:
+            known = medication_tags(concept, self.tables)
+            self._read[id(resource)] = (resource, concept, known)
+        return known
+
+
+def _tags_with_forms(resource: MedicationResource, medications: _Medications) -> tuple[frozenset[str], frozenset[str]]:
+    tags = medications.tags(resource)
+    forms, unknown = form_tags(resource, medications.concept(resource), tags, medications.tables)
     return tags | forms, unknown
 
 
@@ -734,17 +808,16 @@ def _dispense_covers(dispense: MedicationDispense, on: date) -> bool:
 
 
 def _co_medications(
-    record: PatientRecord, order_ref: str, tables: CodeTables, evaluation_date: date
+    record: PatientRecord, order_ref: str, medications: _Medications, evaluation_date: date
 ) -> tuple[dict[str, Finding], dict[str, Finding]]:
     """Other drafts of this request, the chart's active orders and statements, and dispenses whose supply runs on
     the evaluation date (and, per form-specific ingredient, the ones whose form they do not show)."""
     found, unknown_form = _Findings(), _Findings()
-    medications = record.medications
     for draft in record.draft_orders:
         ref = f"MedicationRequest/{draft.id}"
         if ref == order_ref or draft.status not in CO_DRAFT_STATUS:
             continue
-        tags, unknown = _tags_with_forms(draft, medications, tables)
+        tags, unknown = _tags_with_forms(draft, medications)
         for tag in tags:
             found.add(tag, ref, to_date(draft.authoredOn))
         for tag in unknown:
@@ -759,7 +832,7 @@ def _co_medications(
         if not active:
             continue
         ref = f"{rtype}/{resource.id}"
-        tags, unknown = _tags_with_forms(resource, medications, tables)
+        tags, unknown = _tags_with_forms(resource, medications)
         for tag in tags:
             found.add(tag, ref, _medication_start(resource))
         for tag in unknown:
@@ -768,19 +841,18 @@ def _co_medications(
 
 
 def _history(
-    record: PatientRecord, evaluation_date: date, tables: CodeTables
+    record: PatientRecord, evaluation_date: date, medications: _Medications
 ) -> tuple[dict[str, Finding], dict[str, Finding]]:
     """Chart orders, statements and dispenses (not the drafts) started before the evaluation date; undated ones
     count."""
     found, unknown_form = _Findings(), _Findings()
-    medications = record.medications
     for rtype, resource in _chart_medications(record):
         if not shows_use(resource):
             continue
         start = _medication_start(resource)
         if start is not None and start >= evaluation_date:
             continue
-        tags, unknown = _tags_with_forms(resource, medications, tables)
+        tags, unknown = _tags_with_forms(resource, medications)
         for tag in tags:
             found.add(tag, f"{rtype}/{resource.id}", start)
         for tag in unknown:
@@ -789,20 +861,20 @@ def _history(
 
 
 def _drug_exposure(
-    record: PatientRecord, evaluation_date: date, tables: CodeTables, max_gap_days: float
+    record: PatientRecord, evaluation_date: date, medications: _Medications, max_gap_days: float
 ) -> tuple[Course, float | None]:
     """The current course of the drug (``therapy.current_course``) and the latest prior mg/day (dose increase)."""
-    medications = record.medications
+    tables = medications.tables
 
     def is_drug(resource: MedicationResource) -> bool:
-        return tables.drug_tag in medication_tags(medication_concept(resource, medications), tables)
+        return tables.drug_tag in medications.tags(resource)
 
     uses = drug_uses(record, is_drug, evaluation_date)
     course = current_course(uses, evaluation_date, max_gap_days)
     previous = None
     if uses:
         latest = max(uses, key=lambda u: u.start).resource
-        concept = medication_concept(latest, medications)
+        concept = medications.concept(latest)
         previous = daily_dose(_dosages(latest), resolve_product(concept, tables)).mg_per_day
     return course, previous
 

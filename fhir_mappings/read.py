@@ -33,11 +33,19 @@ def present(values: Sequence[T | None] | None) -> list[T]:
     return [value for value in values if value is not None]
 
 
+#: ``Code(system, code, display)`` without the named tuple's Python-level ``__new__``: the same tuple, a third
+#: cheaper; codings are read ~30 times per call (issue 18).
+_new_code = tuple.__new__
+
+
 def codings(concept: CodeableConcept | None) -> list[Code]:
     """The codings of a CodeableConcept, flattened; [] for None."""
-    if concept is None or not concept.coding:
+    if concept is None:
         return []
-    return [Code(c.system, c.code, c.display) for c in concept.coding if c is not None]
+    coding = concept.coding
+    if not coding:
+        return []
+    return [_new_code(Code, (c.system, c.code, c.display)) for c in coding if c is not None]
 
 
 def concept_texts(concept: CodeableConcept | None) -> list[str]:
@@ -50,8 +58,10 @@ def concept_texts(concept: CodeableConcept | None) -> list[str]:
 
 def status_code(concept: CodeableConcept | None) -> str | None:
     """The first code of a status CodeableConcept (clinicalStatus, verificationStatus)."""
-    for coding in codings(concept):
-        if coding.code:
+    if concept is None or not concept.coding:
+        return None
+    for coding in concept.coding:  # as ``codings`` reads them, without building them
+        if coding is not None and coding.code:
             return coding.code
     return None
 

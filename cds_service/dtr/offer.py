@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from fhir_mappings.answers import ReadAnswers, diagnosis_notes
 from fhir_mappings.codes import CodeTables
@@ -40,26 +41,48 @@ class DtrOffer:
     answers_not_used: tuple[str, ...] = ()
 
 
-def answerable(policy: Policy, base: str) -> dict[str, frozenset[str]]:
+#: Bases ``answerable`` keeps per policy: a deployment has one (``public_base_url``) or a few host names; one a
+#: client names in a Host header is never kept beside more than this many others.
+ANSWERABLE_BASES = 8
+
+
+def answerable(policy: Policy, base: str) -> Mapping[str, frozenset[str]]:
     """This service's full version-specific Questionnaire canonicals (``base``) -> the linkIds each asks: only
-    answers to a questionnaire's own items, in a response naming that exact canonical, count."""
-    link_ids: dict[str, frozenset[str]] = memoised(
-        "link-ids",
-        policy,
-        lambda: {
-            p.id: frozenset(q.link_id for q in questions_of(p))
-            | frozenset(applies_link_id(c.id) for c in product_specific(p))
-            for p in asked_pathways(policy)
-        },
-    )
-    return {questionnaire_canonical(base, policy, pid): ids for pid, ids in link_ids.items()}
+    answers to a questionnaire's own items, in a response naming that exact canonical, count.
+
+    A pure function of the policy and the base, asked on every call: worked out once per base (read-only)."""
+    by_base: dict[str, Mapping[str, frozenset[str]]] = memoised("answerable", policy, dict)
+    known = by_base.get(base)
+    if known is None:
+        link_ids: dict[str, frozenset[str]] = memoised(
+            "link-ids",
+            policy,
+            lambda: {
+                p.id: frozenset(q.link_id for q in questions_of(p))
+                | frozenset(applies_link_id(c.id) for c in product_specific(p))
+                for p in asked_pathways(policy)
+            },
+        )
+        if len(by_base) >= ANSWERABLE_BASES:
+            by_base.clear()
+        known = by_base[base] = MappingProxyType(
+            {questionnaire_canonical(base, policy, pid): ids for pid, ids in link_ids.items()}
+        )
+    return known
 
 
 def suggested_diagnoses(policy: Policy, facts: Facts) -> frozenset[str]:
     """Diagnosis tags the chart suggests under the policy (TSC suggests each manifestation's pathway): an answer
     naming one documents what the chart left open rather than contradicting it."""
-    found = set(facts.diagnoses) | set(facts.possible_diagnoses)
-    return frozenset(tag for p in policy.pathways if found.intersection(p.suggested_by) for tag in p.diagnoses)
+    if not facts.diagnoses and not facts.possible_diagnoses:
+        return frozenset()
+    found = facts.diagnoses.keys() | facts.possible_diagnoses.keys()
+    suggesters: tuple[tuple[frozenset[str], tuple[str, ...]], ...] = memoised(
+        "suggesters",
+        policy,
+        lambda: tuple((frozenset(p.suggested_by), tuple(p.diagnoses)) for p in policy.pathways if p.suggested_by),
+    )
+    return frozenset(tag for by, diagnoses in suggesters if not found.isdisjoint(by) for tag in diagnoses)
 
 
 def _pathways(policy: Policy, evaluation: OrderEvaluation) -> list[Pathway]:
@@ -111,12 +134,14 @@ def offer(
 ) -> DtrOffer:
     """The DTR side of one evaluation (``chart_facts``: the facts before any clinician answer)."""
     pathways = _pathways(policy, evaluation)
-    asked_ids = {q.link_id for p in pathways for q in questions_of(p)}
     used: dict[str, list[str]] = {}
-    for link_id, answer in answers.answers.items():
-        if link_id in asked_ids:
-            used.setdefault(answer.source, []).append(link_id)
-    notes = list(diagnosis_notes(chart_facts, answers, suggested_diagnoses(policy, chart_facts)))
+    notes: list[str] = []
+    if answers.answers:  # without answers none is used and ``diagnosis_notes`` has nothing to say
+        asked_ids = {q.link_id for p in pathways for q in questions_of(p)}
+        for link_id, answer in answers.answers.items():
+            if link_id in asked_ids:
+                used.setdefault(answer.source, []).append(link_id)
+        notes += diagnosis_notes(chart_facts, answers, suggested_diagnoses(policy, chart_facts))
     if used:
         words = "; ".join(f"{ref}: {', '.join(ids)}" for ref, ids in used.items())
         notes.append(f"Clinician answers used ({words}).")

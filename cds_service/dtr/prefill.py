@@ -22,7 +22,7 @@ from ..policy.loader import Pathway
 from ..policy.predicates import Outcome, her2_positive, hormone_receptor_positive
 from ..policy.questions import NEGATIVE, POSITIVE, RECEIVED, Leaf, Question, chart_outcome
 from ..policy.results import Status
-from .questionnaire import applies_link_id, asked_leaves, coding, product_specific, value_set_rows
+from .questionnaire import applies_link_id, asked_leaves, coding, memoised, product_specific, value_set_rows
 from .stored import answer as _answer
 
 DTR_QR_PROFILE = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/dtr-questionnaireresponse"
@@ -44,16 +44,37 @@ def _row_for(system: str | None, code: str | None, rows: Sequence[CodeRow]) -> C
     if not system or not code:
         return None
     wanted = normalize_icd10cm(code) if system == "icd-10-cm" else code
+    exact, categories = _row_index(rows)
+    found = exact.get((system, wanted))
+    if found is not None or system != "icd-10-cm":
+        return found
     best: CodeRow | None = None
-    for row in rows:
-        if row.system != system:
-            continue
-        row_code = normalize_icd10cm(row.code) if system == "icd-10-cm" else row.code
-        if row_code == wanted:
-            return row
-        if system == "icd-10-cm" and wanted.startswith(row_code) and (best is None or len(row.code) > len(best.code)):
+    for row_code, row in categories:
+        if wanted.startswith(row_code) and (best is None or len(row.code) > len(best.code)):
             best = row
     return best
+
+
+def _row_index(
+    rows: Sequence[CodeRow],
+) -> tuple[dict[tuple[str, str], CodeRow], tuple[tuple[str, CodeRow], ...]]:
+    """A value set's rows by (system, code) (the first of equal codes, ICD-10-CM codes normalised) and its ICD-10-CM
+    rows with their normalised codes, in table order: once per value set, as ``_row_for`` reads them on each call."""
+
+    def index() -> tuple[dict[tuple[str, str], CodeRow], tuple[tuple[str, CodeRow], ...]]:
+        exact: dict[tuple[str, str], CodeRow] = {}
+        categories: list[tuple[str, CodeRow]] = []
+        for row in rows:
+            row_code = normalize_icd10cm(row.code) if row.system == "icd-10-cm" else row.code
+            exact.setdefault((row.system, row_code), row)
+            if row.system == "icd-10-cm":
+                categories.append((row_code, row))
+        return exact, tuple(categories)
+
+    if not isinstance(rows, tuple):  # only an immutable value set is kept
+        return index()
+    found: tuple[dict[tuple[str, str], CodeRow], tuple[tuple[str, CodeRow], ...]] = memoised("row-index", rows, index)
+    return found
 
 
 def _condition_codings(

@@ -38,7 +38,7 @@ from .loader import (
     load_policy,
 )
 from .predicates import CONDITION_KEYS, Outcome, all_of_status, combine_all, diagnosis_link, not_applicable_note
-from .results import CriterionResult, Decision, OrderEvaluation, Status, UnreadableOrder
+from .results import CriterionResult, Decision, OrderEvaluation, Status, UnreadableOrder, criterion_result
 
 __all__ = [
     "PathwayResult",
@@ -90,19 +90,19 @@ def _outcomes(criterion: Criterion, facts: Facts) -> _Node:
 
 def _result(criterion: Criterion, node: _Node) -> CriterionResult:
     outcome, children = node
-    return CriterionResult(
-        id=criterion.id,
-        text=criterion.text,
-        status=outcome.status,
-        evidence=outcome.evidence,
-        remedy=criterion.remedy,
-        fixes=outcome.fixes,
-        children=tuple(_result(c, n) for c, n in zip(criterion.children, children)),
-        note=outcome.note,
-        applicable=not outcome.gate,
-        gaps=outcome.gaps,
-        review=outcome.review,
-        quoted=outcome.quoted,
+    return criterion_result(
+        criterion.id,
+        criterion.text,
+        outcome.status,
+        outcome.evidence,
+        criterion.remedy,
+        outcome.fixes,
+        tuple([_result(c, n) for c, n in zip(criterion.children, children)]) if children else (),
+        outcome.note,
+        not outcome.gate,
+        outcome.gaps,
+        outcome.review,
+        outcome.quoted,
     )
 
 
@@ -175,6 +175,33 @@ def evidence_rank(pathway: Pathway, facts: Facts) -> int | None:
     return None
 
 
+def _shown_diagnoses(facts: Facts) -> set[str]:
+    """Every tag ``evidence_rank`` can find evidence in: diagnoses coded, possible, or shown by a procedure."""
+    return (
+        facts.diagnoses.keys()
+        | facts.possible_diagnoses.keys()
+        | facts.procedures.keys()
+        | facts.scheduled_procedures.keys()
+    )
+
+
+#: id(pathway) -> (the pathway, its diagnoses and suggested_by tags): pathways are fixed once the policy is loaded.
+_EVIDENCE_TAGS: dict[int, tuple[Pathway, frozenset[str]]] = {}
+
+
+def _evidence_tags(pathway: Pathway) -> frozenset[str]:
+    known = _EVIDENCE_TAGS.get(id(pathway))
+    if known is None or known[0] is not pathway:
+        known = _EVIDENCE_TAGS[id(pathway)] = (pathway, frozenset(pathway.diagnoses) | frozenset(pathway.suggested_by))
+    return known[1]
+
+
+def _rank_if_shown(pathway: Pathway, facts: Facts, shown: set[str]) -> int | None:
+    """``evidence_rank``, known to be None without reading it when none of the pathway's tags is shown at all (most
+    indications of most orders): every link it looks for is one of those tags in one of those fact maps."""
+    return None if shown.isdisjoint(_evidence_tags(pathway)) else evidence_rank(pathway, facts)
+
+
 def covered_indication(pathway: Pathway, facts: Facts) -> bool:
     """Whether a ranked indication is one a continuation can be for: its ``also_requires`` diagnoses are on record
     (or may be). Focal epilepsy with no TSC on record is not the policy's "partial-onset seizures associated with
@@ -210,10 +237,15 @@ def select_pathway(policy: Policy, facts: Facts) -> Selection:
     if not facts.diagnosis_documented and not conditions_missing:
         return Selection(None, indications)
     ranking = replace(facts, unavailable=frozenset()) if facts.unavailable else facts
+    shown = _shown_diagnoses(ranking)
     ranked = [
         (rank, index, p)
         for index, p in enumerate(indications)
-        if (rank := evidence_rank(p, ranking) if not conditions_missing else _or_unseen(evidence_rank(p, ranking)))
+        if (
+            rank := _rank_if_shown(p, ranking, shown)
+            if not conditions_missing
+            else _or_unseen(_rank_if_shown(p, ranking, shown))
+        )
         is not None
     ]
     for continued in policy.of_kind(CONTINUED):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from typing import Any, NamedTuple, Protocol
 
 from fhir_mappings.codes import dose_forms
@@ -104,12 +105,12 @@ class Compiled:
 
 
 def _merge(groups: Iterable[Iterable[Any]]) -> tuple[Any, ...]:
-    """Concatenate in order, dropping repeats (evidence and fixes keep policy order)."""
-    seen: dict[Any, None] = {}
-    for group in groups:
-        if group:
-            seen.update(dict.fromkeys(group))
-    return tuple(seen)
+    """Concatenate in order, dropping repeats (evidence and fixes keep policy order); one ``dict.fromkeys`` over the
+    chained groups rather than one per group."""
+    return tuple(dict.fromkeys(_chain(groups)))
+
+
+_chain = chain.from_iterable
 
 
 def all_of_status(statuses: Iterable[Status]) -> Status:
@@ -184,9 +185,9 @@ def combine_all(outcomes: Sequence[Outcome]) -> Outcome:
     """
     status, deciding = _deciding(outcomes, True)
     evidence = _merge([o.evidence for o in deciding])
-    extra = _carried(status, deciding, all_=True)
     if status is MET:
         return Outcome(status, evidence, (), *_quoted(deciding))
+    extra = _carried(status, deciding, all_=True)
     if status is NOT_MET and any(not o.fixes for o in deciding):
         return Outcome(status, evidence, (), *extra)
     return Outcome(status, evidence, _merge([o.fixes for o in deciding]), *extra)
@@ -195,7 +196,12 @@ def combine_all(outcomes: Sequence[Outcome]) -> Outcome:
 def _quoted(deciding: Sequence[Outcome]) -> tuple[str | None, bool, tuple[str, ...], str | None, bool]:
     """A met combination keeps the chart quotes its met children were decided by (and nothing else)."""
     quotes = [o.note for o in deciding if o.quoted and o.note]
-    return ("; ".join(dict.fromkeys(quotes)) or None), False, (), None, bool(quotes)
+    if not quotes:  # the usual case: nothing quoted, nothing to join
+        return _UNQUOTED
+    return ("; ".join(dict.fromkeys(quotes)) or None), False, (), None, True
+
+
+_UNQUOTED: tuple[str | None, bool, tuple[str, ...], str | None, bool] = (None, False, (), None, False)
 
 
 def _carried(
@@ -1032,9 +1038,9 @@ def _fewer_tablets(mg_per_day: float | None, limit: float, strengths: list[tuple
     return None
 
 
-@dataclass(frozen=True)
-class _DayTotal:
-    """The member's daily amount over every draft of the drug a limit counts (this order first)."""
+class _DayTotal(NamedTuple):
+    """The member's daily amount over every draft of the drug a limit counts (this order first); a named tuple, as
+    each dose test builds one."""
 
     amount: float | None
     evidence: tuple[str, ...]
@@ -1063,11 +1069,13 @@ def _day_total(facts: Facts, family: str | None, units: bool = False) -> _DayTot
     if unreadable or unclear_family:
         return _DayTotal(None, evidence, unreadable + unclear_family, None, others)
     total = round(sum(read(dose) or 0.0 for _, dose in parts), 6)
+    if len(parts) == 1:  # this order alone (the usual request): no sum to put in words
+        return _DayTotal(total, evidence, (), None, others)
     if not units:  # "10 mg twice daily + 5 mg daily"
         joined = " + ".join(dose.words or f"{read(dose):g} mg/day" for _, dose in parts)
     else:  # "2 + 1"
         joined = " + ".join(f"{read(dose):g}" for _, dose in parts)
-    return _DayTotal(total, evidence, (), joined if len(parts) > 1 else None, others)
+    return _DayTotal(total, evidence, (), joined, others)
 
 
 def member_mg_per_day(facts: Facts) -> float | None:
@@ -1247,7 +1255,12 @@ def _sub_items(params: Any, where: str) -> Compiled:
         raise PolicyError(f"{where}: sub_items must be 'any' (a or b) or 'all' (i, ii, and iii), got {params!r}")
     combine = combine_any if params == "any" else combine_all
     # Sub-items show their own notes; the parent criterion does not repeat them.
-    return Compiled(lambda facts, subs: combine(subs)._replace(note=None), uses_sub_items=True, sub_items=params)
+    return Compiled(lambda facts, subs: _without_note(combine(subs)), uses_sub_items=True, sub_items=params)
+
+
+def _without_note(outcome: Outcome) -> Outcome:
+    """The outcome with no note (the named tuple's ``_replace`` only when there is one to drop)."""
+    return outcome if outcome.note is None else outcome._replace(note=None)
 
 
 def compile_predicate(spec: Any, where: str, env: CompileEnv) -> Compiled:

@@ -87,6 +87,41 @@ class CriterionResult:
             yield from child.walk()
 
 
+def criterion_result(
+    id: str,
+    text: str,
+    status: Status,
+    evidence: tuple[str, ...],
+    remedy: str | None,
+    fixes: tuple[Fix, ...],
+    children: tuple[CriterionResult, ...],
+    note: str | None,
+    applicable: bool,
+    gaps: tuple[str, ...],
+    review: str | None,
+    quoted: bool,
+) -> CriterionResult:
+    """``CriterionResult(...)`` with every field given, in one ``__dict__`` update instead of the frozen dataclass's
+    twelve ``object.__setattr__`` calls: the engine builds one per criterion of the winning pathway (1.8 -> 0.5 µs
+    each). The same object field for field (``tests/test_evaluate_shortcuts.py``)."""
+    result: CriterionResult = object.__new__(CriterionResult)
+    result.__dict__.update(
+        id=id,
+        text=text,
+        status=status,
+        evidence=evidence,
+        remedy=remedy,
+        fixes=fixes,
+        children=children,
+        note=note,
+        applicable=applicable,
+        gaps=gaps,
+        review=review,
+        quoted=quoted,
+    )
+    return result
+
+
 @dataclass(frozen=True)
 class OrderEvaluation:
     """The policy's answer for one draft order."""
@@ -124,11 +159,15 @@ class OrderEvaluation:
     def fixes(self) -> tuple[Fix, ...]:
         """Distinct fixes of not-met criteria, in policy order (an unknown criterion may have an exception)."""
         seen: list[Fix] = []
-        for criterion in self.all_criteria():
+        pending = list(reversed(self.criteria))  # ``all_criteria``'s order without a generator per level
+        while pending:
+            criterion = pending.pop()
             if criterion.status is Status.NOT_MET:
                 for fix in criterion.fixes:
                     if fix not in seen:
                         seen.append(fix)
+            if criterion.children:
+                pending += reversed(criterion.children)
         return tuple(seen)
 
 
