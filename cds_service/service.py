@@ -98,6 +98,8 @@ def _unavailable_keys(
     resources: dict[str, list[dict[str, Any]]], failed: dict[str, str], ignored: tuple[str, ...]
 ) -> frozenset[str]:
     """Keys that failed, or whose every entry was about another patient (a FHIR server that lies)."""
+    if not ignored:  # nothing was about another patient (every call but a lying server's)
+        return frozenset(failed)
     other_patient = {entry.split(":", 1)[0] for entry in ignored}
     lied = {
         key
