@@ -296,7 +296,8 @@ def gather(
         own = session is None and session_factory is not None
         http = session_factory() if own and session_factory is not None else session
         try:
-            results = _fetch_keys(to_fetch, fhir_server, access_token, config, http, fhir_access)
+            targets = {key: _target_for(query) for key, query in to_fetch.items()}
+            results = _fetch_keys(targets, fhir_server, access_token, config, http, fhir_access)
         finally:
             if own and http is not None:
                 http.close()
@@ -316,12 +317,13 @@ def gather(
 
 def _plan(
     wanted: list[str], templates: Mapping[str, str], context: Mapping[str, Any], sent: Mapping[str, Any]
-) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str], dict[str, str], dict[str, _Target]]:
-    """Settle each key from the prefetch or as not applicable; what remains is to be fetched."""
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str], dict[str, str], dict[str, str]]:
+    """Settle each key from the prefetch or as not applicable; what remains is to be fetched (key -> filled query,
+    read as a target only when there is a server to ask)."""
     resources: dict[str, list[dict[str, Any]]] = {}
     origin: dict[str, str] = {}
     notes: dict[str, str] = {}
-    to_fetch: dict[str, _Target] = {}
+    to_fetch: dict[str, str] = {}
     for key in wanted:
         if key in sent:
             usable, note = _classify_prefetch(sent[key], _template_type(templates[key]))
@@ -334,7 +336,7 @@ def _plan(
         if query is None:
             resources[key], origin[key] = [], ORIGIN_NOT_APPLICABLE
         else:
-            to_fetch[key] = _target_for(query)
+            to_fetch[key] = query
     return resources, origin, notes, to_fetch
 
 
