@@ -22,14 +22,21 @@ from typing import Any
 from fhir_mappings.normalize import deep_copy_json
 
 from .policy.results import CriterionResult, Decision, Fix, OrderEvaluation, Status, UnreadableOrder
-from .protocol import MAX_SUMMARY_CHARS, Action, Card, Coding, Link, Source, Suggestion
+from .protocol import MAX_SUMMARY_CHARS, Action, Card, Coding, Link, Source, Suggestion, json_form
 
 EVALUATION_KEY = "priorauth-cds.evaluation"
 CRD_COVERAGE_INFO = "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
 CRD_TEMP = "http://hl7.org/fhir/us/davinci-crd/CodeSystem/temp"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-TOPIC_COVERAGE = Coding(system=CRD_TEMP, code="coverage-info", display="Coverage Information")
-TOPIC_ALTERNATIVES = Coding(system=CRD_TEMP, code="therapy-alternatives-req", display="Required Therapy Alternatives")
+#: Cards, suggestions, links and actions are built in their JSON form (``protocol.json_form``: the response models'
+#: members in field order, empty ones left out), never as pydantic models: the models stay the typed contract
+#: (``tests/test_response_json.py``). These shared members are only read: the answer's bytes are written from them.
+JsonObject = dict[str, Any]
+
+TOPIC_COVERAGE = json_form(Coding, system=CRD_TEMP, code="coverage-info", display="Coverage Information")
+TOPIC_ALTERNATIVES = json_form(
+    Coding, system=CRD_TEMP, code="therapy-alternatives-req", display="Required Therapy Alternatives"
+)
 
 LINE_OF_BUSINESS_LABEL = {"medicaid": "Medicaid", "him": "Health Insurance Marketplace", "commercial": "Commercial"}
 
@@ -68,8 +75,10 @@ class CoverageDecision:
 
 @dataclass
 class Rendered:
-    cards: list[Card] = field(default_factory=list)
-    system_actions: list[Action] = field(default_factory=list)
+    """JSON forms of ``protocol.Card`` and ``protocol.Action`` (``protocol.response_json`` writes them)."""
+
+    cards: list[JsonObject] = field(default_factory=list)
+    system_actions: list[JsonObject] = field(default_factory=list)
     assertions: list[CoverageDecision] = field(default_factory=list)
 
 
@@ -78,20 +87,26 @@ class Rendered:
 OVERRIDE_SYSTEM = "https://priorauth-cds.org/CodeSystem/override-reason"
 #: CDS Hooks 2.0 overrideReasons offered on every evaluation card (stored with feedback).
 OVERRIDE_REASONS = (
-    Coding(
+    json_form(
+        Coding,
         system=OVERRIDE_SYSTEM,
         code="documented-elsewhere",
         display="The documentation is in notes the EHR did not send",
     ),
-    Coding(
+    json_form(
+        Coding,
         system=OVERRIDE_SYSTEM,
         code="will-submit-documentation",
         display="I will submit documentation with the PA request",
     ),
-    Coding(
-        system=OVERRIDE_SYSTEM, code="clinical-judgment", display="Clinically appropriate despite the policy criteria"
+    json_form(
+        Coding,
+        system=OVERRIDE_SYSTEM,
+        code="clinical-judgment",
+        display="Clinically appropriate despite the policy criteria",
     ),
-    Coding(
+    json_form(
+        Coding,
         system=OVERRIDE_SYSTEM,
         code="exception-requested",
         display="Requesting an exception or review under another policy",
@@ -403,14 +418,18 @@ def unreadable_detail(order: UnreadableOrder) -> str:
     )
 
 
-def unreadable_card(order: UnreadableOrder, insurer: str, policy_url: str | None) -> Card:
-    links = [Link(label=f"{order.policy} policy document", url=policy_url, type="absolute")] if policy_url else []
-    return Card(
+def _policy_links(policy: str, policy_url: str | None) -> list[JsonObject]:
+    return [json_form(Link, label=f"{policy} policy document", url=policy_url, type="absolute")] if policy_url else []
+
+
+def unreadable_card(order: UnreadableOrder, insurer: str, policy_url: str | None) -> JsonObject:
+    return json_form(
+        Card,
         summary=unreadable_summary(order),
         indicator="warning",
-        source=Source(label=insurer, url=policy_url, topic=TOPIC_COVERAGE),
+        source=json_form(Source, label=insurer, url=policy_url, topic=TOPIC_COVERAGE),
         detail=unreadable_detail(order),
-        links=links,
+        links=_policy_links(order.policy, policy_url),
     )
 
 
@@ -480,7 +499,7 @@ def _medication_concept(rxcui: str | None, display: str) -> dict[str, Any]:
     return concept
 
 
-def switch_to_generic(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
+def switch_to_generic(draft: Mapping[str, Any], fix: Fix) -> JsonObject:
     """Replace the draft's medication with the generic of the same strength and form; sig and dispense kept."""
     order: dict[str, Any] = deep_copy_json(dict(draft))  # JSON-only copy: a third of deepcopy's cost
     old_ref = (
@@ -498,11 +517,13 @@ def switch_to_generic(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
     display = fix.display or "generic of the same strength and form"
     order["medicationCodeableConcept"] = _medication_concept(fix.rxcui, display)
     ref = f"{order.get('resourceType', 'MedicationRequest')}/{order.get('id')}"
-    return Suggestion(
+    return json_form(
+        Suggestion,
         label=_clip(f"Switch to generic: {display}", 80),
         isRecommended=True,
         actions=[
-            Action(
+            json_form(
+                Action,
                 type="update",
                 description=f"Replace {ref} with generic {display}, same sig and dispense",
                 resource=order,
@@ -511,14 +532,16 @@ def switch_to_generic(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
     )
 
 
-def add_companion(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
+def add_companion(draft: Mapping[str, Any], fix: Fix) -> JsonObject:
     """Create the companion order the policy requires (e.g. exemestane 25 mg daily for breast cancer)."""
     display = fix.display or "companion medication"
-    return Suggestion(
+    return json_form(
+        Suggestion,
         label=_clip(f"Add {display}" + (f" ({fix.sig})" if fix.sig else ""), 80),
         isRecommended=True,
         actions=[
-            Action(
+            json_form(
+                Action,
                 type="create",
                 description=f"Order {display} with the draft it completes",
                 resource=_companion_order(draft, fix),
@@ -538,7 +561,7 @@ def _daily_dosage(mg: float, per_day: int, sig: str | None) -> dict[str, Any]:
     }
 
 
-def switch_product(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
+def switch_product(draft: Mapping[str, Any], fix: Fix) -> JsonObject:
     """The pack's preferred alternative: the draft with the other product at the mapped dose, plus the companion
     it is given with; the companions it replaces are named to stop."""
     order: dict[str, Any] = deep_copy_json(dict(draft))
@@ -551,19 +574,22 @@ def switch_product(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
         order["dispenseRequest"].pop("quantity", None)  # the old product's count
     ref = f"{order.get('resourceType', 'MedicationRequest')}/{order.get('id')}"
     stop = f"; stop {', '.join(fix.stops)}" if fix.stops else ""
-    actions = [Action(type="update", description=f"Replace {ref} with {display}, {fix.sig}{stop}", resource=order)]
+    actions = [
+        json_form(Action, type="update", description=f"Replace {ref} with {display}, {fix.sig}{stop}", resource=order)
+    ]
     label = f"Switch to {display}, {fix.sig}"
     if fix.companion is not None:
         companion = fix.companion.display or "companion medication"
         actions.append(
-            Action(
+            json_form(
+                Action,
                 type="create",
                 description=f"Order {companion} with {display}{stop}",
                 resource=_companion_order(draft, fix.companion),
             )
         )
         label += f" + {companion}"
-    return Suggestion(label=_clip(label, 80), isRecommended=True, actions=actions)
+    return json_form(Suggestion, label=_clip(label, 80), isRecommended=True, actions=actions)
 
 
 def _companion_order(draft: Mapping[str, Any], fix: Fix) -> dict[str, Any]:
@@ -593,7 +619,7 @@ def _companion_order(draft: Mapping[str, Any], fix: Fix) -> dict[str, Any]:
     return order
 
 
-def change_strength(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
+def change_strength(draft: Mapping[str, Any], fix: Fix) -> JsonObject:
     """The same daily mg in fewer tablets: the draft with the generic of another strength and a new sig."""
     order: dict[str, Any] = deep_copy_json(dict(draft))
     order.pop("medicationReference", None)
@@ -620,15 +646,18 @@ def change_strength(draft: Mapping[str, Any], fix: Fix) -> Suggestion:
     ]
     order.get("dispenseRequest", {}).pop("quantity", None) if isinstance(order.get("dispenseRequest"), dict) else None
     ref = f"{order.get('resourceType', 'MedicationRequest')}/{order.get('id')}"
-    return Suggestion(
+    return json_form(
+        Suggestion,
         label=_clip(f"Same dose in fewer tablets: {display}, {count} a day", 80),
         isRecommended=True,
-        actions=[Action(type="update", description=f"Replace {ref}: {fix.sig or display}", resource=order)],
+        actions=[json_form(Action, type="update", description=f"Replace {ref}: {fix.sig or display}", resource=order)],
     )
 
 
-def suggestions_for(item: EvaluatedOrder) -> list[Suggestion]:
+def suggestions_for(item: EvaluatedOrder) -> list[JsonObject]:
     fixes = item.evaluation.fixes()
+    if not fixes:  # most answers: no walk for over-limit notes nobody reads
+        return []
     consolidates = any(f.kind == "change-strength" for f in fixes)
     mg_over = [
         c.note
@@ -642,14 +671,14 @@ def suggestions_for(item: EvaluatedOrder) -> list[Suggestion]:
         if fix.kind == "switch-to-generic" and fix.rxcui and not consolidates:
             suggestion = switch_to_generic(item.draft, fix)
             if mg_over:  # never silently keep an over-limit regimen
-                label = _clip(f"{suggestion.label} (dose still over: {mg_over[0]})", 80)
-                suggestion = suggestion.model_copy(update={"label": label})
+                label = _clip(f"{suggestion['label']} (dose still over: {mg_over[0]})", 80)
+                suggestion = {**suggestion, "label": label}
             out.append(suggestion)
         elif fix.kind == "change-strength" and fix.rxcui:
             suggestion = change_strength(item.draft, fix)
             if mg_over:  # fewer tablets, same mg: say the day's mg is still over
-                label = _clip(f"{suggestion.label} (dose still over: {mg_over[0]})", 80)
-                suggestion = suggestion.model_copy(update={"label": label})
+                label = _clip(f"{suggestion['label']} (dose still over: {mg_over[0]})", 80)
+                suggestion = {**suggestion, "label": label}
             out.append(suggestion)
         elif fix.kind == "add-companion" and (fix.rxcui or fix.display):
             out.append(add_companion(item.draft, fix))
@@ -724,7 +753,7 @@ def coverage_extension(
 
 def dtr_link(
     launch_url: str, item: EvaluatedOrder, decision: CoverageDecision, payer_fhir_base: str | None = None
-) -> Link:
+) -> JsonObject:
     """A SMART link that launches the EHR's DTR app on this order: appContext names the order, its coverage, the
     questionnaires, the coverage-assertion-id (the ``context`` of ``$questionnaire-package``) and the payer's FHIR
     base, where the app finds ``.well-known/smart-configuration`` and so its token endpoint (SMART Backend
@@ -737,7 +766,8 @@ def dtr_link(
     }
     if payer_fhir_base:
         context["payerFhirBase"] = payer_fhir_base
-    return Link(
+    return json_form(
+        Link,
         label=_clip(f"Document the open {item.evaluation.policy} criteria (DTR questionnaire)", 80),
         url=launch_url,
         type="smart",
@@ -781,7 +811,7 @@ def render(
     show_coverage = crd_configuration.get("coverage-info") is not False
     show_alternatives = crd_configuration.get("therapy-alternatives-req") is not False
     out = Rendered()
-    fix_cards: list[Card] = []
+    fix_cards: list[JsonObject] = []
     for item in items:
         if isinstance(item, UnreadableOrder):
             if show_coverage:
@@ -794,14 +824,15 @@ def render(
         if decision is not None:
             out.assertions.append(decision)
         if show_coverage:
-            links = [Link(label=f"{ev.policy} policy document", url=policy_url, type="absolute")] if policy_url else []
+            links = _policy_links(ev.policy, policy_url)
             if dtr_launch_url and decision is not None and decision.doc_needed and item.documentable:
                 links.insert(0, dtr_link(dtr_launch_url, item, decision, payer_fhir_base))
             out.cards.append(
-                Card(
+                json_form(
+                    Card,
                     summary=summary_for(ev),
                     indicator="info" if ev.decision is Decision.MET else "warning",
-                    source=Source(label=insurer, url=policy_url, topic=TOPIC_COVERAGE),
+                    source=json_form(Source, label=insurer, url=policy_url, topic=TOPIC_COVERAGE),
                     detail=detail_for(item),
                     overrideReasons=list(OVERRIDE_REASONS) if ev.decision is not Decision.MET else [],
                     links=links,
@@ -813,7 +844,8 @@ def render(
                     decision, item.coverage_ref, today, "coverage" in item.unavailable, item.questionnaires
                 )
                 out.system_actions.append(
-                    Action(
+                    json_form(
+                        Action,
                         type="update",
                         description=f"Coverage information for {ev.order_ref}",
                         resource=annotated_order(item.draft, extension),
@@ -822,12 +854,13 @@ def render(
         suggestions = suggestions_for(item) if show_alternatives else []
         if suggestions:
             fix_cards.append(
-                Card(
+                json_form(
+                    Card,
                     summary=_clip(
                         f"Fix the {ev.drug} order for {ev.policy} in one click ({_plural(len(suggestions), 'change')})"
                     ),
                     indicator="warning",
-                    source=Source(label=insurer, topic=TOPIC_ALTERNATIVES),
+                    source=json_form(Source, label=insurer, topic=TOPIC_ALTERNATIVES),
                     detail="Each suggestion resolves a criterion that is not met as ordered: "
                     + ", ".join(c.id for c in ev.all_criteria() if c.status is Status.NOT_MET and c.fixes),
                     suggestions=suggestions,

@@ -129,21 +129,41 @@ def fill_template(template: str, context: Mapping[str, Any]) -> str | None:
     None ("not applicable") covers unknown tokens, absent or non-string context fields, and values
     that could change the query's shape (``&``, ``/``, ``?``, ``#``, ``,``, whitespace, ``..``).
     """
-    user_ids = _user_ids(context.get("userId"))
-    unfilled = False
-
-    def substitute(match: re.Match[str]) -> str:
-        nonlocal unfilled
-        value = _token_value(match.group(1).strip(), context, user_ids)
-        if value is None:
-            unfilled = True
-            return ""
-        return quote(value, safe="")
-
-    filled = _TOKEN.sub(substitute, template)
-    if unfilled or "{{" in filled or "}}" in filled:
+    literals, tokens = _template_parts(template)
+    user_ids = _user_ids(context.get("userId")) if any(kind is _USER for kind, _ in tokens) else {}
+    filled = [literals[0]]
+    for (kind, name), literal in zip(tokens, literals[1:], strict=True):
+        value: Any = user_ids.get(name) if kind is _USER else context.get(name) if kind is _CONTEXT else None
+        if not _safe_value(value):
+            return None
+        filled += (quote(value, safe=""), literal)
+    query = "".join(filled)
+    if "{{" in query or "}}" in query:
         return None
-    return filled
+    return query
+
+
+#: Kinds of template token: a ``user*Id`` token, a ``context.field``, or one the request cannot fill.
+_USER, _CONTEXT, _UNKNOWN = "user", "context", "unknown"
+
+
+@functools.lru_cache(maxsize=256)
+def _template_parts(template: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """A template's text around its ``{{ token }}`` s and each token's (kind, name): a pure function of the
+    service's (few, fixed) templates, parsed once instead of by a regex substitution per key per call. The
+    context values themselves (patient ids) are filled in per call, never kept."""
+    pieces = _TOKEN.split(template)  # text, token, text, token, ..., text
+    tokens = []
+    for inner in pieces[1::2]:
+        token = inner.strip()
+        match = _CONTEXT_TOKEN.fullmatch(token)
+        if token in _USER_TOKENS.values():
+            tokens.append((_USER, token))
+        elif match:
+            tokens.append((_CONTEXT, match.group(1)))
+        else:
+            tokens.append((_UNKNOWN, token))
+    return tuple(pieces[::2]), tuple(tokens)
 
 
 def _user_ids(user_id: Any) -> dict[str, str]:
@@ -155,15 +175,6 @@ def _user_ids(user_id: Any) -> dict[str, str]:
         return {}
     token = _USER_TOKENS.get(parts[-2])
     return {token: parts[-1]} if token and parts[-1] else {}
-
-
-def _token_value(token: str, context: Mapping[str, Any], user_ids: Mapping[str, str]) -> str | None:
-    if token in _USER_TOKENS.values():
-        value: Any = user_ids.get(token)
-    else:
-        match = _CONTEXT_TOKEN.fullmatch(token)
-        value = context.get(match.group(1)) if match else None
-    return value if _safe_value(value) else None
 
 
 def _safe_value(value: Any) -> TypeGuard[str]:
@@ -285,7 +296,8 @@ def gather(
         own = session is None and session_factory is not None
         http = session_factory() if own and session_factory is not None else session
         try:
-            results = _fetch_keys(to_fetch, fhir_server, access_token, config, http, fhir_access)
+            targets = {key: _target_for(query) for key, query in to_fetch.items()}
+            results = _fetch_keys(targets, fhir_server, access_token, config, http, fhir_access)
         finally:
             if own and http is not None:
                 http.close()
@@ -305,12 +317,13 @@ def gather(
 
 def _plan(
     wanted: list[str], templates: Mapping[str, str], context: Mapping[str, Any], sent: Mapping[str, Any]
-) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str], dict[str, str], dict[str, _Target]]:
-    """Settle each key from the prefetch or as not applicable; what remains is to be fetched."""
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str], dict[str, str], dict[str, str]]:
+    """Settle each key from the prefetch or as not applicable; what remains is to be fetched (key -> filled query,
+    read as a target only when there is a server to ask)."""
     resources: dict[str, list[dict[str, Any]]] = {}
     origin: dict[str, str] = {}
     notes: dict[str, str] = {}
-    to_fetch: dict[str, _Target] = {}
+    to_fetch: dict[str, str] = {}
     for key in wanted:
         if key in sent:
             usable, note = _classify_prefetch(sent[key], _template_type(templates[key]))
@@ -323,7 +336,7 @@ def _plan(
         if query is None:
             resources[key], origin[key] = [], ORIGIN_NOT_APPLICABLE
         else:
-            to_fetch[key] = _target_for(query)
+            to_fetch[key] = query
     return resources, origin, notes, to_fetch
 
 

@@ -9,6 +9,7 @@ not evaluated: it gets a card saying it could not be read, while the other order
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
+import orjson
 import requests
 
 from fhir_mappings.answers import read_answers, with_answers
@@ -36,9 +38,13 @@ from .policy.loader import DEFAULT_PACK, POLICY_FILE
 from .policy.questions import remembered_outcomes
 from .policy.results import UnreadableOrder
 from .prefetch import gather
-from .protocol import FHIR_ID, HookRequest, HookResponse, parse_hook_request, to_json
+from .protocol import FHIR_ID, HookRequest, parse_hook_request, response_json
 
 log = logging.getLogger("priorauth_cds.service")
+
+
+#: The answer when no order of the policy's drug is in scope (``to_json(HookResponse())``).
+_NO_CARDS = response_json([], [])
 
 
 class AssertionSink(Protocol):
@@ -61,13 +67,20 @@ class Timings:
 
 @dataclass
 class HookOutcome:
-    body: dict[str, Any]
+    #: The response body as sent (``protocol.response_json``): written once, decoded only when asked for (``body``).
+    json: bytes
     hook_instance: str
     evaluated: int
     decisions: list[str]
     timings: Timings
     #: Orders of the drug in scope that could not be read (not valid FHIR), answered without an evaluation.
     unreadable: int = 0
+
+    @functools.cached_property
+    def body(self) -> dict[str, Any]:
+        """The response body as a JSON object (the CLI, tests); the web layer sends ``json``."""
+        body: dict[str, Any] = orjson.loads(self.json)
+        return body
 
 
 def _capped(
@@ -85,6 +98,8 @@ def _unavailable_keys(
     resources: dict[str, list[dict[str, Any]]], failed: dict[str, str], ignored: tuple[str, ...]
 ) -> frozenset[str]:
     """Keys that failed, or whose every entry was about another patient (a FHIR server that lies)."""
+    if not ignored:  # nothing was about another patient (every call but a lying server's)
+        return frozenset(failed)
     other_patient = {entry.split(":", 1)[0] for entry in ignored}
     lied = {
         key
@@ -163,7 +178,7 @@ class HookHandler:
                 )
         started = timings.mark("parse", started)
         if not in_scope:
-            return HookOutcome(to_json(HookResponse()), request.hookInstance, 0, [], timings)
+            return HookOutcome(_NO_CARDS, request.hookInstance, 0, [], timings)
 
         context = request.context.as_dict()
         outcome = gather(
@@ -264,13 +279,12 @@ class HookHandler:
                 self.store.record_response(  # type: ignore[attr-defined]  # the new cards' uuids
                     service_id=service_id,
                     hook_instance=request.hookInstance,
-                    card_uuids=[card.uuid for card in rendered.cards],
+                    card_uuids=[card["uuid"] for card in rendered.cards],
                     assertions=[],
                 )
         timings.mark("render", started)
-        response = HookResponse(cards=rendered.cards, systemActions=rendered.system_actions)
         return HookOutcome(
-            to_json(response),
+            response_json(rendered.cards, rendered.system_actions),
             request.hookInstance,
             len(items),
             [i.evaluation.decision.value for i in items],
@@ -319,7 +333,7 @@ class HookHandler:
             record_response(
                 service_id=service_id,
                 hook_instance=request.hookInstance,
-                card_uuids=[card.uuid for card in rendered.cards],
+                card_uuids=[card["uuid"] for card in rendered.cards],
                 assertions=rows,
             )
         )
