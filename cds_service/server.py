@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import json
 import selectors
 import socket
@@ -496,6 +497,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         super().load_wsgi()
         self.gate = Gate()
         self.wsgi = self._gated(self.wsgi)
+        freeze_loaded_heap()
 
     def _gated(self, app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
         """``app`` run holding the gate (``cds_service/gate.py``), its answer collected before the gate is let go.
@@ -592,6 +594,19 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                 self._progress(conn, state)
                 return
         super().finish_request(conn, fs)
+
+
+def freeze_loaded_heap() -> None:
+    """Move what the worker loaded (code tables, policy packs, model classes: ~140,000 objects) out of the cyclic
+    garbage collector's reach; only what requests allocate is scanned from now on.
+
+    Those objects live as long as the worker, yet every full collection walked them all: about one per 1,000 hook
+    calls, 30-46 ms each (a pause in that call's latency, ~0.015-0.03 ms of CPU per call on average). CPython's
+    ``gc.freeze`` is meant for exactly this (its documentation: call it once the preloaded state is built, before
+    serving). A collection first, so that startup garbage is freed rather than kept forever.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 #: Per pool thread: the connection whose request it serves (read whole by the event loop).
