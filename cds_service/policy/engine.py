@@ -185,21 +185,10 @@ def _shown_diagnoses(facts: Facts) -> set[str]:
     )
 
 
-#: id(pathway) -> (the pathway, its diagnoses and suggested_by tags): pathways are fixed once the policy is loaded.
-_EVIDENCE_TAGS: dict[int, tuple[Pathway, frozenset[str]]] = {}
-
-
-def _evidence_tags(pathway: Pathway) -> frozenset[str]:
-    known = _EVIDENCE_TAGS.get(id(pathway))
-    if known is None or known[0] is not pathway:
-        known = _EVIDENCE_TAGS[id(pathway)] = (pathway, frozenset(pathway.diagnoses) | frozenset(pathway.suggested_by))
-    return known[1]
-
-
 def _rank_if_shown(pathway: Pathway, facts: Facts, shown: set[str]) -> int | None:
     """``evidence_rank``, known to be None without reading it when none of the pathway's tags is shown at all (most
     indications of most orders): every link it looks for is one of those tags in one of those fact maps."""
-    return None if shown.isdisjoint(_evidence_tags(pathway)) else evidence_rank(pathway, facts)
+    return None if shown.isdisjoint(pathway.evidence_tags) else evidence_rank(pathway, facts)
 
 
 def covered_indication(pathway: Pathway, facts: Facts) -> bool:

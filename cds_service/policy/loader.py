@@ -207,6 +207,12 @@ class Pathway:
         for criterion in self.criteria:
             yield from criterion.walk()
 
+    @cached_property
+    def evidence_tags(self) -> frozenset[str]:
+        """The diagnosis tags whose evidence links the pathway (``diagnoses`` and ``suggested_by``): worked out once,
+        as pathway selection asks on every call (the fields never change once loaded)."""
+        return frozenset(self.diagnoses) | frozenset(self.suggested_by)
+
 
 @dataclass(frozen=True)
 class Policy:
