@@ -710,15 +710,8 @@ def _prepared(
         if step is False:
             continue
         inside, repairable, slot = step
-        if inside:
-            if key == "extension":
-                if rtype == "Condition" and not (value := _histology_extensions(raw)):
-                    continue
-            elif key == "dispenseRequest":
-                if lean and isinstance(value, dict):
-                    value = {k: v for k, v in value.items() if k == "validityPeriod"}
-            elif isinstance(value, list):
-                value = [_prune_dosage(d) for d in value]
+        if inside and (value := _pruned_inside(rtype, lean, key, value, raw)) is _DROPPED:
+            continue
         if repairable and repairs(rtype, key, value):
             return None
         if slot is not None:
@@ -777,23 +770,35 @@ def _prune(raw: dict[str, Any], lean: bool = False) -> dict[str, Any]:
     decided = _KEPT_KEYS.setdefault(keep, {})
     if not decided.keys() >= raw.keys():
         decided = _decide_keys(raw, keep, decided)
-    out: dict[str, Any] = {key: value for key, value in raw.items() if decided[key]}
-    if rtype == "Condition" and "extension" in out:
-        kept = _histology_extensions(out)
-        if kept:
-            out["extension"] = kept
-        else:
-            del out["extension"]
-    for key in ("dosageInstruction", "dosage"):
-        if isinstance(out.get(key), list):
-            out[key] = [_prune_dosage(d) for d in out[key]]
-    if lean and isinstance(out.get("dispenseRequest"), dict):
-        out["dispenseRequest"] = {k: v for k, v in out["dispenseRequest"].items() if k == "validityPeriod"}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if not decided[key]:
+            continue
+        if key in _PRUNED_INSIDE and (value := _pruned_inside(rtype, lean, key, value, raw)) is _DROPPED:
+            continue
+        out[key] = value
     return out
 
 
 #: Elements ``_prune`` prunes inside (besides dropping top-level names).
 _PRUNED_INSIDE = frozenset({"extension", "dispenseRequest", "dosageInstruction", "dosage"})
+#: What ``_pruned_inside`` gives for an element that keeps nothing (dropped from the resource).
+_DROPPED: Any = object()
+
+
+def _pruned_inside(rtype: str, lean: bool, key: str, value: Any, raw: dict[str, Any]) -> Any:
+    """What is kept inside element ``key`` (one of ``_PRUNED_INSIDE``) of ``raw``, or ``_DROPPED``: a Condition keeps
+    only its histology extensions, a lean order only its supply's validity period, every dosage only what the dose
+    readers read. ``_prune`` and ``_prepared`` both prune with it."""
+    if key == "extension":
+        if rtype != "Condition":
+            return value
+        return _histology_extensions(raw) or _DROPPED
+    if key == "dispenseRequest":
+        if lean and isinstance(value, dict):
+            return {k: v for k, v in value.items() if k == "validityPeriod"}
+        return value
+    return [_prune_dosage(d) for d in value] if isinstance(value, list) else value
 
 
 def _histology_extensions(resource: dict[str, Any]) -> list[Any]:
